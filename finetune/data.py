@@ -1,0 +1,572 @@
+"""Data: load a labelled image set with `datasets`, split it honestly, decode it once.
+
+The path:
+1. ``load_raw``: a Hub id, a local folder (image folder or Hub layout), data files, or
+   ``builtin:digits`` → a ``DatasetDict``.
+2. ``find_columns`` / ``encode_labels``: the image column (``Image`` feature) and the label
+   column (``ClassLabel``, or strings turned into classes).
+3. ``make_splits``: train, a stratified seeded validation piece of train (for per-epoch
+   scores and model selection), and the eval split (reported once at the end). Pure
+   functions of the labels and the seed, so identical on every process and every re-run.
+4. ``decode``: one batched ``datasets.map`` pass turns every image into a uint8 tensor of
+   the model's input size, exactly as the model's image processor would (EXIF rotation
+   first, any mode to RGB, bad files set aside, not fatal), fingerprinted so a re-run
+   reuses the cache.
+5. ``BatchTransform``: augmentation and normalisation on whole batches on the training
+   device with ``torchvision.transforms.v2`` — no per-image PIL work in the training loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import builtin
+from .recipe import AugmentConfig, DataConfig
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+_LABEL_NAMES = ("label", "labels", "class", "target", "category", "fine_label", "coarse_label")
+_FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
+#: Bump to invalidate decode caches when the decode function changes.
+_DECODE_VERSION = "1"
+
+
+class DataError(ValueError):
+    """A problem with the data the recipe names; one line, with the fix."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_raw(cfg: DataConfig):
+    """The data set named by ``data.dataset`` as a ``DatasetDict``."""
+    from datasets import load_dataset
+
+    name = cfg.dataset
+    if builtin.is_builtin(name):
+        try:
+            return builtin.load_dataset(name)
+        except ValueError as err:
+            raise DataError(f"data.dataset: {err}") from None
+    path = Path(name).expanduser()
+    try:
+        if path.is_file() or any(name.endswith(ext) for ext in _FILE_BUILDERS):
+            ext = path.suffix.lower()
+            if ext not in _FILE_BUILDERS:
+                raise DataError(
+                    f"data.dataset: '{name}' is a file of unknown type; use parquet, CSV or JSON-lines "
+                    "(or a folder)"
+                )
+            if not path.is_file():
+                raise DataError(f"data.dataset: no such file '{name}'; check the path")
+            ds = load_dataset(_FILE_BUILDERS[ext], data_files={"train": str(path)})
+            return _resolve_relative_image_paths(ds, path.parent)
+        if path.is_dir():
+            return load_dataset(str(path), cfg.config)
+        if name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]:
+            raise DataError(f"data.dataset: no such folder or file '{name}'; check the path")
+        return load_dataset(name, cfg.config, revision=cfg.revision)
+    except DataError:
+        raise
+    except FileNotFoundError as err:
+        raise DataError(f"data.dataset: cannot find '{name}' ({_first_line(err)}); check the id or path") from None
+    except (ConnectionError, OSError) as err:
+        raise DataError(
+            f"data.dataset: cannot load '{name}' ({_first_line(err)}); check the id, the network, or use a local copy"
+        ) from None
+    except ValueError as err:
+        raise DataError(f"data.dataset: cannot load '{name}': {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _resolve_relative_image_paths(ds, base: Path):
+    """Data files may list images by path relative to the file itself."""
+    from datasets import Value
+
+    for split in ds:
+        for col, feature in ds[split].features.items():
+            if isinstance(feature, Value) and feature.dtype == "string" and _looks_like_image_paths(ds[split][col][:5]):
+                ds[split] = ds[split].map(
+                    lambda row, c=col: {c: str(base / row[c]) if not os.path.isabs(row[c]) else row[c]},
+                    desc=f"resolving {col} paths",
+                )
+    return ds
+
+
+def _looks_like_image_paths(values: list[Any]) -> bool:
+    return bool(values) and all(
+        isinstance(v, str) and Path(v).suffix.lower() in IMAGE_EXTENSIONS for v in values
+    )
+
+
+# ----------------------------------------------------------------------------- columns
+
+
+def find_columns(dataset, cfg: DataConfig) -> tuple[str, str]:
+    """The image and label columns: named in the recipe, else found from the features."""
+    from datasets import ClassLabel, Image, Value
+
+    features = dataset.features
+    columns = list(features)
+
+    def check(key: str, value: str | None) -> None:
+        if value is not None and value not in features:
+            raise DataError(f"data.{key}: no column '{value}' in the data; columns are: {', '.join(columns)}")
+
+    check("image_column", cfg.image_column)
+    check("label_column", cfg.label_column)
+    image = cfg.image_column
+    if image is None:
+        found = [c for c, f in features.items() if isinstance(f, Image)]
+        if not found:
+            found = [
+                c
+                for c, f in features.items()
+                if isinstance(f, Value) and f.dtype == "string" and _looks_like_image_paths(dataset[c][:5])
+            ]
+        if len(found) != 1:
+            raise DataError(
+                f"data.image_column: cannot tell which column holds the images "
+                f"({'several candidates: ' + ', '.join(found) if found else 'none is an Image feature'}); "
+                f"set data.image_column to one of: {', '.join(columns)}"
+            )
+        image = found[0]
+    label = cfg.label_column
+    if label is None:
+        found = [c for c, f in features.items() if isinstance(f, ClassLabel) and c != image]
+        if not found:
+            found = [c for c in columns if c.lower() in _LABEL_NAMES and c != image]
+        if len(found) != 1:
+            raise DataError(
+                f"data.label_column: cannot tell which column holds the labels "
+                f"({'several candidates: ' + ', '.join(found) if found else 'no ClassLabel or label-like column'}); "
+                f"set data.label_column to one of: {', '.join(c for c in columns if c != image)}"
+            )
+        label = found[0]
+    if label == image:
+        raise DataError("data.label_column and data.image_column name the same column; they must differ")
+    return image, label
+
+
+def encode_labels(train, others: dict[str, Any], label: str):
+    """Make ``label`` a ClassLabel in train, and map every other split onto the same classes.
+
+    Returns (train, others, class names). Fails when a class has no images or when another
+    split holds classes that train does not (the model could never predict them).
+    """
+    from datasets import ClassLabel
+
+    feature = train.features[label]
+    if not isinstance(feature, ClassLabel):
+        train = train.class_encode_column(label)
+        feature = train.features[label]
+    names: list[str] = list(feature.names)
+    counts = np.bincount(np.asarray(train[label], dtype=np.int64), minlength=len(names))
+    if len(names) < 2 or (counts > 0).sum() < 2:
+        raise DataError(
+            f"data.label_column: '{label}' has {int((counts > 0).sum())} class in the training split; "
+            "classification needs at least 2"
+        )
+    empty = [names[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise DataError(
+            f"data: class(es) {', '.join(empty)} have no training images; add images or remove the class"
+        )
+    out = {}
+    for split, ds in others.items():
+        theirs = ds.features[label]
+        if isinstance(theirs, ClassLabel):
+            if list(theirs.names) == names:
+                out[split] = ds
+                continue
+            values = {theirs.names[i] for i in set(ds[label])}
+        else:
+            values = {str(v) for v in set(ds[label])}
+        unknown = sorted(values - set(names))
+        if unknown:
+            raise DataError(
+                f"data: split '{split}' has classes that train does not: {', '.join(unknown[:10])}"
+                f"{' …' if len(unknown) > 10 else ''}; fix the labels or drop those images"
+            )
+        if isinstance(theirs, ClassLabel):
+            ds = ds.align_labels_with_mapping({n: i for i, n in enumerate(names)}, label)
+        else:
+            ds = ds.map(lambda row: {label: str(row[label])}).cast_column(label, ClassLabel(names=names))
+        out[split] = ds
+    return train, out, names
+
+
+# ------------------------------------------------------------------------------ splits
+
+
+def _per_class(labels: np.ndarray, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """Indices of each class, each list shuffled by ``rng`` (classes in sorted order)."""
+    return {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
+
+
+def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices whose class shares follow those of ``labels`` (largest remainder)."""
+    rng = np.random.default_rng(seed)
+    groups = _per_class(labels, rng)
+    n = min(n, len(labels))
+    exact = {c: n * len(idx) / len(labels) for c, idx in groups.items()}
+    take = {c: int(np.floor(v)) for c, v in exact.items()}
+    for c in sorted(exact, key=lambda c: (take[c] - exact[c], c))[: n - sum(take.values())]:
+        take[c] += 1
+    return np.sort(np.concatenate([groups[c][: take[c]] for c in groups]).astype(np.int64))
+
+
+def balanced_sample(labels: np.ndarray, n: int | None, seed: int, per_class: int | None = None) -> np.ndarray:
+    """Class-balanced indices: ``per_class`` of each class (k-shot), or ``n`` in total spread
+    as evenly as the classes allow (a class with too few images gives its share to others)."""
+    rng = np.random.default_rng(seed)
+    groups = _per_class(labels, rng)
+    if per_class is not None:
+        take = {c: min(per_class, len(idx)) for c, idx in groups.items()}
+    else:
+        assert n is not None
+        take = {c: 0 for c in groups}
+        remaining = min(n, len(labels))
+        open_classes = [c for c in groups]
+        while remaining > 0 and open_classes:
+            share, extra = divmod(remaining, len(open_classes))
+            order = rng.permutation(len(open_classes))
+            for rank, i in enumerate(order):
+                c = open_classes[i]
+                want = share + (1 if rank < extra else 0)
+                got = min(want, len(groups[c]) - take[c])
+                take[c] += got
+                remaining -= got
+            open_classes = [c for c in open_classes if take[c] < len(groups[c])]
+    return np.sort(np.concatenate([groups[c][: take[c]] for c in groups]).astype(np.int64))
+
+
+@dataclass
+class Splits:
+    train: Any
+    validation: Any | None
+    eval: Any
+    #: Where the reported numbers come from, for the card: e.g. "test" or "validation piece of train".
+    eval_name: str
+    class_names: list[str]
+    image_column: str
+    label_column: str
+    notes: list[str] = field(default_factory=list)
+
+
+def make_splits(raw, cfg: DataConfig, seed: int) -> Splits:
+    """Train / validation piece / eval split, seeded and stratified (see module docstring)."""
+    available = list(raw)
+    if cfg.train_split not in raw:
+        raise DataError(
+            f"data.train_split: '{cfg.train_split}' is not a split of '{cfg.dataset}'; it has: {', '.join(available)}"
+        )
+    if cfg.eval_split is not None and cfg.eval_split not in raw:
+        raise DataError(
+            f"data.eval_split: '{cfg.eval_split}' is not a split of '{cfg.dataset}' (it has: {', '.join(available)}); "
+            "name one of those, or set data.eval_split to null to report on a held-out validation piece of train"
+        )
+    if cfg.eval_split == cfg.train_split:
+        raise DataError(
+            "data.eval_split names the training split: the reported score would be measured on training images; "
+            "name another split, or set it to null to hold out a validation piece"
+        )
+    train = raw[cfg.train_split]
+    image, label = find_columns(train, cfg)
+    others = {cfg.eval_split: raw[cfg.eval_split]} if cfg.eval_split else {}
+    for split, ds in others.items():
+        missing = [c for c in (image, label) if c not in ds.column_names]
+        if missing:
+            raise DataError(f"data: split '{split}' lacks column(s) {', '.join(missing)} that train has")
+    train, others, names = encode_labels(train, others, label)
+    notes: list[str] = []
+
+    labels = np.asarray(train[label], dtype=np.int64)
+    all_idx = np.arange(len(labels))
+    if cfg.samples_per_class is not None or cfg.max_train_samples is not None:
+        chosen = balanced_sample(labels, cfg.max_train_samples, seed, per_class=cfg.samples_per_class)
+        short = [
+            names[c]
+            for c in np.unique(labels)
+            if cfg.samples_per_class is not None and (labels == c).sum() < cfg.samples_per_class
+        ]
+        if short:
+            notes.append(f"fewer than {cfg.samples_per_class} images in class(es): {', '.join(short)}; all were used")
+        rest = np.setdiff1d(all_idx, chosen)
+        n_val = int(round(cfg.validation_fraction * len(chosen)))
+        val_idx = rest[stratified_sample(labels[rest], n_val, seed + 1)] if n_val and len(rest) else rest[:0]
+        train_idx = chosen
+    else:
+        n_val = int(round(cfg.validation_fraction * len(labels)))
+        val_idx = stratified_sample(labels, n_val, seed + 1) if n_val else all_idx[:0]
+        train_idx = np.setdiff1d(all_idx, val_idx)
+    if cfg.validation_fraction > 0 and len(val_idx) == 0:
+        raise DataError(
+            "data.validation_fraction: no images are left for the validation piece; lower max_train_samples / "
+            "samples_per_class, or set data.validation_fraction to 0"
+        )
+    validation = train.select(val_idx) if len(val_idx) else None
+    train = train.select(train_idx)
+
+    if cfg.eval_split is not None:
+        evaluation = others[cfg.eval_split]
+        eval_name = cfg.eval_split
+        if cfg.max_eval_samples is not None:
+            eval_labels = np.asarray(evaluation[label], dtype=np.int64)
+            evaluation = evaluation.select(balanced_sample(eval_labels, cfg.max_eval_samples, seed + 2))
+            eval_name = f"{cfg.eval_split} (class-balanced subset of {len(evaluation)})"
+    else:
+        # Nothing else to report on: the validation piece is reported, and the card says so.
+        evaluation = validation
+        eval_name = f"validation piece of '{cfg.train_split}' ({cfg.validation_fraction:g}, seeded, stratified)"
+        if cfg.max_eval_samples is not None and len(evaluation) > cfg.max_eval_samples:
+            evaluation = evaluation.select(
+                balanced_sample(np.asarray(evaluation[label]), cfg.max_eval_samples, seed + 2)
+            )
+    return Splits(train, validation, evaluation, eval_name, names, image, label, notes)
+
+
+# ------------------------------------------------------------------------------ decode
+
+
+def processor_normalization(processor) -> tuple[list[float], list[float]]:
+    """Mean and std the processor normalises with (HF processors and timm's wrapper)."""
+    config = getattr(processor, "data_config", None)
+    if config is not None:  # TimmWrapperImageProcessor
+        return list(config["mean"]), list(config["std"])
+    if getattr(processor, "do_normalize", True) is False:
+        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    mean, std = processor.image_mean, processor.image_std
+    mean = [mean] * 3 if isinstance(mean, (int, float)) else list(mean)
+    std = [std] * 3 if isinstance(std, (int, float)) else list(std)
+    return mean, std
+
+
+def _rescale_factor(processor) -> float:
+    if getattr(processor, "data_config", None) is not None:
+        return 1 / 255
+    return processor.rescale_factor if getattr(processor, "do_rescale", True) else 1.0
+
+
+def to_rgb(image, background: tuple[int, int, int] = (255, 255, 255)):
+    """Any PIL image → upright 8-bit RGB.
+
+    EXIF orientation is applied first (datasets' Image feature does not: datasets #6252).
+    Transparent images are composited on ``background`` (white, as viewers show them),
+    16-bit and 32-bit images are rescaled to 8 bits rather than clipped, animated images
+    give their first frame. Pillow's global settings are left alone.
+    """
+    from PIL import Image, ImageOps
+
+    if getattr(image, "is_animated", False):
+        image.seek(0)
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = (0.0, 65535.0) if mode.startswith("I;16") else (float(arr.min()), float(arr.max()))
+        if mode == "I" and arr.max() <= 65535 and arr.min() >= 0:
+            lo, hi = 0.0, 65535.0 if arr.max() > 255 else 255.0
+        scaled = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+        image = Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8), mode="L")
+        mode = "L"
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        image = image.convert("RGBA")
+        canvas = Image.new("RGBA", image.size, background + (255,))
+        canvas.alpha_composite(image)
+        return canvas.convert("RGB")
+    if mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def open_image(value: dict[str, Any] | str):
+    """Open an undecoded ``Image`` value (bytes and/or path) or a path, fully decoded.
+
+    Raises on empty, truncated, non-image and decompression-bomb files; the bomb warning
+    (pixels over Pillow's limit) is raised as an error only inside this call.
+    """
+    from PIL import Image
+
+    if isinstance(value, str):
+        source: Any = value
+    elif value.get("bytes") is not None:
+        source = io.BytesIO(value["bytes"])
+    else:
+        source = value.get("path")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(source)
+        image.load()
+    return image
+
+
+def image_source(value: dict[str, Any] | str | None) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "<missing>"
+    return value.get("path") or "<embedded bytes>"
+
+
+class Decoder:
+    """The body of the one-off ``datasets.map`` pass: image → uint8 CHW of the model size.
+
+    Each image goes through the model's own image processor and the normalisation is
+    undone, so the cached pixels are exactly what the processor (and so ``pipeline()``)
+    feeds the model, to the rounding of uint8.
+    """
+
+    def __init__(self, processor, image_column: str, label_column: str) -> None:
+        self.processor = processor
+        self.image_column = image_column
+        self.label_column = label_column
+        mean, std = processor_normalization(processor)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.scale = _rescale_factor(processor)
+
+    def pixels(self, images: list) -> torch.Tensor:
+        out = self.processor(images=images, return_tensors="pt")["pixel_values"].float()
+        out = (out * self.std + self.mean) / self.scale
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        good, bad_reason = [], []
+        for value in batch[self.image_column]:
+            try:
+                good.append(to_rgb(open_image(value)))
+                bad_reason.append("")
+            except Exception as err:  # noqa: BLE001 - every decode failure is reported, none is fatal here
+                good.append(None)
+                bad_reason.append(f"{type(err).__name__}: {_first_line(err)}")
+        ok = [im for im in good if im is not None]
+        pixels = self.pixels(ok).numpy() if ok else None
+        out_pixels, j = [], 0
+        for im in good:
+            if im is None:
+                out_pixels.append(None)
+            else:
+                out_pixels.append(pixels[j])
+                j += 1
+        return {
+            "pixel_values": out_pixels,
+            "labels": batch[self.label_column],
+            "bad_reason": bad_reason,
+            "source": [image_source(v) for v in batch[self.image_column]],
+        }
+
+    def output_shape(self) -> tuple[int, int, int]:
+        from PIL import Image
+
+        return tuple(self.pixels([Image.new("RGB", (97, 61))]).shape[1:])  # type: ignore[return-value]
+
+
+@dataclass
+class Decoded:
+    dataset: Any  # columns: pixel_values (uint8 3×H×W), labels
+    bad: list[dict[str, str]]  # {"path", "reason"}
+
+
+def decode(dataset, processor, image_column: str, label_column: str, num_proc: int | None, desc: str) -> Decoded:
+    """Decode, fix and resize every image once (a fingerprinted, cached ``datasets.map``)."""
+    from datasets import Array3D, Features, Image, Value
+
+    decoder = Decoder(processor, image_column, label_column)
+    shape = decoder.output_shape()
+    # Undecoded so that one corrupt file is a row to set aside, not an exception that ends
+    # iteration of the whole split (datasets #6470), and so that we apply EXIF rotation.
+    feature = dataset.features[image_column]
+    if isinstance(feature, Image):
+        dataset = dataset.cast_column(image_column, Image(decode=False))
+    fingerprint = hashlib.sha256(
+        "|".join(
+            [dataset._fingerprint, processor.to_json_string(), image_column, label_column, _DECODE_VERSION]
+        ).encode()
+    ).hexdigest()[:32]
+    features = Features(
+        {
+            "pixel_values": Array3D(shape=shape, dtype="uint8"),
+            "labels": Value("int64"),
+            "bad_reason": Value("string"),
+            "source": Value("string"),
+        }
+    )
+    if num_proc is None:
+        num_proc = min(os.cpu_count() or 1, 8) if len(dataset) >= 4000 else None
+    mapped = dataset.map(
+        decoder,
+        batched=True,
+        batch_size=64,
+        remove_columns=dataset.column_names,
+        features=features,
+        num_proc=num_proc,
+        new_fingerprint=fingerprint,
+        desc=desc,
+    )
+    reasons = mapped["bad_reason"]
+    bad_idx = [i for i, r in enumerate(reasons) if r]
+    bad = [{"path": mapped[i]["source"], "reason": reasons[i]} for i in bad_idx]
+    if bad_idx:
+        keep = np.setdiff1d(np.arange(len(mapped)), bad_idx)
+        mapped = mapped.select(keep)
+    mapped = mapped.remove_columns(["bad_reason", "source"])
+    mapped.set_format("torch", columns=["pixel_values", "labels"])
+    return Decoded(mapped, bad)
+
+
+# ---------------------------------------------------------------------- batch transforms
+
+
+class BatchTransform:
+    """uint8 batches → normalised float batches on the batch's device; augments in training.
+
+    Augmentation uses torchvision.transforms.v2 on each image of the batch (independent
+    random crops and flips per image; a v2 transform given a whole batch would apply one
+    random draw to all of it). Randomness comes from torch's global generator, which the
+    Trainer seeds and checkpoints, so a resumed run draws the same augmentations.
+    """
+
+    def __init__(self, mean: list[float], std: list[float], size: tuple[int, int], augment: AugmentConfig | None):
+        from torchvision.transforms import v2
+
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        steps = []
+        if augment is not None and augment.crop_scale is not None:
+            steps.append(v2.RandomResizedCrop(size, scale=tuple(augment.crop_scale), antialias=True))
+        if augment is not None and augment.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        self.augment = v2.Compose(steps) if steps else None
+
+    def __call__(self, pixels: torch.Tensor, train: bool) -> torch.Tensor:
+        if pixels.dtype != torch.uint8:  # already normalised (e.g. a caller's own tensors)
+            return pixels
+        if train and self.augment is not None:
+            pixels = torch.stack([self.augment(image) for image in pixels])
+        mean = self.mean.to(pixels.device)
+        std = self.std.to(pixels.device)
+        return (pixels.float().div_(255.0) - mean) / std
+
+    def describe(self) -> str:
+        if self.augment is None:
+            return "none"
+        return ", ".join(type(t).__name__ for t in self.augment.transforms) + " (per image, batch-wise)"

@@ -1,0 +1,140 @@
+"""Metrics through `evaluate`, accumulated batch by batch.
+
+The Trainer keeps every eval logit in memory unless ``batch_eval_metrics`` is on; with it,
+``MetricAccumulator`` is called once per (gathered) batch and keeps only a few integers and
+two floats per image — never the N×C logits — so memory stays bounded on big eval sets.
+The metric modules ship in ``evaluate_modules/`` because ``evaluate.load("accuracy")``
+downloads from the Hub, which fails offline.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MODULE_DIR = Path(__file__).parent / "evaluate_modules"
+TOP_K = 5
+
+
+@functools.lru_cache(maxsize=None)
+def load_metric(name: str):
+    """An `evaluate` module from the local folder (works with HF_HUB_OFFLINE=1)."""
+    import evaluate
+
+    return evaluate.load(str(MODULE_DIR / name))
+
+
+@dataclass
+class Predictions:
+    """What one evaluation pass keeps per image (all arrays of length N)."""
+
+    labels: np.ndarray  # true class
+    preds: np.ndarray  # top-1 class
+    topk: np.ndarray  # N×k best classes, best first
+    confidence: np.ndarray  # probability of the predicted class
+    true_prob: np.ndarray  # probability given to the true class
+
+
+def compute(metrics: list[str], p: Predictions, num_labels: int) -> dict[str, float]:
+    """The recipe's metrics, macro-averaged over all classes of the label set."""
+    preds, refs = p.preds.tolist(), p.labels.tolist()
+    classes = list(range(num_labels))
+    out: dict[str, float] = {}
+    for name in metrics:
+        if name == "accuracy":
+            out[name] = load_metric("accuracy").compute(predictions=preds, references=refs)["accuracy"]
+        elif name in ("f1", "precision", "recall"):
+            out[name] = load_metric(name).compute(
+                predictions=preds, references=refs, labels=classes, average="macro", zero_division=0
+            )[name]
+        elif name == "top5_accuracy" and num_labels > TOP_K:
+            out[name] = load_metric("top_k_accuracy").compute(
+                predictions=p.topk[:, :TOP_K].tolist(), references=refs
+            )["top_k_accuracy"]
+    return out
+
+
+class MetricAccumulator:
+    """``compute_metrics`` for a Trainer with ``batch_eval_metrics=True``.
+
+    The Trainer calls it with each gathered batch (``accelerate``'s ``gather_for_metrics``
+    already drops the samples repeated to pad the last batch across processes, so every
+    eval image counts once) and ``compute_result=True`` on the last one.
+    """
+
+    def __init__(self, metrics: list[str], num_labels: int) -> None:
+        self.metrics = metrics
+        self.num_labels = num_labels
+        self.last: Predictions | None = None
+        self._parts: list[tuple[np.ndarray, ...]] = []
+
+    def __call__(self, eval_pred: Any, compute_result: bool = True) -> dict[str, float]:
+        logits = eval_pred.predictions
+        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        logits = torch.as_tensor(logits).detach().float()
+        labels = torch.as_tensor(eval_pred.label_ids).detach().long()
+        probs = logits.softmax(-1)
+        k = min(TOP_K, probs.shape[-1])
+        top = probs.topk(k, dim=-1)
+        self._parts.append(
+            (
+                labels.cpu().numpy(),
+                top.indices[:, 0].cpu().numpy(),
+                top.indices.cpu().numpy(),
+                top.values[:, 0].cpu().numpy(),
+                probs.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1).cpu().numpy(),
+            )
+        )
+        if not compute_result:
+            return {}
+        columns = [np.concatenate(col) for col in zip(*self._parts)]
+        self._parts = []
+        self.last = Predictions(*columns)
+        out = compute(self.metrics, self.last, self.num_labels)
+        out["num_images"] = int(len(self.last.labels))
+        return out
+
+
+def per_class_report(p: Predictions, names: list[str]) -> dict[str, Any]:
+    """Per-class precision/recall/F1/support plus overall scores, for ``eval_report.json``."""
+    from sklearn.metrics import confusion_matrix
+
+    preds, refs = p.preds.tolist(), p.labels.tolist()
+    classes = list(range(len(names)))
+    per: dict[str, list[float]] = {}
+    for name in ("precision", "recall", "f1"):
+        per[name] = load_metric(name).compute(
+            predictions=preds, references=refs, labels=classes, average=None, zero_division=0
+        )[name]
+    support = np.bincount(p.labels, minlength=len(names)).tolist()
+    weighted_f1 = load_metric("f1").compute(
+        predictions=preds, references=refs, labels=classes, average="weighted", zero_division=0
+    )["f1"]
+    report: dict[str, Any] = {
+        "num_images": len(refs),
+        "accuracy": load_metric("accuracy").compute(predictions=preds, references=refs)["accuracy"],
+        "macro_f1": float(np.mean(per["f1"])),
+        "weighted_f1": weighted_f1,
+        "macro_precision": float(np.mean(per["precision"])),
+        "macro_recall": float(np.mean(per["recall"])),
+        "per_class": {
+            names[c]: {
+                "precision": per["precision"][c],
+                "recall": per["recall"][c],
+                "f1": per["f1"][c],
+                "support": support[c],
+            }
+            for c in classes
+        },
+        "confusion_matrix": confusion_matrix(refs, preds, labels=classes).tolist(),
+    }
+    if len(names) > TOP_K:
+        report["top5_accuracy"] = load_metric("top_k_accuracy").compute(
+            predictions=p.topk[:, :TOP_K].tolist(), references=refs
+        )["top_k_accuracy"]
+    return report

@@ -1,0 +1,233 @@
+"""Model: a pretrained classifier with a new head for the user's classes, and a strategy.
+
+``AutoModelForImageClassification`` loads HF-native models (ViT, DeiT, ResNet, ConvNeXt,
+Swin, BEiT, ...) and timm models through TimmWrapper; ``builtin:`` names resolve to local
+checkpoints (builtin.py). Only head parameters may be re-initialised: anything else
+missing from the checkpoint means the wrong model was named, and is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from torch import nn
+
+from . import builtin
+from .recipe import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ModelError(ValueError):
+    """A problem with the model the recipe names; one line, with the fix."""
+
+
+def _load_kwargs(cfg: ModelConfig) -> dict:
+    return {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+
+
+def load_processor(cfg: ModelConfig, image_size: int | None):
+    """The model's image processor, resized when the recipe asks for ``data.image_size``."""
+    from transformers import AutoConfig, AutoImageProcessor
+
+    path = builtin.resolve_model(cfg.name_or_path)
+    try:
+        processor = AutoImageProcessor.from_pretrained(path, **_load_kwargs(cfg))
+        config = AutoConfig.from_pretrained(path, **_load_kwargs(cfg))
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(
+            f"model.name_or_path: cannot load '{cfg.name_or_path}' ({first}); check the id or path, "
+            "or that the model ships an image processor"
+        ) from None
+    if image_size is not None:
+        processor = resize_processor(processor, config, image_size)
+    return processor
+
+
+def fixed_input_size(config) -> int | None:
+    """Models with learned position embeddings for one size (ViT, DeiT, BEiT...)."""
+    if getattr(config, "model_type", "") in ("vit", "deit", "beit", "data2vec-vision", "dinov2", "vit_msn", "vit_mae"):
+        size = getattr(config, "image_size", None)
+        return size if isinstance(size, int) else None
+    return None
+
+
+def resize_processor(processor, config, size: int):
+    """A copy of ``processor`` whose output is ``size``×``size`` pixels.
+
+    HF processors: every entry of ``size`` / ``crop_size`` is scaled by the same ratio, so
+    the resize-then-crop proportions (``crop_pct``) are kept. timm: ``input_size`` in the
+    pretrained config, which is also where the saved checkpoint keeps it.
+    """
+    import copy
+
+    fixed = fixed_input_size(config)
+    if fixed is not None and fixed != size:
+        raise ModelError(
+            f"data.image_size: {size} differs from the {config.model_type} model's fixed input size {fixed} "
+            "(its position embeddings are learned for that size); remove data.image_size or set it to "
+            f"{fixed}"
+        )
+    if getattr(processor, "data_config", None) is not None:  # timm
+        from transformers.models.timm_wrapper import TimmWrapperImageProcessor
+
+        pretrained_cfg = dict(config.pretrained_cfg)
+        pretrained_cfg["input_size"] = (3, size, size)
+        pretrained_cfg.pop("test_input_size", None)
+        return TimmWrapperImageProcessor(pretrained_cfg=pretrained_cfg, architecture=config.architecture)
+    processor = copy.deepcopy(processor)
+    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    reference = crop or processor.size
+    current = reference.get("height") or reference.get("shortest_edge")
+    if not current:
+        raise ModelError(f"data.image_size: cannot resize this model's image processor ({processor.size})")
+    ratio = size / current
+
+    def scale(d):
+        return {k: (int(round(v * ratio)) if isinstance(v, int) and k != "longest_edge" else v) for k, v in d.items()}
+
+    processor.size = scale(processor.size)
+    if crop:
+        processor.crop_size = {"height": size, "width": size}
+    return processor
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    reinitialised: list[str]
+    head: list[str]
+    trainable: int
+    total: int
+
+
+def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedModel:
+    """The pretrained model with a head for ``class_names``, frozen per ``cfg.strategy``."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    path = builtin.resolve_model(cfg.name_or_path)
+    config = AutoConfig.from_pretrained(path, **_load_kwargs(cfg))
+    # A TimmWrapper config whose model_args holds num_classes makes loading with a new
+    # num_labels fail ("multiple values for keyword argument"); the head size comes from
+    # num_labels alone.
+    model_args = getattr(config, "model_args", None)
+    if isinstance(model_args, dict) and "num_classes" in model_args:
+        config.model_args = {k: v for k, v in model_args.items() if k != "num_classes"}
+    config.num_labels = len(class_names)
+    config.id2label = dict(enumerate(class_names))
+    config.label2id = {name: i for i, name in enumerate(class_names)}
+    data_config = getattr(processor, "data_config", None)
+    if data_config is not None and hasattr(config, "pretrained_cfg"):
+        # timm keeps its preprocessing in config.json: keep it equal to what we train with.
+        config.pretrained_cfg = {**config.pretrained_cfg, "input_size": tuple(data_config["input_size"])}
+    model, info = AutoModelForImageClassification.from_pretrained(
+        path, config=config, ignore_mismatched_sizes=True, output_loading_info=True, **_load_kwargs(cfg)
+    )
+    reinit = sorted(set(info.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())})
+    head = head_parameter_names(model, reinit)
+    stray = [k for k in reinit if k not in head]
+    if stray:
+        raise ModelError(
+            f"model.name_or_path: '{cfg.name_or_path}' lacks pretrained weights outside the classification head "
+            f"({', '.join(stray[:4])}{' …' if len(stray) > 4 else ''}); name an image-classification checkpoint"
+        )
+    if reinit:
+        logger.info("re-initialised for %d classes: %s", len(class_names), ", ".join(reinit))
+    apply_strategy(model, cfg, head)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return LoadedModel(model, reinit, head, trainable, total)
+
+
+def head_parameter_names(model: nn.Module, reinitialised: list[str]) -> list[str]:
+    """The classification head: the last Linear layer(s), plus every re-initialised tensor
+    that belongs to a module named like a head (DeiT-with-teacher has two heads)."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    names = set()
+    if linears:
+        last = linears[-1]
+        names |= {f"{last}.{p}" for p, _ in model.get_submodule(last).named_parameters()}
+    head_words = ("classifier", "head", "fc")
+    for key in reinitialised:
+        parts = key.split(".")
+        if any(word in part for part in parts[:-1] for word in head_words):
+            names.add(key)
+    params = dict(model.named_parameters())
+    return sorted(n for n in names if n in params)
+
+
+def find_blocks(model: nn.Module, head: list[str]) -> tuple[str, nn.ModuleList | nn.Sequential]:
+    """The backbone's main stack of blocks: the ModuleList/Sequential holding the most
+    parameters outside the head (ViT encoder.layer, ResNet stages, timm blocks, ...)."""
+    head_set = set(head)
+    best: tuple[int, str, nn.Module] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)) or len(module) < 2:
+            continue
+        count = sum(
+            p.numel() for n, p in module.named_parameters(prefix=name) if n not in head_set
+        )
+        # Prefer the outermost container on ties: a stage list over a stage's own layers.
+        if best is None or count > best[0]:
+            best = (count, name, module)
+    if best is None:
+        raise ModelError("model.strategy 'partial': cannot find a stack of blocks in this model; use 'full' or 'linear_probe'")
+    return best[1], best[2]  # type: ignore[return-value]
+
+
+def apply_strategy(model: nn.Module, cfg: ModelConfig, head: list[str]) -> None:
+    """Freeze per strategy; frozen parts stay in eval mode while the rest trains, so
+    batch-norm statistics of a frozen backbone do not drift (and dropout is off there)."""
+    if cfg.strategy == "full":
+        return
+    params = list(model.named_parameters())
+    if cfg.strategy == "linear_probe":
+        trainable = set(head)
+    else:  # partial: the last n blocks, everything after them (final norm), and the head
+        blocks_name, blocks = find_blocks(model, head)
+        if cfg.unfreeze_last_n > len(blocks):
+            raise ModelError(
+                f"model.unfreeze_last_n: {cfg.unfreeze_last_n} but the model has {len(blocks)} blocks "
+                f"({blocks_name}); use at most {len(blocks)}, or strategy 'full'"
+            )
+        first = f"{blocks_name}.{len(blocks) - cfg.unfreeze_last_n}."
+        start = next(i for i, (n, _) in enumerate(params) if n.startswith(first))
+        trainable = {n for n, _ in params[start:]} | set(head)
+    for name, p in params:
+        p.requires_grad_(name in trainable)
+    frozen = _frozen_modules(model)
+
+    def keep_frozen_in_eval(module: nn.Module, args):  # forward pre-hook
+        if module.training:
+            for m in frozen:
+                m.eval()
+
+    model.register_forward_pre_hook(keep_frozen_in_eval)
+    model.finetune_frozen_modules = frozen  # type: ignore[attr-defined] - for tests and logs
+
+
+def _frozen_modules(model: nn.Module) -> list[nn.Module]:
+    """The outermost modules whose parameters are all frozen (and that have some state)."""
+    out: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        params = list(module.parameters())
+        state = params or list(module.buffers())
+        if state and all(not p.requires_grad for p in params):
+            out.append(module)
+            return
+        for child in module.children():
+            visit(child)
+
+    for child in model.children():
+        visit(child)
+    return out
+
+
+def describe_strategy(loaded: LoadedModel, cfg: ModelConfig) -> str:
+    share = 100.0 * loaded.trainable / max(loaded.total, 1)
+    return (
+        f"strategy {cfg.strategy}: {loaded.trainable:,} of {loaded.total:,} parameters trainable ({share:.2f}%)"
+    )

@@ -1,0 +1,339 @@
+"""Recipes: JSON files with a strict, typed schema.
+
+A recipe is data, not code (the torchtune / big_vision lesson): every key is declared
+here with its type and default, unknown keys are errors with a "did you mean"
+suggestion, and every error is one line naming the file, the key and the fix, raised
+before any model or data is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Strategy = Literal["full", "linear_probe", "partial"]
+
+#: Metric names a recipe may list; ``metrics.py`` computes each one.
+KNOWN_METRICS = ("accuracy", "f1", "precision", "recall", "top5_accuracy")
+
+# TrainingArguments fields that the recipe sets elsewhere, or that we own because the
+# pipeline depends on them (see train.py for why each is fixed).
+_TRAINING_KEYS_ELSEWHERE = {
+    "output_dir": "use the top-level 'output_dir' key",
+    "hub_model_id": "use 'hub.repo_id'",
+    "push_to_hub": "use 'hub.push'",
+    "hub_token": "tokens come only from the environment (HF_TOKEN) or `hf auth login`",
+    "push_to_hub_token": "tokens come only from the environment (HF_TOKEN) or `hf auth login`",
+    "remove_unused_columns": "finetune prepares the pixel columns itself; the key has no effect here",
+    "label_names": "finetune always uses the 'labels' column",
+    "batch_eval_metrics": "finetune always accumulates metrics batch by batch to bound memory",
+}
+
+
+class RecipeError(ValueError):
+    """A recipe problem: the message is one line naming the file, the key and the fix."""
+
+
+@dataclass
+class Expected:
+    """The result a recipe claims, stated up front (big_vision style) and tested by users."""
+
+    metric: str = "accuracy"
+    value: float = 0.0
+    #: Free text: on what hardware / split / budget the value was measured.
+    note: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""
+    revision: str | None = None
+    strategy: Strategy = "full"
+    #: With ``strategy: partial``: how many of the last backbone blocks are trained.
+    unfreeze_last_n: int = 2
+    #: Hub code only runs when asked for AND pinned to a commit (issue #5).
+    trust_remote_code: bool = False
+
+
+@dataclass
+class AugmentConfig:
+    """Train-time augmentation, applied batch-wise with torchvision.transforms.v2."""
+
+    #: RandomResizedCrop scale range; null turns the crop off.
+    crop_scale: list[float] | None = field(default_factory=lambda: [0.5, 1.0])
+    #: Horizontal flips: right for natural photos, wrong for digits or text.
+    hflip: bool = True
+
+
+@dataclass
+class DataConfig:
+    dataset: str = ""
+    config: str | None = None
+    revision: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = "test"
+    validation_fraction: float = 0.1
+    image_column: str | None = None
+    label_column: str | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    samples_per_class: int | None = None
+    image_size: int | None = None
+    #: Stop before training when more than this share of the images cannot be decoded.
+    max_bad_fraction: float = 0.01
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: Processes for the one-off decode/resize ``datasets.map`` pass (null: automatic).
+    preprocessing_num_workers: int | None = None
+
+
+@dataclass
+class HubConfig:
+    push: bool = False
+    repo_id: str | None = None
+    private: bool = True
+    revision: str | None = None
+
+
+@dataclass
+class Recipe:
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    output_dir: str = ""
+    expected: Expected | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=lambda: list(KNOWN_METRICS))
+    hub: HubConfig = field(default_factory=HubConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _suggest(key: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else "remove it or check the spelling"
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return {"str": "string", "int": "integer", "float": "number", "bool": "true/false"}.get(
+            tp.__name__, tp.__name__
+        )
+    return str(tp).replace("typing.", "")
+
+
+def _check_type(value: Any, tp: Any) -> bool:
+    """True when a JSON value fits a type annotation (the subset recipes use)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_check_type(value, arg) for arg in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return isinstance(value, list) and (not args or all(_check_type(v, args[0]) for v in value))
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return value in {m.value for m in tp}
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return False
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    return _type_name(tp)
+
+
+def _build(cls: type, raw: Any, where: str, source: str) -> Any:
+    """Build dataclass ``cls`` from ``raw`` strictly, or raise a one-line RecipeError."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: '{where or 'recipe'}' must be a JSON object, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise RecipeError(f"{source}: unknown key '{path}'; {_suggest(key, names)}")
+        tp = hints[key]
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        target = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner else None)
+        if target is not None and value is not None:
+            kwargs[key] = _build(target, value, path, source)
+        elif not _check_type(value, tp):
+            raise RecipeError(f"{source}: '{path}' must be {_describe(tp)}, got {json.dumps(value)}")
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _check_training(training: dict[str, Any], source: str) -> None:
+    """Every key must be a TrainingArguments field, of the field's type."""
+    from transformers import TrainingArguments  # light: no model or data is loaded
+
+    fields = {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key, value in training.items():
+        path = f"training.{key}"
+        if key in _TRAINING_KEYS_ELSEWHERE:
+            raise RecipeError(f"{source}: '{path}' is not set here; {_TRAINING_KEYS_ELSEWHERE[key]}")
+        if key not in fields:
+            raise RecipeError(
+                f"{source}: unknown key '{path}' (not a transformers.TrainingArguments field); "
+                f"{_suggest(key, fields)}"
+            )
+        tp = fields[key]
+        if isinstance(tp, str):  # postponed annotations in some releases
+            tp = Any
+        if not _check_type(value, tp):
+            raise RecipeError(f"{source}: '{path}' must be {_describe(tp)}, got {json.dumps(value)}")
+
+
+def _validate(recipe: Recipe, source: str) -> None:
+    """Checks between keys, which the types alone cannot express."""
+    required = {
+        "description": recipe.description,
+        "model.name_or_path": recipe.model.name_or_path,
+        "data.dataset": recipe.data.dataset,
+        "output_dir": recipe.output_dir,
+    }
+    for key, value in required.items():
+        if not value:
+            raise RecipeError(f"{source}: '{key}' is required; add it to the recipe or pass --set {key}=...")
+    d, m = recipe.data, recipe.model
+    if not 0 <= d.validation_fraction < 1:
+        raise RecipeError(f"{source}: 'data.validation_fraction' must be in [0, 1), got {d.validation_fraction}")
+    if d.eval_split is None and d.validation_fraction == 0:
+        raise RecipeError(
+            f"{source}: with 'data.eval_split' null the validation piece is what gets reported, "
+            "so 'data.validation_fraction' must be > 0"
+        )
+    for key in ("max_train_samples", "max_eval_samples", "samples_per_class", "image_size"):
+        value = getattr(d, key)
+        if value is not None and value < 1:
+            raise RecipeError(f"{source}: 'data.{key}' must be a positive integer or null, got {value}")
+    if d.samples_per_class is not None and d.max_train_samples is not None:
+        raise RecipeError(
+            f"{source}: set only one of 'data.samples_per_class' and 'data.max_train_samples'"
+        )
+    if not 0 <= d.max_bad_fraction <= 1:
+        raise RecipeError(f"{source}: 'data.max_bad_fraction' must be in [0, 1], got {d.max_bad_fraction}")
+    scale = d.augment.crop_scale
+    if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+        raise RecipeError(
+            f"{source}: 'data.augment.crop_scale' must be [min, max] with 0 < min <= max <= 1, got {scale}"
+        )
+    if m.strategy == "partial" and m.unfreeze_last_n < 1:
+        raise RecipeError(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
+    if m.trust_remote_code and not (m.revision and len(m.revision) == 40 and _is_hex(m.revision)):
+        raise RecipeError(
+            f"{source}: 'model.trust_remote_code' runs code from the Hub, so 'model.revision' must pin "
+            "a 40-character commit hash"
+        )
+    for name in recipe.metrics:
+        if name not in KNOWN_METRICS:
+            raise RecipeError(f"{source}: unknown metric '{name}' in 'metrics'; {_suggest(name, KNOWN_METRICS)}")
+    if not recipe.metrics:
+        raise RecipeError(f"{source}: 'metrics' must list at least one of {', '.join(KNOWN_METRICS)}")
+    if recipe.expected is not None and recipe.expected.metric not in recipe.metrics:
+        raise RecipeError(
+            f"{source}: 'expected.metric' is '{recipe.expected.metric}' but 'metrics' does not compute it; "
+            f"use one of {', '.join(recipe.metrics)}"
+        )
+    if recipe.hub.push and not recipe.hub.repo_id:
+        raise RecipeError(f"{source}: 'hub.push' is true but 'hub.repo_id' is missing; set it to USER/NAME")
+    _check_training(recipe.training, source)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text.lower())
+
+
+# ------------------------------------------------------------------------ overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=VALUE`` → (["a", "b"], value); the value is JSON when it parses, else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. training.learning_rate=3e-4")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str], source: str) -> dict[str, Any]:
+    out = json.loads(json.dumps(raw))  # deep copy: the caller's dict stays as it was
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise RecipeError(f"{source}: --set {text}: '{where}' is not an object, so it has no keys")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    recipe = _build(Recipe, raw, "", source)
+    _validate(recipe, source)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Read, override and validate a recipe. Raises RecipeError with a one-line message."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{source}: no such recipe file; check the path (shipped recipes are in recipes/)") from None
+    except OSError as err:
+        raise RecipeError(f"{source}: cannot read the recipe ({err.strerror})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RecipeError(f"{source}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe must be a JSON object at the top level")
+    return recipe_from_dict(apply_overrides(raw, overrides, source), source)

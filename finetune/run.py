@@ -1,0 +1,136 @@
+"""Command line: ``accelerate launch finetune/run.py --recipe R.json [--set KEY=VALUE ...]``.
+
+Also installed as the ``finetune`` console script, with subcommands:
+
+    finetune train --recipe R.json [--set KEY=VALUE ...] [--overwrite]
+    finetune validate R.json [R.json ...]
+
+Exit codes: 0 success; 2 a problem with the recipe, data, model or output folder (a
+one-line message says which file or key, and how to fix it; nothing was trained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script (`accelerate launch finetune/run.py`): import the package, not the
+    # sibling modules as top-level ones.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    sys.path.insert(0, os.path.dirname(here))
+
+EXIT_USER_ERROR = 2
+
+COMMANDS = ("train", "validate")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetune",
+        description="Fine-tune a pretrained image classifier from a JSON recipe.",
+    )
+    sub = parser.add_subparsers(dest="command")
+    train = sub.add_parser("train", help="train a recipe (the default command)")
+    _add_train_args(train)
+    validate = sub.add_parser("validate", help="check recipes without loading anything")
+    validate.add_argument("recipes", nargs="+", help="recipe JSON files")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def _add_train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="the recipe JSON file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key (dotted, e.g. training.learning_rate=3e-4); the value is JSON "
+        "when it parses, else a string; repeatable",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run of a different recipe (or other files) in output_dir instead of stopping",
+    )
+
+
+def _setup_logging() -> None:
+    from accelerate import PartialState
+
+    main = PartialState().is_main_process
+    logging.basicConfig(
+        level=logging.INFO if main else logging.WARNING,
+        format="%(asctime)s finetune: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    import transformers
+
+    transformers.logging.set_verbosity_warning()
+    if not main:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
+def _error(message: str) -> int:
+    print(f"finetune: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .recipe import RecipeError, load_recipe
+
+    failed = 0
+    for path in args.recipes:
+        try:
+            recipe = load_recipe(path, args.overrides)
+        except RecipeError as err:
+            print(f"FAIL {err}", file=sys.stderr)
+            failed += 1
+        else:
+            print(f"ok   {path}: {recipe.description.splitlines()[0][:80]}")
+    return EXIT_USER_ERROR if failed else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .model import ModelError
+    from .recipe import RecipeError, load_recipe
+    from .train import OutputDirError, train
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as err:
+        return _error(str(err))
+    _setup_logging()
+    try:
+        train(recipe, overwrite=args.overwrite, source=str(args.recipe))
+    except (RecipeError, DataError, ModelError, OutputDirError) as err:
+        return _error(str(err))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `run.py --recipe R` without a subcommand means `train`.
+    if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
+        argv = ["train", *argv]
+    args = _parser().parse_args(argv)
+    if args.command == "validate":
+        return cmd_validate(args)
+    return cmd_train(args)
+
+
+if __name__ == "__main__":
+    if __package__ in (None, ""):
+        from finetune.run import main as _main  # the package's own copy of this module
+    else:
+        _main = main
+    sys.exit(_main())

@@ -1,0 +1,334 @@
+"""Train: the HF Trainer (through accelerate) on the prepared data, then the outputs.
+
+recipe → TrainingArguments → output folder check → processor → data → model → Trainer →
+train (resuming when the same recipe ran here before) → final evaluation on the eval
+split → model, processor, metrics, recipe.json, report and card in the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments, default_data_collator
+from transformers.trainer_utils import get_last_checkpoint
+
+from . import card, data, metrics, model as model_lib
+from .recipe import Recipe, RecipeError
+
+logger = logging.getLogger("finetune")
+
+#: Files in the output folder that a run writes; anything else there is the user's.
+RUN_FILES = {
+    "recipe.json",
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "train_results.json",
+    "eval_results.json",
+    "all_results.json",
+    "trainer_state.json",
+    "training_args.bin",
+    "README.md",
+    "eval_report.json",
+    "data_report.json",
+    "confusion_matrix.png",
+    "misclassified.png",
+    "training_curves.png",
+}
+
+
+class OutputDirError(RuntimeError):
+    """The output folder holds something that this run must not overwrite."""
+
+
+# ------------------------------------------------------------------ training arguments
+
+
+def data_seed(recipe: Recipe) -> int:
+    """The seed of every split and subset: training.data_seed, else training.seed, else 42."""
+    t = recipe.training
+    return int(t.get("data_seed") if t.get("data_seed") is not None else t.get("seed", 42))
+
+
+def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArguments:
+    """TrainingArguments from the recipe's ``training`` block over finetune's defaults."""
+    has_validation = recipe.data.validation_fraction > 0
+    on_gpu = torch.cuda.is_available()
+    defaults: dict[str, Any] = {
+        # Per-epoch scores on the validation piece (never on the eval split): see data.py.
+        "eval_strategy": "epoch" if has_validation else "no",
+        "save_strategy": "epoch",
+        "logging_strategy": "steps",
+        "logging_steps": 10,
+        "save_total_limit": 2,
+        "report_to": "none",
+        "seed": 42,
+        # bf16 autocast on GPUs that have it: the usual 2× for free (issue #6).
+        "bf16": bool(on_gpu and torch.cuda.is_bf16_supported()),
+        "tf32": bool(on_gpu and torch.cuda.get_device_capability()[0] >= 8),
+        # Workers only read uint8 rows of the decoded cache; on CPU they would compete
+        # with the model for the same cores.
+        "dataloader_num_workers": min(4, (os.cpu_count() or 2) // 2) if on_gpu else 0,
+    }
+    user = dict(recipe.training)
+    if "per_device_train_batch_size" in user and "per_device_eval_batch_size" not in user:
+        defaults["per_device_eval_batch_size"] = user["per_device_train_batch_size"]
+    if not has_validation and user.get("eval_strategy", "no") != "no":
+        raise RecipeError(
+            f"{source}: 'training.eval_strategy' is '{user['eval_strategy']}' but there is no validation piece "
+            "(data.validation_fraction is 0); set data.validation_fraction > 0 or eval_strategy to 'no'"
+        )
+    forced = {
+        "output_dir": recipe.output_dir,
+        # Our columns are exactly the model's inputs; nothing may be dropped.
+        "remove_unused_columns": False,
+        "label_names": ["labels"],
+        # Accumulate metrics batch by batch instead of keeping every eval logit.
+        "batch_eval_metrics": True,
+    }
+    try:
+        return TrainingArguments(**{**defaults, **user, **forced})
+    except (ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RecipeError(f"{source}: 'training' is inconsistent: {first}") from None
+
+
+# --------------------------------------------------------------------- output folder
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+        return out
+    return [] if a == b else [f"{prefix}: {json.dumps(a)} → {json.dumps(b)}"]
+
+
+def _comparable(recipe_dict: dict[str, Any]) -> dict[str, Any]:
+    # Publishing settings do not change what is trained.
+    return {k: v for k, v in recipe_dict.items() if k != "hub"}
+
+
+def check_output_dir(recipe: Recipe, overwrite: bool) -> str | None:
+    """Decide what to do with the output folder; returns the checkpoint to resume from.
+
+    - empty or missing: a fresh run;
+    - holds a run of the same recipe: resume from its last complete checkpoint;
+    - holds a different recipe or files that are not ours: stop, naming the differences,
+      unless ``--overwrite`` (then old checkpoints are removed and a fresh run starts).
+    """
+    out = Path(recipe.output_dir)
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise OutputDirError(f"output_dir: '{out}' is a file; name a folder")
+    entries = [p for p in out.iterdir()]
+    if not entries:
+        return None
+    previous = out / "recipe.json"
+    if overwrite:
+        for ckpt in out.glob("checkpoint-*"):
+            shutil.rmtree(ckpt, ignore_errors=True)
+        return None
+    if not previous.is_file():
+        foreign = sorted(p.name for p in entries)[:5]
+        raise OutputDirError(
+            f"output_dir: '{out}' already holds files that are not a finetune run ({', '.join(foreign)}); "
+            "choose another output_dir (--set output_dir=...) or pass --overwrite"
+        )
+    try:
+        old = json.loads(previous.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise OutputDirError(
+            f"output_dir: '{previous}' is unreadable; choose another output_dir or pass --overwrite"
+        ) from None
+    differences = _diff(_comparable(old), _comparable(recipe.to_dict()))
+    if differences:
+        shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+        raise OutputDirError(
+            f"output_dir: '{out}' holds a run of a different recipe ({shown}); "
+            "choose another output_dir (--set output_dir=...) or pass --overwrite to replace it"
+        )
+    return get_last_checkpoint(str(out))
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class FinetuneTrainer(Trainer):
+    """The HF Trainer, with batches turned from uint8 to normalised (and, in training,
+    augmented) floats on the training device just before the forward pass."""
+
+    def __init__(self, *args: Any, batch_transform: data.BatchTransform, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_transform = batch_transform
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        inputs["pixel_values"] = self.batch_transform(inputs["pixel_values"], train=model.training)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+
+@dataclass
+class Prepared:
+    splits: data.Splits
+    train: Any
+    validation: Any | None
+    eval: Any
+    data_report: dict[str, Any]
+
+
+def prepare_data(recipe: Recipe, processor, seed: int) -> Prepared:
+    cfg = recipe.data
+    raw = data.load_raw(cfg)
+    splits = data.make_splits(raw, cfg, seed)
+    workers = cfg.preprocessing_num_workers
+    decoded = {
+        "train": data.decode(splits.train, processor, splits.image_column, splits.label_column, workers, "decoding train"),
+    }
+    if splits.validation is not None:
+        decoded["validation"] = data.decode(
+            splits.validation, processor, splits.image_column, splits.label_column, workers, "decoding validation"
+        )
+    if splits.eval is splits.validation and "validation" in decoded:
+        decoded["eval"] = decoded["validation"]
+    else:
+        decoded["eval"] = data.decode(
+            splits.eval, processor, splits.image_column, splits.label_column, workers, "decoding eval"
+        )
+    report = {
+        "dataset": cfg.dataset,
+        "splits": {name: {"images": len(d.dataset) + len(d.bad), "bad": len(d.bad)} for name, d in decoded.items()},
+        "bad_files": [dict(item, split=name) for name, d in decoded.items() for item in d.bad],
+        "max_bad_fraction": cfg.max_bad_fraction,
+        "notes": splits.notes,
+    }
+    for name, d in decoded.items():
+        total = len(d.dataset) + len(d.bad)
+        if total and len(d.bad) / total > cfg.max_bad_fraction:
+            first = d.bad[0]
+            raise data.DataError(
+                f"data: {len(d.bad)} of {total} images in '{name}' cannot be read ({100 * len(d.bad) / total:.1f}% > "
+                f"data.max_bad_fraction {cfg.max_bad_fraction:g}), e.g. {first['path']}: {first['reason']}; "
+                "fix or remove them, or raise data.max_bad_fraction"
+            )
+    train_counts = torch.bincount(decoded["train"].dataset["labels"][:], minlength=len(splits.class_names))
+    empty = [splits.class_names[i] for i in torch.nonzero(train_counts == 0).flatten().tolist()]
+    if empty:
+        raise data.DataError(
+            f"data: after setting aside unreadable files, class(es) {', '.join(empty)} have no training images"
+        )
+    validation = decoded["validation"].dataset if "validation" in decoded else None
+    return Prepared(splits, decoded["train"].dataset, validation, decoded["eval"].dataset, report)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> dict[str, Any]:
+    """Run a recipe end to end; returns the final eval metrics."""
+    from accelerate import PartialState
+
+    args = training_arguments(recipe, source)
+    state = PartialState()
+    out = Path(recipe.output_dir)
+    resume = check_output_dir(recipe, overwrite)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "recipe.json", recipe.to_dict())
+    if resume:
+        logger.info("resuming from %s (same recipe found in %s)", resume, out)
+
+    processor = model_lib.load_processor(recipe.model, recipe.data.image_size)
+    seed = data_seed(recipe)
+    # Decoding runs on the main process first; the others then find it in the cache.
+    with args.main_process_first(desc="data preparation"):
+        prepared = prepare_data(recipe, processor, seed)
+    splits = prepared.splits
+    bad = prepared.data_report["bad_files"]
+    logger.info(
+        "data: %d train, %s validation, %d eval (%s) images, %d classes; %d unreadable file(s) set aside%s",
+        len(prepared.train),
+        len(prepared.validation) if prepared.validation is not None else "no",
+        len(prepared.eval),
+        splits.eval_name,
+        len(splits.class_names),
+        len(bad),
+        " (see data_report.json)" if bad else "",
+    )
+    for note in splits.notes:
+        logger.warning("data: %s", note)
+
+    loaded = model_lib.load_model(recipe.model, splits.class_names, processor)
+    logger.info(model_lib.describe_strategy(loaded, recipe.model))
+    mean, std = data.processor_normalization(processor)
+    size = tuple(prepared.train[0]["pixel_values"].shape[-2:])
+    augment = recipe.data.augment
+    transform = data.BatchTransform(mean, std, size, augment)
+    accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
+    trainer = FinetuneTrainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.validation,
+        processing_class=processor,
+        data_collator=default_data_collator,
+        compute_metrics=accumulator,
+        batch_transform=transform,
+    )
+    world = args.world_size
+    effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
+    logger.info(
+        "training: effective batch %d = %d per device × %d process(es) × %d accumulation step(s); "
+        "learning rate %g (not rescaled for the batch size); augmentation %s",
+        effective, args.per_device_train_batch_size, world, args.gradient_accumulation_steps,
+        args.learning_rate, transform.describe(),
+    )
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+
+    # The reported numbers: the eval split, once, after training (and after loading the
+    # best checkpoint by validation score when the recipe asks for it).
+    final = trainer.evaluate(eval_dataset=prepared.eval, metric_key_prefix="eval")
+    trainer.log_metrics("eval", final)
+    trainer.save_metrics("eval", final)
+    if trainer.is_world_process_zero():
+        _write_json(out / "data_report.json", prepared.data_report)
+        predictions = accumulator.last
+        report = metrics.per_class_report(predictions, splits.class_names) if predictions is not None else None
+        if report is not None:
+            report["split"] = splits.eval_name
+            _write_json(out / "eval_report.json", report)
+        card.write_card(
+            out,
+            recipe=recipe,
+            eval_metrics=final,
+            train_metrics=result.metrics,
+            eval_name=splits.eval_name,
+            class_names=splits.class_names,
+            num_train=len(prepared.train),
+            num_validation=len(prepared.validation) if prepared.validation is not None else 0,
+            report=report,
+            loaded=loaded,
+            image_size=int(size[0]),
+        )
+        if recipe.hub.push:
+            from . import hub
+
+            hub.push(out, recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
+    state.wait_for_everyone()
+    return final
