@@ -4,6 +4,9 @@ Also installed as the ``finetune`` console script, with subcommands:
 
     finetune train --recipe R.json [--set KEY=VALUE ...] [--overwrite]
     finetune validate R.json [R.json ...]
+    finetune eval OUTPUT_DIR --data DATASET [--split test]
+    finetune predict OUTPUT_DIR IMAGE_OR_FOLDER... [--top-k 5] [--format csv|jsonl]
+    finetune push OUTPUT_DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--dry-run]
 
 Exit codes: 0 success; 2 a problem with the recipe, data, model or output folder (a
 one-line message says which file or key, and how to fix it; nothing was trained).
@@ -26,7 +29,7 @@ if __package__ in (None, ""):
 
 EXIT_USER_ERROR = 2
 
-COMMANDS = ("train", "validate")
+COMMANDS = ("train", "validate", "eval", "predict", "push")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check recipes without loading anything")
     validate.add_argument("recipes", nargs="+", help="recipe JSON files")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    from . import hub, predict
+
+    predict.add_eval_args(sub.add_parser("eval", help="score a saved model on a data set and write the report"))
+    predict.add_predict_args(sub.add_parser("predict", help="label images with a saved model"))
+    hub.add_push_args(sub.add_parser("push", help="upload an output folder to the Hugging Face Hub"))
     return parser
 
 
@@ -125,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
         return cmd_validate(args)
+    if args.command in ("eval", "predict", "push"):
+        from . import hub, predict
+
+        handler = {"eval": predict.cmd_eval, "predict": predict.cmd_predict, "push": hub.cmd_push}[args.command]
+        return handler(args)
     return cmd_train(args)
 
 

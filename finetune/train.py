@@ -19,7 +19,7 @@ import torch
 from transformers import Trainer, TrainingArguments, default_data_collator
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import card, data, metrics, model as model_lib
+from . import card, data, metrics, model as model_lib, plots
 from .recipe import Recipe, RecipeError
 
 logger = logging.getLogger("finetune")
@@ -313,6 +313,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
         if report is not None:
             report["split"] = splits.eval_name
             _write_json(out / "eval_report.json", report)
+            plots.write_plots(out, predictions, splits.class_names, prepared.eval, trainer.state.log_history)
         card.write_card(
             out,
             recipe=recipe,
