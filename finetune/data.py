@@ -100,7 +100,7 @@ def _resolve_relative_image_paths(ds, base: Path):
 
     for split in ds:
         for col, feature in ds[split].features.items():
-            if isinstance(feature, Value) and feature.dtype == "string" and _looks_like_image_paths(ds[split][col][:5]):
+            if isinstance(feature, Value) and feature.dtype in ("string", "large_string") and _looks_like_image_paths(ds[split][col][:5]):
                 ds[split] = ds[split].map(
                     lambda row, c=col: {c: str(base / row[c]) if not os.path.isabs(row[c]) else row[c]},
                     desc=f"resolving {col} paths",
@@ -137,7 +137,7 @@ def find_columns(dataset, cfg: DataConfig) -> tuple[str, str]:
             found = [
                 c
                 for c, f in features.items()
-                if isinstance(f, Value) and f.dtype == "string" and _looks_like_image_paths(dataset[c][:5])
+                if isinstance(f, Value) and f.dtype in ("string", "large_string") and _looks_like_image_paths(dataset[c][:5])
             ]
         if len(found) != 1:
             raise DataError(
@@ -151,6 +151,8 @@ def find_columns(dataset, cfg: DataConfig) -> tuple[str, str]:
         found = [c for c, f in features.items() if isinstance(f, ClassLabel) and c != image]
         if not found:
             found = [c for c in columns if c.lower() in _LABEL_NAMES and c != image]
+        if not found and len(columns) == 2:
+            found = [c for c in columns if c != image]  # the only other column
         if len(found) != 1:
             raise DataError(
                 f"data.label_column: cannot tell which column holds the labels "
@@ -529,7 +531,9 @@ def decode(dataset, processor, image_column: str, label_column: str, num_proc: i
         keep = np.setdiff1d(np.arange(len(mapped)), bad_idx)
         mapped = mapped.select(keep)
     mapped = mapped.remove_columns(["bad_reason", "source"])
-    mapped.set_format("torch", columns=["pixel_values", "labels"])
+    # numpy, not torch: datasets' torch formatter widens integer arrays to int64 (8× the
+    # bytes per pixel); default_data_collator turns the uint8 arrays into uint8 tensors.
+    mapped.set_format("numpy", columns=["pixel_values", "labels"])
     return Decoded(mapped, bad)
 
 
@@ -558,7 +562,8 @@ class BatchTransform:
         self.augment = v2.Compose(steps) if steps else None
 
     def __call__(self, pixels: torch.Tensor, train: bool) -> torch.Tensor:
-        if pixels.dtype != torch.uint8:  # already normalised (e.g. a caller's own tensors)
+        pixels = torch.as_tensor(pixels)
+        if pixels.is_floating_point():  # already normalised (e.g. a caller's own tensors)
             return pixels
         if train and self.augment is not None:
             pixels = torch.stack([self.augment(image) for image in pixels])

@@ -140,7 +140,12 @@ def _check_type(value: Any, tp: Any) -> bool:
     if tp is Any:
         return True
     if origin in (typing.Union, types.UnionType):
-        return any(_check_type(value, arg) for arg in typing.get_args(tp))
+        args = typing.get_args(tp)
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and isinstance(value, str):
+            # `IntervalStrategy | str` in TrainingArguments still means one of the enum's values.
+            return any(_check_type(value, e) for e in enums)
+        return any(_check_type(value, arg) for arg in args)
     if origin is Literal:
         return value in typing.get_args(tp)
     if origin in (list, tuple):
@@ -166,7 +171,9 @@ def _check_type(value: Any, tp: Any) -> bool:
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
+        args = typing.get_args(tp)
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        return " or ".join(_describe(a) for a in (enums + [a for a in args if a is type(None)] if enums else args))
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (list, tuple):

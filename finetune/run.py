@@ -18,7 +18,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 if __package__ in (None, ""):
     # Run as a script (`accelerate launch finetune/run.py`): import the package, not the
@@ -94,11 +93,13 @@ def _error(message: str) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .recipe import RecipeError, load_recipe
+    from .train import training_arguments
 
     failed = 0
     for path in args.recipes:
         try:
             recipe = load_recipe(path, args.overrides)
+            training_arguments(recipe, path)  # the training block must also be consistent
         except RecipeError as err:
             print(f"FAIL {err}", file=sys.stderr)
             failed += 1

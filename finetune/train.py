@@ -220,7 +220,7 @@ def prepare_data(recipe: Recipe, processor, seed: int) -> Prepared:
                 f"data.max_bad_fraction {cfg.max_bad_fraction:g}), e.g. {first['path']}: {first['reason']}; "
                 "fix or remove them, or raise data.max_bad_fraction"
             )
-    train_counts = torch.bincount(decoded["train"].dataset["labels"][:], minlength=len(splits.class_names))
+    train_counts = torch.bincount(torch.as_tensor(decoded["train"].dataset["labels"][:]), minlength=len(splits.class_names))
     empty = [splits.class_names[i] for i in torch.nonzero(train_counts == 0).flatten().tolist()]
     if empty:
         raise data.DataError(

@@ -1,0 +1,307 @@
+"""Data: loading, columns, honest seeded splits, the one-off decode, batch transforms."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature, Value
+from PIL import Image
+
+from conftest import CLASSES, class_image, make_image_folder
+from finetune import data
+from finetune.recipe import AugmentConfig, DataConfig
+
+
+def cfg(**kw) -> DataConfig:
+    return DataConfig(dataset=kw.pop("dataset", "x"), **kw)
+
+
+def labelled(n_per_class: list[int], seed: int = 0) -> DatasetDict:
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for c, n in enumerate(n_per_class):
+        for _ in range(n):
+            images.append(class_image(CLASSES[c % 3], rng, size=8))
+            labels.append(c)
+    names = [f"c{i}" for i in range(len(n_per_class))]
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=names)})
+    train = Dataset.from_dict({"image": images, "label": labels}, features=features)
+    test = Dataset.from_dict({"image": images[::3], "label": labels[::3]}, features=features)
+    return DatasetDict(train=train, test=test)
+
+
+# ------------------------------------------------------------------------- samplers
+
+
+def test_stratified_sample_keeps_class_shares_and_is_seeded() -> None:
+    labels = np.repeat([0, 1, 2], [500, 300, 200])
+    idx = data.stratified_sample(labels, 100, seed=3)
+    assert len(idx) == 100 == len(set(idx.tolist()))
+    assert np.bincount(labels[idx]).tolist() == [50, 30, 20]
+    assert np.array_equal(idx, data.stratified_sample(labels, 100, seed=3))
+    assert not np.array_equal(idx, data.stratified_sample(labels, 100, seed=4))
+
+
+def test_balanced_sample_spreads_evenly_and_gives_shortfall_to_others() -> None:
+    labels = np.repeat([0, 1, 2], [100, 100, 5])
+    idx = data.balanced_sample(labels, 60, seed=0)
+    assert np.bincount(labels[idx]).tolist() == [28, 27, 5] or np.bincount(labels[idx]).tolist() == [27, 28, 5]
+    kshot = data.balanced_sample(labels, None, seed=0, per_class=4)
+    assert np.bincount(labels[kshot]).tolist() == [4, 4, 4]
+    assert np.array_equal(kshot, data.balanced_sample(labels, None, seed=0, per_class=4))
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def test_validation_piece_is_stratified_disjoint_and_reproducible() -> None:
+    raw = labelled([30, 20, 10])
+    a = data.make_splits(raw, cfg(validation_fraction=0.2), seed=7)
+    b = data.make_splits(raw, cfg(validation_fraction=0.2), seed=7)
+    assert len(a.validation) == 12 and len(a.train) == 48
+    assert np.bincount(np.asarray(a.validation["label"])).tolist() == [6, 4, 2]
+    assert a.validation["label"][:] == b.validation["label"][:]
+    assert a.eval_name == "test" and len(a.eval) == len(raw["test"])
+    # The validation piece is never the eval split.
+    assert a.validation is not a.eval
+
+
+def test_kshot_validation_comes_from_the_rest_of_train() -> None:
+    raw = labelled([20, 20, 20])
+    raw["train"] = raw["train"].add_column("row", list(range(60)))
+    s = data.make_splits(raw, cfg(samples_per_class=4, validation_fraction=0.5), seed=1)
+    train_rows, val_rows = set(s.train["row"]), set(s.validation["row"])
+    assert len(train_rows) == 12 and np.bincount(np.asarray(s.train["label"])).tolist() == [4, 4, 4]
+    assert len(val_rows) == 6 and not train_rows & val_rows
+    again = data.make_splits(raw, cfg(samples_per_class=4, validation_fraction=0.5), seed=1)
+    assert set(again.train["row"]) == train_rows and set(again.validation["row"]) == val_rows
+
+
+def test_max_samples_are_class_balanced() -> None:
+    raw = labelled([40, 40, 40])
+    s = data.make_splits(raw, cfg(max_train_samples=30, max_eval_samples=9, validation_fraction=0.1), seed=0)
+    assert np.bincount(np.asarray(s.train["label"])).tolist() == [10, 10, 10]
+    assert np.bincount(np.asarray(s.eval["label"])).tolist() == [3, 3, 3]
+    assert len(s.validation) == 3
+
+
+def test_eval_split_null_reports_the_validation_piece() -> None:
+    raw = labelled([10, 10, 10])
+    s = data.make_splits(raw, cfg(eval_split=None, validation_fraction=0.3), seed=0)
+    assert s.eval is s.validation and "validation piece" in s.eval_name
+
+
+def test_split_errors_name_the_fix() -> None:
+    raw = labelled([5, 5])
+    with pytest.raises(data.DataError, match="data.eval_split: 'valid' is not a split.*it has: train, test"):
+        data.make_splits(raw, cfg(eval_split="valid"), seed=0)
+    with pytest.raises(data.DataError, match="names the training split"):
+        data.make_splits(raw, cfg(eval_split="train"), seed=0)
+
+
+# -------------------------------------------------------------------------- columns
+
+
+def test_columns_found_from_features_and_errors_list_columns() -> None:
+    raw = labelled([3, 3])
+    assert data.find_columns(raw["train"], cfg()) == ("image", "label")
+    two = raw["train"].add_column("other", [0] * 6).cast_column("other", ClassLabel(names=["a", "b"]))
+    with pytest.raises(data.DataError, match="data.label_column: .*several candidates: label, other.*one of"):
+        data.find_columns(two, cfg())
+    with pytest.raises(data.DataError, match="no column 'lbl' in the data; columns are: image, label"):
+        data.find_columns(raw["train"], cfg(label_column="lbl"))
+
+
+def test_string_labels_become_classes_and_eval_is_mapped(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        name = CLASSES[i % 3]
+        class_image(name, rng, 8).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{name}")
+    csv = tmp_path / "data.csv"
+    csv.write_text("file,species\n" + "\n".join(rows) + "\n")
+    raw = data.load_raw(cfg(dataset=str(csv)))
+    s = data.make_splits(raw, cfg(dataset=str(csv), eval_split=None, validation_fraction=0.25), seed=0)
+    assert (s.image_column, s.label_column) == ("file", "species")
+    assert s.class_names == sorted(CLASSES)
+
+
+def test_eval_classes_unknown_to_train_fail() -> None:
+    train = Dataset.from_dict({"image": ["a.png"] * 4, "label": ["cat", "dog", "cat", "dog"]})
+    test = Dataset.from_dict({"image": ["a.png"] * 2, "label": ["cat", "bird"]})
+    with pytest.raises(data.DataError, match="split 'test' has classes that train does not: bird"):
+        data.encode_labels(train, {"test": test}, "label")
+
+
+def test_one_class_fails() -> None:
+    train = Dataset.from_dict({"image": ["a.png"] * 3, "label": ["cat"] * 3})
+    with pytest.raises(data.DataError, match="at least 2"):
+        data.encode_labels(train, {}, "label")
+
+
+def test_image_folder_with_split_folders(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "imgs", per_class=4)
+    raw = data.load_raw(cfg(dataset=str(root)))
+    assert set(raw) == {"train", "test"}
+    s = data.make_splits(raw, cfg(dataset=str(root), validation_fraction=0.25), seed=0)
+    assert s.class_names == sorted(CLASSES)  # never "train"/"test" as classes
+
+
+def test_missing_dataset_path_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(data.DataError, match="no such"):
+        data.load_raw(cfg(dataset=str(tmp_path / "nope")))
+
+
+# --------------------------------------------------------------------------- decode
+
+
+@pytest.fixture(params=["tiny_vit", "tiny_resnet", "tiny_timm"])
+def processor(request):
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(request.getfixturevalue(request.param))
+
+
+def test_decoded_pixels_match_the_processor(processor) -> None:
+    raw = labelled([3, 3])
+    decoded = data.decode(raw["train"], processor, "image", "label", None, "test")
+    mean, std = data.processor_normalization(processor)
+    size = tuple(decoded.dataset[0]["pixel_values"].shape[-2:])
+    transform = data.BatchTransform(mean, std, size, None)
+    ours = transform(decoded.dataset[:]["pixel_values"], train=False)
+    theirs = processor(images=[im.convert("RGB") for im in raw["train"]["image"]], return_tensors="pt")["pixel_values"]
+    assert ours.shape == theirs.shape
+    # Same pixels to the rounding of uint8.
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_decode_sets_bad_files_aside(tmp_path: Path, processor) -> None:
+    good = tmp_path / "good.png"
+    class_image("red", np.random.default_rng(0)).save(good)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    buf = io.BytesIO()
+    class_image("red", np.random.default_rng(0), 64).save(buf, format="JPEG")
+    (tmp_path / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    paths = [str(tmp_path / n) for n in ("good.png", "empty.png", "text.jpg", "truncated.jpg")]
+    ds = Dataset.from_dict({"image": paths, "label": [0, 1, 0, 1]}).cast_column("image", ImageFeature())
+    decoded = data.decode(ds, processor, "image", "label", None, "test")
+    assert len(decoded.dataset) == 1
+    assert sorted(Path(b["path"]).name for b in decoded.bad) == ["empty.png", "text.jpg", "truncated.jpg"]
+    assert all(b["reason"] for b in decoded.bad)
+
+
+def test_decode_is_cached_by_fingerprint(processor) -> None:
+    raw = labelled([3, 3])
+    first = data.decode(raw["train"], processor, "image", "label", None, "a").dataset
+    second = data.decode(raw["train"], processor, "image", "label", None, "b").dataset
+    assert first._fingerprint == second._fingerprint
+
+
+# --------------------------------------------------------------------- images to RGB
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def _exif_rotated_jpeg() -> bytes:
+    """A 40×20 JPEG (left half red) whose EXIF orientation says 'rotate 90° CW' (6)."""
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)
+    arr[:, :20, 0] = 255
+    image = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", exif=exif.tobytes(), quality=95)
+    return buf.getvalue()
+
+
+def _save(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _cases() -> dict[str, bytes]:
+    rgba = Image.new("RGBA", (6, 6), (255, 0, 0, 0))
+    palette = Image.new("P", (6, 6), 0)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    frames = [Image.new("RGB", (5, 5), (255, 0, 0)), Image.new("RGB", (5, 5), (0, 0, 255))]
+    anim = io.BytesIO()
+    frames[0].save(anim, format="GIF", save_all=True, append_images=frames[1:])
+    return {
+        "gray": _save(Image.new("L", (7, 5), 128), "PNG"),
+        "gray_alpha": _save(Image.new("LA", (7, 5), (0, 0)), "PNG"),
+        "palette_transparent": _save(palette, "PNG", transparency=0),
+        "rgba": _save(rgba, "PNG"),
+        "cmyk": _save(Image.new("CMYK", (5, 5), (0, 255, 255, 0)), "JPEG"),
+        "16bit": _save(Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)), "PNG"),
+        "16bit_mid": _save(Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16)), "PNG"),
+        "1bit": _save(Image.new("1", (8, 8), 1), "PNG"),
+        "animated": anim.getvalue(),
+        "tiny": _save(Image.new("RGB", (1, 1), (0, 255, 0)), "PNG"),
+        "strip": _save(Image.new("RGB", (1, 400), (0, 255, 0)), "PNG"),
+        "exif": _exif_rotated_jpeg(),
+    }
+
+
+def test_every_kind_of_image_becomes_rgb() -> None:
+    cases = _cases()
+    out = {name: data.to_rgb(data.open_image({"bytes": raw, "path": None})) for name, raw in cases.items()}
+    assert all(im.mode == "RGB" for im in out.values())
+    px = {name: np.asarray(im) for name, im in out.items()}
+    assert (px["gray_alpha"] == 255).all() and (px["rgba"] == 255).all()  # transparent → white background
+    assert (px["palette_transparent"] == 255).all()
+    assert (px["16bit"] == 255).all() and (px["16bit_mid"] == 128).all()  # rescaled, not clipped
+    assert tuple(px["animated"][0, 0]) == (255, 0, 0) or px["animated"][0, 0, 0] > 200  # first frame
+    assert px["cmyk"][0, 0, 0] > 200 and px["cmyk"][0, 0, 1] < 60
+    assert out["strip"].size == (1, 400)
+    # EXIF 6 = rotate 90° clockwise to display: 40×20 becomes 20×40 with red on top.
+    assert out["exif"].size == (20, 40)
+    assert px["exif"][:20, :, 0].mean() > 200 and px["exif"][20:, :, 0].mean() < 50
+
+
+def test_decompression_bomb_is_refused_without_changing_pillow() -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    with pytest.raises((Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        data.open_image({"bytes": _png_claiming(20000, 20000), "path": None})
+    assert Image.MAX_IMAGE_PIXELS == limit
+
+
+def test_odd_images_decode_to_the_model_size(processor) -> None:
+    cases = _cases()
+    ds = Dataset.from_dict(
+        {"image": [{"bytes": b, "path": f"{n}.bin"} for n, b in cases.items()], "label": [0] * len(cases)},
+        features=Features({"image": ImageFeature(decode=False), "label": Value("int64")}),
+    )
+    decoded = data.decode(ds, processor, "image", "label", None, "odd")
+    assert decoded.bad == [] and len(decoded.dataset) == len(cases)
+    shape = decoded.dataset[0]["pixel_values"].shape
+    assert shape[0] == 3 and all(d["pixel_values"].shape == shape for d in decoded.dataset)
+
+
+# ------------------------------------------------------------------ batch transforms
+
+
+def test_batch_transform_augments_each_image_independently() -> None:
+    torch.manual_seed(0)
+    pixels = torch.arange(2 * 3 * 16 * 16, dtype=torch.int64).remainder(256).to(torch.uint8).view(2, 3, 16, 16)
+    pixels = torch.cat([pixels[:1]] * 8)
+    t = data.BatchTransform([0.5] * 3, [0.5] * 3, (16, 16), AugmentConfig(crop_scale=[0.3, 1.0], hflip=True))
+    out = t(pixels, train=True)
+    assert out.dtype == torch.float32 and out.shape == (8, 3, 16, 16)
+    assert len({tuple(o.flatten()[:50].tolist()) for o in out}) > 1  # not one draw for the batch
+    evaluated = t(pixels, train=False)
+    assert torch.allclose(evaluated[0], pixels[0].float() / 127.5 - 1)
