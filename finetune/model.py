@@ -61,8 +61,6 @@ def resize_processor(processor, config, size: int):
     the resize-then-crop proportions (``crop_pct``) are kept. timm: ``input_size`` in the
     pretrained config, which is also where the saved checkpoint keeps it.
     """
-    import copy
-
     fixed = fixed_input_size(config)
     if fixed is not None and fixed != size:
         raise ModelError(
@@ -77,21 +75,22 @@ def resize_processor(processor, config, size: int):
         pretrained_cfg["input_size"] = (3, size, size)
         pretrained_cfg.pop("test_input_size", None)
         return TimmWrapperImageProcessor(pretrained_cfg=pretrained_cfg, architecture=config.architecture)
-    processor = copy.deepcopy(processor)
-    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
-    reference = crop or processor.size
+    # Rebuild from the processor's plain-dict form so the class re-validates the sizes.
+    settings = processor.to_dict()
+    crop = settings.get("crop_size") if settings.get("do_center_crop") else None
+    reference = crop or settings.get("size") or {}
     current = reference.get("height") or reference.get("shortest_edge")
     if not current:
-        raise ModelError(f"data.image_size: cannot resize this model's image processor ({processor.size})")
+        raise ModelError(f"data.image_size: cannot resize this model's image processor (size {reference})")
     ratio = size / current
-
-    def scale(d):
-        return {k: (int(round(v * ratio)) if isinstance(v, int) and k != "longest_edge" else v) for k, v in d.items()}
-
-    processor.size = scale(processor.size)
+    settings["size"] = {
+        k: (int(round(v * ratio)) if isinstance(v, int) and k != "longest_edge" else v)
+        for k, v in settings["size"].items()
+    }
     if crop:
-        processor.crop_size = {"height": size, "width": size}
-    return processor
+        settings["crop_size"] = {"height": size, "width": size}
+    settings.pop("image_processor_type", None)
+    return type(processor).from_dict(settings)
 
 
 @dataclass
@@ -149,10 +148,10 @@ def head_parameter_names(model: nn.Module, reinitialised: list[str]) -> list[str
     if linears:
         last = linears[-1]
         names |= {f"{last}.{p}" for p, _ in model.get_submodule(last).named_parameters()}
-    head_words = ("classifier", "head", "fc")
     for key in reinitialised:
-        parts = key.split(".")
-        if any(word in part for part in parts[:-1] for word in head_words):
+        parts = key.split(".")[:-1]
+        # Whole module names only: "fc" is a head in ResNets but "mlp.fc1" is not.
+        if any(p in ("classifier", "head", "heads", "fc") or p.endswith(("_classifier", "_head")) for p in parts):
             names.add(key)
     params = dict(model.named_parameters())
     return sorted(n for n in names if n in params)

@@ -186,7 +186,8 @@ def split_history(log_history: list[dict]) -> dict[str, list[tuple[float, float]
         epoch = float(epoch)
         if "train_runtime" in entry:
             finished = True
-            if "train_loss" in entry:
+            # A resumed run that had nothing left to train reports train_loss 0.0.
+            if entry.get("train_loss"):
                 series["mean_train_loss"].append((epoch, float(entry["train_loss"])))
             continue
         if "loss" in entry:

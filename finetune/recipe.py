@@ -60,6 +60,10 @@ class ModelConfig:
     unfreeze_last_n: int = 2
     #: Hub code only runs when asked for AND pinned to a commit (issue #5).
     trust_remote_code: bool = False
+    #: With ``strategy: linear_probe``: run the frozen backbone once and train the head on
+    #: its cached features (features.py, issue #6); augmentation does not apply then.
+    #: false: the backbone runs every step, with augmentation.
+    feature_cache: bool = True
 
 
 @dataclass

@@ -277,7 +277,13 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     augment = recipe.data.augment
     transform = data.BatchTransform(mean, std, size, augment)
     accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
-    trainer = FinetuneTrainer(
+    trainer_class: type[Trainer] = FinetuneTrainer
+    if recipe.model.strategy == "linear_probe" and recipe.model.feature_cache:
+        # Issue #6: the frozen backbone runs once; the head trains on cached features.
+        from . import features
+
+        trainer_class, transform = features.probe_setup(loaded, transform, prepared.data_report)
+    trainer = trainer_class(
         model=loaded.model,
         args=args,
         train_dataset=prepared.train,

@@ -1,0 +1,382 @@
+"""Linear probe on cached features (issue #6, "Speed").
+
+With ``model.strategy: linear_probe`` only the classification head learns, and the
+backbone is frozen in eval mode, so its output for an image never changes during training.
+Running it on every image in every epoch (and again for every per-epoch evaluation) repeats
+the same work. Here the backbone runs ONCE over the decoded train, validation and eval
+images. The head then trains on the cached features, with the recipe's own Trainer
+settings: learning rate, epochs, batch size, seed, optimizer, scheduler, per-epoch
+evaluation and ``metrics.MetricAccumulator``.
+
+What the head sees: the input of the model's last ``nn.Linear``, taken with a forward hook
+while the whole model runs in eval mode (``model.head_parameter_names`` names the head).
+This covers the pooling, flatten or dropout that some heads apply before their Linear
+(HF ResNet, timm), because those run inside the model exactly as they do at inference. For
+every batch the pass checks that the Linear's output *is* the model's logits. If it is not,
+something runs after the Linear (for example DeiT's averaged distillation head), and the run
+stops with a one-line error that says to set ``model.feature_cache`` to false.
+
+What is saved: the full model (frozen backbone plus trained head) with ``save_pretrained``
+and the image processor. That is the same format as any other run, so ``pipeline()`` and
+``finetune eval`` load it unchanged. Per-epoch checkpoints hold only the head, because the
+backbone never changes and would add its whole size to every checkpoint for nothing;
+resuming and ``load_best_model_at_end`` work on those head-only checkpoints.
+
+Two limits, reported in the log and in data_report.json's notes:
+
+- Augmentation does not apply. The features come from the un-augmented decoded images. A
+  recipe that asks for crops or flips, and wants them, sets ``model.feature_cache: false``;
+  that selects the per-step path (backbone forward every step, augmentation applied).
+- Dropout that a model applies before its head in training mode is skipped, because the
+  features are taken in eval mode. None of the supported families (HF ViT/DeiT/ResNet/
+  ConvNeXt/Swin, timm with the default drop rate) has such dropout.
+
+With several processes (``accelerate launch``), every rank computes the features of its
+own share of the images (``PartialState.split_between_processes``), and the shares are
+gathered, so the work is split across ranks instead of repeated on each one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, default_data_collator
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from . import data
+from .model import LoadedModel, ModelError, head_parameter_names
+
+logger = logging.getLogger("finetune")
+
+_FALSE_HINT = "set model.feature_cache to false to train the head with the backbone running every step"
+AUGMENT_NOTE = (
+    "linear probe on cached features: the backbone's features are computed once from the "
+    "un-augmented images, so data.augment ({augment}) does not apply; set model.feature_cache "
+    "to false to train with augmentation"
+)
+
+
+# ------------------------------------------------------------------------------ head
+
+
+def find_head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The classification head: the model's last ``nn.Linear`` (as ``head_parameter_names`` says)."""
+    names = head_parameter_names(model, [])
+    if not names:
+        raise ModelError(f"model.feature_cache: this model has no Linear classification head; {_FALSE_HINT}")
+    module_name = names[0].rsplit(".", 1)[0]
+    head = model.get_submodule(module_name)
+    assert isinstance(head, nn.Linear)
+    return module_name, head
+
+
+class HeadModel(nn.Module):
+    """The head alone, fed the cached features. It shares its ``nn.Linear`` with the full model,
+    so training it trains the full model's head in place.
+
+    The loss is the full model's own ``loss_function`` (the same problem-type rules as a
+    forward pass of the full model), so both paths optimise the same objective.
+    """
+
+    def __init__(self, full_model: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.linear = head
+        # A plain attribute, not a submodule: the Trainer must see only the head's parameters.
+        self.__dict__["_full_model"] = full_model
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
+        logits = self.linear(features)
+        loss = None
+        if labels is not None:
+            full = self._full_model
+            loss_function = getattr(full, "loss_function", None)
+            if loss_function is not None and getattr(full, "config", None) is not None:
+                loss = loss_function(labels, logits, full.config)
+            else:
+                loss = nn.functional.cross_entropy(logits, labels)
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+# -------------------------------------------------------------------------- features
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Cached features and labels in memory, in the order of the decoded split they came from."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features = features
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"features": self.features[index], "labels": self.labels[index]}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        # One gather per batch rather than one indexing call per row.
+        index = torch.as_tensor(indices, dtype=torch.long)
+        feats, labels = self.features[index], self.labels[index]
+        return [{"features": f, "labels": y} for f, y in zip(feats, labels)]
+
+
+@dataclass
+class FeatureStats:
+    """How long the one backbone pass took, for the log and train_results.json."""
+
+    images: int = 0
+    seconds: float = 0.0
+
+
+class _Capture:
+    """Forward hook on the head: keeps the Linear's input (the features) and output."""
+
+    def __init__(self) -> None:
+        self.inputs: torch.Tensor | None = None
+        self.output: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.inputs, self.output = args[0], output
+
+
+def _autocast(device: torch.device, args: Any) -> contextlib.AbstractContextManager:
+    """The same mixed precision the Trainer would run the backbone in."""
+    if args is not None and getattr(args, "bf16", False):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if args is not None and getattr(args, "fp16", False):
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def _features_of(
+    model: nn.Module,
+    head: nn.Linear,
+    dataset: Any,
+    transform: data.BatchTransform,
+    device: torch.device,
+    batch_size: int,
+    args: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) of every row of a decoded split, in order, on this process."""
+    capture = _Capture()
+    handle = head.register_forward_hook(capture)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=default_data_collator,
+        num_workers=getattr(args, "dataloader_num_workers", 0) if args is not None else 0,
+        pin_memory=device.type == "cuda",
+    )
+    feats, labels = [], []
+    try:
+        for batch in loader:
+            pixels = transform(batch["pixel_values"].to(device, non_blocking=True), train=False)
+            with _autocast(device, args):
+                logits = model(pixel_values=pixels).logits
+            if capture.output is None or capture.inputs is None or not torch.equal(capture.output, logits):
+                raise ModelError(
+                    "model.feature_cache: this model's logits are not the output of its last Linear layer "
+                    f"(something runs after the head), so cached features cannot reproduce them; {_FALSE_HINT}"
+                )
+            feats.append(capture.inputs.detach().float().cpu())
+            labels.append(batch["labels"].cpu())
+            capture.inputs = capture.output = None
+    finally:
+        handle.remove()
+    if not feats:
+        return torch.zeros(0, head.in_features), torch.zeros(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def compute_features(
+    model: nn.Module,
+    dataset: Any,
+    transform: data.BatchTransform,
+    *,
+    device: torch.device | str | None = None,
+    batch_size: int = 64,
+    args: Any = None,
+) -> FeatureDataset:
+    """Run the frozen backbone once over a decoded split: its head's input features and labels.
+
+    Across several processes each rank runs its share of the rows
+    (``split_between_processes``, padded so every share has the same length) and the shares
+    are all-gathered, then the padding is dropped, so every rank ends up with all features in
+    dataset order.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather
+
+    state = PartialState()
+    device = torch.device(device) if device is not None else state.device
+    _, head = find_head(model)
+    was_training = model.training
+    model.eval()
+    try:
+        n = len(dataset)
+        world = state.num_processes
+        if world == 1 or n == 0:
+            feats, labels = _features_of(model, head, dataset, transform, device, batch_size, args)
+            return FeatureDataset(feats, labels)
+        with state.split_between_processes(list(range(n)), apply_padding=True) as shard:
+            mine = dataset.select(shard) if len(shard) else dataset.select([])
+            feats, labels = _features_of(model, head, mine, transform, device, batch_size, args)
+        # Every share has `per` rows after padding; rank r's real rows are the first
+        # `base + (r < extra)` of its share (split_between_processes' own arithmetic).
+        base, extra = divmod(n, world)
+        per = base + (1 if extra else 0)
+        all_feats = gather(feats.to(state.device)).cpu()
+        all_labels = gather(labels.to(state.device)).cpu()
+        keep = torch.cat([torch.arange(r * per, r * per + base + (1 if r < extra else 0)) for r in range(world)])
+        return FeatureDataset(all_feats[keep], all_labels[keep])
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def probe_setup(loaded: LoadedModel, transform: data.BatchTransform, data_report: dict[str, Any]):
+    """For train.py's one branch: (the Trainer class, the batch transform it will really use).
+
+    Fails (one line, with the fix) when the strategy trains anything besides the final
+    Linear, because cached features could not train it. When the recipe asks for augmentation,
+    says once in the log, and in data_report.json's notes, that augmentation does not apply.
+    Returns a transform without augmentation, so later log lines describe what really happens.
+    """
+    head_name, head = find_head(loaded.model)
+    head_params = {f"{head_name}.{p}" for p, _ in head.named_parameters()}
+    others = [n for n, p in loaded.model.named_parameters() if p.requires_grad and n not in head_params]
+    if others:
+        raise ModelError(
+            f"model.feature_cache: the linear probe also trains {', '.join(others[:3])}"
+            f"{' …' if len(others) > 3 else ''}, outside the final Linear layer; {_FALSE_HINT}"
+        )
+    if transform.augment is not None:
+        from accelerate import PartialState
+
+        note = AUGMENT_NOTE.format(augment=transform.describe())
+        if PartialState().is_main_process:  # one line, not one per process
+            logger.warning("%s", note)
+        notes = data_report.setdefault("notes", [])
+        if note not in notes:
+            notes.append(note)
+        transform = copy.copy(transform)
+        transform.augment = None
+    return FeatureProbeTrainer, transform
+
+
+class FeatureProbeTrainer(Trainer):
+    """A Trainer for the head alone, on features that the frozen backbone computes once.
+
+    It takes the same arguments as ``train.FinetuneTrainer``, so train.py only swaps the
+    class: ``model`` is the full model, and the datasets are the decoded uint8 splits. Any
+    decoded split given to ``evaluate``/``predict`` later (for example the eval split) is
+    mapped to its features, computed on first use and cached.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        args: Any,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        batch_transform: data.BatchTransform,
+        **kwargs: Any,
+    ) -> None:
+        self.full_model = model
+        self.batch_transform = batch_transform
+        self.feature_stats = FeatureStats()
+        self._cache: list[tuple[Any, FeatureDataset]] = []
+        # Run the backbone where the Trainer would have, in the same precision.
+        self._feature_args = args
+        self._device = args.device
+        _, head = find_head(model)
+        model.to(self._device)
+        train_features = self.features_for(train_dataset) if train_dataset is not None else None
+        eval_features = self.features_for(eval_dataset) if eval_dataset is not None else None
+        kwargs["data_collator"] = default_data_collator
+        super().__init__(
+            model=HeadModel(model, head), args=args, train_dataset=train_features, eval_dataset=eval_features, **kwargs
+        )
+
+    def features_for(self, dataset: Any) -> FeatureDataset:
+        """The cached features of a decoded split (one backbone pass per split, ever)."""
+        if isinstance(dataset, FeatureDataset):
+            return dataset
+        for known, features in self._cache:
+            if known is dataset:
+                return features
+        start = time.perf_counter()
+        features = compute_features(
+            self.full_model,
+            dataset,
+            self.batch_transform,
+            device=self._device,
+            batch_size=self._feature_args.per_device_eval_batch_size,
+            args=self._feature_args,
+        )
+        seconds = time.perf_counter() - start
+        self.feature_stats.images += len(features)
+        self.feature_stats.seconds += seconds
+        if self._feature_args.process_index == 0:
+            logger.info(
+                "feature cache: the frozen backbone ran once over %d images in %.1f s (%.0f images/s, %d "
+                "process(es)); the head trains on %d-dim features",
+                len(features), seconds, len(features) / max(seconds, 1e-9), self._feature_args.world_size,
+                features.features.shape[-1],
+            )
+        self._cache.append((dataset, features))
+        return features
+
+    def train(self, *args: Any, **kwargs: Any):
+        result = super().train(*args, **kwargs)
+        # The time that replaced the backbone's per-step forward passes, next to train_runtime.
+        result.metrics["feature_cache_images"] = self.feature_stats.images
+        result.metrics["feature_cache_runtime"] = round(self.feature_stats.seconds, 4)
+        return result
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"):
+        if eval_dataset is not None and not isinstance(eval_dataset, dict):
+            eval_dataset = self.features_for(eval_dataset)
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"):
+        return super().predict(self.features_for(test_dataset), ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    # ---- saving: per-epoch checkpoints hold the head; the final save is the full model
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        self._save_full = not _internal_call
+        try:
+            super().save_model(output_dir, _internal_call=_internal_call)
+        finally:
+            self._save_full = False
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not getattr(self, "_save_full", False):
+            return super()._save(output_dir, state_dict=state_dict)
+        import os
+
+        from transformers.trainer import TRAINING_ARGS_NAME
+
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        logger.debug("saving the full model (frozen backbone + trained head) to %s", output_dir)
+        # The head's Linear is the full model's own module, so this holds the trained head.
+        self.full_model.save_pretrained(output_dir, is_main_process=True)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))

@@ -1,0 +1,170 @@
+"""Linear probe on cached features (issue #6): exact features, one backbone pass, normal outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_image_folder, run_cli, write_recipe
+from finetune import data, features, model as model_lib
+from finetune.recipe import ModelConfig, recipe_from_dict
+
+NAMES = ["red", "green", "blue"]
+
+
+def _loaded(path: Path, strategy: str = "linear_probe"):
+    cfg = ModelConfig(name_or_path=str(path), strategy=strategy)
+    processor = model_lib.load_processor(cfg, None)
+    return model_lib.load_model(cfg, NAMES, processor), processor
+
+
+def _decoded(folder: Path, processor):
+    from datasets import load_dataset
+
+    raw = load_dataset(str(folder))["train"]
+    return data.decode(raw, processor, "image", "label", None, "decoding").dataset
+
+
+def _transform(processor, size) -> data.BatchTransform:
+    mean, std = data.processor_normalization(processor)
+    return data.BatchTransform(mean, std, size, None)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_resnet", "tiny_timm"])
+def test_head_on_cached_features_reproduces_the_models_logits(fixture: str, request, tmp_path: Path) -> None:
+    loaded, processor = _loaded(request.getfixturevalue(fixture))
+    decoded = _decoded(make_image_folder(tmp_path / "images", per_class=3, splits=("train",)), processor)
+    transform = _transform(processor, tuple(decoded[0]["pixel_values"].shape[-2:]))
+    cached = features.compute_features(loaded.model, decoded, transform, device="cpu", batch_size=4)
+    _, head = features.find_head(loaded.model)
+    assert len(cached) == len(decoded) and torch.equal(cached.labels, torch.as_tensor(decoded["labels"][:]))
+    loaded.model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(decoded), 4):
+            pixels = transform(decoded[start : start + 4]["pixel_values"], train=False)
+            logits = loaded.model(pixel_values=pixels).logits
+            assert torch.equal(head(cached.features[start : start + 4]), logits)
+
+
+def test_a_model_with_work_after_its_last_linear_is_refused() -> None:
+    class Doubled(torch.nn.Module):  # logits = 2 × Linear(x): cached features cannot reproduce them
+        def __init__(self) -> None:
+            super().__init__()
+            self.classifier = torch.nn.Linear(3, 2)
+
+        def forward(self, pixel_values):
+            return SimpleNamespace(logits=2 * self.classifier(pixel_values.mean((2, 3))))
+
+    rows = [{"pixel_values": torch.zeros(3, 4, 4, dtype=torch.uint8), "labels": torch.tensor(0)}] * 2
+    with pytest.raises(model_lib.ModelError, match="feature_cache to false"):
+        features.compute_features(Doubled(), rows, data.BatchTransform([0.5] * 3, [0.5] * 3, (4, 4), None), device="cpu")
+
+
+@pytest.mark.parametrize("n", [1, 5, 7, 8])
+@pytest.mark.parametrize("world", [2, 3])
+def test_gathered_shards_are_unpadded_into_dataset_order(n: int, world: int) -> None:
+    """The un-padding arithmetic of compute_features against accelerate's own split."""
+    from accelerate import PartialState
+
+    gathered = []
+    for rank in range(world):
+        fake = SimpleNamespace(num_processes=world, process_index=rank, device="cpu")
+        with PartialState.split_between_processes(fake, list(range(n)), apply_padding=True) as shard:
+            gathered += list(shard)
+    base, extra = divmod(n, world)
+    per = base + (1 if extra else 0)
+    assert len(gathered) == per * world
+    keep = [i for r in range(world) for i in range(r * per, r * per + base + (1 if r < extra else 0))]
+    assert [gathered[i] for i in keep] == list(range(n))
+
+
+def _recipe(tmp_path: Path, model: Path, images: Path, name: str, **extra) -> dict:
+    path = write_recipe(
+        tmp_path / f"{name}.json",
+        model,
+        images,
+        tmp_path / name,
+        model__strategy="linear_probe",
+        metrics=["accuracy"],
+        **extra,
+    )
+    raw = json.loads(path.read_text())
+    raw["training"].update(num_train_epochs=8, learning_rate=0.05, save_strategy="no")
+    return raw
+
+
+def test_backbone_runs_once_per_image_and_matches_the_per_step_path(tiny_vit: Path, tmp_path: Path, monkeypatch) -> None:
+    """One backbone forward per image in all; the head then learns what the per-step path learns."""
+    from finetune import train as train_lib
+
+    images = make_image_folder(tmp_path / "images")
+    seen: list[int] = []
+    heads: dict[bool, torch.Tensor] = {}
+    real_load = model_lib.load_model
+
+    def counting_load(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        # Every backbone pass goes through the full model's forward: count the images there.
+        loaded.model.register_forward_pre_hook(lambda m, a, kw: seen.append(len(kw["pixel_values"])), with_kwargs=True)
+        return loaded
+
+    monkeypatch.setattr(model_lib, "load_model", counting_load)
+    results = {}
+    for cache in (True, False):
+        seen.clear()
+        # No augmentation, so both paths see the same pixels and can be compared.
+        raw = _recipe(tmp_path, tiny_vit, images, f"cache-{cache}", data__augment={"crop_scale": None, "hflip": False})
+        raw["model"]["feature_cache"] = cache
+        results[cache] = train_lib.train(recipe_from_dict(raw))
+        heads[cache] = load_file(tmp_path / f"cache-{cache}" / "model.safetensors")["classifier.weight"]
+        if cache:
+            report = json.loads((tmp_path / "cache-True" / "data_report.json").read_text())["splits"]
+            images_total = sum(split["images"] for split in report.values())
+            assert sum(seen) == images_total  # train + validation + eval, each image once
+            assert max(seen) <= 8  # batches of per_device_eval_batch_size, not one giant call
+        else:
+            assert sum(seen) > 3 * images_total  # the per-step path runs it every step and every evaluation
+    assert results[True]["eval_accuracy"] >= 0.9
+    assert results[True]["eval_accuracy"] == results[False]["eval_accuracy"]
+    torch.testing.assert_close(heads[True], heads[False], rtol=1e-4, atol=1e-5)
+
+
+def test_cli_linear_probe_with_feature_cache_gives_a_normal_checkpoint(tiny_resnet: Path, tmp_path: Path) -> None:
+    from transformers import pipeline
+
+    images = make_image_folder(tmp_path / "images")
+    out = tmp_path / "probe"
+    raw = _recipe(tmp_path, tiny_resnet, images, "probe")
+    raw["training"]["save_strategy"] = "epoch"
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(raw))
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stderr + result.stdout
+    assert "feature cache: the frozen backbone ran once" in log
+    # Augmentation was requested: one line says it does not apply, and the report notes it.
+    assert sum("does not apply" in line for line in log.splitlines()) == 1
+    notes = json.loads((out / "data_report.json").read_text())["notes"]
+    assert any("does not apply" in note for note in notes)
+    for name in ("train_results.json", "eval_results.json", "all_results.json", "trainer_state.json", "recipe.json", "README.md", "preprocessor_config.json"):
+        assert (out / name).is_file(), name
+    eval_results = json.loads((out / "eval_results.json").read_text())
+    assert eval_results["eval_accuracy"] >= 0.9
+    assert json.loads((out / "train_results.json").read_text())["feature_cache_images"] > 0
+
+    base, trained = load_file(tiny_resnet / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(base) == set(trained)
+    changed = {k for k in base if base[k].shape != trained[k].shape or not torch.equal(base[k], trained[k])}
+    assert changed == {"classifier.1.weight", "classifier.1.bias"}  # the backbone is bitwise the base model's
+    # Per-epoch checkpoints hold only the head (the backbone never changes).
+    checkpoint = sorted(out.glob("checkpoint-*"))[-1]
+    assert set(load_file(checkpoint / "model.safetensors")) == {"linear.weight", "linear.bias"}
+
+    classifier = pipeline("image-classification", model=str(out))
+    top = classifier(str(next((images / "test" / "blue").iterdir())))[0]
+    assert top["label"] == "blue"

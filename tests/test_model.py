@@ -1,0 +1,117 @@
+"""Model: new heads, strategies, processors, the TimmWrapper num_classes trap."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune import model as model_lib
+from finetune.recipe import ModelConfig
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def load(path: Path, strategy: str = "full", n: int = 2, names: list[str] = NAMES):
+    cfg = ModelConfig(name_or_path=str(path), strategy=strategy, unfreeze_last_n=n)
+    processor = model_lib.load_processor(cfg, None)
+    return model_lib.load_model(cfg, names, processor), processor
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_resnet", "tiny_timm"])
+def test_new_head_has_the_user_classes_and_only_head_is_reinitialised(fixture: str, request) -> None:
+    loaded, _ = load(request.getfixturevalue(fixture))
+    config = loaded.model.config
+    assert config.num_labels == 4 and config.id2label == dict(enumerate(NAMES))
+    assert config.label2id == {n: i for i, n in enumerate(NAMES)}
+    assert loaded.reinitialised and set(loaded.reinitialised) <= set(loaded.head)
+    out = loaded.model(pixel_values=torch.randn(2, 3, 32, 32))
+    assert out.logits.shape == (2, 4)
+
+
+def test_linear_probe_trains_only_the_head_and_keeps_batchnorm_frozen(tiny_resnet: Path) -> None:
+    loaded, _ = load(tiny_resnet, "linear_probe")
+    m = loaded.model
+    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert trainable == loaded.head == ["classifier.1.bias", "classifier.1.weight"] or set(trainable) == set(loaded.head)
+    bn = next(mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    m.train()
+    m(pixel_values=torch.randn(4, 3, 32, 32) * 5 + 3)
+    assert not bn.training and torch.equal(bn.running_mean, before)
+    assert m.training  # the head itself is in training mode
+
+
+def test_full_strategy_updates_batchnorm(tiny_resnet: Path) -> None:
+    loaded, _ = load(tiny_resnet, "full")
+    m = loaded.model
+    bn = next(mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    m.train()
+    m(pixel_values=torch.randn(4, 3, 32, 32) * 5 + 3)
+    assert not torch.equal(bn.running_mean, before)
+    assert loaded.trainable == loaded.total
+
+
+def test_partial_unfreezes_the_last_blocks_and_what_follows(tiny_vit: Path) -> None:
+    loaded, _ = load(tiny_vit, "partial", n=1)
+    trainable = {n for n, p in loaded.model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("vit.layers.1.") for n in trainable)
+    assert not any(n.startswith("vit.layers.0.") for n in trainable)
+    assert not any(n.startswith("vit.embeddings") for n in trainable)
+    assert {"vit.layernorm.weight", "classifier.weight"} <= trainable
+    with pytest.raises(model_lib.ModelError, match="unfreeze_last_n: 5 but the model has 2 blocks"):
+        load(tiny_vit, "partial", n=5)
+
+
+def test_partial_on_timm_uses_its_blocks(tiny_timm: Path) -> None:
+    loaded, _ = load(tiny_timm, "partial", n=1)
+    trainable = {n for n, p in loaded.model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("timm_model.conv_stem") for n in trainable)
+    assert any(n.startswith("timm_model.blocks.") for n in trainable)
+    assert 0 < loaded.trainable < loaded.total
+
+
+def test_timm_config_with_num_classes_in_model_args_still_loads(tiny_timm: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "timm"
+    shutil.copytree(tiny_timm, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["model_args"] = {"num_classes": 7}
+    (copy / "config.json").write_text(json.dumps(config))
+    loaded, _ = load(copy)
+    assert loaded.model.config.num_labels == 4
+
+
+def test_image_size_resizes_processors(tiny_resnet: Path, tiny_timm: Path, tiny_vit: Path) -> None:
+    from PIL import Image
+
+    image = Image.new("RGB", (50, 40))
+    for path in (tiny_resnet, tiny_timm):
+        processor = model_lib.load_processor(ModelConfig(name_or_path=str(path)), 48)
+        assert processor(images=[image], return_tensors="pt")["pixel_values"].shape[-2:] == (48, 48)
+    with pytest.raises(model_lib.ModelError, match="fixed input size 32"):
+        model_lib.load_processor(ModelConfig(name_or_path=str(tiny_vit)), 48)
+
+
+def test_checkpoint_without_backbone_weights_is_refused(tmp_path: Path) -> None:
+    """A checkpoint whose backbone weights are missing is the wrong model, not a new head."""
+    from safetensors.torch import load_file, save_file
+    from transformers import ViTImageProcessor
+
+    from conftest import make_tiny_vit
+
+    path = make_tiny_vit(tmp_path / "vit")
+    weights = load_file(path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "encoder.layer.0." not in k}, path / "model.safetensors")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    with pytest.raises(model_lib.ModelError, match="lacks pretrained weights outside the classification head"):
+        load(path)
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(model_lib.ModelError, match="model.name_or_path: cannot load"):
+        model_lib.load_processor(ModelConfig(name_or_path=str(tmp_path / "none")), None)

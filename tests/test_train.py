@@ -1,0 +1,195 @@
+"""End to end through the real command line, and the Trainer's input contract."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CIFAR10, CLASSES, ROOT, make_image_folder, make_tiny_vit, run_cli, write_recipe
+from finetune import train as train_lib
+from finetune.recipe import recipe_from_dict
+
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
+EXPECTED_FILES = [
+    "model.safetensors",
+    "config.json",
+    "preprocessor_config.json",
+    "train_results.json",
+    "eval_results.json",
+    "all_results.json",
+    "recipe.json",
+    "README.md",
+    "eval_report.json",
+    "data_report.json",
+]
+
+
+def folder_digest(path: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_vit) -> tuple[Path, Path, object]:
+    root = tmp_path_factory.mktemp("e2e")
+    images = make_image_folder(root / "images", per_class=16)
+    recipe = write_recipe(root / "recipe.json", tiny_vit, images, root / "out")
+    result = run_cli("--recipe", str(recipe), launcher=ACCELERATE)
+    return root, recipe, result
+
+
+def test_accelerate_launch_run_leaves_every_output(trained) -> None:
+    root, _, result = trained
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = root / "out"
+    for name in EXPECTED_FILES:
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == sorted(CLASSES)
+    results = json.loads((out / "eval_results.json").read_text())
+    for key in ("eval_accuracy", "eval_f1", "eval_precision", "eval_recall"):
+        assert 0.0 <= results[key] <= 1.0
+    assert results["eval_num_images"] == 3 * 8  # every test image, once
+    assert results["eval_accuracy"] >= 0.6  # the colours are easy to tell apart
+    resolved = json.loads((out / "recipe.json").read_text())
+    assert resolved["data"]["validation_fraction"] == 0.1 and resolved["model"]["strategy"] == "full"
+    assert "training: effective batch 8 = 8 per device × 1 process(es)" in result.stderr
+
+
+def test_pipeline_returns_class_names(trained) -> None:
+    from PIL import Image
+    from transformers import pipeline
+
+    root, _, _ = trained
+    classifier = pipeline("image-classification", model=str(root / "out"))
+    image = Image.open(next((root / "images" / "test" / "green").iterdir()))
+    labels = [row["label"] for row in classifier(image, top_k=3)]
+    assert sorted(labels) == sorted(CLASSES)
+
+
+def test_card_metadata_matches_eval_results(trained) -> None:
+    from huggingface_hub import ModelCard
+
+    root, _, _ = trained
+    out = root / "out"
+    card = ModelCard.load(out / "README.md")
+    data = card.data.to_dict()
+    assert data["pipeline_tag"] == "image-classification"
+    results = json.loads((out / "eval_results.json").read_text())
+    reported = {m["type"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
+    assert reported["accuracy"] == pytest.approx(results["eval_accuracy"])
+    assert reported["f1"] == pytest.approx(results["eval_f1"])
+    assert data["model-index"][0]["results"][0]["dataset"]["split"] == "test"
+    assert "| blue |" in card.text and "test recipe" in card.text
+
+
+def test_same_recipe_resumes_and_other_recipe_is_refused(trained) -> None:
+    root, recipe, _ = trained
+    out = root / "out"
+    before = folder_digest(out)
+    other = run_cli("--recipe", str(recipe), "--set", "training.learning_rate=0.5")
+    assert other.returncode == 2
+    message = other.stderr.strip().splitlines()[-1]
+    assert "holds a run of a different recipe" in message and "training.learning_rate: 0.01 → 0.5" in message
+    assert folder_digest(out) == before  # nothing touched
+
+    again = run_cli("--recipe", str(recipe))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming from" in again.stderr
+
+
+def test_foreign_folder_is_untouched_unless_overwrite(tmp_path: Path, tiny_vit: Path) -> None:
+    images = make_image_folder(tmp_path / "images", per_class=4)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    recipe = write_recipe(tmp_path / "r.json", tiny_vit, images, out, training__num_train_epochs=1)
+    refused = run_cli("--recipe", str(recipe))
+    assert refused.returncode == 2 and "not a finetune run (thesis.tex)" in refused.stderr
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_eval_split_null_reports_validation_piece(tmp_path: Path, tiny_vit: Path) -> None:
+    images = make_image_folder(tmp_path / "images", per_class=10, splits=("",))
+    recipe = write_recipe(
+        tmp_path / "r.json", tiny_vit, images, tmp_path / "out",
+        data={"dataset": str(images), "eval_split": None, "validation_fraction": 0.3},
+        training={"num_train_epochs": 1, "use_cpu": True, "per_device_train_batch_size": 8},
+    )
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert results["eval_num_images"] == 9  # 30% of 30 images, stratified
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "validation piece" in card and "less independent than a test split" in card
+
+
+def test_missing_eval_split_fails_before_training(tmp_path: Path, tiny_vit: Path) -> None:
+    images = make_image_folder(tmp_path / "images", per_class=4, splits=("",))
+    recipe = write_recipe(tmp_path / "r.json", tiny_vit, images, tmp_path / "out")
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 2
+    assert "data.eval_split: 'test' is not a split" in result.stderr and "set data.eval_split to null" in result.stderr
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_model_receives_normalised_float_pixels(tiny_vit: Path, tmp_path: Path) -> None:
+    """The Trainer must feed normalised floats: a model given raw 0-255 integers would
+    silently cast them and still train (this happened once)."""
+    from transformers import AutoModelForImageClassification
+
+    from finetune.data import BatchTransform
+
+    model = AutoModelForImageClassification.from_pretrained(tiny_vit)
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["pixel_values"]), with_kwargs=True)
+    recipe = recipe_from_dict({"description": "d", "model": {"name_or_path": str(tiny_vit)},
+                               "data": {"dataset": "x"}, "output_dir": str(tmp_path / "o"),
+                               "training": {"use_cpu": True, "eval_strategy": "no"}})
+    args = train_lib.training_arguments(recipe)
+    trainer = train_lib.FinetuneTrainer(
+        model=model, args=args, batch_transform=BatchTransform([0.5] * 3, [0.5] * 3, (32, 32), None)
+    )
+    batch = {"pixel_values": torch.full((2, 3, 32, 32), 255, dtype=torch.uint8), "labels": torch.tensor([0, 1])}
+    trainer.compute_loss(model, batch)
+    assert seen[0].dtype == torch.float32 and torch.allclose(seen[0], torch.ones_like(seen[0]))
+
+
+@pytest.mark.skipif(not CIFAR10.is_dir(), reason="../shared/datasets/cifar10 is not present")
+def test_tiny_vit_on_real_cifar10(tmp_path: Path) -> None:
+    """The issue's 'done when': a tiny ViT on 2,000 CIFAR-10 images, set from the command line."""
+    from transformers import pipeline
+
+    vit = make_tiny_vit(tmp_path / "vit", image_size=32, num_labels=3)
+    out = tmp_path / "out"
+    result = run_cli(
+        "--recipe", str(ROOT / "recipes" / "cifar10_vit.json"),
+        "--set", f"model.name_or_path={vit}",
+        "--set", f"data.dataset={CIFAR10}",
+        "--set", "data.max_train_samples=2000",
+        "--set", "data.max_eval_samples=500",
+        "--set", "training.num_train_epochs=1",
+        "--set", "training.per_device_train_batch_size=64",
+        "--set", "training.use_cpu=true",
+        "--set", "training.disable_tqdm=true",
+        "--set", f"output_dir={out}",
+        launcher=ACCELERATE,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in EXPECTED_FILES:
+        assert (out / name).is_file(), name
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["eval_num_images"] == 500
+    classifier = pipeline("image-classification", model=str(out))
+    from datasets import load_dataset
+
+    image = load_dataset(str(CIFAR10), split="test[:1]")[0]["img"]
+    names = {row["label"] for row in classifier(image, top_k=10)}
+    assert names == {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
