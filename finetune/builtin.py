@@ -120,7 +120,7 @@ def load_dataset(name: str):
 def digits(test_fraction: float = 0.2, seed: int = 0):
     """scikit-learn's 1,797 handwritten digits (8×8, 16 grey levels) as RGB images.
 
-    The test split is fixed (stratified, seed 0: 360 images, 36 per class) so every run
+    The test split is fixed (stratified, seed 0: 360 images, 35-37 per class) so every run
     and every recipe is scored on the same held-out images.
     """
     import numpy as np

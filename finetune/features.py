@@ -40,9 +40,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -245,13 +248,20 @@ def compute_features(
 # --------------------------------------------------------------------------- trainer
 
 
-def probe_setup(loaded: LoadedModel, transform: data.BatchTransform, data_report: dict[str, Any]):
+def probe_setup(
+    loaded: LoadedModel,
+    transform: data.BatchTransform,
+    data_report: dict[str, Any],
+    report_path: str | Path | None = None,
+):
     """For train.py's one branch: (the Trainer class, the batch transform it will really use).
 
     Fails (one line, with the fix) when the strategy trains anything besides the final
     Linear, because cached features could not train it. When the recipe asks for augmentation,
-    says once in the log, and in data_report.json's notes, that augmentation does not apply.
-    Returns a transform without augmentation, so later log lines describe what really happens.
+    it says once in the log that augmentation does not apply, and adds that to the data
+    report's notes (rewriting ``report_path``, since train.py has written the report by then).
+    It returns a transform without augmentation, so later log lines describe what really
+    happens.
     """
     head_name, head = find_head(loaded.model)
     head_params = {f"{head_name}.{p}" for p, _ in head.named_parameters()}
@@ -270,6 +280,11 @@ def probe_setup(loaded: LoadedModel, transform: data.BatchTransform, data_report
         notes = data_report.setdefault("notes", [])
         if note not in notes:
             notes.append(note)
+        if report_path is not None and PartialState().is_main_process:
+            path = Path(report_path)
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(json.dumps(data_report, indent=2, default=str) + "\n")
+            os.replace(tmp, path)
         transform = copy.copy(transform)
         transform.augment = None
     return FeatureProbeTrainer, transform
@@ -366,8 +381,6 @@ class FeatureProbeTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not getattr(self, "_save_full", False):
             return super()._save(output_dir, state_dict=state_dict)
-        import os
-
         from transformers.trainer import TRAINING_ARGS_NAME
 
         output_dir = output_dir if output_dir is not None else self.args.output_dir

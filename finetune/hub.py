@@ -252,6 +252,8 @@ def push(out: Path, repo_id: str, private: bool = True, revision: str | None = N
         plan = check_folder(out)
     except PushError as err:
         raise fail(str(err)) from None
+    except OSError as err:  # e.g. an unreadable file in the folder
+        raise fail(f"cannot read {out} ({_first_line(err)})") from None
     if _offline():
         raise fail("HF_HUB_OFFLINE is set, so the Hub cannot be reached (unset it first)")
     from huggingface_hub import HfApi, get_token

@@ -117,6 +117,10 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
     config.num_labels = len(class_names)
     config.id2label = dict(enumerate(class_names))
     config.label2id = {name: i for i, name in enumerate(class_names)}
+    if hasattr(config, "label_names"):
+        # TimmWrapperConfig saves this attribute, not id2label: a stale copy would write
+        # the base model's (or LABEL_n) names into the fine-tuned config.json.
+        config.label_names = list(class_names)
     data_config = getattr(processor, "data_config", None)
     if data_config is not None and hasattr(config, "pretrained_cfg"):
         # timm keeps its preprocessing in config.json: keep it equal to what we train with.

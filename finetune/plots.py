@@ -42,8 +42,9 @@ def write_plots(
 
 def _save(fig, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    # format= is needed because the temporary name does not end in .png.
-    fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight")
+    # format= is needed because the temporary name does not end in .png; the constrained
+    # layout already fits the labels, so no bbox_inches="tight" (a second render).
+    fig.savefig(tmp, format="png", dpi=fig.dpi)
     os.replace(tmp, path)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 #: Files that operating systems and archivers leave next to images; never reported.
-JUNK_FILES = {".DS_Store", "Thumbs.db", "ehthumbs.db", "desktop.ini", "Icon\r"}
+JUNK_FILES = {".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"}
 #: Folders whose content is never images of the user's (macOS zip resource forks, VCS).
 JUNK_DIRS = {"__MACOSX", ".git", ".hg", ".svn", "__pycache__"}
 #: Recipe keys named in data.py's messages → the options of `finetune eval` that set them.
@@ -129,8 +129,11 @@ def _slug(text: str) -> str:
 
 
 def default_report_dir(output_dir: Path, dataset: str, split: str) -> Path:
+    from .card import is_hub_id
+
     name = dataset.rstrip("/\\")
-    name = Path(name).name if (os.sep in name or Path(name).exists()) else name.replace("/", "--")
+    # Hub ids keep their namespace (as in the Hub cache: "user--name"); paths their last part.
+    name = name.replace("/", "--") if is_hub_id(name) else Path(name).name or name
     return output_dir / f"eval-{_slug(name)}-{_slug(split)}"
 
 
@@ -150,6 +153,11 @@ def map_to_model_classes(dataset, label_column: str, class_names: list[str], whe
 
     feature = dataset.features[label_column]
     used = set(dataset[label_column])
+    if None in used or (isinstance(feature, ClassLabel) and -1 in used):
+        raise PredictError(
+            f"{where} has unlabelled images (label {'-1' if -1 in used else 'missing'}); scoring needs the true "
+            "labels: name a labelled split, or use `finetune predict` to label the images"
+        )
     if isinstance(feature, ClassLabel):
         values = {feature.names[i] for i in used if i is not None and i >= 0}
     else:
@@ -312,7 +320,7 @@ def add_predict_args(parser: argparse.ArgumentParser) -> None:
 
 def _is_junk(name: str) -> bool:
     # Hidden files include macOS's "._photo.jpg" AppleDouble companions.
-    return name in JUNK_FILES or name.startswith(".")
+    return name.lower() in JUNK_FILES or name.startswith(".")
 
 
 def collect_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:

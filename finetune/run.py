@@ -9,7 +9,8 @@ Also installed as the ``finetune`` console script, with subcommands:
     finetune push OUTPUT_DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--dry-run]
 
 Exit codes: 0 success; 2 a problem with the recipe, data, model or output folder (a
-one-line message says which file or key, and how to fix it; nothing was trained).
+one-line message says which file or key, and how to fix it; nothing was trained);
+143 stopped by SIGTERM after writing a checkpoint (run the same command to continue).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(here))
 
 EXIT_USER_ERROR = 2
+#: Stopped by SIGTERM after writing a checkpoint (128 + 15, as a shell reports SIGTERM).
+EXIT_PREEMPTED = 143
 
 COMMANDS = ("train", "validate", "eval", "predict", "push")
 
@@ -110,9 +113,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import DataError
+    from .hub import PushError
     from .model import ModelError
     from .recipe import RecipeError, load_recipe
-    from .train import OutputDirError, train
+    from .train import OutputDirError, Preempted, train
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
@@ -121,8 +125,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     _setup_logging()
     try:
         train(recipe, overwrite=args.overwrite, source=str(args.recipe))
-    except (RecipeError, DataError, ModelError, OutputDirError) as err:
+    except (RecipeError, DataError, ModelError, OutputDirError, PushError) as err:
         return _error(str(err))
+    except Preempted as err:
+        print(f"finetune: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED
     return 0
 
 

@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments, default_data_collator
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 from . import card, data, metrics, model as model_lib, plots
 from .recipe import Recipe, RecipeError
@@ -113,8 +114,8 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def _comparable(recipe_dict: dict[str, Any]) -> dict[str, Any]:
-    # Publishing settings do not change what is trained.
-    return {k: v for k, v in recipe_dict.items() if k != "hub"}
+    # Publishing settings do not change what is trained, and a run folder may be moved.
+    return {k: v for k, v in recipe_dict.items() if k not in ("hub", "output_dir")}
 
 
 def check_output_dir(recipe: Recipe, overwrite: bool) -> str | None:
@@ -157,10 +158,99 @@ def check_output_dir(recipe: Recipe, overwrite: bool) -> str | None:
             f"output_dir: '{out}' holds a run of a different recipe ({shown}); "
             "choose another output_dir (--set output_dir=...) or pass --overwrite to replace it"
         )
-    return get_last_checkpoint(str(out))
+    return last_complete_checkpoint(out)
+
+
+def _checkpoint_step(path: Path) -> int:
+    try:
+        return int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """The header parses and the file is as long as the header says (not cut off)."""
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size >= 8 + size + end
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """The Trainer writes weights, optimizer, RNG state, then ``trainer_state.json``: a
+    checkpoint is complete when that last file parses and names this step, and every
+    weights file is whole."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    weights = list(path.glob("*.safetensors"))
+    return (
+        state.get("global_step") == _checkpoint_step(path)
+        and bool(weights)
+        and all(_safetensors_complete(w) for w in weights)
+    )
+
+
+def last_complete_checkpoint(out: Path) -> str | None:
+    """The newest checkpoint that is whole; ones cut off mid-write are skipped (and said)."""
+    for path in sorted(out.glob("checkpoint-*"), key=_checkpoint_step, reverse=True):
+        if not path.is_dir() or _checkpoint_step(path) < 0:
+            continue
+        if checkpoint_is_complete(path):
+            return str(path)
+        logger.warning("skipping %s: it was cut off mid-write", path)
+    return None
 
 
 # --------------------------------------------------------------------------- trainer
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived: a checkpoint was written and training stopped; re-run to continue."""
+
+
+class PreemptionCallback(TrainerCallback):
+    """On SIGTERM (cluster pre-emption), save a checkpoint at the end of the current step
+    and stop. All ranks agree on the step (a MAX all-reduce of the flag), so no process
+    waits in a collective that the others have left. A second SIGTERM exits at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # second signal: the user means it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _agreed(self) -> bool:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            backend = torch.distributed.get_backend()
+            device = "cuda" if backend == "nccl" else "cpu"
+            flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            return bool(flag.item())
+        return self.requested
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._agreed():
+            self.requested = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
 
 
 class FinetuneTrainer(Trainer):
@@ -171,9 +261,45 @@ class FinetuneTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.batch_transform = batch_transform
 
+    def _get_dataloader(self, dataset, *args: Any, **kwargs: Any):
+        # Issue #6: read decoded batches from Arrow in one piece (data.FastRows).
+        return super()._get_dataloader(data.FastRows.wrap(dataset), *args, **kwargs)
+
+    # transformers 5 writes checkpoints with a model's legacy key names (ViT's
+    # "attention.attention.key", ...) but reads them back for resume and for
+    # load_best_model_at_end with a plain load_state_dict(strict=False), which silently
+    # skips every renamed tensor: training would go on from the base model's weights.
+    # from_pretrained applies the key conversion; copying its tensors with strict=True makes
+    # any mismatch an error instead. (FSDP / DeepSpeed keep the Trainer's own loaders.)
+    def _reload_weights(self, checkpoint: str) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        fresh = type(model).from_pretrained(checkpoint, config=model.config)
+        model.load_state_dict(fresh.state_dict(), strict=True)
+        logger.info("loaded weights from %s", checkpoint)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled or model is not None:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._reload_weights(resume_from_checkpoint)
+
+    def _load_best_model(self):
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_best_model()
+        logger.info("loading the best model by validation score (step %s)", self.state.best_global_step)
+        self._reload_weights(self.state.best_model_checkpoint)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
-        inputs["pixel_values"] = self.batch_transform(inputs["pixel_values"], train=model.training)
+        seed = None
+        if model.training:
+            # One seed per (run seed, optimizer step, micro-batch, rank): augmentation is a
+            # pure function of where training is, so resuming mid-epoch (after SIGTERM) draws
+            # the same crops as a run that never stopped (issue #5).
+            step = self.state.global_step
+            self._micro = self._micro + 1 if getattr(self, "_micro_step", None) == step else 0
+            self._micro_step = step
+            seed = ((self.args.seed * 1_000_003 + step) * 1_009 + self._micro) * 101 + self.args.process_index
+        inputs["pixel_values"] = self.batch_transform(inputs["pixel_values"], train=model.training, seed=seed)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
@@ -208,26 +334,33 @@ def prepare_data(recipe: Recipe, processor, seed: int) -> Prepared:
         "dataset": cfg.dataset,
         "splits": {name: {"images": len(d.dataset) + len(d.bad), "bad": len(d.bad)} for name, d in decoded.items()},
         "bad_files": [dict(item, split=name) for name, d in decoded.items() for item in d.bad],
+        "junk_files_ignored": data.count_junk(cfg.dataset),
         "max_bad_fraction": cfg.max_bad_fraction,
         "notes": splits.notes,
     }
-    for name, d in decoded.items():
-        total = len(d.dataset) + len(d.bad)
-        if total and len(d.bad) / total > cfg.max_bad_fraction:
-            first = d.bad[0]
-            raise data.DataError(
-                f"data: {len(d.bad)} of {total} images in '{name}' cannot be read ({100 * len(d.bad) / total:.1f}% > "
-                f"data.max_bad_fraction {cfg.max_bad_fraction:g}), e.g. {first['path']}: {first['reason']}; "
-                "fix or remove them, or raise data.max_bad_fraction"
-            )
-    train_counts = torch.bincount(torch.as_tensor(decoded["train"].dataset["labels"][:]), minlength=len(splits.class_names))
-    empty = [splits.class_names[i] for i in torch.nonzero(train_counts == 0).flatten().tolist()]
-    if empty:
-        raise data.DataError(
-            f"data: after setting aside unreadable files, class(es) {', '.join(empty)} have no training images"
-        )
     validation = decoded["validation"].dataset if "validation" in decoded else None
     return Prepared(splits, decoded["train"].dataset, validation, decoded["eval"].dataset, report)
+
+
+def check_prepared(prepared: Prepared, cfg) -> None:
+    """Stop before training when too many images are unreadable or a class lost them all."""
+    for name, counts in prepared.data_report["splits"].items():
+        total, bad = counts["images"], counts["bad"]
+        if total and bad / total > cfg.max_bad_fraction:
+            first = next(b for b in prepared.data_report["bad_files"] if b["split"] == name)
+            raise data.DataError(
+                f"data: {bad} of {total} images in '{name}' cannot be read ({100 * bad / total:.1f}% > "
+                f"data.max_bad_fraction {cfg.max_bad_fraction:g}), e.g. {first['path']}: {first['reason']}; "
+                "fix or remove them (all are listed in data_report.json), or raise data.max_bad_fraction"
+            )
+    names = prepared.splits.class_names
+    train_counts = torch.bincount(torch.as_tensor(prepared.train["labels"][:]), minlength=len(names))
+    empty = [names[i] for i in torch.nonzero(train_counts == 0).flatten().tolist()]
+    if empty:
+        raise data.DataError(
+            f"data: after setting aside unreadable files, class(es) {', '.join(empty)} have no training images; "
+            "see data_report.json"
+        )
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -255,18 +388,25 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     # Decoding runs on the main process first; the others then find it in the cache.
     with args.main_process_first(desc="data preparation"):
         prepared = prepare_data(recipe, processor, seed)
+    if state.is_main_process:
+        _write_json(out / "data_report.json", prepared.data_report)
+    check_prepared(prepared, recipe.data)
     splits = prepared.splits
     bad = prepared.data_report["bad_files"]
     logger.info(
-        "data: %d train, %s validation, %d eval (%s) images, %d classes; %d unreadable file(s) set aside%s",
+        "data: %d train, %s validation, %d eval (%s) images, %d classes; %d unreadable file(s) set aside%s; "
+        "%d junk file(s) ignored",
         len(prepared.train),
         len(prepared.validation) if prepared.validation is not None else "no",
         len(prepared.eval),
         splits.eval_name,
         len(splits.class_names),
         len(bad),
-        " (see data_report.json)" if bad else "",
+        " (listed in data_report.json)" if bad else "",
+        prepared.data_report["junk_files_ignored"],
     )
+    for item in bad[:20]:
+        logger.warning("data: set aside %s (%s)", item["path"], item["reason"])
     for note in splits.notes:
         logger.warning("data: %s", note)
 
@@ -282,7 +422,9 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
         # Issue #6: the frozen backbone runs once; the head trains on cached features.
         from . import features
 
-        trainer_class, transform = features.probe_setup(loaded, transform, prepared.data_report)
+        trainer_class, transform = features.probe_setup(
+            loaded, transform, prepared.data_report, out / "data_report.json"
+        )
     trainer = trainer_class(
         model=loaded.model,
         args=args,
@@ -301,7 +443,17 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
         effective, args.per_device_train_batch_size, world, args.gradient_accumulation_steps,
         args.learning_rate, transform.describe(),
     )
-    result = trainer.train(resume_from_checkpoint=resume)
+    preemption = PreemptionCallback()
+    trainer.add_callback(preemption)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        preemption.restore()
+    if preemption.requested:
+        raise Preempted(
+            f"stopped by SIGTERM at step {trainer.state.global_step}; a checkpoint is in {out}; "
+            "run the same command again to continue"
+        )
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -313,7 +465,6 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     trainer.log_metrics("eval", final)
     trainer.save_metrics("eval", final)
     if trainer.is_world_process_zero():
-        _write_json(out / "data_report.json", prepared.data_report)
         predictions = accumulator.last
         report = metrics.per_class_report(predictions, splits.class_names) if predictions is not None else None
         if report is not None:
@@ -333,9 +484,16 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
             loaded=loaded,
             image_size=int(size[0]),
         )
-        if recipe.hub.push:
-            from . import hub
+    push_error = None
+    if recipe.hub.push and trainer.is_world_process_zero():
+        from . import hub
 
-            hub.push(out, recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
+        try:
+            url = hub.push(out, recipe.hub.repo_id, private=recipe.hub.private, revision=recipe.hub.revision)
+            logger.info("pushed to %s", url)
+        except hub.PushError as err:  # the trained run is saved; only the upload failed
+            push_error = err
     state.wait_for_everyone()
+    if push_error is not None:
+        raise push_error
     return final

@@ -73,7 +73,7 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 def fake_eval(num_classes: int, num_images: int, wrong: float, seed: int = 0, size: int = 16):
     """Predictions with a given share of mistakes, and a matching decoded eval dataset
-    (uint8 3×size×size pixels in torch format, like train.py's)."""
+    (uint8 3×size×size pixels in numpy format, like data.decode's)."""
     from datasets import Array3D, Dataset, Features, Value
 
     from finetune.metrics import Predictions
@@ -92,5 +92,5 @@ def fake_eval(num_classes: int, num_images: int, wrong: float, seed: int = 0, si
         {"pixel_values": pixels, "labels": labels},
         features=Features({"pixel_values": Array3D((3, size, size), "uint8"), "labels": Value("int64")}),
     )
-    dataset.set_format("torch", columns=["pixel_values", "labels"])
+    dataset.set_format("numpy", columns=["pixel_values", "labels"])
     return Predictions(labels, preds, topk, confidence, true_prob), dataset

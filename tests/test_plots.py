@@ -32,8 +32,8 @@ def _open(path):
 
 @pytest.mark.parametrize(
     "num_classes, wrong",
-    [(3, 0.0), (3, 0.5), (100, 0.7)],
-    ids=["3-classes-no-mistakes", "3-classes-mistakes", "100-classes-many-mistakes"],
+    [(3, 0.0), (100, 0.7)],
+    ids=["3-classes-no-mistakes", "100-classes-many-mistakes"],
 )
 def test_write_plots_valid_pngs(tmp_path, num_classes, wrong):
     predictions, dataset = fake_eval(num_classes, num_images=300, wrong=wrong)
@@ -130,3 +130,13 @@ def test_pyplot_state_untouched(tmp_path):
 
     if "matplotlib.pyplot" in sys.modules:  # no figures left open in pyplot's registry
         assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+
+
+def test_rows_as_images_from_numpy_or_torch():
+    import torch
+
+    chw = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    expected = chw.transpose(1, 2, 0)
+    assert np.array_equal(plots._as_hwc(chw), expected)
+    assert np.array_equal(plots._as_hwc(torch.from_numpy(chw)), expected)
+    assert plots._as_hwc(chw[:1]).shape == (4, 5)  # one channel → greyscale

@@ -193,3 +193,135 @@ def test_tiny_vit_on_real_cifar10(tmp_path: Path) -> None:
     image = load_dataset(str(CIFAR10), split="test[:1]")[0]["img"]
     names = {row["label"] for row in classifier(image, top_k=10)}
     assert names == {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
+
+
+# ------------------------------------------------------------- interrupted runs (#5)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory, tiny_vit) -> tuple[Path, Path]:
+    """A recipe of 3 epochs × 60 steps, and its uninterrupted result."""
+    root = tmp_path_factory.mktemp("resume")
+    images = make_image_folder(root / "images", per_class=80, splits=("train", "test"))
+    recipe = write_recipe(
+        root / "recipe.json", tiny_vit, images, root / "reference",
+        training={"num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 4, "seed": 0,
+                  "use_cpu": True, "disable_tqdm": True, "save_total_limit": 2},
+    )
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return recipe, root / "reference"
+
+
+def _start(recipe: Path, out: Path):
+    import os
+    import subprocess
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "finetune" / "run.py"), "--recipe", str(recipe), "--set", f"output_dir={out}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _first_checkpoint(out: Path, proc, timeout: float = 120.0) -> int:
+    """Wait until the end-of-epoch-1 checkpoint is complete; return its step."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+        if done:
+            time.sleep(0.05)  # let the Trainer finish writing that file
+            return int(done[0].name.split("-")[1])
+        assert proc.poll() is None, f"run ended early: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+
+
+def test_kill_9_then_rerun_gives_identical_weights(resumable, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    recipe, reference = resumable
+    out = tmp_path / "killed"
+    proc = _start(recipe, out)
+    epoch = _first_checkpoint(out, proc)  # end of epoch 1
+    time.sleep(0.3)  # into epoch 2
+    assert proc.poll() is None and not (out / "model.safetensors").exists(), "finished before the kill"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_cli("--recipe", str(recipe), "--set", f"output_dir={out}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stderr
+    ours, theirs = _weights(out), _weights(reference)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours), "resumed weights differ from an uninterrupted run"
+    assert json.loads((out / "eval_results.json").read_text())["eval_accuracy"] == json.loads(
+        (reference / "eval_results.json").read_text()
+    )["eval_accuracy"]
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_143(resumable, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    recipe, reference = resumable
+    out = tmp_path / "preempted"
+    proc = _start(recipe, out)
+    epoch = _first_checkpoint(out, proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr and "run the same command again" in stderr
+    steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert epoch < steps[-1] < 3 * epoch and not (out / "model.safetensors").exists()
+    again = run_cli("--recipe", str(recipe), "--set", f"output_dir={out}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"checkpoint-{steps[-1]}" in again.stderr
+    ours, theirs = _weights(out), _weights(reference)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours), "a pre-empted run must end where an uninterrupted one does"
+
+
+def test_checkpoint_cut_off_mid_write_is_skipped(resumable, tmp_path: Path) -> None:
+    _, reference = resumable
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    newest = train_lib.last_complete_checkpoint(out)
+    assert newest is not None and newest.endswith("checkpoint-162")
+    broken = out / "checkpoint-999"
+    shutil.copytree(newest, broken)
+    state = json.loads((broken / "trainer_state.json").read_text())
+    state["global_step"] = 999
+    (broken / "trainer_state.json").write_text(json.dumps(state))
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    half_written = out / "checkpoint-1000"
+    shutil.copytree(newest, half_written)
+    (half_written / "trainer_state.json").unlink()  # killed before the Trainer's last file
+    assert train_lib.last_complete_checkpoint(out) == newest
+
+
+def test_load_best_model_at_end_really_loads_the_best_weights(tmp_path: Path, tiny_vit: Path) -> None:
+    """transformers 5 reloads the best checkpoint with load_state_dict(strict=False) on
+    legacy key names and silently keeps the last weights; FinetuneTrainer must not."""
+    images = make_image_folder(tmp_path / "images", per_class=12)
+    recipe = write_recipe(
+        tmp_path / "r.json", tiny_vit, images, tmp_path / "out",
+        training={"num_train_epochs": 3, "learning_rate": 0.05, "per_device_train_batch_size": 4, "seed": 0,
+                  "use_cpu": True, "disable_tqdm": True, "save_total_limit": 3,
+                  "load_best_model_at_end": True, "metric_for_best_model": "loss"},
+    )
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    best = Path(state["best_model_checkpoint"])
+    final, chosen = _weights(tmp_path / "out"), _weights(tmp_path / "out" / best.name)
+    assert all(torch.equal(final[k], chosen[k]) for k in final)

@@ -1,0 +1,582 @@
+"""Benchmark (issue #6, "Speed"): our pipeline against the usual Hugging Face example design.
+
+    python bench/pipeline.py [--quick] [--only a,b,c] [--json results.json]
+
+OURS is the real finetune code: ``finetune.train.train`` on a recipe built with
+``recipe.recipe_from_dict``, or, for the data-only rows, the functions ``train()`` itself uses
+(``train.prepare_data``, ``data.BatchTransform``). The data is decoded once into a uint8
+cache of the model's input size; the batch transform augments and normalises whole batches;
+a linear probe runs the frozen backbone once and trains the head on cached features.
+
+REFERENCE is the design of transformers' ``examples/pytorch/image-classification/
+run_image_classification.py``: per-image PIL/torchvision transforms applied through
+``Dataset.with_transform`` at every step, a stacking collate function, and a plain
+``transformers.Trainer``. Everything else is the same: model, images, hyper-parameters,
+seed, machine, and ``dataloader_num_workers``, which both sides leave at 0 on CPU. The
+reference takes two things from finetune, so that the comparison is exact rather than
+approximate: the split indices (``data.make_splits``, a pure function of the labels and the
+seed) and the resized image processor (``model.load_processor``), from which it builds its
+own per-image transforms. For a linear probe it freezes everything but the last Linear and
+keeps the frozen backbone in eval mode, as ours does. That choice does not weaken the
+reference: batch-norm statistics that drift in train mode would only lower its accuracy.
+
+Scenarios, with the issue's targets:
+
+(a) linear probe of ``builtin:efficientnet-lite0`` (real ImageNet weights) on 2,000 CIFAR-10
+    training images, scored on 1,000 test images, 96 px, SGD lr 0.001 momentum 0.9,
+    batch 64, 10 epochs. Target: 5× faster end to end, with accuracy at least as high.
+    Neither side augments. Cached features cannot be augmented, so the sides are equal only
+    if the reference does not augment either.
+(b) full fine-tune of a tiny ViT (patch 16, width 32, 2 layers, random init from a config) at
+    224 px, with RandomResizedCrop(0.08-1) and flips. Target: 2× the reference's training
+    images/s. The model is deliberately tiny, about 5 MFLOPs per image forward, against
+    about 150k output pixels of input work per image. A ResNet-18 at 224 px, about
+    1.8 GFLOPs per image, would make both sides model-bound on a CPU and say nothing
+    about the input pipeline, which is what the scenario measures.
+(c) data only, no model, 224 px: our decoded cache plus batch transform, against per-image
+    PIL decode, resize, ToTensor and Normalize through ``with_transform`` and a DataLoader.
+    Target: 5× the reference's images/s. (c+aug) is the same measurement with (b)'s
+    augmentation, shown for information.
+
+Every measurement runs in a fresh subprocess, so neither side inherits the other's warm
+caches or memory. Our decode cache starts cold: ``datasets.disable_caching()`` stops a
+second run from reusing the fingerprinted decode. The raw parquet-to-arrow load of
+CIFAR-10 is warmed once beforehand for both sides, because it is not what is compared. Wall
+time is measured inside the subprocess, from the start of the pipeline to the final metrics.
+Python and library imports are excluded; they cost the two sides the same. The load average
+is printed before and after each run, because the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CIFAR10 = ROOT.parent / "shared" / "datasets" / "cifar10"
+RESULT_TAG = "BENCH_RESULT "
+LITE0 = "builtin:efficientnet-lite0"
+TINY_VIT = "tiny-vit-224"  # made by make_tiny_vit() in the work folder
+
+
+@dataclass
+class Scenario:
+    """One measurement; the same object configures both sides."""
+
+    key: str
+    title: str
+    kind: str  # "train" or "data"
+    model: str
+    image_size: int
+    n_train: int
+    n_eval: int = 0
+    strategy: str = "full"
+    epochs: float = 1
+    batch_size: int = 64
+    validation_fraction: float = 0.0
+    crop_scale: list[float] | None = None
+    hflip: bool = False
+    seed: int = 42
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    """The issue's scenarios; --quick keeps their shape at a fraction of the size."""
+    probe = Scenario(
+        key="a",
+        title="(a) linear probe, EfficientNet-Lite0, 96 px",
+        kind="train",
+        model=LITE0,
+        image_size=96,
+        n_train=2000,
+        n_eval=1000,
+        strategy="linear_probe",
+        epochs=10,
+        validation_fraction=0.1,
+        training={
+            "learning_rate": 0.001,
+            "optim": "sgd",
+            "optim_args": "momentum=0.9",
+            "weight_decay": 0.0,
+            "lr_scheduler_type": "constant",
+        },
+    )
+    full = Scenario(
+        key="b",
+        title="(b) full fine-tune, tiny ViT, 224 px, crop+flip",
+        kind="train",
+        model=TINY_VIT,
+        image_size=224,
+        n_train=2000,
+        n_eval=500,
+        epochs=2,
+        crop_scale=[0.08, 1.0],
+        hflip=True,
+        training={"learning_rate": 1e-3, "optim": "adamw_torch", "weight_decay": 0.0, "lr_scheduler_type": "linear"},
+    )
+    data_probe = replace(probe, key="a-data", title="(a) data only, 96 px", kind="data", n_eval=0)
+    data_plain = Scenario(key="c", title="(c) data only, 224 px", kind="data", model=TINY_VIT, image_size=224, n_train=2000)
+    data_aug = replace(data_plain, key="c+aug", title="(c+aug) data only, 224 px, crop+flip", crop_scale=[0.08, 1.0], hflip=True)
+    chosen = [probe, data_probe, full, data_plain, data_aug]
+    if quick:
+        chosen = [
+            replace(s, n_train=256, n_eval=min(s.n_eval, 128), epochs=min(s.epochs, 2 if s.key == "a" else 1))
+            for s in chosen
+        ]
+    return chosen
+
+
+# ----------------------------------------------------------------------- shared setup
+
+
+def make_tiny_vit(path: Path, image_size: int = 224, num_labels: int = 10) -> Path:
+    """A random-init ViT small enough that the input pipeline dominates (see scenario b)."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    if (path / "model.safetensors").is_file():
+        return path
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+    )
+    torch.manual_seed(0)
+    ViTForImageClassification(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(path)
+    return path
+
+
+def model_path(s: Scenario, work: Path) -> str:
+    return str(work / TINY_VIT) if s.model == TINY_VIT else s.model
+
+
+def recipe_dict(s: Scenario, work: Path, out: Path) -> dict[str, Any]:
+    """Our recipe for a scenario; the reference reads the same numbers from the Scenario."""
+    return {
+        "description": f"bench: {s.title}",
+        "model": {"name_or_path": model_path(s, work), "strategy": s.strategy},
+        "data": {
+            "dataset": str(CIFAR10),
+            "train_split": "train",
+            "eval_split": "test",
+            "validation_fraction": s.validation_fraction,
+            "max_train_samples": s.n_train,
+            "max_eval_samples": max(s.n_eval, 10),
+            "image_size": s.image_size,
+            "augment": {"crop_scale": s.crop_scale, "hflip": s.hflip},
+        },
+        "training": training_dict(s),
+        "metrics": ["accuracy"],
+        "output_dir": str(out),
+    }
+
+
+def training_dict(s: Scenario) -> dict[str, Any]:
+    """The TrainingArguments both sides use (the reference adds only what its design needs)."""
+    return {
+        "num_train_epochs": s.epochs,
+        "per_device_train_batch_size": s.batch_size,
+        "per_device_eval_batch_size": s.batch_size,
+        "seed": s.seed,
+        "eval_strategy": "epoch" if s.validation_fraction > 0 else "no",
+        "save_strategy": "epoch",
+        "save_total_limit": 2,
+        "logging_steps": 10,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        **s.training,
+    }
+
+
+def same_splits(s: Scenario):
+    """The raw CIFAR-10 splits, subset exactly as our recipe subsets them."""
+    from finetune import data
+    from finetune.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(recipe_dict(s, Path("/nonexistent"), Path("/nonexistent/out")))
+    raw = data.load_raw(recipe.data)
+    return data.make_splits(raw, recipe.data, s.seed)
+
+
+def processor_for(s: Scenario, work: Path):
+    from finetune import model as model_lib
+    from finetune.recipe import ModelConfig
+
+    return model_lib.load_processor(ModelConfig(name_or_path=model_path(s, work)), s.image_size)
+
+
+# ------------------------------------------------------------------------------ ours
+
+
+def ours_train(s: Scenario, work: Path) -> dict[str, Any]:
+    from transformers import set_seed
+
+    from finetune.recipe import recipe_from_dict
+    from finetune.train import train
+
+    out = work / f"ours-{s.key}"
+    recipe = recipe_from_dict(recipe_dict(s, work, out))
+    set_seed(s.seed)  # the new head's initialisation, as in the reference
+    start = time.perf_counter()
+    final = train(recipe, overwrite=True)
+    wall = time.perf_counter() - start
+    train_metrics = json.loads((out / "train_results.json").read_text())
+    # With cached features the backbone's pass replaces its per-step forwards: count it.
+    seconds = float(train_metrics["train_runtime"]) + float(train_metrics.get("feature_cache_runtime", 0.0))
+    return {
+        "wall_s": wall,
+        "train_images_per_s": s.n_train * s.epochs / seconds,
+        "accuracy": float(final["eval_accuracy"]),
+        "train_runtime_s": float(train_metrics["train_runtime"]),
+        "feature_cache_s": float(train_metrics.get("feature_cache_runtime", 0.0)),
+    }
+
+
+def ours_data(s: Scenario, work: Path) -> dict[str, Any]:
+    """Our input pipeline alone: decode once (timed apart), then epochs of loader + batch transform."""
+    import torch
+    from transformers import default_data_collator
+
+    from finetune import data
+    from finetune.recipe import recipe_from_dict
+    from finetune.train import prepare_data
+
+    recipe = recipe_from_dict(recipe_dict(s, work, work / f"ours-{s.key}"))
+    start = time.perf_counter()
+    processor = processor_for(s, work)
+    prepared = prepare_data(recipe, processor, s.seed)
+    decode_s = time.perf_counter() - start
+    mean, std = data.processor_normalization(processor)
+    transform = data.BatchTransform(mean, std, (s.image_size, s.image_size), recipe.data.augment)
+    loader = torch.utils.data.DataLoader(
+        prepared.train,
+        batch_size=s.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(s.seed),
+        collate_fn=default_data_collator,
+        num_workers=0,
+    )
+    augment = s.crop_scale is not None or s.hflip
+
+    def epoch() -> int:
+        n = 0
+        for batch in loader:
+            pixels = transform(batch["pixel_values"], train=augment)
+            n += pixels.shape[0]
+        return n
+
+    return {"decode_s": decode_s, **_epochs(epoch)}
+
+
+# ------------------------------------------------------------------------- reference
+
+
+def _reference_transforms(s: Scenario, processor):
+    """The example's transforms: timm's own eval transform for a timm model; for an HF
+    processor, Resize + CenterCrop (eval) or RandomResizedCrop + flip (train), then ToTensor
+    and Normalize with the processor's statistics."""
+    from torchvision import transforms as T
+
+    if getattr(processor, "data_config", None) is not None:  # TimmWrapperImageProcessor
+        evaluation = processor.val_transforms
+        train_steps = list(evaluation.transforms)
+    else:
+        size = s.image_size
+        normalize = T.Normalize(mean=processor.image_mean, std=processor.image_std)
+        evaluation = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), normalize])
+        train_steps = [T.Resize(size), T.CenterCrop(size), T.ToTensor(), normalize]
+    if s.crop_scale is not None or s.hflip:
+        head: list[Any] = []
+        if s.crop_scale is not None:
+            head.append(T.RandomResizedCrop(s.image_size, scale=tuple(s.crop_scale)))
+        else:
+            head += train_steps[:2]
+        if s.hflip:
+            head.append(T.RandomHorizontalFlip())
+        train_steps = head + train_steps[-2:]
+    return T.Compose(train_steps), evaluation
+
+
+def _with_transforms(s: Scenario, processor, splits):
+    train_tf, eval_tf = _reference_transforms(s, processor)
+    image, label = splits.image_column, splits.label_column
+
+    def preprocess(transform):
+        def apply(batch):
+            batch["pixel_values"] = [transform(im.convert("RGB")) for im in batch[image]]
+            return batch
+
+        return apply
+
+    def collate_fn(examples):
+        import torch
+
+        return {
+            "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+            "labels": torch.tensor([e[label] for e in examples]),
+        }
+
+    train = splits.train.with_transform(preprocess(train_tf))
+    validation = splits.validation.with_transform(preprocess(eval_tf)) if splits.validation is not None else None
+    evaluation = splits.eval.with_transform(preprocess(eval_tf))
+    return train, validation, evaluation, collate_fn
+
+
+def reference_train(s: Scenario, work: Path) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForImageClassification, Trainer, TrainingArguments, set_seed
+
+    start = time.perf_counter()
+    splits = same_splits(s)
+    processor = processor_for(s, work)
+    train, validation, evaluation, collate_fn = _with_transforms(s, processor, splits)
+    names = splits.class_names
+    set_seed(s.seed)
+    from finetune import builtin
+
+    model = AutoModelForImageClassification.from_pretrained(
+        builtin.resolve_model(model_path(s, work)),
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+        ignore_mismatched_sizes=True,
+    )
+    if s.strategy == "linear_probe":
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in head.parameters():
+            p.requires_grad_(True)
+        # Only a Linear learns, and a Linear is the same in eval mode: keep the frozen
+        # backbone's batch norms on their ImageNet statistics.
+        model.register_forward_pre_hook(lambda module, args: module.eval())
+
+    def compute_metrics(p):
+        return {"accuracy": float((np.argmax(p.predictions, axis=1) == p.label_ids).mean())}
+
+    args = TrainingArguments(
+        output_dir=str(work / f"reference-{s.key}"),
+        remove_unused_columns=False,  # with_transform needs the image column
+        **training_dict(s),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=collate_fn,
+        compute_metrics=compute_metrics,
+        processing_class=processor,
+    )
+    result = trainer.train()
+    trainer.save_model()
+    final = trainer.evaluate(evaluation)
+    wall = time.perf_counter() - start
+    runtime = float(result.metrics["train_runtime"])
+    return {
+        "wall_s": wall,
+        "train_images_per_s": s.n_train * s.epochs / runtime,
+        "accuracy": float(final["eval_accuracy"]),
+        "train_runtime_s": runtime,
+    }
+
+
+def reference_data(s: Scenario, work: Path) -> dict[str, Any]:
+    import torch
+
+    splits = same_splits(s)
+    processor = processor_for(s, work)
+    train, _, _, collate_fn = _with_transforms(s, processor, splits)
+    loader = torch.utils.data.DataLoader(
+        train,
+        batch_size=s.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(s.seed),
+        collate_fn=collate_fn,
+        num_workers=0,
+    )
+
+    def epoch() -> int:
+        n = 0
+        for batch in loader:
+            n += batch["pixel_values"].shape[0]
+        return n
+
+    return _epochs(epoch)
+
+
+def _epochs(run_epoch, count: int = 2) -> dict[str, Any]:
+    """Images/s of the best of ``count`` epochs: the machine may be shared, and a slow epoch
+    says more about the neighbours than about the pipeline."""
+    rates = []
+    for _ in range(count):
+        start = time.perf_counter()
+        n = run_epoch()
+        rates.append(n / (time.perf_counter() - start))
+    return {"data_images_per_s": max(rates), "data_images_per_s_epochs": rates}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def worker(side: str, s: Scenario, work: Path) -> None:
+    import datasets
+
+    datasets.disable_caching()  # cold decode: a re-run may not reuse the last run's cache
+    datasets.disable_progress_bars()
+    fn = {
+        ("ours", "train"): ours_train,
+        ("ours", "data"): ours_data,
+        ("reference", "train"): reference_train,
+        ("reference", "data"): reference_data,
+    }[(side, s.kind)]
+    result = fn(s, work)
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def run_worker(side: str, s: Scenario, work: Path, log) -> dict[str, Any]:
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+        HF_DATASETS_CACHE=str(work / "hf-datasets"),
+    )
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--scenario", json.dumps(asdict(s)), "--work", str(work)]
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    proc = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    log.write(f"===== {side} {s.key} (exit {proc.returncode}, {elapsed:.0f} s)\n{proc.stdout}\n{proc.stderr}\n")
+    log.flush()
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise SystemExit(f"bench: {side} {s.key} failed (exit {proc.returncode}); see {log.name}\n{tail}")
+    result = json.loads(lines[-1][len(RESULT_TAG) :])
+    result["load_before"], result["load_after"] = load_before, os.getloadavg()[0]
+    return result
+
+
+def warm_up(work: Path, todo: list[Scenario]) -> None:
+    """Outside every timing: the parquet→arrow conversion, the built-in model's one-off
+    conversion, the tiny ViT checkpoint."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ["HF_DATASETS_CACHE"] = str(work / "hf-datasets")
+    from datasets import load_dataset
+
+    from finetune import builtin
+
+    load_dataset(str(CIFAR10))
+    if any(s.model == LITE0 for s in todo):
+        builtin.resolve_model(LITE0)
+    if any(s.model == TINY_VIT for s in todo):
+        make_tiny_vit(work / TINY_VIT)
+
+
+def ratio_row(name: str, ours: float, ref: float, higher_is_better: bool = True) -> tuple[str, str, str, str]:
+    r = ours / ref if higher_is_better else ref / ours
+    return name, f"{ours:,.1f}", f"{ref:,.1f}", f"{r:.2f}x"
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]], todo: list[Scenario]) -> str:
+    """The printed table: one block per scenario, with the issue's target and whether it holds."""
+    rows: list[tuple[str, ...]] = []
+    verdicts: list[str] = []
+    for s in todo:
+        o, r = results[s.key]["ours"], results[s.key]["reference"]
+        load = f"load {min(o['load_before'], r['load_before']):.1f}-{max(o['load_after'], r['load_after']):.1f}"
+        if s.kind == "train":
+            rows.append((s.title, "wall time, s (lower is better)", *ratio_row("", o["wall_s"], r["wall_s"], False)[1:]))
+            rows.append(("", "training images/s", *ratio_row("", o["train_images_per_s"], r["train_images_per_s"])[1:]))
+            rows.append(("", "eval accuracy", f"{o['accuracy']:.4f}", f"{r['accuracy']:.4f}", f"{o['accuracy'] - r['accuracy']:+.4f}"))
+            if "feature_cache_s" in o and o["feature_cache_s"]:
+                rows.append(("", "  of which feature pass, s", f"{o['feature_cache_s']:.1f}", "-", ""))
+        else:
+            rows.append((s.title, "data-only images/s", *ratio_row("", o["data_images_per_s"], r["data_images_per_s"])[1:]))
+            if "decode_s" in o:
+                rows.append(("", "  our one-off decode, s", f"{o['decode_s']:.1f}", "-", ""))
+        rows.append(("", f"  ({load})", "", "", ""))
+        if s.key == "a":
+            speed = r["wall_s"] / o["wall_s"]
+            ok = speed >= 5 and o["accuracy"] >= r["accuracy"]
+            verdicts.append(f"(a) >= 5x faster end to end at equal or better accuracy: {speed:.2f}x, "
+                            f"accuracy {o['accuracy']:.4f} vs {r['accuracy']:.4f} -> {'MET' if ok else 'NOT MET'}")
+        elif s.key == "b":
+            speed = o["train_images_per_s"] / r["train_images_per_s"]
+            verdicts.append(f"(b) >= 2x training images/s: {speed:.2f}x -> {'MET' if speed >= 2 else 'NOT MET'}")
+        elif s.key == "c":
+            speed = o["data_images_per_s"] / r["data_images_per_s"]
+            verdicts.append(f"(c) >= 5x data-only images/s at 224 px: {speed:.2f}x -> {'MET' if speed >= 5 else 'NOT MET'}")
+    header = ("scenario", "metric", "ours", "reference", "ours vs ref")
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(5)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*row) for row in rows]
+    return "\n".join(lines + [""] + verdicts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke check in a few minutes")
+    parser.add_argument("--only", default="a,b,c", help="comma-separated scenarios among a, b, c (default: all)")
+    parser.add_argument("--work", default=None, help="work folder (default: a new temporary folder)")
+    parser.add_argument("--json", default=None, help="also write the raw results here")
+    parser.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--scenario", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if not (CIFAR10 / "README.md").is_file() and not any(CIFAR10.glob("**/*.parquet")):
+        print(
+            f"bench: CIFAR-10 is missing: expected the Hub-layout copy (uoft-cs/cifar10: img, label; "
+            f"train and test parquet files) at {CIFAR10}, i.e. ../shared/datasets/cifar10 next to the repository",
+            file=sys.stderr,
+        )
+        return 2
+    sys.path.insert(0, str(ROOT))
+    if args.worker:
+        worker(args.worker, Scenario(**json.loads(args.scenario)), Path(args.work))
+        return 0
+
+    wanted = {k.strip() for k in args.only.split(",") if k.strip()}
+    todo = [s for s in scenarios(args.quick) if s.key.split("-")[0].split("+")[0] in wanted]
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="finetune-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = work / "bench.log"
+    print(f"bench: {'quick' if args.quick else 'full'} run of {', '.join(s.key for s in todo)}; work folder {work}; "
+          f"log {log_path}; load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs", flush=True)
+    warm_up(work, todo)
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    with log_path.open("w") as log:
+        for s in todo:
+            results[s.key] = {}
+            for side in ("reference", "ours"):
+                results[s.key][side] = res = run_worker(side, s, work, log)
+                shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}
+                print(f"  {s.key:6s} {side:9s} {shown}", flush=True)
+    print()
+    print(table(results, todo))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"quick": args.quick, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
