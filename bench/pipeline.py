@@ -253,7 +253,7 @@ def ours_data(s: Scenario, work: Path) -> dict[str, Any]:
 
     from finetune import data
     from finetune.recipe import recipe_from_dict
-    from finetune.train import prepare_data
+    from finetune.train import FinetuneTrainer, prepare_data, training_arguments
 
     recipe = recipe_from_dict(recipe_dict(s, work, work / f"ours-{s.key}"))
     start = time.perf_counter()
@@ -262,14 +262,16 @@ def ours_data(s: Scenario, work: Path) -> dict[str, Any]:
     decode_s = time.perf_counter() - start
     mean, std = data.processor_normalization(processor)
     transform = data.BatchTransform(mean, std, (s.image_size, s.image_size), recipe.data.augment)
-    loader = torch.utils.data.DataLoader(
-        prepared.train,
-        batch_size=s.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(s.seed),
-        collate_fn=default_data_collator,
-        num_workers=0,
+    # The training DataLoader exactly as train() gets it (sampler, collator, accelerate
+    # wrapper, worker settings), from a FinetuneTrainer around a model-less stand-in.
+    trainer = FinetuneTrainer(
+        model=torch.nn.Identity(),
+        args=training_arguments(recipe),
+        train_dataset=prepared.train,
+        data_collator=default_data_collator,
+        batch_transform=transform,
     )
+    loader = trainer.get_train_dataloader()
     augment = s.crop_scale is not None or s.hflip
 
     def epoch() -> int:

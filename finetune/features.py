@@ -172,7 +172,7 @@ def _features_of(
     capture = _Capture()
     handle = head.register_forward_hook(capture)
     loader = torch.utils.data.DataLoader(
-        dataset,
+        data.FastRows.wrap(dataset),
         batch_size=batch_size,
         shuffle=False,
         collate_fn=default_data_collator,

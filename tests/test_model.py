@@ -115,3 +115,12 @@ def test_checkpoint_without_backbone_weights_is_refused(tmp_path: Path) -> None:
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(model_lib.ModelError, match="model.name_or_path: cannot load"):
         model_lib.load_processor(ModelConfig(name_or_path=str(tmp_path / "none")), None)
+
+
+def test_timm_class_names_survive_save_and_reload(tiny_timm: Path, tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    loaded, _ = load(tiny_timm)
+    loaded.model.save_pretrained(tmp_path / "saved")
+    config = AutoConfig.from_pretrained(tmp_path / "saved")
+    assert [config.id2label[i] for i in range(4)] == NAMES
