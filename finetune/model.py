@@ -125,9 +125,18 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
     if data_config is not None and hasattr(config, "pretrained_cfg"):
         # timm keeps its preprocessing in config.json: keep it equal to what we train with.
         config.pretrained_cfg = {**config.pretrained_cfg, "input_size": tuple(data_config["input_size"])}
-    model, info = AutoModelForImageClassification.from_pretrained(
-        path, config=config, ignore_mismatched_sizes=True, output_loading_info=True, **_load_kwargs(cfg)
-    )
+    try:
+        # safetensors only: a pickled checkpoint can run code when loaded (issue #5).
+        model, info = AutoModelForImageClassification.from_pretrained(
+            path, config=config, ignore_mismatched_sizes=True, output_loading_info=True, use_safetensors=True,
+            **_load_kwargs(cfg),
+        )
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(
+            f"model.name_or_path: cannot load safetensors weights of '{cfg.name_or_path}' ({first}); "
+            "finetune loads only safetensors checkpoints: convert it with save_pretrained()"
+        ) from None
     reinit = sorted(set(info.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())})
     head = head_parameter_names(model, reinit)
     stray = [k for k in reinit if k not in head]

@@ -330,10 +330,12 @@ def prepare_data(recipe: Recipe, processor, seed: int) -> Prepared:
         decoded["eval"] = data.decode(
             splits.eval, processor, splits.image_column, splits.label_column, workers, "decoding eval"
         )
+    # With eval_split null the eval piece is the validation piece: count it once.
+    pieces = {name: d for name, d in decoded.items() if not (name == "eval" and d is decoded.get("validation"))}
     report = {
         "dataset": cfg.dataset,
-        "splits": {name: {"images": len(d.dataset) + len(d.bad), "bad": len(d.bad)} for name, d in decoded.items()},
-        "bad_files": [dict(item, split=name) for name, d in decoded.items() for item in d.bad],
+        "splits": {name: {"images": len(d.dataset) + len(d.bad), "bad": len(d.bad)} for name, d in pieces.items()},
+        "bad_files": [dict(item, split=name) for name, d in pieces.items() for item in d.bad],
         "junk_files_ignored": data.count_junk(cfg.dataset),
         "max_bad_fraction": cfg.max_bad_fraction,
         "notes": splits.notes,
@@ -344,10 +346,14 @@ def prepare_data(recipe: Recipe, processor, seed: int) -> Prepared:
 
 def check_prepared(prepared: Prepared, cfg) -> None:
     """Stop before training when too many images are unreadable or a class lost them all."""
-    for name, counts in prepared.data_report["splits"].items():
-        total, bad = counts["images"], counts["bad"]
+    # The share is taken per source split: the validation piece is part of train.
+    groups = {cfg.train_split: ("train", "validation"), cfg.eval_split or "eval": ("eval",)}
+    counts = prepared.data_report["splits"]
+    for name, pieces in groups.items():
+        total = sum(counts[p]["images"] for p in pieces if p in counts)
+        bad = sum(counts[p]["bad"] for p in pieces if p in counts)
         if total and bad / total > cfg.max_bad_fraction:
-            first = next(b for b in prepared.data_report["bad_files"] if b["split"] == name)
+            first = next(b for b in prepared.data_report["bad_files"] if b["split"] in pieces)
             raise data.DataError(
                 f"data: {bad} of {total} images in '{name}' cannot be read ({100 * bad / total:.1f}% > "
                 f"data.max_bad_fraction {cfg.max_bad_fraction:g}), e.g. {first['path']}: {first['reason']}; "

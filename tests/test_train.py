@@ -325,3 +325,73 @@ def test_load_best_model_at_end_really_loads_the_best_weights(tmp_path: Path, ti
     best = Path(state["best_model_checkpoint"])
     final, chosen = _weights(tmp_path / "out"), _weights(tmp_path / "out" / best.name)
     assert all(torch.equal(final[k], chosen[k]) for k in final)
+
+
+# ------------------------------------------------------------------ messy folders (#5)
+
+
+def _messy_folder(root: Path) -> dict[str, str]:
+    """Good images of every odd kind, plus bad files and junk; returns {bad file: kind}."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from test_data import _cases, _png_claiming
+
+    make_image_folder(root, per_class=10)
+    odd = _cases()
+    for i, (name, raw) in enumerate(sorted(odd.items())):
+        folder = root / "train" / CLASSES[i % 3]
+        (folder / f"odd_{name}.{'JPG' if name in ('exif', 'cmyk') else 'png'}").write_bytes(raw)
+    bad = {
+        "train/red/empty.png": b"",
+        "train/green/notes.jpg": b"this is not an image",
+        "train/blue/bomb.png": _png_claiming(20000, 20000),
+    }
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, format="JPEG")
+    bad["train/red/truncated.jpg"] = buf.getvalue()[:200]
+    for rel, raw in bad.items():
+        (root / rel).write_bytes(raw)
+    (root / "train" / "red" / ".DS_Store").write_bytes(b"\0junk")
+    (root / "train" / "Thumbs.db").write_bytes(b"junk")
+    (root / "__MACOSX" / "train" / "red").mkdir(parents=True)
+    (root / "__MACOSX" / "train" / "red" / "._red_0.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    unicode_class = root / "train" / "Ünïcödé 猫"
+    unicode_class.mkdir()
+    for i in range(4):
+        (unicode_class / f"cat_{i}.JPG").write_bytes(odd["exif"])
+    return bad
+
+
+def test_messy_folder_trains_and_reports_every_bad_file(tmp_path: Path, tiny_vit: Path) -> None:
+    images = tmp_path / "messy"
+    bad = _messy_folder(images)
+    recipe = write_recipe(
+        tmp_path / "r.json", tiny_vit, images, tmp_path / "out",
+        data={"dataset": str(images), "max_bad_fraction": 0.1, "validation_fraction": 0.1},
+        training={"num_train_epochs": 1, "use_cpu": True, "per_device_train_batch_size": 8, "disable_tqdm": True},
+    )
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    reported = {Path(b["path"]).relative_to(images).as_posix(): b["reason"] for b in report["bad_files"]}
+    assert set(reported) == set(bad), reported
+    assert "DecompressionBomb" in reported["train/blue/bomb.png"]
+    assert report["junk_files_ignored"] == 3
+    assert "4 unreadable file(s) set aside" in result.stderr and "3 junk file(s) ignored" in result.stderr
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert set(config["id2label"].values()) == set(CLASSES) | {"Ünïcödé 猫"}  # never "train"/"test"
+
+
+def test_too_many_bad_files_stop_before_training(tmp_path: Path, tiny_vit: Path) -> None:
+    images = tmp_path / "messy"
+    _messy_folder(images)
+    recipe = write_recipe(tmp_path / "r.json", tiny_vit, images, tmp_path / "out")  # default 1% threshold
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()[-1]
+    assert "cannot be read" in message and "data.max_bad_fraction 0.01" in message
+    assert (tmp_path / "out" / "data_report.json").is_file()
+    assert not (tmp_path / "out" / "model.safetensors").exists() and not list((tmp_path / "out").glob("checkpoint-*"))
