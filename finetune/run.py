@@ -72,9 +72,9 @@ def _add_train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup_logging() -> None:
-    from accelerate import PartialState
-
-    main = PartialState().is_main_process
+    # From the launcher's environment, not PartialState(): its first construction decides
+    # the device and backend for the whole process, which TrainingArguments must do.
+    main = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(
         level=logging.INFO if main else logging.WARNING,
         format="%(asctime)s finetune: %(message)s",

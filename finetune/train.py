@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
 
 from . import card, data, metrics, model as model_lib, plots
 from .recipe import Recipe, RecipeError
@@ -62,7 +62,11 @@ def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArgume
     """TrainingArguments from the recipe's ``training`` block over finetune's defaults."""
     has_validation = recipe.data.validation_fraction > 0
     on_gpu = torch.cuda.is_available()
+    accelerator = on_gpu or torch.backends.mps.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
     defaults: dict[str, Any] = {
+        # Without an accelerator, say so: under a multi-process launcher accelerate then
+        # joins the ranks with gloo instead of running N independent single-process jobs.
+        "use_cpu": not accelerator,
         # Per-epoch scores on the validation piece (never on the eval split): see data.py.
         "eval_strategy": "epoch" if has_validation else "no",
         "save_strategy": "epoch",
@@ -260,6 +264,11 @@ class FinetuneTrainer(Trainer):
     def __init__(self, *args: Any, batch_transform: data.BatchTransform, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_transform = batch_transform
+        # Image classifiers take **kwargs in forward(), so the Trainer assumes they divide
+        # their loss by `num_items_in_batch` and multiplies it by the number of processes;
+        # but their loss is a plain batch mean, so N processes would train with N× the
+        # gradient (N× the learning rate under SGD). Their loss needs no such correction.
+        self.model_accepts_loss_kwargs = False
 
     def _get_dataloader(self, dataset, *args: Any, **kwargs: Any):
         # Issue #6: read decoded batches from Arrow in one piece (data.FastRows).
@@ -383,6 +392,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     state = PartialState()
     out = Path(recipe.output_dir)
     resume = check_output_dir(recipe, overwrite)
+    state.wait_for_everyone()  # every rank has looked at the folder before rank 0 writes to it
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "recipe.json", recipe.to_dict())
@@ -416,6 +426,10 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     for note in splits.notes:
         logger.warning("data: %s", note)
 
+    # The new head's random init must not depend on what drew random numbers before (the
+    # data pass, a launcher's setup): seed right before the model is made, as the Trainer
+    # does for model_init, so 1 and N processes start from the same head.
+    set_seed(args.seed)
     loaded = model_lib.load_model(recipe.model, splits.class_names, processor)
     logger.info(model_lib.describe_strategy(loaded, recipe.model))
     mean, std = data.processor_normalization(processor)

@@ -120,11 +120,11 @@ def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
-def write_recipe(path: Path, model: Path | str, dataset: Path | str, output_dir: Path, **extra) -> Path:
+def write_recipe(path: Path, model_path: Path | str, dataset: Path | str, output_dir: Path, **extra) -> Path:
     recipe = {
         "description": "test recipe",
         "expected": {"metric": "accuracy", "value": 0.9},
-        "model": {"name_or_path": str(model), "strategy": "full"},
+        "model": {"name_or_path": str(model_path), "strategy": "full"},
         "data": {"dataset": str(dataset), "augment": {"crop_scale": [0.8, 1.0], "hflip": True}},
         "training": {
             "num_train_epochs": 2,
