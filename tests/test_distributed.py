@@ -45,12 +45,11 @@ def test_shipped_accelerate_configs_load() -> None:
     assert ClusterConfig.from_yaml_file(str(CONFIGS / "multi_node.yaml")).num_machines > 1
 
 
-def _probe_recipe(path: Path, model: Path, images: Path, out: Path, batch: int, **data) -> Path:
+def _probe_recipe(path: Path, model: Path, images: Path, out: Path, batch: int, feature_cache: bool) -> Path:
     return write_recipe(
         path, model, images, out,
-        data={"dataset": str(images), "validation_fraction": 0.0, "augment": {"crop_scale": None, "hflip": False},
-              **data},
-        model={"name_or_path": str(model), "strategy": "linear_probe", "feature_cache": False},
+        data={"dataset": str(images), "validation_fraction": 0.0, "augment": {"crop_scale": None, "hflip": False}},
+        model={"name_or_path": str(model), "strategy": "linear_probe", "feature_cache": feature_cache},
         training={"num_train_epochs": 2, "learning_rate": 0.05, "optim": "sgd", "optim_args": "momentum=0.9",
                   "per_device_train_batch_size": batch, "per_device_eval_batch_size": 5, "seed": 0,
                   "eval_strategy": "no", "disable_tqdm": True},
@@ -63,13 +62,14 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "model.safetensors")
 
 
-@pytest.fixture(scope="module")
-def probe_runs(tmp_path_factory, tiny_resnet) -> dict[str, Path]:
-    """The same linear probe with one process (batch 8) and two (4 each): same global batch."""
+@pytest.fixture(scope="module", params=[False, True], ids=["per-step", "feature-cache"])
+def probe_runs(request, tmp_path_factory, tiny_resnet) -> dict[str, Path]:
+    """The same linear probe with one process (batch 8) and two (4 each): same global batch.
+    Both paths: the backbone every step, and the features cached once (sharded over ranks)."""
     root = tmp_path_factory.mktemp("ddp")
     images = make_image_folder(root / "images", per_class=16)  # 48 train = 6 full global batches
-    one = _probe_recipe(root / "one.json", tiny_resnet, images, root / "one", batch=8)
-    two = _probe_recipe(root / "two.json", tiny_resnet, images, root / "two", batch=4)
+    one = _probe_recipe(root / "one.json", tiny_resnet, images, root / "one", batch=8, feature_cache=request.param)
+    two = _probe_recipe(root / "two.json", tiny_resnet, images, root / "two", batch=4, feature_cache=request.param)
     runs = {"one": run_cli("--recipe", str(one)), "two": run_cli("--recipe", str(two), launcher=TWO_PROC)}
     for name, result in runs.items():
         assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"

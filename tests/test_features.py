@@ -168,3 +168,36 @@ def test_cli_linear_probe_with_feature_cache_gives_a_normal_checkpoint(tiny_resn
     classifier = pipeline("image-classification", model=str(out))
     top = classifier(str(next((images / "test" / "blue").iterdir())))[0]
     assert top["label"] == "blue"
+
+
+# ------------------------------------------------ issue #6 speed paths keep their semantics
+
+
+def test_fast_rows_give_the_same_batches_as_the_dataset(tiny_resnet: Path, tmp_path: Path) -> None:
+    from transformers import default_data_collator
+
+    _, processor = _loaded(tiny_resnet)
+    decoded = _decoded(make_image_folder(tmp_path / "images", per_class=3, splits=("train",)), processor)
+    decoded = decoded.select([4, 0, 7, 2, 8, 1])  # an indices mapping, as after setting bad files aside
+    fast = data.FastRows.wrap(decoded)
+    assert isinstance(fast, data.FastRows) and len(fast) == len(decoded)
+    indices = [5, 0, 3, 3]
+    ours = default_data_collator(fast.__getitems__(indices))
+    theirs = default_data_collator(decoded.__getitems__(indices))  # what a DataLoader reads without FastRows
+    # Same values; FastRows keeps them uint8 (datasets' numpy formatter widens them to int64).
+    assert ours["pixel_values"].dtype == torch.uint8
+    assert torch.equal(ours["pixel_values"], theirs["pixel_values"].to(torch.uint8))
+    assert torch.equal(ours["pixel_values"].long(), theirs["pixel_values"].long())
+    assert torch.equal(ours["labels"], theirs["labels"])
+
+
+def test_batch_augmentation_draws_exactly_what_the_v2_compose_draws() -> None:
+    from finetune.recipe import AugmentConfig
+
+    t = data.BatchTransform([0.5] * 3, [0.5] * 3, (32, 32), AugmentConfig(crop_scale=[0.08, 1.0], hflip=True))
+    pixels = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    torch.manual_seed(3)
+    composed = torch.stack([t.augment(image) for image in pixels])
+    torch.manual_seed(3)
+    direct = torch.stack([t._augment_one(image) for image in pixels])
+    assert torch.equal(composed, direct)
