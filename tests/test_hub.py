@@ -128,7 +128,7 @@ def fake_hub(monkeypatch, tmp_path):
 
         return method
 
-    commit = type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{REPO_ID}/commit/abc123"})()
+    commit = type("CommitInfo", (), {"commit_url": f"https://hub.invalid/{REPO_ID}/commit/abc123"})()
     monkeypatch.setattr(HfApi, "create_repo", recorder("create_repo"))
     monkeypatch.setattr(HfApi, "create_branch", recorder("create_branch"))
     monkeypatch.setattr(HfApi, "upload_folder", recorder("upload_folder", commit))
