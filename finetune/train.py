@@ -390,7 +390,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     splits = prepared.splits
     bad = prepared.data_report["bad_files"]
     logger.info(
-        "data: %d train, %s validation, %d eval (%s) images, %d classes; %d unreadable file(s) set aside%s; "
+        "data: %d train, %s validation, %d eval images [%s], %d classes; %d unreadable file(s) set aside%s; "
         "%d junk file(s) ignored",
         len(prepared.train),
         len(prepared.validation) if prepared.validation is not None else "no",
