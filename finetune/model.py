@@ -36,11 +36,16 @@ def load_processor(cfg: ModelConfig, image_size: int | None):
         processor = AutoImageProcessor.from_pretrained(path, **_load_kwargs(cfg))
         config = AutoConfig.from_pretrained(path, **_load_kwargs(cfg))
     except (OSError, ValueError) as err:
+        from huggingface_hub import constants
+
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(
-            f"model.name_or_path: cannot load '{cfg.name_or_path}' ({first}); check the id or path, "
-            "or that the model ships an image processor"
-        ) from None
+        hint = (
+            "the Hub is off (HF_HUB_OFFLINE=1) and it is not in the local cache: download it once online, "
+            "or name a local folder"
+            if constants.HF_HUB_OFFLINE and not builtin.is_builtin(cfg.name_or_path)
+            else "check the id or path, or that the model ships an image processor"
+        )
+        raise ModelError(f"model.name_or_path: cannot load '{cfg.name_or_path}' ({first}); {hint}") from None
     if image_size is not None:
         processor = resize_processor(processor, config, image_size)
     return processor

@@ -25,6 +25,10 @@ from .recipe import Recipe, RecipeError
 
 logger = logging.getLogger("finetune")
 
+#: What a run writes before training starts; a folder holding only these has nothing to lose.
+_BEFORE_TRAINING = {"recipe.json", "data_report.json", "recipe.json.tmp", "data_report.json.tmp"}
+
+
 class OutputDirError(RuntimeError):
     """The output folder holds something that this run must not overwrite."""
 
@@ -116,8 +120,8 @@ def check_output_dir(recipe: Recipe, overwrite: bool) -> str | None:
     if not out.is_dir():
         raise OutputDirError(f"output_dir: '{out}' is a file; name a folder")
     entries = [p for p in out.iterdir()]
-    if not entries:
-        return None
+    if {p.name for p in entries} <= _BEFORE_TRAINING:
+        return None  # an earlier attempt stopped before training: nothing to keep
     previous = out / "recipe.json"
     if overwrite:
         for ckpt in out.glob("checkpoint-*"):

@@ -391,3 +391,14 @@ def test_too_many_bad_files_stop_before_training(tmp_path: Path, tiny_vit: Path)
     assert "cannot be read" in message and "data.max_bad_fraction 0.01" in message
     assert (tmp_path / "out" / "data_report.json").is_file()
     assert not (tmp_path / "out" / "model.safetensors").exists() and not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_a_run_that_stopped_before_training_does_not_block_the_folder(tmp_path: Path, tiny_vit: Path) -> None:
+    images = make_image_folder(tmp_path / "images", per_class=4)
+    out = tmp_path / "out"
+    broken = write_recipe(tmp_path / "broken.json", tmp_path / "no-such-model", images, out)
+    assert run_cli("--recipe", str(broken)).returncode == 2
+    assert {p.name for p in out.iterdir()} <= {"recipe.json", "data_report.json"}
+    fixed = write_recipe(tmp_path / "fixed.json", tiny_vit, images, out, training__num_train_epochs=1)
+    result = run_cli("--recipe", str(fixed))
+    assert result.returncode == 0, result.stderr[-2000:]
