@@ -305,3 +305,26 @@ def test_batch_transform_augments_each_image_independently() -> None:
     assert len({tuple(o.flatten()[:50].tolist()) for o in out}) > 1  # not one draw for the batch
     evaluated = t(pixels, train=False)
     assert torch.allclose(evaluated[0], pixels[0].float() / 127.5 - 1)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_data_files_with_relative_image_paths(tmp_path: Path, suffix: str) -> None:
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(9):
+        name = CLASSES[i % 3]
+        class_image(name, rng, 8).save(tmp_path / f"{i}.png")
+        rows.append({"path": f"{i}.png", "label": name})
+    frame = pd.DataFrame(rows)
+    file = tmp_path / f"data{suffix}"
+    {".csv": lambda: frame.to_csv(file, index=False), ".jsonl": lambda: frame.to_json(file, orient="records", lines=True),
+     ".parquet": lambda: frame.to_parquet(file)}[suffix]()
+    raw = data.load_raw(cfg(dataset=str(file)))
+    s = data.make_splits(raw, cfg(dataset=str(file), eval_split=None, validation_fraction=0.34), seed=0)
+    assert (s.image_column, s.label_column, s.class_names) == ("path", "label", sorted(CLASSES))
+    from transformers import ViTImageProcessor
+
+    decoded = data.decode(s.train, ViTImageProcessor(size={"height": 16, "width": 16}), "path", "label", None, "t")
+    assert decoded.bad == [] and len(decoded.dataset) == 6

@@ -124,3 +124,48 @@ def test_timm_class_names_survive_save_and_reload(tiny_timm: Path, tmp_path: Pat
     loaded.model.save_pretrained(tmp_path / "saved")
     config = AutoConfig.from_pretrained(tmp_path / "saved")
     assert [config.id2label[i] for i in range(4)] == NAMES
+
+
+def _save_tiny(kind: str, path: Path) -> Path:
+    """Tiny random checkpoints of the other HF-native families, each with its processor."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if kind == "convnext":
+        model = tf.ConvNextForImageClassification(tf.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3))
+        processor = tf.ConvNextImageProcessor(size={"shortest_edge": 32})
+    elif kind == "swin":
+        model = tf.SwinForImageClassification(
+            tf.SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=3)
+        )
+        processor = tf.ViTImageProcessor(size={"height": 32, "width": 32})
+    elif kind == "deit":
+        model = tf.DeiTForImageClassificationWithTeacher(
+            tf.DeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, num_labels=3)
+        )
+        processor = tf.DeiTImageProcessor(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32})
+    else:  # beit
+        model = tf.BeitForImageClassification(
+            tf.BeitConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, num_labels=3, use_mean_pooling=True)
+        )
+        processor = tf.BeitImageProcessor(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32})
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["convnext", "swin", "deit", "beit"])
+@pytest.mark.parametrize("strategy", ["full", "linear_probe", "partial"])
+def test_other_hf_families(kind: str, strategy: str, tmp_path: Path) -> None:
+    path = _save_tiny(kind, tmp_path / kind)
+    loaded, processor = load(path, strategy, n=1)
+    assert set(loaded.reinitialised) <= set(loaded.head) and loaded.head
+    trainable = {n for n, p in loaded.model.named_parameters() if p.requires_grad}
+    if strategy == "linear_probe":
+        assert trainable == set(loaded.head)
+    elif strategy == "partial":
+        assert set(loaded.head) < trainable and loaded.trainable < loaded.total
+    pixels = processor(images=[torch.zeros(3, 40, 40, dtype=torch.uint8)], return_tensors="pt")["pixel_values"]
+    assert loaded.model(pixel_values=pixels).logits.shape == (1, 4)
