@@ -83,6 +83,7 @@ def write_card(
     report: dict[str, Any] | None,
     loaded: Any,
     image_size: int | None = None,
+    augmentation: str = "none",
     model_name: str | None = None,
 ) -> Path:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -151,7 +152,7 @@ def write_card(
         num_validation=num_validation,
         trainable=f"{loaded.trainable:,} of {loaded.total:,} parameters trained" if loaded is not None else "",
         image_size=image_size or recipe.data.image_size or "the base model's",
-        augmentation=_describe_augment(recipe),
+        augmentation=augmentation,
         hyperparameters=sorted((k, v) for k, v in shown.items()),
         train_runtime=round(float(train_metrics.get("train_runtime", 0.0)), 1),
         labels=", ".join(f"`{c}`" for c in class_names),
@@ -159,13 +160,3 @@ def write_card(
     path = out / "README.md"
     card.save(path)
     return path
-
-
-def _describe_augment(recipe: Recipe) -> str:
-    a = recipe.data.augment
-    parts = []
-    if a.crop_scale is not None:
-        parts.append(f"random resized crop (scale {a.crop_scale[0]:g}–{a.crop_scale[1]:g})")
-    if a.hflip:
-        parts.append("horizontal flip")
-    return ", ".join(parts) or "none"

@@ -33,6 +33,7 @@ import torch
 
 from . import builtin
 from .recipe import AugmentConfig, DataConfig
+from .util import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -81,18 +82,13 @@ def load_raw(cfg: DataConfig):
     except DataError:
         raise
     except FileNotFoundError as err:
-        raise DataError(f"data.dataset: cannot find '{name}' ({_first_line(err)}); check the id or path") from None
+        raise DataError(f"data.dataset: cannot find '{name}' ({first_line(err)}); check the id or path") from None
     except (ConnectionError, OSError) as err:
         raise DataError(
-            f"data.dataset: cannot load '{name}' ({_first_line(err)}); check the id, the network, or use a local copy"
+            f"data.dataset: cannot load '{name}' ({first_line(err)}); check the id, the network, or use a local copy"
         ) from None
     except ValueError as err:
-        raise DataError(f"data.dataset: cannot load '{name}': {_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+        raise DataError(f"data.dataset: cannot load '{name}': {first_line(err)}") from None
 
 
 def _resolve_relative_image_paths(ds, base: Path):
@@ -115,26 +111,26 @@ def _looks_like_image_paths(values: list[Any]) -> bool:
     )
 
 
-#: Files that folders collect and that are never images (macOS, Windows, editors).
-_JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", ".directory"}
+#: Files and folders that operating systems, archivers and tools leave next to images.
+JUNK_FILES = {".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r", ".directory"}
+JUNK_DIRS = {"__MACOSX", ".git", ".hg", ".svn", "__pycache__"}
+
+
+def is_junk(name: str, folder: bool = False) -> bool:
+    """Hidden entries (macOS's "._photo.jpg" AppleDouble companions among them) and the
+    names above; `datasets`' image folder loader skips hidden files too."""
+    return name.startswith(".") or (name in JUNK_DIRS if folder else name.lower() in JUNK_FILES)
 
 
 def count_junk(root: str | Path) -> int:
-    """How many junk files a local folder holds (.DS_Store, Thumbs.db, __MACOSX/, ._*).
-
-    `datasets`' image folder loader already skips them; they are counted so the data
-    report can say what was ignored.
-    """
+    """How many junk files a local folder holds, for the data report (they are skipped)."""
     root = Path(root)
     if not root.is_dir():
         return 0
     count = 0
-    for path in root.rglob("*"):
-        if not path.is_file():
-            continue
-        parts = path.relative_to(root).parts
-        if "__MACOSX" in parts or path.name.lower() in _JUNK_NAMES or path.name.startswith("._"):
-            count += 1
+    for folder, dirs, names in os.walk(root):
+        inside_junk = any(is_junk(part, folder=True) for part in Path(folder).relative_to(root).parts)
+        count += sum(1 for n in names if inside_junk or is_junk(n))
     return count
 
 
@@ -483,7 +479,7 @@ class Decoder:
                 bad_reason.append("")
             except Exception as err:  # noqa: BLE001 - every decode failure is reported, none is fatal here
                 good.append(None)
-                bad_reason.append(f"{type(err).__name__}: {_first_line(err)}")
+                bad_reason.append(f"{type(err).__name__}: {first_line(err)}")
         ok = [im for im in good if im is not None]
         pixels = self.pixels(ok).numpy() if ok else None
         out_pixels, j = [], 0
@@ -548,9 +544,11 @@ def decode(dataset, processor, image_column: str, label_column: str, num_proc: i
         new_fingerprint=fingerprint,
         desc=desc,
     )
-    reasons = mapped["bad_reason"]
+    # Only the two small text columns are read here: a row read would also decode pixels.
+    reasons = mapped["bad_reason"][:]
     bad_idx = [i for i, r in enumerate(reasons) if r]
-    bad = [{"path": mapped[i]["source"], "reason": reasons[i]} for i in bad_idx]
+    sources = mapped.select(bad_idx)["source"][:] if bad_idx else []
+    bad = [{"path": path, "reason": reasons[i]} for i, path in zip(bad_idx, sources)]
     if bad_idx:
         keep = np.setdiff1d(np.arange(len(mapped)), bad_idx)
         mapped = mapped.select(keep)
@@ -689,4 +687,14 @@ class BatchTransform:
     def describe(self) -> str:
         if self.augment is None:
             return "none"
-        return ", ".join(type(t).__name__ for t in self.augment.transforms) + " (per image, batch-wise)"
+        from torchvision.transforms import v2
+
+        parts = []
+        for t in self.augment.transforms:
+            if isinstance(t, v2.RandomResizedCrop):
+                parts.append(f"random resized crop (scale {t.scale[0]:g}-{t.scale[1]:g})")
+            elif isinstance(t, v2.RandomHorizontalFlip):
+                parts.append("horizontal flip")
+            else:
+                parts.append(type(t).__name__)
+        return ", ".join(parts) + " (per image, batch-wise)"

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 import time
@@ -55,6 +54,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from . import data
 from .model import LoadedModel, ModelError, head_parameter_names
+from .util import write_json
 
 logger = logging.getLogger("finetune")
 
@@ -281,10 +281,7 @@ def probe_setup(
         if note not in notes:
             notes.append(note)
         if report_path is not None and PartialState().is_main_process:
-            path = Path(report_path)
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(json.dumps(data_report, indent=2, default=str) + "\n")
-            os.replace(tmp, path)
+            write_json(Path(report_path), data_report)
         transform = copy.copy(transform)
         transform.augment = None
     return FeatureProbeTrainer, transform

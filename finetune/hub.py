@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .util import first_line
+
 #: The files of an output folder that belong on the Hub (fnmatch patterns on the path
 #: relative to the folder; exact names, so nothing nested is matched by accident).
 #: Left out on purpose: trainer_state.json (holds local checkpoint paths) and
@@ -104,12 +106,12 @@ def check_card(out: Path) -> int:
         results = card.data.eval_results or []
     except Exception as err:  # noqa: BLE001 - yaml, ValueError from model-index parsing, ...
         raise PushError(
-            f"{card_path}: the card's metadata does not parse ({_first_line(err)}); re-run training to rewrite it"
+            f"{card_path}: the card's metadata does not parse ({first_line(err)}); re-run training to rewrite it"
         ) from None
     try:
         expected = json.loads(results_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise PushError(f"{results_path}: unreadable ({_first_line(err)}); re-run training to rewrite it") from None
+        raise PushError(f"{results_path}: unreadable ({first_line(err)}); re-run training to rewrite it") from None
     if data.get("pipeline_tag") != "image-classification":
         raise PushError(f"{card_path}: pipeline_tag is {data.get('pipeline_tag')!r}, not 'image-classification'")
     ours = {hub_type: name for name, hub_type in _METRIC_TYPES.items()}
@@ -169,7 +171,7 @@ def check_repo_id(repo_id: str | None) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise PushError(f"--repo-id: '{repo_id}' is not a valid repo id ({_first_line(err)}); use USER/NAME") from None
+        raise PushError(f"--repo-id: '{repo_id}' is not a valid repo id ({first_line(err)}); use USER/NAME") from None
     return repo_id
 
 
@@ -182,11 +184,6 @@ def retry_command(out: Path, repo_id: str, private: bool, revision: str | None) 
         parts += ["--revision", revision]
     parts.append("--private" if private else "--public")
     return shlex.join(parts)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -223,7 +220,7 @@ def _preflight(endpoint: str, token: str) -> None:
             timeout=float(constants.HF_HUB_ETAG_TIMEOUT),
         )
     except Exception as err:  # noqa: BLE001 - connection refused, DNS, timeout, offline mode, ...
-        raise PushError(f"cannot reach {endpoint} ({type(err).__name__}: {_first_line(err)})") from None
+        raise PushError(f"cannot reach {endpoint} ({type(err).__name__}: {first_line(err)})") from None
     if response.status_code == 401:
         raise PushError(
             f"{endpoint} rejected the token (from HF_TOKEN or `hf auth login`); set a valid write token"
@@ -253,7 +250,7 @@ def push(out: Path, repo_id: str, private: bool = True, revision: str | None = N
     except PushError as err:
         raise fail(str(err)) from None
     except OSError as err:  # e.g. an unreadable file in the folder
-        raise fail(f"cannot read {out} ({_first_line(err)})") from None
+        raise fail(f"cannot read {out} ({first_line(err)})") from None
     if _offline():
         raise fail("HF_HUB_OFFLINE is set, so the Hub cannot be reached (unset it first)")
     from huggingface_hub import HfApi, get_token
@@ -287,7 +284,7 @@ def push(out: Path, repo_id: str, private: bool = True, revision: str | None = N
             commit_message=f"finetune: upload {out.name} ({len(plan.files)} files)",
         )
     except Exception as err:  # noqa: BLE001 - HTTP errors, network errors, quota, ...
-        raise fail(f"{step} in {repo_id} ({type(err).__name__}: {_first_line(err)})", token) from None
+        raise fail(f"{step} in {repo_id} ({type(err).__name__}: {first_line(err)})", token) from None
     return str(getattr(info, "commit_url", info))
 
 

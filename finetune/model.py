@@ -15,6 +15,7 @@ from torch import nn
 
 from . import builtin
 from .recipe import ModelConfig
+from .util import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def load_processor(cfg: ModelConfig, image_size: int | None):
     except (OSError, ValueError) as err:
         from huggingface_hub import constants
 
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         hint = (
             "the Hub is off (HF_HUB_OFFLINE=1) and it is not in the local cache: download it once online, "
             "or name a local folder"
@@ -137,7 +138,7 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
             **_load_kwargs(cfg),
         )
     except OSError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ModelError(
             f"model.name_or_path: cannot load safetensors weights of '{cfg.name_or_path}' ({first}); "
             "finetune loads only safetensors checkpoints: convert it with save_pretrained()"

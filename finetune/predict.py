@@ -24,10 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-#: Files that operating systems and archivers leave next to images; never reported.
-JUNK_FILES = {".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"}
-#: Folders whose content is never images of the user's (macOS zip resource forks, VCS).
-JUNK_DIRS = {"__MACOSX", ".git", ".hg", ".svn", "__pycache__"}
+from .util import first_line, write_json
+
 #: Recipe keys named in data.py's messages → the options of `finetune eval` that set them.
 _CLI_NAMES = {
     "data.image_column": "--image-column",
@@ -52,11 +50,6 @@ def _error(message: str) -> int:
     from .run import _error as run_error
 
     return run_error(message)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 # ------------------------------------------------------------------------ saved model
@@ -92,7 +85,7 @@ def load_saved(output_dir: str | Path) -> Saved:
         model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
         raise PredictError(
-            f"OUTPUT_DIR: cannot load the model saved in '{output_dir}' ({_first_line(err)}); "
+            f"OUTPUT_DIR: cannot load the model saved in '{output_dir}' ({first_line(err)}); "
             "is the run finished (model.safetensors and preprocessor_config.json present)?"
         ) from None
     config = model.config
@@ -189,12 +182,6 @@ def _read_log_history(output_dir: Path) -> list[dict]:
     return history if isinstance(history, list) else []
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def evaluate_saved(
     output_dir: str | Path,
     dataset: str,
@@ -280,7 +267,7 @@ def evaluate_saved(
         }
     )
     target.mkdir(parents=True, exist_ok=True)
-    _write_json(target / "eval_report.json", report)
+    write_json(target / "eval_report.json", report)
     plots.write_plots(target, predictions, saved.class_names, images, _read_log_history(out))
     return report, target
 
@@ -318,17 +305,14 @@ def add_predict_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default: 32)")
 
 
-def _is_junk(name: str) -> bool:
-    # Hidden files include macOS's "._photo.jpg" AppleDouble companions.
-    return name.lower() in JUNK_FILES or name.startswith(".")
-
-
 def collect_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
     """(path, problem) for every file to label, in a deterministic order.
 
     Folders are walked recursively, sorted by path components; junk files and folders
     are skipped silently; a named path that does not exist is a problem, not an error.
     """
+    from . import data  # the one definition of junk, shared with the training data report
+
     found: list[tuple[str, str | None]] = []
     seen: set[str] = set()
 
@@ -342,8 +326,8 @@ def collect_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
         if os.path.isdir(item):
             files = []
             for root, dirs, names in os.walk(item):
-                dirs[:] = [d for d in dirs if d not in JUNK_DIRS and not d.startswith(".")]
-                files += [os.path.join(root, n) for n in names if not _is_junk(n)]
+                dirs[:] = [d for d in dirs if not data.is_junk(d, folder=True)]
+                files += [os.path.join(root, n) for n in names if not data.is_junk(n)]
             for path in sorted(files, key=lambda p: Path(os.path.relpath(p, item)).parts):
                 add(path)
         elif os.path.exists(item):
@@ -438,7 +422,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     try:
                         tensor = preprocess(saved, path)
                     except Exception as err:  # noqa: BLE001 - any unreadable file is reported, none is fatal
-                        problem = f"not a readable image ({type(err).__name__}: {_first_line(err)})"
+                        problem = f"not a readable image ({type(err).__name__}: {first_line(err)})"
                         print(f"finetune: warning: skipped {path}: {problem}", file=sys.stderr)
                 else:
                     print(f"finetune: warning: skipped {path}: {problem}", file=sys.stderr)

@@ -22,6 +22,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, default_da
 
 from . import card, data, metrics, model as model_lib, plots
 from .recipe import Recipe, RecipeError
+from .util import first_line, write_json
 
 logger = logging.getLogger("finetune")
 
@@ -85,7 +86,7 @@ def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArgume
     try:
         return TrainingArguments(**{**defaults, **user, **forced})
     except (ValueError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise RecipeError(f"{source}: 'training' is inconsistent: {first}") from None
 
 
@@ -362,12 +363,6 @@ def check_prepared(prepared: Prepared, cfg) -> None:
         )
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> dict[str, Any]:
     """Run a recipe end to end; returns the final eval metrics."""
     from accelerate import PartialState
@@ -379,7 +374,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     state.wait_for_everyone()  # every rank has looked at the folder before rank 0 writes to it
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "recipe.json", recipe.to_dict())
+        write_json(out / "recipe.json", recipe.to_dict())
     if resume:
         logger.info("resuming from %s (same recipe found in %s)", resume, out)
 
@@ -389,7 +384,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     with args.main_process_first(desc="data preparation"):
         prepared = prepare_data(recipe, processor, seed)
     if state.is_main_process:
-        _write_json(out / "data_report.json", prepared.data_report)
+        write_json(out / "data_report.json", prepared.data_report)
     check_prepared(prepared, recipe.data)
     splits = prepared.splits
     bad = prepared.data_report["bad_files"]
@@ -473,7 +468,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
         report = metrics.per_class_report(predictions, splits.class_names) if predictions is not None else None
         if report is not None:
             report["split"] = splits.eval_name
-            _write_json(out / "eval_report.json", report)
+            write_json(out / "eval_report.json", report)
             plots.write_plots(out, predictions, splits.class_names, prepared.eval, trainer.state.log_history)
         card.write_card(
             out,
@@ -487,6 +482,8 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
             report=report,
             loaded=loaded,
             image_size=int(size[0]),
+            # What really ran: a linear probe on cached features applies no augmentation.
+            augmentation=transform.describe(),
         )
     push_error = None
     if recipe.hub.push and trainer.is_world_process_zero():
