@@ -251,7 +251,6 @@ def ours_train(s: Scenario, work: Path) -> dict[str, Any]:
 def ours_data(s: Scenario, work: Path) -> dict[str, Any]:
     """Our input pipeline alone: decode once (timed apart), then epochs of loader + batch transform."""
     import torch
-    from transformers import default_data_collator
 
     from finetune import data
     from finetune.recipe import recipe_from_dict
@@ -271,7 +270,7 @@ def ours_data(s: Scenario, work: Path) -> dict[str, Any]:
         args=training_arguments(recipe),
         train_dataset=prepared.train,
         eval_dataset=prepared.validation,
-        data_collator=default_data_collator,
+        data_collator=data.collate,
         batch_transform=transform,
     )
     loader = trainer.get_train_dataloader()

@@ -185,6 +185,13 @@ def find_columns(dataset, cfg: DataConfig) -> tuple[str, str]:
     return image, label
 
 
+def column(dataset, name: str) -> list[Any]:
+    """All values of one column as a list. ``dataset[name]`` is a lazy column in datasets 5,
+    and ``np.asarray`` of it reads row by row (0.45 s for CIFAR-10's 50,000 labels, against
+    4 ms for the slice)."""
+    return dataset[name][:]
+
+
 def encode_labels(train, others: dict[str, Any], label: str):
     """Make ``label`` a ClassLabel in train, and map every other split onto the same classes.
 
@@ -198,7 +205,7 @@ def encode_labels(train, others: dict[str, Any], label: str):
         train = train.class_encode_column(label)
         feature = train.features[label]
     names: list[str] = list(feature.names)
-    counts = np.bincount(np.asarray(train[label], dtype=np.int64), minlength=len(names))
+    counts = np.bincount(np.asarray(column(train, label), dtype=np.int64), minlength=len(names))
     if len(names) < 2 or (counts > 0).sum() < 2:
         raise DataError(
             f"data.label_column: '{label}' has {int((counts > 0).sum())} class in the training split; "
@@ -216,9 +223,9 @@ def encode_labels(train, others: dict[str, Any], label: str):
             if list(theirs.names) == names:
                 out[split] = ds
                 continue
-            values = {theirs.names[i] for i in set(ds[label])}
+            values = {theirs.names[i] for i in set(column(ds, label))}
         else:
-            values = {str(v) for v in set(ds[label])}
+            values = {str(v) for v in set(column(ds, label))}
         unknown = sorted(values - set(names))
         if unknown:
             raise DataError(
@@ -318,7 +325,7 @@ def make_splits(raw, cfg: DataConfig, seed: int) -> Splits:
     train, others, names = encode_labels(train, others, label)
     notes: list[str] = []
 
-    labels = np.asarray(train[label], dtype=np.int64)
+    labels = np.asarray(column(train, label), dtype=np.int64)
     all_idx = np.arange(len(labels))
     if cfg.samples_per_class is not None or cfg.max_train_samples is not None:
         chosen = balanced_sample(labels, cfg.max_train_samples, seed, per_class=cfg.samples_per_class)
@@ -349,7 +356,7 @@ def make_splits(raw, cfg: DataConfig, seed: int) -> Splits:
         evaluation = others[cfg.eval_split]
         eval_name = cfg.eval_split
         if cfg.max_eval_samples is not None:
-            eval_labels = np.asarray(evaluation[label], dtype=np.int64)
+            eval_labels = np.asarray(column(evaluation, label), dtype=np.int64)
             evaluation = evaluation.select(balanced_sample(eval_labels, cfg.max_eval_samples, seed + 2))
             eval_name = f"{cfg.eval_split} (class-balanced subset of {len(evaluation)})"
     else:
@@ -358,7 +365,7 @@ def make_splits(raw, cfg: DataConfig, seed: int) -> Splits:
         eval_name = f"validation piece of '{cfg.train_split}' ({cfg.validation_fraction:g}, seeded, stratified)"
         if cfg.max_eval_samples is not None and len(evaluation) > cfg.max_eval_samples:
             evaluation = evaluation.select(
-                balanced_sample(np.asarray(evaluation[label]), cfg.max_eval_samples, seed + 2)
+                balanced_sample(np.asarray(column(evaluation, label)), cfg.max_eval_samples, seed + 2)
             )
     return Splits(train, validation, evaluation, eval_name, names, image, label, notes)
 
@@ -452,9 +459,19 @@ def image_source(value: dict[str, Any] | str | None) -> str:
 class Decoder:
     """The body of the one-off ``datasets.map`` pass: image → uint8 CHW of the model size.
 
-    Each image goes through the model's own image processor and the normalisation is
-    undone, so the cached pixels are exactly what the processor (and so ``pipeline()``)
-    feeds the model, to the rounding of uint8.
+    Each image goes through the model's own image processor, so the cached pixels are
+    exactly what the processor (and so ``pipeline()``) feeds the model, to the rounding of
+    uint8. Two ways, the same bytes:
+
+    - ``uint8``: the processor's own resize and crop with its float steps turned off
+      (``do_rescale=False, do_normalize=False``; for a timm processor, its transforms up
+      to ``ToTensor``). About 10× faster: the float pass that is then undone makes and
+      faults in three batch-sized float tensors (issue #6).
+    - ``float``: the processor as it is, with the normalisation undone and rounded.
+
+    The ``uint8`` way is taken only when it gives exactly the ``float`` way's bytes on a
+    noise image at construction, so a processor with other steps after its resize falls
+    back to the float way instead of silently caching different pixels.
     """
 
     def __init__(self, processor, image_column: str, label_column: str) -> None:
@@ -465,11 +482,45 @@ class Decoder:
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.scale = _rescale_factor(processor)
+        self.way = "uint8" if self._uint8_matches() else "float"
 
     def pixels(self, images: list) -> torch.Tensor:
+        return self._uint8(images) if self.way == "uint8" else self._float(images)
+
+    def _float(self, images: list) -> torch.Tensor:
         out = self.processor(images=images, return_tensors="pt")["pixel_values"].float()
         out = (out * self.std + self.mean) / self.scale
         return out.round_().clamp_(0, 255).to(torch.uint8)
+
+    def _uint8(self, images: list) -> torch.Tensor:
+        transforms = getattr(self.processor, "val_transforms", None)
+        if getattr(self.processor, "data_config", None) is not None and transforms is not None:
+            head = _before_to_tensor(transforms)
+            assert head is not None  # checked by _uint8_matches
+            out = torch.stack([torch.from_numpy(np.array(head(im), dtype=np.uint8)).permute(2, 0, 1) for im in images])
+        else:
+            out = self.processor(images=images, return_tensors="pt", do_rescale=False, do_normalize=False)
+            out = torch.as_tensor(out["pixel_values"])
+        if out.is_floating_point():  # a PIL/numpy backend keeps the integer values in floats
+            out = out.round_().clamp_(0, 255)
+        return out.to(torch.uint8).contiguous()
+
+    def _uint8_matches(self) -> bool:
+        from PIL import Image
+
+        transforms = getattr(self.processor, "val_transforms", None)
+        if getattr(self.processor, "data_config", None) is not None and (
+            transforms is None or _before_to_tensor(transforms) is None
+        ):
+            return False
+        noise = np.random.default_rng(0).integers(0, 256, (61, 97, 3), dtype=np.uint8)
+        probe = [Image.fromarray(noise)]
+        try:
+            fast = self._uint8(probe)
+        except Exception:  # noqa: BLE001 - a processor without these switches keeps the float way
+            return False
+        slow = self._float(probe)
+        return fast.shape == slow.shape and torch.equal(fast, slow)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         good, bad_reason = [], []
@@ -500,6 +551,18 @@ class Decoder:
         from PIL import Image
 
         return tuple(self.pixels([Image.new("RGB", (97, 61))]).shape[1:])  # type: ignore[return-value]
+
+
+def _before_to_tensor(transforms):
+    """A torchvision ``Compose`` cut before its ``ToTensor`` (timm's ``MaybeToTensor``), when
+    only normalisation follows it; else None."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transforms, "transforms", []))
+    cut = next((i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__), None)
+    if cut is None or any(type(step).__name__ != "Normalize" for step in steps[cut + 1 :]):
+        return None
+    return T.Compose(steps[:cut])
 
 
 @dataclass
@@ -560,20 +623,20 @@ def decode(dataset, processor, image_column: str, label_column: str, num_proc: i
 
 
 class FastRows(torch.utils.data.Dataset):
-    """A decoded split as a DataLoader reads it: each batch is read from Arrow in one piece.
+    """A decoded split as a DataLoader reads it: a batch is one gather into one uint8 tensor.
 
-    For a batch of ``Array3D`` rows, datasets' numpy formatter makes one array per row and
-    stacks them, and the collator then stacks them again. At 224 px that costs about as much
-    as the normalisation itself (issue #6). Here a batch is one Arrow gather plus a
-    zero-copy view of its pixel buffer. The rows are views into that buffer, and
-    ``default_data_collator`` makes the one copy that the batch tensor needs. The values
-    are the same as through the dataset itself, and the pixels stay uint8 (the numpy
-    formatter of datasets 5.2 returns them as int64, 8× the bytes).
+    Through datasets, a batch of ``Array3D`` rows costs an Arrow ``take`` (a copy), one
+    numpy array per row (datasets' numpy formatter also widens uint8 to int64, 8× the
+    bytes), and a stacking collator (another copy): about 5 ms per 64 images at 224 px,
+    as much as the whole rest of the input pipeline (issue #6). Here each row is copied
+    once, from zero-copy numpy views of the memory-mapped Arrow buffers straight into the
+    batch tensor (about 0.6 ms). ``__getitems__`` returns a :class:`RowBatch`: the rows a
+    collator expects (views into the batch), carrying the batch itself for :func:`collate`.
     """
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
-        self._arrow = dataset.with_format("arrow")
+        self._views: tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def wrap(cls, dataset):
@@ -584,20 +647,85 @@ class FastRows(torch.utils.data.Dataset):
             return cls(dataset)
         return dataset
 
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers get the dataset pickled: views of memory-mapped buffers would be
+        # pickled as copies of the whole split. A worker makes its own views on first use.
+        return {"dataset": self.dataset, "_views": None}
+
+    def _arrays(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """Zero-copy (n, 3, H, W) views of each Arrow chunk's valid rows, and for every
+        physical row its chunk and its position in that chunk's view (-1: a bad image)."""
+        if self._views is None:
+            table = self.dataset.data  # the physical Arrow table, memory-mapped from the cache
+            shape = tuple(self.dataset.features["pixel_values"].shape)
+            views, chunk_of, position = [], [], []
+            for c, chunk in enumerate(table.column("pixel_values").chunks):
+                # Not chunk.to_numpy(): with a null row (a bad image, set aside by the indices
+                # mapping) datasets makes a float64 copy of the whole chunk. Null entries
+                # of a list array hold no values, so the flattened values are the valid rows.
+                storage = getattr(chunk, "storage", chunk)
+                valid = ~storage.is_null().to_numpy(zero_copy_only=False)
+                flat = storage
+                for _ in shape:
+                    flat = flat.flatten()
+                views.append(flat.to_numpy(zero_copy_only=True).reshape(-1, *shape))
+                chunk_of.append(np.full(len(valid), c, dtype=np.int64))
+                position.append(np.where(valid, np.cumsum(valid) - 1, -1))
+            labels = table.column("labels").to_numpy()
+            self._views = (
+                views,
+                np.concatenate(chunk_of) if chunk_of else np.zeros(0, np.int64),
+                np.concatenate(position) if position else np.zeros(0, np.int64),
+                labels,
+            )
+        return self._views
+
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index):
         return self.dataset[index]
 
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        table = self._arrow[list(indices)]
-        pixels = table.column("pixel_values").combine_chunks().to_numpy()  # (n, 3, H, W), zero-copy
-        labels = table.column("labels").to_numpy()
-        with warnings.catch_warnings():  # read-only Arrow memory: nothing writes to these views
-            warnings.simplefilter("ignore", UserWarning)
-            batch = torch.from_numpy(pixels)
-        return [{"pixel_values": batch[i], "labels": int(labels[i])} for i in range(len(labels))]
+    def __getitems__(self, indices: list[int]) -> RowBatch:
+        views, chunk_of, position, labels = self._arrays()
+        n = len(self)
+        rows = np.asarray(indices, dtype=np.int64)
+        if len(rows) and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"row index out of range for a split of {n} rows")
+        rows = np.where(rows < 0, rows + n, rows)
+        # select()/shuffle() leave the table alone and add an indices mapping (e.g. after
+        # setting bad files aside): logical row i is physical row mapping[i].
+        mapping = self.dataset._indices
+        if mapping is not None:
+            rows = mapping.column(0).take(rows).to_numpy()
+        if len(rows) and (position[rows] < 0).any():
+            raise IndexError("a row without pixels (a bad image) was requested")
+        pixels = torch.empty((len(rows), *self.dataset.features["pixel_values"].shape), dtype=torch.uint8)
+        out = pixels.numpy()
+        for k, (c, r) in enumerate(zip(chunk_of[rows].tolist(), position[rows].tolist())):
+            out[k] = views[c][r]
+        return RowBatch({"pixel_values": pixels, "labels": torch.from_numpy(labels[rows].astype(np.int64))})
+
+
+class RowBatch(list):
+    """A batch from :class:`FastRows`: the list of row dicts that any collator accepts (views
+    into the batch tensor) plus ``collated``, the batch itself, which :func:`collate` returns
+    without stacking the rows again."""
+
+    def __init__(self, collated: dict[str, torch.Tensor]) -> None:
+        pixels, labels = collated["pixel_values"], collated["labels"]
+        super().__init__({"pixel_values": pixels[i], "labels": labels[i]} for i in range(len(labels)))
+        self.collated = collated
+
+
+def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Trainer's collator: a :class:`RowBatch` as it is, anything else as
+    ``transformers.default_data_collator`` collates it."""
+    if isinstance(rows, RowBatch):
+        return dict(rows.collated)
+    from transformers import default_data_collator
+
+    return default_data_collator(rows)
 
 
 # ---------------------------------------------------------------------- batch transforms
@@ -617,6 +745,15 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(threads)
 
 
+def _unused(buffer: torch.Tensor) -> bool:
+    """True when no tensor but ``buffer`` itself holds its storage. The temporary storage
+    object made for the query counts one; an unknown torch without the query says no."""
+    try:
+        return torch._C._storage_Use_Count(buffer.untyped_storage()._cdata) <= 2
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class BatchTransform:
     """uint8 batches → normalised float batches on the batch's device; augments in training.
 
@@ -629,21 +766,24 @@ class BatchTransform:
     def __init__(self, mean: list[float], std: list[float], size: tuple[int, int], augment: AugmentConfig | None):
         from torchvision.transforms import v2
 
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as x * scale + shift: two passes over the batch, not three.
+        std_t = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+        self.scale = (1.0 / (255.0 * std_t)).float()
+        self.shift = (-torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1) / std_t).float()
         steps = []
         if augment is not None and augment.crop_scale is not None:
             steps.append(v2.RandomResizedCrop(size, scale=tuple(augment.crop_scale), antialias=True))
         if augment is not None and augment.hflip:
             steps.append(v2.RandomHorizontalFlip())
         self.augment = v2.Compose(steps) if steps else None
+        self._buffers: dict[bool, list[torch.Tensor]] = {}
 
     def __call__(self, pixels: torch.Tensor, train: bool, seed: int | None = None) -> torch.Tensor:
         pixels = torch.as_tensor(pixels)
         if pixels.is_floating_point():  # already normalised (e.g. a caller's own tensors)
             return pixels
+        out = self._output(pixels)
         if train and self.augment is not None:
-            out = torch.empty_like(pixels)
             # Given a seed, the draws depend on it alone (the Trainer derives it from the
             # training step), so a run resumed mid-epoch augments exactly like one that never
             # stopped (issue #5); the global generator is left as it was.
@@ -656,11 +796,41 @@ class BatchTransform:
                 if seed is not None:
                     torch.manual_seed(seed)
                 for i, image in enumerate(pixels):
-                    out[i] = self._augment_one(image)
-            pixels = out
-        # (x / 255 - mean) / std, in place on the one new float tensor: the same arithmetic
-        # as before, without the two batch-sized temporaries (issue #6).
-        return pixels.float().div_(255.0).sub_(self.mean.to(pixels.device)).div_(self.std.to(pixels.device))
+                    out[i].copy_(self._augment_one(image))  # uint8 → float, into the batch
+        else:
+            out.copy_(pixels)
+        # Normalised in place: no batch-sized temporaries (issue #6).
+        return out.mul_(self.scale.to(out.device)).add_(self.shift.to(out.device))
+
+    def _output(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A float32 tensor of ``pixels``' shape to write the batch into.
+
+        On CPU a fresh batch-sized tensor is the single largest cost of normalisation: a
+        float batch of 64 images at 224 px (38 MB) is above glibc's largest mmap threshold,
+        so every batch is a new mapping and 9,400 page faults, 4-5× the arithmetic itself
+        (issue #6). So buffers are reused, but only when nothing else can still read
+        them: callers get a view, and while any view (a Python reference, an autograd graph
+        that saved the input, a numpy array) is alive, the storage's use count shows it.
+        PyTorch's CUDA-graph trees check their outputs the same way before reusing memory.
+        Two buffers per mode: a loop ``x = transform(batch)`` still holds the last batch
+        while it asks for the next. GPUs have a caching allocator and need none of this.
+        """
+        shape = tuple(pixels.shape)
+        if pixels.device.type != "cpu" or len(shape) != 4:
+            return torch.empty(shape, dtype=torch.float32, device=pixels.device)
+        # An inference-mode tensor may not be saved for backward: separate buffers per mode.
+        pool = self._buffers.setdefault(torch.is_inference_mode_enabled(), [])
+        pool[:] = [b for b in pool if b.shape[1:] == shape[1:]]
+        for buffer in pool:
+            if buffer.shape[0] >= shape[0] and _unused(buffer):
+                return buffer[: shape[0]]
+        buffer = torch.empty(shape)
+        smaller = [i for i, b in enumerate(pool) if b.shape[0] < shape[0] and _unused(b)]
+        if len(pool) < 2:
+            pool.append(buffer)
+        elif smaller:  # e.g. the short last batch of an eval came first
+            pool[smaller[0]] = buffer
+        return buffer[: shape[0]]
 
     def _augment_one(self, image: torch.Tensor) -> torch.Tensor:
         """``self.augment(image)``, with the same random draws in the same order, but calling

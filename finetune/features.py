@@ -175,7 +175,7 @@ def _features_of(
         data.FastRows.wrap(dataset),
         batch_size=batch_size,
         shuffle=False,
-        collate_fn=default_data_collator,
+        collate_fn=data.collate,
         num_workers=getattr(args, "dataloader_num_workers", 0) if args is not None else 0,
         pin_memory=device.type == "cuda",
     )

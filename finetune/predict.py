@@ -242,11 +242,11 @@ def evaluate_saved(
     with torch.inference_mode():
         # Batch by batch from the memory-mapped cache; the accumulator keeps a few numbers
         # per image, never the logits.
+        rows = data.FastRows.wrap(images)
         for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            # as_tensor: slices of Array3D columns may come back as numpy arrays.
-            pixels = transform(torch.as_tensor(batch["pixel_values"]).to(device), train=False).to(dtype)
-            labels = torch.as_tensor(batch["labels"]).to(device)
+            batch = data.collate(rows.__getitems__(list(range(start, min(start + batch_size, len(images))))))
+            pixels = transform(batch["pixel_values"].to(device), train=False).to(dtype)
+            labels = batch["labels"].to(device)
             logits = model(pixel_values=pixels).logits.float()
             total_loss += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
             accumulator(

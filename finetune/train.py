@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from . import card, data, metrics, model as model_lib, plots
 from .recipe import Recipe, RecipeError
@@ -430,7 +430,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
         train_dataset=prepared.train,
         eval_dataset=prepared.validation,
         processing_class=processor,
-        data_collator=default_data_collator,
+        data_collator=data.collate,
         compute_metrics=accumulator,
         batch_transform=transform,
     )

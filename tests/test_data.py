@@ -182,6 +182,33 @@ def test_decoded_pixels_match_the_processor(processor) -> None:
     assert torch.allclose(ours, theirs, atol=1e-4)
 
 
+def test_decode_takes_the_processors_uint8_way_and_it_gives_the_float_ways_bytes(processor) -> None:
+    # Issue #6: the fast way (the processor's resize/crop with its float steps off) is the
+    # one taken for ViT, ConvNeXt-style and timm processors, and gives the same bytes.
+    decoder = data.Decoder(processor, "image", "label")
+    assert decoder.way == "uint8"
+    images = [im.convert("RGB") for im in labelled([3, 3], seed=5)["train"]["image"]]
+    images.append(Image.fromarray(np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)))
+    assert torch.equal(decoder._uint8(images), decoder._float(images))
+
+
+def test_a_processor_that_ignores_the_switches_keeps_the_float_way(tiny_vit) -> None:
+    from transformers import AutoImageProcessor
+
+    real = AutoImageProcessor.from_pretrained(tiny_vit)
+
+    class AlwaysNormalises:  # takes do_rescale / do_normalize but does not obey them
+        image_mean, image_std, rescale_factor, do_rescale = real.image_mean, real.image_std, real.rescale_factor, True
+
+        def __call__(self, images, return_tensors="pt", **ignored):
+            return real(images=images, return_tensors=return_tensors)
+
+    decoder = data.Decoder(AlwaysNormalises(), "image", "label")
+    assert decoder.way == "float"
+    images = [im.convert("RGB") for im in labelled([2, 2])["train"]["image"]]
+    assert torch.equal(decoder.pixels(images), data.Decoder(real, "image", "label")._uint8(images))
+
+
 def test_decode_sets_bad_files_aside(tmp_path: Path, processor) -> None:
     good = tmp_path / "good.png"
     class_image("red", np.random.default_rng(0)).save(good)
@@ -304,7 +331,42 @@ def test_batch_transform_augments_each_image_independently() -> None:
     assert out.dtype == torch.float32 and out.shape == (8, 3, 16, 16)
     assert len({tuple(o.flatten()[:50].tolist()) for o in out}) > 1  # not one draw for the batch
     evaluated = t(pixels, train=False)
-    assert torch.allclose(evaluated[0], pixels[0].float() / 127.5 - 1)
+    assert torch.allclose(evaluated[0], pixels[0].float() / 127.5 - 1, atol=1e-6)
+
+
+def test_batch_transform_reuses_its_buffer_only_when_nothing_can_read_it() -> None:
+    t = data.BatchTransform([0.5] * 3, [0.5] * 3, (8, 8), None)
+    batches = [torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8) for _ in range(5)]
+    expect = [b.float() / 127.5 - 1 for b in batches]
+    first = t(batches[0], train=False)
+    second = t(batches[1], train=False)  # `first` is still held: another buffer
+    assert first.data_ptr() != second.data_ptr()
+    assert torch.allclose(first, expect[0], atol=1e-6) and torch.allclose(second, expect[1], atol=1e-6)
+    address = first.data_ptr()
+    del first
+    third = t(batches[2], train=False)  # the first buffer is free again: reused
+    assert third.data_ptr() == address and torch.allclose(second, expect[1], atol=1e-6)
+    # An autograd graph that saved the batch keeps it: not overwritten before backward.
+    del third, second  # both pooled buffers are free now
+    weight = torch.randn(2, 3, 3, 3, requires_grad=True)
+    saved = t(batches[3], train=False)
+    saved_at = saved.data_ptr()
+    loss = torch.nn.functional.conv2d(saved, weight).square().sum()
+    del saved  # only the graph holds it now
+    held = [t(batches[4], train=False) for _ in range(2)]
+    assert saved_at not in {h.data_ptr() for h in held}
+    loss.backward()
+    weight_copy = weight.detach().clone().requires_grad_(True)  # the gradient from a private copy
+    torch.nn.functional.conv2d(expect[3], weight_copy).square().sum().backward()
+    assert torch.allclose(weight.grad, weight_copy.grad, atol=1e-4)
+    assert all(torch.allclose(h, expect[4], atol=1e-6) for h in held)
+    # A short last batch is the front of a full buffer; inference-mode batches never share
+    # memory with ones that autograd may save.
+    short = t(batches[0][:3], train=False)
+    assert short.shape == (3, 3, 8, 8) and torch.allclose(short, expect[0][:3], atol=1e-6)
+    with torch.inference_mode():
+        inference = t(batches[1], train=False)
+    assert inference.is_inference() and not short.is_inference()
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])

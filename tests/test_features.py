@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -189,6 +190,46 @@ def test_fast_rows_give_the_same_batches_as_the_dataset(tiny_resnet: Path, tmp_p
     assert torch.equal(ours["pixel_values"], theirs["pixel_values"].to(torch.uint8))
     assert torch.equal(ours["pixel_values"].long(), theirs["pixel_values"].long())
     assert torch.equal(ours["labels"], theirs["labels"])
+
+
+def test_fast_rows_skip_bad_images_left_in_the_arrow_table(tiny_vit: Path, tmp_path: Path) -> None:
+    import pickle
+
+    from datasets import Dataset, Image as ImageFeature
+
+    from conftest import class_image
+
+    _, processor = _loaded(tiny_vit)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, name in enumerate(["red", "bad", "green", "blue", "bad", "red", "green"]):
+        path = tmp_path / f"{i}.png"
+        if name == "bad":
+            path.write_bytes(b"not a png")
+        else:
+            class_image(name, rng, 12).save(path)
+        paths.append(str(path))
+    raw = Dataset.from_dict({"image": paths, "label": [0, 1, 1, 2, 0, 0, 1]}).cast_column("image", ImageFeature())
+    decoded = data.decode(raw, processor, "image", "label", None, "t")
+    assert len(decoded.bad) == 2 and len(decoded.dataset) == 5  # the bad rows stay in the table as nulls
+    fast = data.FastRows.wrap(decoded.dataset)
+    indices = [4, 0, 2, -1, 3, 1]
+    batch = data.collate(fast.__getitems__(indices))
+    expected = [decoded.dataset[i % 5] for i in indices]
+    assert batch["pixel_values"].dtype == torch.uint8
+    assert torch.equal(batch["pixel_values"], torch.stack([torch.as_tensor(r["pixel_values"]).to(torch.uint8) for r in expected]))
+    assert batch["labels"].tolist() == [int(r["labels"]) for r in expected] == [1, 0, 2, 1, 0, 1]
+    # Rows are views into that batch, so any other collator sees the same values.
+    from transformers import default_data_collator
+
+    assert torch.equal(default_data_collator(list(fast.__getitems__(indices)))["pixel_values"], batch["pixel_values"])
+    with pytest.raises(IndexError):
+        fast.__getitems__([5])
+    # DataLoader workers get a pickled copy: without the views of the memory-mapped file.
+    fast.__getitems__([0])
+    clone = pickle.loads(pickle.dumps(fast))
+    assert clone._views is None and len(pickle.dumps(fast)) < 20_000
+    assert torch.equal(data.collate(clone.__getitems__(indices))["pixel_values"], batch["pixel_values"])
 
 
 def test_batch_augmentation_draws_exactly_what_the_v2_compose_draws() -> None:
