@@ -121,9 +121,18 @@ def write_card(
     headline = [
         (_METRIC_NAMES[m], float(eval_metrics[f"eval_{m}"])) for m in recipe.metrics if f"eval_{m}" in eval_metrics
     ]
-    shown = {k: recipe.training[k] for k in recipe.training}
-    for key in _SHOWN_ARGS:
-        shown.setdefault(key, "(default)")
+    if train_metrics.get("probe_solver") == "lbfgs":
+        # No SGD loop ran: the optimizer settings in `training` were not used (features.py).
+        shown = {
+            "head solver": "L-BFGS, multinomial logistic regression on cached features",
+            "L2 strength λ": train_metrics.get("probe_l2"),
+            "λ tried (chosen on the validation piece)": train_metrics.get("probe_l2_tried"),
+            "L-BFGS iterations": train_metrics.get("probe_iterations"),
+        }
+    else:
+        shown = {k: recipe.training[k] for k in recipe.training}
+        for key in _SHOWN_ARGS:
+            shown.setdefault(key, "(default)")
     eval_note = (
         "The recipe named no eval split, so these numbers come from the held-out validation piece of the "
         "training split, which was also used for per-epoch scores: they are less independent than a test split's."

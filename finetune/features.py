@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 import time
@@ -50,14 +51,23 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, default_data_collator
+from transformers.trainer_utils import TrainOutput
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from . import data
 from .model import LoadedModel, ModelError, head_parameter_names
+from .recipe import ModelConfig
 from .util import write_json
 
 logger = logging.getLogger("finetune")
 
+#: TrainingArguments that shape the SGD loop, which the L-BFGS head does not run.
+LBFGS_UNUSED = (
+    "learning_rate", "num_train_epochs", "max_steps", "optim", "optim_args", "lr_scheduler_type",
+    "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps", "weight_decay", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+    "label_smoothing_factor", "load_best_model_at_end", "metric_for_best_model",
+)
 _FALSE_HINT = "set model.feature_cache to false to train the head with the backbone running every step"
 AUGMENT_NOTE = (
     "linear probe on cached features: the backbone's features are computed once from the "
@@ -245,6 +255,60 @@ def compute_features(
         model.train(was_training)
 
 
+# ---------------------------------------------------------------------- L-BFGS head
+
+
+@dataclass
+class LogisticFit:
+    """One L-BFGS fit of the head: weights, and how it went."""
+
+    l2: float
+    weight: torch.Tensor
+    bias: torch.Tensor
+    iterations: int
+    train_loss: float  # mean cross-entropy on the training features, without the penalty
+    validation_accuracy: float | None = None
+    validation_loss: float | None = None
+
+
+def fit_logistic(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    l2: float,
+    max_iter: int,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> LogisticFit:
+    """Multinomial logistic regression: minimise mean cross-entropy + l2/2·‖W‖² (the bias is
+    not penalised) by full-batch L-BFGS with a strong-Wolfe line search, from ``init`` or
+    zeros. The features fit in memory by construction (they are cached), so full-batch
+    second-order steps beat SGD epochs; the objective is convex, so the result does not
+    depend on a learning rate, a schedule or a seed."""
+    # Features come from inference mode, whose tensors autograd may not save: copy them out.
+    x = features.float().clone()
+    y = labels.long().clone()
+    weight = (init[0].clone() if init is not None else x.new_zeros(num_classes, x.shape[1])).requires_grad_(True)
+    bias = (init[1].clone() if init is not None else x.new_zeros(num_classes)).requires_grad_(True)
+    solver = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
+        tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe",
+    )
+
+    def objective() -> torch.Tensor:
+        solver.zero_grad()
+        loss = nn.functional.cross_entropy(torch.addmm(bias, x, weight.t()), y) + 0.5 * l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        solver.step(objective)
+    iterations = int(solver.state[solver.param_groups[0]["params"][0]].get("n_iter", 0))
+    weight, bias = weight.detach(), bias.detach()
+    with torch.no_grad():
+        train_loss = float(nn.functional.cross_entropy(torch.addmm(bias, x, weight.t()), y))
+    return LogisticFit(l2, weight, bias, iterations, train_loss)
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -253,6 +317,7 @@ def probe_setup(
     transform: data.BatchTransform,
     data_report: dict[str, Any],
     report_path: str | Path | None = None,
+    model_cfg: ModelConfig | None = None,
 ):
     """For train.py's one branch: (the Trainer class, the batch transform it will really use).
 
@@ -284,7 +349,11 @@ def probe_setup(
             write_json(Path(report_path), data_report)
         transform = copy.copy(transform)
         transform.augment = None
-    return FeatureProbeTrainer, transform
+    cfg = model_cfg or ModelConfig()
+    trainer_class = functools.partial(
+        FeatureProbeTrainer, solver=cfg.probe_solver, l2=list(cfg.probe_l2), max_iter=cfg.probe_max_iter
+    )
+    return trainer_class, transform
 
 
 class FeatureProbeTrainer(Trainer):
@@ -304,8 +373,12 @@ class FeatureProbeTrainer(Trainer):
         train_dataset: Any = None,
         eval_dataset: Any = None,
         batch_transform: data.BatchTransform,
+        solver: str = "trainer",
+        l2: list[float] | None = None,
+        max_iter: int = 1000,
         **kwargs: Any,
     ) -> None:
+        self.solver, self.l2, self.max_iter = solver, list(l2 or [0.0]), max_iter
         self.full_model = model
         self.batch_transform = batch_transform
         self.feature_stats = FeatureStats()
@@ -352,11 +425,76 @@ class FeatureProbeTrainer(Trainer):
         return features
 
     def train(self, *args: Any, **kwargs: Any):
-        result = super().train(*args, **kwargs)
+        result = self._fit_lbfgs() if self.solver == "lbfgs" else super().train(*args, **kwargs)
         # The time that replaced the backbone's per-step forward passes, next to train_runtime.
         result.metrics["feature_cache_images"] = self.feature_stats.images
         result.metrics["feature_cache_runtime"] = round(self.feature_stats.seconds, 4)
         return result
+
+    def _fit_lbfgs(self) -> TrainOutput:
+        """The head by L-BFGS (``model.probe_solver: lbfgs``), in place of the Trainer's loop.
+
+        Each λ of ``model.probe_l2`` is fitted, strongest first, each warm-started from the
+        previous solution (the regularisation path); with several, the best accuracy on the
+        validation piece's features wins, ties going to the lower validation loss. The fit
+        is deterministic, and every process fits the same features, but rank 0's head is
+        broadcast anyway so that all ranks evaluate the same weights.
+        """
+        start = time.perf_counter()
+        linear = self.model.linear
+        device = linear.weight.device
+        train, validation = self.train_dataset, self.eval_dataset
+        x, y = train.features.to(device), train.labels.to(device)
+        num_classes = linear.out_features
+        fits: list[LogisticFit] = []
+        init: tuple[torch.Tensor, torch.Tensor] | None = None
+        for l2 in sorted(set(self.l2), reverse=True):
+            fit = fit_logistic(x, y, num_classes, l2, self.max_iter, init)
+            init = (fit.weight, fit.bias)
+            if validation is not None and len(validation):
+                with torch.no_grad():
+                    logits = torch.addmm(fit.bias, validation.features.to(device).float(), fit.weight.t())
+                    target = validation.labels.to(device)
+                    fit.validation_accuracy = float((logits.argmax(-1) == target).float().mean())
+                    fit.validation_loss = float(nn.functional.cross_entropy(logits, target))
+            fits.append(fit)
+            entry = {"probe_l2": l2, "probe_iterations": fit.iterations, "train_loss": round(fit.train_loss, 6)}
+            if fit.validation_accuracy is not None:
+                entry |= {"validation_accuracy": fit.validation_accuracy, "validation_loss": round(fit.validation_loss, 6)}
+            self.state.log_history.append(entry)  # no "epoch": the curves plot leaves these out
+            if self.args.process_index == 0:
+                logger.info("L-BFGS head: %s", ", ".join(f"{k} {v:g}" for k, v in entry.items()))
+        scored = [f for f in fits if f.validation_accuracy is not None]
+        best = max(scored, key=lambda f: (f.validation_accuracy, -f.validation_loss)) if scored else fits[0]
+        with torch.no_grad():
+            linear.weight.copy_(best.weight.to(linear.weight.dtype))
+            linear.bias.copy_(best.bias.to(linear.bias.dtype))
+        if self.args.world_size > 1:
+            from accelerate.utils import broadcast
+
+            broadcast(linear.weight.data, from_process=0)
+            broadcast(linear.bias.data, from_process=0)
+        seconds = time.perf_counter() - start
+        steps = sum(f.iterations for f in fits)
+        self.state.global_step = self.state.max_steps = steps
+        metrics = {
+            "train_runtime": round(seconds, 4),
+            "train_samples_per_second": round(len(train) / max(seconds, 1e-9), 3),
+            "train_loss": best.train_loss,
+            "probe_solver": "lbfgs",
+            "probe_l2": best.l2,
+            "probe_l2_tried": ", ".join(f"{v:g}" for v in sorted(set(self.l2))),  # a metric must print as one value
+            "probe_iterations": best.iterations,
+        }
+        if best.validation_accuracy is not None:
+            metrics["probe_validation_accuracy"] = best.validation_accuracy
+        if self.args.process_index == 0:
+            logger.info(
+                "L-BFGS head: λ = %g chosen%s; %d iterations in all, %.1f s",
+                best.l2, " on the validation piece" if len(scored) > 1 else "", steps, seconds,
+            )
+        self.state.log_history.append({"step": steps, **metrics})
+        return TrainOutput(steps, best.train_loss, metrics)
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"):
         if eval_dataset is not None and not isinstance(eval_dataset, dict):

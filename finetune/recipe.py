@@ -64,6 +64,15 @@ class ModelConfig:
     #: its cached features (features.py, issue #6); augmentation does not apply then.
     #: false: the backbone runs every step, with augmentation.
     feature_cache: bool = True
+    #: How a cached-feature linear probe fits its head: "trainer" (the recipe's optimizer,
+    #: schedule and epochs) or "lbfgs": L2-regularised multinomial logistic regression by
+    #: full-batch L-BFGS, the usual linear-probe protocol (CLIP, Radford et al. 2021, §3.2).
+    probe_solver: Literal["trainer", "lbfgs"] = "trainer"
+    #: With "lbfgs": the L2 strengths λ to try (loss = mean cross-entropy + λ/2·‖W‖²). With
+    #: several, the best validation-piece accuracy wins (ties: the lower validation loss).
+    probe_l2: list[float] = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    #: With "lbfgs": the most L-BFGS iterations for each λ.
+    probe_max_iter: int = 1000
 
 
 @dataclass
@@ -267,6 +276,22 @@ def _validate(recipe: Recipe, source: str) -> None:
         )
     if m.strategy == "partial" and m.unfreeze_last_n < 1:
         raise RecipeError(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
+    if m.probe_solver == "lbfgs":
+        if m.strategy != "linear_probe" or not m.feature_cache:
+            raise RecipeError(
+                f"{source}: 'model.probe_solver' 'lbfgs' fits the head on cached features, so it needs "
+                "'model.strategy' 'linear_probe' and 'model.feature_cache' true"
+            )
+        if not m.probe_l2 or any(v < 0 for v in m.probe_l2):
+            raise RecipeError(f"{source}: 'model.probe_l2' must list one or more strengths >= 0, got {m.probe_l2}")
+        if len(m.probe_l2) > 1 and (d.validation_fraction == 0 or d.eval_split is None):
+            raise RecipeError(
+                f"{source}: 'model.probe_l2' lists {len(m.probe_l2)} strengths to choose from on the validation "
+                "piece, which needs 'data.validation_fraction' > 0 and a separate 'data.eval_split' (the reported "
+                "split must not pick them); give one value, e.g. --set model.probe_l2=[0.001]"
+            )
+        if m.probe_max_iter < 1:
+            raise RecipeError(f"{source}: 'model.probe_max_iter' must be >= 1, got {m.probe_max_iter}")
     if m.trust_remote_code and not (m.revision and len(m.revision) == 40 and _is_hex(m.revision)):
         raise RecipeError(
             f"{source}: 'model.trust_remote_code' runs code from the Hub, so 'model.revision' must pin "

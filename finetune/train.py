@@ -15,6 +15,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -416,13 +417,13 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     augment = recipe.data.augment
     transform = data.BatchTransform(mean, std, size, augment)
     accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
-    trainer_class: type[Trainer] = FinetuneTrainer
+    trainer_class: Callable[..., Trainer] = FinetuneTrainer
     if recipe.model.strategy == "linear_probe" and recipe.model.feature_cache:
         # Issue #6: the frozen backbone runs once; the head trains on cached features.
         from . import features
 
         trainer_class, transform = features.probe_setup(
-            loaded, transform, prepared.data_report, out / "data_report.json"
+            loaded, transform, prepared.data_report, out / "data_report.json", recipe.model
         )
     trainer = trainer_class(
         model=loaded.model,
@@ -436,12 +437,22 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     )
     world = args.world_size
     effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
-    logger.info(
-        "training: effective batch %d = %d per device × %d process(es) × %d accumulation step(s); "
-        "learning rate %g (not rescaled for the batch size); augmentation %s",
-        effective, args.per_device_train_batch_size, world, args.gradient_accumulation_steps,
-        args.learning_rate, transform.describe(),
-    )
+    if recipe.model.probe_solver == "lbfgs":
+        from .features import LBFGS_UNUSED
+
+        unused = [k for k in recipe.training if k in LBFGS_UNUSED]
+        logger.info("training: the head is fitted by L-BFGS, λ among %s", recipe.model.probe_l2)
+        if unused and args.process_index == 0:
+            logger.warning(
+                "training: %s do(es) not apply with model.probe_solver 'lbfgs' (no SGD loop runs)", ", ".join(unused)
+            )
+    else:
+        logger.info(
+            "training: effective batch %d = %d per device × %d process(es) × %d accumulation step(s); "
+            "learning rate %g (not rescaled for the batch size); augmentation %s",
+            effective, args.per_device_train_batch_size, world, args.gradient_accumulation_steps,
+            args.learning_rate, transform.describe(),
+        )
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
     try:

@@ -171,6 +171,53 @@ def test_cli_linear_probe_with_feature_cache_gives_a_normal_checkpoint(tiny_resn
     assert top["label"] == "blue"
 
 
+# ------------------------------------------------------------------ the L-BFGS head
+
+
+def test_lbfgs_head_is_the_logistic_regression_optimum() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 6)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.8, size=120) > 0).astype(np.int64) + (x[:, 2] > 1)
+    l2 = 0.05
+    fit = features.fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 3, l2, max_iter=500)
+    # scikit-learn minimises C·Σ CE + ½‖W‖², the same optimum as mean CE + λ/2‖W‖² when C = 1/(λ·n).
+    ref = LogisticRegression(C=1 / (l2 * len(x)), tol=1e-10, max_iter=10_000).fit(x, y)
+    ours = torch.softmax(torch.from_numpy(x) @ fit.weight.t() + fit.bias, -1).numpy()
+    assert np.abs(ours - ref.predict_proba(x)).max() < 1e-3
+    assert fit.iterations > 0 and 0 < fit.train_loss < np.log(3)
+
+
+def test_cli_lbfgs_head_chooses_l2_on_validation_and_saves_a_normal_model(tiny_resnet: Path, tmp_path: Path) -> None:
+    from transformers import pipeline
+
+    images = make_image_folder(tmp_path / "images", per_class=8)
+    out = tmp_path / "lbfgs"
+    raw = _recipe(tmp_path, tiny_resnet, images, "lbfgs", model__probe_solver="lbfgs", model__probe_l2=[10.0, 1e-3])
+    raw["data"]["validation_fraction"] = 0.25
+    raw["model"]["strategy"] = "linear_probe"
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(raw))
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stderr + result.stdout
+    assert "learning_rate" in log and "do(es) not apply with model.probe_solver 'lbfgs'" in log  # said, not ignored
+    train_results = json.loads((out / "train_results.json").read_text())
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    tried = [e for e in history if "probe_l2" in e and "validation_accuracy" in e]
+    assert sorted(e["probe_l2"] for e in tried) == [1e-3, 10.0]
+    best = max(tried, key=lambda e: (e["validation_accuracy"], -e["validation_loss"]))
+    assert train_results["probe_solver"] == "lbfgs" and train_results["probe_l2"] == best["probe_l2"]
+    assert "L-BFGS" in (out / "README.md").read_text()
+    assert json.loads((out / "eval_results.json").read_text())["eval_accuracy"] >= 0.9
+    base, trained = load_file(tiny_resnet / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = {k for k in base if base[k].shape != trained[k].shape or not torch.equal(base[k], trained[k])}
+    assert changed == {"classifier.1.weight", "classifier.1.bias"}
+    classifier = pipeline("image-classification", model=str(out))
+    assert classifier(str(next((images / "test" / "red").iterdir())))[0]["label"] == "red"
+
+
 # ------------------------------------------------ issue #6 speed paths keep their semantics
 
 

@@ -103,6 +103,23 @@ def test_wrong_types_name_the_key(patch: dict, key: str) -> None:
         ({"data": {"dataset": "x", "samples_per_class": 5, "max_train_samples": 10}}, "only one of"),
         ({"hub": {"push": True}}, "hub.repo_id"),
         ({"expected": {"metric": "top5_accuracy", "value": 1}, "metrics": ["accuracy"]}, "expected.metric"),
+        ({"model": {"name_or_path": "m", "probe_solver": "lbfgs"}}, "needs 'model.strategy' 'linear_probe'"),
+        (
+            {"model": {"name_or_path": "m", "strategy": "linear_probe", "feature_cache": False, "probe_solver": "lbfgs"}},
+            "'model.feature_cache' true",
+        ),
+        ({"model": {"name_or_path": "m", "strategy": "linear_probe", "probe_solver": "lbfgs", "probe_l2": [-1.0]}}, ">= 0"),
+        (
+            {"model": {"name_or_path": "m", "strategy": "linear_probe", "probe_solver": "lbfgs"},
+             "data": {"dataset": "x", "validation_fraction": 0}},
+            "give one value",
+        ),
+        (
+            {"model": {"name_or_path": "m", "strategy": "linear_probe", "probe_solver": "lbfgs"},
+             "data": {"dataset": "x", "eval_split": None}},
+            "the reported split must not pick them",
+        ),
+        ({"model": {"name_or_path": "m", "strategy": "linear_probe", "probe_solver": "lbfgs", "probe_max_iter": 0}}, ">= 1"),
     ],
 )
 def test_checks_between_keys(patch: dict, needle: str) -> None:
