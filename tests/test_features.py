@@ -99,6 +99,15 @@ def _recipe(tmp_path: Path, model: Path, images: Path, name: str, **extra) -> di
     return raw
 
 
+def _train(tmp_path: Path, raw: dict) -> str:
+    """Run ``finetune train`` on a recipe dict through the real command line; its log."""
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(raw))
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr + result.stdout
+
+
 def test_backbone_runs_once_per_image_and_matches_the_per_step_path(tiny_vit: Path, tmp_path: Path, monkeypatch) -> None:
     """One backbone forward per image in all; the head then learns what the per-step path learns."""
     from finetune import train as train_lib
@@ -142,11 +151,7 @@ def test_cli_linear_probe_with_feature_cache_gives_a_normal_checkpoint(tiny_resn
     out = tmp_path / "probe"
     raw = _recipe(tmp_path, tiny_resnet, images, "probe")
     raw["training"]["save_strategy"] = "epoch"
-    recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps(raw))
-    result = run_cli("--recipe", str(recipe))
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = result.stderr + result.stdout
+    log = _train(tmp_path, raw)
     assert "feature cache: the frozen backbone ran once" in log
     # Augmentation was requested: one line says it does not apply, and the report notes it.
     assert sum("does not apply" in line for line in log.splitlines()) == 1
@@ -196,12 +201,7 @@ def test_cli_lbfgs_head_chooses_l2_on_validation_and_saves_a_normal_model(tiny_r
     out = tmp_path / "lbfgs"
     raw = _recipe(tmp_path, tiny_resnet, images, "lbfgs", model__probe_solver="lbfgs", model__probe_l2=[10.0, 1e-3])
     raw["data"]["validation_fraction"] = 0.25
-    raw["model"]["strategy"] = "linear_probe"
-    recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps(raw))
-    result = run_cli("--recipe", str(recipe))
-    assert result.returncode == 0, result.stderr[-3000:]
-    log = result.stderr + result.stdout
+    log = _train(tmp_path, raw)
     assert "learning_rate" in log and "do(es) not apply with model.probe_solver 'lbfgs'" in log  # said, not ignored
     train_results = json.loads((out / "train_results.json").read_text())
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
