@@ -45,11 +45,12 @@ def test_shipped_accelerate_configs_load() -> None:
     assert ClusterConfig.from_yaml_file(str(CONFIGS / "multi_node.yaml")).num_machines > 1
 
 
-def _probe_recipe(path: Path, model: Path, images: Path, out: Path, batch: int, feature_cache: bool) -> Path:
+def _probe_recipe(path: Path, model: Path, images: Path, out: Path, batch: int, mode: str) -> Path:
+    head = {"probe_solver": "lbfgs", "probe_l2": [0.01]} if mode == "lbfgs" else {}
     return write_recipe(
         path, model, images, out,
         data={"dataset": str(images), "validation_fraction": 0.0, "augment": {"crop_scale": None, "hflip": False}},
-        model={"name_or_path": str(model), "strategy": "linear_probe", "feature_cache": feature_cache},
+        model={"name_or_path": str(model), "strategy": "linear_probe", "feature_cache": mode != "per-step", **head},
         training={"num_train_epochs": 2, "learning_rate": 0.05, "optim": "sgd", "optim_args": "momentum=0.9",
                   "per_device_train_batch_size": batch, "per_device_eval_batch_size": 5, "seed": 0,
                   "eval_strategy": "no", "disable_tqdm": True},
@@ -62,19 +63,20 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "model.safetensors")
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["per-step", "feature-cache"])
+@pytest.fixture(scope="module", params=["per-step", "feature-cache", "lbfgs"])
 def probe_runs(request, tmp_path_factory, tiny_resnet) -> dict[str, Path]:
     """The same linear probe with one process (batch 8) and two (4 each): same global batch.
-    Both paths: the backbone every step, and the features cached once (sharded over ranks)."""
+    Every path: the backbone every step, the features cached once (sharded over ranks), and
+    the L-BFGS head on those features (fitted on every rank, broadcast from rank 0)."""
     root = tmp_path_factory.mktemp("ddp")
     images = make_image_folder(root / "images", per_class=16)  # 48 train = 6 full global batches
-    one = _probe_recipe(root / "one.json", tiny_resnet, images, root / "one", batch=8, feature_cache=request.param)
-    two = _probe_recipe(root / "two.json", tiny_resnet, images, root / "two", batch=4, feature_cache=request.param)
+    one = _probe_recipe(root / "one.json", tiny_resnet, images, root / "one", batch=8, mode=request.param)
+    two = _probe_recipe(root / "two.json", tiny_resnet, images, root / "two", batch=4, mode=request.param)
     runs = {"one": run_cli("--recipe", str(one)), "two": run_cli("--recipe", str(two), launcher=TWO_PROC)}
     for name, result in runs.items():
         assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
     assert "2 process(es)" in runs["two"].stderr and "1 process(es)" in runs["one"].stderr
-    return {"root": root, "one": root / "one", "two": root / "two", "stderr_two": runs["two"].stderr}
+    return {"root": root, "one": root / "one", "two": root / "two", "stderr_two": runs["two"].stderr, "mode": request.param}
 
 
 def test_two_processes_give_the_single_process_answer(probe_runs) -> None:
@@ -94,7 +96,10 @@ def test_only_the_main_process_writes(probe_runs) -> None:
     report = json.loads((probe_runs["two"] / "eval_report.json").read_text())
     assert sum(row["support"] for row in report["per_class"].values()) == 24
     # Each line that rank 0 alone logs appears once.
-    assert probe_runs["stderr_two"].count("finetune: training: effective batch 8 = 4 per device × 2 process(es)") == 1
+    if probe_runs["mode"] == "lbfgs":
+        assert probe_runs["stderr_two"].count("finetune: L-BFGS head: λ = 0.01") == 1
+    else:
+        assert probe_runs["stderr_two"].count("finetune: training: effective batch 8 = 4 per device × 2 process(es)") == 1
 
 
 def test_validation_piece_is_the_same_on_every_rank(tmp_path: Path) -> None:
