@@ -126,9 +126,11 @@ def write_card(
         shown = {
             "head solver": "L-BFGS, multinomial logistic regression on cached features",
             "L2 strength λ": train_metrics.get("probe_l2"),
-            "λ tried (chosen on the validation piece)": train_metrics.get("probe_l2_tried"),
             "L-BFGS iterations": train_metrics.get("probe_iterations"),
         }
+        tried = str(train_metrics.get("probe_l2_tried", ""))
+        if "," in tried:  # several: the one above won on the validation piece
+            shown["λ tried (best on the validation piece)"] = tried
     else:
         shown = {k: recipe.training[k] for k in recipe.training}
         for key in _SHOWN_ARGS:
