@@ -51,8 +51,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, default_data_collator
-from transformers.trainer_utils import TrainOutput
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.trainer_utils import TrainOutput
 
 from . import data
 from .model import LoadedModel, ModelError, head_parameter_names
