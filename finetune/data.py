@@ -763,8 +763,19 @@ class BatchTransform:
     ``FinetuneTrainer.compute_loss``), which makes interrupted runs resume exactly.
     """
 
-    def __init__(self, mean: list[float], std: list[float], size: tuple[int, int], augment: AugmentConfig | None):
+    def __init__(
+        self,
+        mean: list[float],
+        std: list[float],
+        size: tuple[int, int],
+        augment: AugmentConfig | None,
+        channels_last: bool = False,
+    ):
         from torchvision.transforms import v2
+
+        #: Batches come out in channels-last memory (same shape and values) for a model
+        #: converted to it (``model.use_channels_last``).
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
         # (x / 255 - mean) / std as x * scale + shift: two passes over the batch, not three.
         std_t = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
@@ -816,15 +827,17 @@ class BatchTransform:
         while it asks for the next. GPUs have a caching allocator and need none of this.
         """
         shape = tuple(pixels.shape)
-        if pixels.device.type != "cpu" or len(shape) != 4:
+        if len(shape) != 4:
             return torch.empty(shape, dtype=torch.float32, device=pixels.device)
+        if pixels.device.type != "cpu":
+            return torch.empty(shape, dtype=torch.float32, device=pixels.device, memory_format=self.memory_format)
         # An inference-mode tensor may not be saved for backward: separate buffers per mode.
         pool = self._buffers.setdefault(torch.is_inference_mode_enabled(), [])
         pool[:] = [b for b in pool if b.shape[1:] == shape[1:]]
         for buffer in pool:
             if buffer.shape[0] >= shape[0] and _unused(buffer):
                 return buffer[: shape[0]]
-        buffer = torch.empty(shape)
+        buffer = torch.empty(shape, memory_format=self.memory_format)
         smaller = [i for i, b in enumerate(pool) if b.shape[0] < shape[0] and _unused(b)]
         if len(pool) < 2:
             pool.append(buffer)

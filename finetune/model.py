@@ -9,8 +9,11 @@ missing from the checkpoint means the wrong model was named, and is an error.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import nn
 
 from . import builtin
@@ -242,6 +245,22 @@ def _frozen_modules(model: nn.Module) -> list[nn.Module]:
     for child in model.children():
         visit(child)
     return out
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    """More than one Conv2d: a CNN, not a ViT-like model whose only conv is its patch embedding."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
+
+
+def use_channels_last(model: nn.Module, cfg: ModelConfig, args: Any = None) -> bool:
+    """``model.channels_last``, or when null: a convolutional model on a CUDA GPU (issue #6),
+    unless FSDP or DeepSpeed shard the weights (their flattening is not tested with it)."""
+    if cfg.channels_last is not None:
+        return cfg.channels_last
+    sharded = args is not None and (bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None)))
+    sharded = sharded or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    sharded = sharded or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    return torch.cuda.is_available() and is_convolutional(model) and not sharded
 
 
 def describe_strategy(loaded: LoadedModel, cfg: ModelConfig) -> str:

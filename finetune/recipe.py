@@ -73,6 +73,10 @@ class ModelConfig:
     probe_l2: list[float] = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
     #: With "lbfgs": the most L-BFGS iterations for each λ.
     probe_max_iter: int = 1000
+    #: Channels-last memory format for the model and its input batches, which convolutions on
+    #: GPUs run faster in. null: on for convolutional models (more than one Conv2d: ResNet,
+    #: ConvNeXt, EfficientNet; not ViT-like models) on CUDA, without FSDP or DeepSpeed.
+    channels_last: bool | None = None
 
 
 @dataclass

@@ -415,7 +415,18 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     mean, std = data.processor_normalization(processor)
     size = tuple(prepared.train[0]["pixel_values"].shape[-2:])
     augment = recipe.data.augment
-    transform = data.BatchTransform(mean, std, size, augment)
+    # Issue #6: channels-last for convolutional models on GPUs; attention is transformers'
+    # default for the model (SDPA where the model has it).
+    channels_last = model_lib.use_channels_last(loaded.model, recipe.model, args)
+    if channels_last:
+        loaded.model.to(memory_format=torch.channels_last)
+    has_attention = any("Attention" in type(m).__name__ for m in loaded.model.modules())
+    logger.info(
+        "model: memory format %s%s",
+        "channels-last" if channels_last else "default (contiguous)",
+        f"; attention {loaded.model.config._attn_implementation}" if has_attention else "",
+    )
+    transform = data.BatchTransform(mean, std, size, augment, channels_last=channels_last)
     accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
     trainer_class: Callable[..., Trainer] = FinetuneTrainer
     if recipe.model.strategy == "linear_probe" and recipe.model.feature_cache:

@@ -369,6 +369,17 @@ def test_batch_transform_reuses_its_buffer_only_when_nothing_can_read_it() -> No
     assert inference.is_inference() and not short.is_inference()
 
 
+def test_channels_last_batches_hold_the_same_values() -> None:
+    pixels = torch.randint(0, 256, (5, 3, 12, 12), dtype=torch.uint8)
+    augment = AugmentConfig(crop_scale=[0.3, 1.0], hflip=True)
+    plain = data.BatchTransform([0.4] * 3, [0.2] * 3, (12, 12), augment)
+    last = data.BatchTransform([0.4] * 3, [0.2] * 3, (12, 12), augment, channels_last=True)
+    for train in (False, True):
+        a, b = plain(pixels, train=train, seed=7), last(pixels, train=train, seed=7)
+        assert b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_data_files_with_relative_image_paths(tmp_path: Path, suffix: str) -> None:
     import pandas as pd

@@ -169,3 +169,19 @@ def test_other_hf_families(kind: str, strategy: str, tmp_path: Path) -> None:
         assert set(loaded.head) < trainable and loaded.trainable < loaded.total
     pixels = processor(images=[torch.zeros(3, 40, 40, dtype=torch.uint8)], return_tensors="pt")["pixel_values"]
     assert loaded.model(pixel_values=pixels).logits.shape == (1, 4)
+
+
+def test_channels_last_is_automatic_only_for_cnns_on_cuda_without_sharding(tiny_resnet: Path, tiny_vit: Path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    resnet, vit = load(tiny_resnet)[0].model, load(tiny_vit)[0].model
+    assert model_lib.is_convolutional(resnet) and not model_lib.is_convolutional(vit)
+    auto = ModelConfig(name_or_path="x")
+    assert not model_lib.use_channels_last(resnet, auto)  # no GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert model_lib.use_channels_last(resnet, auto) and not model_lib.use_channels_last(vit, auto)
+    assert not model_lib.use_channels_last(resnet, auto, SimpleNamespace(fsdp="full_shard", deepspeed=None))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert not model_lib.use_channels_last(resnet, auto)
+    assert model_lib.use_channels_last(vit, ModelConfig(name_or_path="x", channels_last=True))  # the recipe decides
+    assert not model_lib.use_channels_last(resnet, ModelConfig(name_or_path="x", channels_last=False))
