@@ -493,10 +493,10 @@ class Decoder:
         return out.round_().clamp_(0, 255).to(torch.uint8)
 
     def _uint8(self, images: list) -> torch.Tensor:
-        transforms = getattr(self.processor, "val_transforms", None)
-        if getattr(self.processor, "data_config", None) is not None and transforms is not None:
-            head = _before_to_tensor(transforms)
-            assert head is not None  # checked by _uint8_matches
+        if getattr(self.processor, "data_config", None) is not None:  # timm: its torchvision transforms
+            head = _before_to_tensor(getattr(self.processor, "val_transforms", None))
+            if head is None:
+                raise ValueError("the timm processor's transforms do not end in ToTensor + Normalize")
             out = torch.stack([torch.from_numpy(np.array(head(im), dtype=np.uint8)).permute(2, 0, 1) for im in images])
         else:
             out = self.processor(images=images, return_tensors="pt", do_rescale=False, do_normalize=False)
@@ -508,16 +508,11 @@ class Decoder:
     def _uint8_matches(self) -> bool:
         from PIL import Image
 
-        transforms = getattr(self.processor, "val_transforms", None)
-        if getattr(self.processor, "data_config", None) is not None and (
-            transforms is None or _before_to_tensor(transforms) is None
-        ):
-            return False
         noise = np.random.default_rng(0).integers(0, 256, (61, 97, 3), dtype=np.uint8)
         probe = [Image.fromarray(noise)]
         try:
             fast = self._uint8(probe)
-        except Exception:  # noqa: BLE001 - a processor without these switches keeps the float way
+        except Exception:  # noqa: BLE001 - a processor without this way keeps the float way
             return False
         slow = self._float(probe)
         return fast.shape == slow.shape and torch.equal(fast, slow)
@@ -636,7 +631,7 @@ class FastRows(torch.utils.data.Dataset):
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
-        self._views: tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._views: _RowViews | None = None
 
     @classmethod
     def wrap(cls, dataset):
@@ -652,7 +647,7 @@ class FastRows(torch.utils.data.Dataset):
         # pickled as copies of the whole split. A worker makes its own views on first use.
         return {"dataset": self.dataset, "_views": None}
 
-    def _arrays(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    def _arrays(self) -> _RowViews:
         """Zero-copy (n, 3, H, W) views of each Arrow chunk's valid rows, and for every
         physical row its chunk and its position in that chunk's view (-1: a bad image)."""
         if self._views is None:
@@ -671,12 +666,16 @@ class FastRows(torch.utils.data.Dataset):
                 views.append(flat.to_numpy(zero_copy_only=True).reshape(-1, *shape))
                 chunk_of.append(np.full(len(valid), c, dtype=np.int64))
                 position.append(np.where(valid, np.cumsum(valid) - 1, -1))
-            labels = table.column("labels").to_numpy()
-            self._views = (
-                views,
-                np.concatenate(chunk_of) if chunk_of else np.zeros(0, np.int64),
-                np.concatenate(position) if position else np.zeros(0, np.int64),
-                labels,
+            # select()/shuffle() leave the table alone and add an indices mapping (e.g. after
+            # setting bad files aside): logical row i is physical row physical[i].
+            mapping = self.dataset._indices
+            self._views = _RowViews(
+                shape=shape,
+                chunks=views,
+                chunk_of=np.concatenate(chunk_of) if chunk_of else np.zeros(0, np.int64),
+                position=np.concatenate(position) if position else np.zeros(0, np.int64),
+                labels=table.column("labels").to_numpy(),
+                physical=mapping.column(0).to_numpy() if mapping is not None else None,
             )
         return self._views
 
@@ -687,24 +686,33 @@ class FastRows(torch.utils.data.Dataset):
         return self.dataset[index]
 
     def __getitems__(self, indices: list[int]) -> RowBatch:
-        views, chunk_of, position, labels = self._arrays()
+        v = self._arrays()
         n = len(self)
         rows = np.asarray(indices, dtype=np.int64)
         if len(rows) and (rows.min() < -n or rows.max() >= n):
             raise IndexError(f"row index out of range for a split of {n} rows")
         rows = np.where(rows < 0, rows + n, rows)
-        # select()/shuffle() leave the table alone and add an indices mapping (e.g. after
-        # setting bad files aside): logical row i is physical row mapping[i].
-        mapping = self.dataset._indices
-        if mapping is not None:
-            rows = mapping.column(0).take(rows).to_numpy()
-        if len(rows) and (position[rows] < 0).any():
+        if v.physical is not None:
+            rows = v.physical[rows]
+        if len(rows) and (v.position[rows] < 0).any():
             raise IndexError("a row without pixels (a bad image) was requested")
-        pixels = torch.empty((len(rows), *self.dataset.features["pixel_values"].shape), dtype=torch.uint8)
+        pixels = torch.empty((len(rows), *v.shape), dtype=torch.uint8)
         out = pixels.numpy()
-        for k, (c, r) in enumerate(zip(chunk_of[rows].tolist(), position[rows].tolist())):
-            out[k] = views[c][r]
-        return RowBatch({"pixel_values": pixels, "labels": torch.from_numpy(labels[rows].astype(np.int64))})
+        for k, (c, r) in enumerate(zip(v.chunk_of[rows].tolist(), v.position[rows].tolist())):
+            out[k] = v.chunks[c][r]
+        return RowBatch({"pixel_values": pixels, "labels": torch.from_numpy(v.labels[rows].astype(np.int64))})
+
+
+@dataclass
+class _RowViews:
+    """What FastRows reads a batch from (built once per process, never pickled)."""
+
+    shape: tuple[int, ...]
+    chunks: list[np.ndarray]  # per Arrow chunk: (valid rows, *shape) uint8, zero-copy
+    chunk_of: np.ndarray  # per physical row: its chunk
+    position: np.ndarray  # per physical row: its index in that chunk's view, -1 for a bad image
+    labels: np.ndarray  # per physical row
+    physical: np.ndarray | None  # per logical row: its physical row (None: the same)
 
 
 class RowBatch(list):
@@ -833,16 +841,15 @@ class BatchTransform:
             return torch.empty(shape, dtype=torch.float32, device=pixels.device, memory_format=self.memory_format)
         # An inference-mode tensor may not be saved for backward: separate buffers per mode.
         pool = self._buffers.setdefault(torch.is_inference_mode_enabled(), [])
-        pool[:] = [b for b in pool if b.shape[1:] == shape[1:]]
-        for buffer in pool:
-            if buffer.shape[0] >= shape[0] and _unused(buffer):
-                return buffer[: shape[0]]
+        free = [i for i, b in enumerate(pool) if _unused(b)]
+        for i in free:
+            if pool[i].shape[1:] == shape[1:] and pool[i].shape[0] >= shape[0]:
+                return pool[i][: shape[0]]  # a short last batch takes the front of a full one
         buffer = torch.empty(shape, memory_format=self.memory_format)
-        smaller = [i for i, b in enumerate(pool) if b.shape[0] < shape[0] and _unused(b)]
         if len(pool) < 2:
             pool.append(buffer)
-        elif smaller:  # e.g. the short last batch of an eval came first
-            pool[smaller[0]] = buffer
+        elif free:  # a free buffer that does not fit (another size, or a short batch's): replace it
+            pool[free[0]] = buffer
         return buffer[: shape[0]]
 
     def _augment_one(self, image: torch.Tensor) -> torch.Tensor:

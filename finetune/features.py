@@ -318,8 +318,9 @@ def probe_setup(
     loaded: LoadedModel,
     transform: data.BatchTransform,
     data_report: dict[str, Any],
-    report_path: str | Path | None = None,
-    model_cfg: ModelConfig | None = None,
+    report_path: str | Path | None,
+    model_cfg: ModelConfig,
+    training: dict[str, Any],
 ):
     """For train.py's one branch: (the Trainer class, the batch transform it will really use).
 
@@ -328,7 +329,8 @@ def probe_setup(
     it says once in the log that augmentation does not apply, and adds that to the data
     report's notes (rewriting ``report_path``, since train.py has written the report by then).
     It returns a transform without augmentation, so later log lines describe what really
-    happens.
+    happens. With ``model.probe_solver: lbfgs`` it says so, and names the ``training`` keys
+    the recipe set that the L-BFGS fit does not use.
     """
     head_name, head = find_head(loaded.model)
     head_params = {f"{head_name}.{p}" for p, _ in head.named_parameters()}
@@ -351,9 +353,22 @@ def probe_setup(
             write_json(Path(report_path), data_report)
         transform = copy.copy(transform)
         transform.augment = None
-    cfg = model_cfg or ModelConfig()
+    if model_cfg.probe_solver == "lbfgs":
+        from accelerate import PartialState
+
+        unused = [k for k in training if k in LBFGS_UNUSED]
+        if PartialState().is_main_process:
+            logger.info("training: the head is fitted by L-BFGS, λ among %s", model_cfg.probe_l2)
+            if unused:
+                logger.warning(
+                    "training: %s do(es) not apply with model.probe_solver 'lbfgs' (no SGD loop runs)",
+                    ", ".join(unused),
+                )
     trainer_class = functools.partial(
-        FeatureProbeTrainer, solver=cfg.probe_solver, l2=list(cfg.probe_l2), max_iter=cfg.probe_max_iter
+        FeatureProbeTrainer,
+        solver=model_cfg.probe_solver,
+        l2=list(model_cfg.probe_l2),
+        max_iter=model_cfg.probe_max_iter,
     )
     return trainer_class, transform
 

@@ -257,7 +257,7 @@ class FinetuneTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
 
     def _get_dataloader(self, dataset, *args: Any, **kwargs: Any):
-        # Issue #6: read decoded batches from Arrow in one piece (data.FastRows).
+        # Issue #6: a decoded batch is one gather from the memory-mapped cache (data.FastRows).
         return super()._get_dataloader(data.FastRows.wrap(dataset), *args, **kwargs)
 
     # transformers 5 writes checkpoints with a model's legacy key names (ViT's
@@ -434,7 +434,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
         from . import features
 
         trainer_class, transform = features.probe_setup(
-            loaded, transform, prepared.data_report, out / "data_report.json", recipe.model
+            loaded, transform, prepared.data_report, out / "data_report.json", recipe.model, recipe.training
         )
     trainer = trainer_class(
         model=loaded.model,
@@ -448,16 +448,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     )
     world = args.world_size
     effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
-    if recipe.model.probe_solver == "lbfgs":
-        from .features import LBFGS_UNUSED
-
-        unused = [k for k in recipe.training if k in LBFGS_UNUSED]
-        logger.info("training: the head is fitted by L-BFGS, λ among %s", recipe.model.probe_l2)
-        if unused and args.process_index == 0:
-            logger.warning(
-                "training: %s do(es) not apply with model.probe_solver 'lbfgs' (no SGD loop runs)", ", ".join(unused)
-            )
-    else:
+    if recipe.model.probe_solver != "lbfgs":  # an L-BFGS head has no batches or learning rate (features.py)
         logger.info(
             "training: effective batch %d = %d per device × %d process(es) × %d accumulation step(s); "
             "learning rate %g (not rescaled for the batch size); augmentation %s",

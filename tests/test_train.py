@@ -251,7 +251,7 @@ def test_kill_9_then_rerun_gives_identical_weights(resumable, tmp_path: Path) ->
     recipe, reference = resumable
     out = tmp_path / "killed"
     proc = _start(recipe, out)
-    epoch = _first_checkpoint(out, proc)  # end of epoch 1: the kill lands in epoch 2
+    _first_checkpoint(out, proc)  # end of epoch 1: the kill lands in epoch 2
     assert proc.poll() is None and not (out / "model.safetensors").exists(), "finished before the kill"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
