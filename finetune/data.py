@@ -42,6 +42,11 @@ _LABEL_NAMES = ("label", "labels", "class", "target", "category", "fine_label", 
 _FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
 #: Bump to invalidate decode caches when the decode function changes.
 _DECODE_VERSION = "1"
+#: The decoded column of a split stored channels-last (see ``decode``): each image H×W×3,
+#: kept as an ``Array2D`` of H rows of W×3 bytes. As an ``Array3D`` of H×W×3, Arrow would
+#: store an offset per 3-byte pixel, more than doubling the cache on disk. The usual column
+#: is ``pixel_values`` (``Array3D`` 3×H×W). Two names, so no reader takes one for the other.
+HWC_COLUMN = "pixels_hwc"
 
 
 class DataError(ValueError):
@@ -472,12 +477,16 @@ class Decoder:
     The ``uint8`` way is taken only when it gives exactly the ``float`` way's bytes on a
     noise image at construction, so a processor with other steps after its resize falls
     back to the float way instead of silently caching different pixels.
+
+    ``channels_last`` stores each image as H×(W×3) in column :data:`HWC_COLUMN` (see ``decode``).
     """
 
-    def __init__(self, processor, image_column: str, label_column: str) -> None:
+    def __init__(self, processor, image_column: str, label_column: str, channels_last: bool = False) -> None:
         self.processor = processor
         self.image_column = image_column
         self.label_column = label_column
+        self.channels_last = channels_last
+        self.column = HWC_COLUMN if channels_last else "pixel_values"
         mean, std = processor_normalization(processor)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
@@ -528,6 +537,9 @@ class Decoder:
                 bad_reason.append(f"{type(err).__name__}: {first_line(err)}")
         ok = [im for im in good if im is not None]
         pixels = self.pixels(ok).numpy() if ok else None
+        if pixels is not None and self.channels_last:
+            n, c, h, w = pixels.shape
+            pixels = torch.from_numpy(pixels).permute(0, 2, 3, 1).contiguous().view(n, h, w * c).numpy()
         out_pixels, j = [], 0
         for im in good:
             if im is None:
@@ -536,16 +548,18 @@ class Decoder:
                 out_pixels.append(pixels[j])
                 j += 1
         return {
-            "pixel_values": out_pixels,
+            self.column: out_pixels,
             "labels": batch[self.label_column],
             "bad_reason": bad_reason,
             "source": [image_source(v) for v in batch[self.image_column]],
         }
 
-    def output_shape(self) -> tuple[int, int, int]:
+    def output_shape(self) -> tuple[int, ...]:
+        """The stored shape of one image: (3, H, W), or (H, W×3) channels-last."""
         from PIL import Image
 
-        return tuple(self.pixels([Image.new("RGB", (97, 61))]).shape[1:])  # type: ignore[return-value]
+        c, h, w = self.pixels([Image.new("RGB", (97, 61))]).shape[1:]
+        return (h, w * c) if self.channels_last else (c, h, w)
 
 
 def _before_to_tensor(transforms):
@@ -562,15 +576,30 @@ def _before_to_tensor(transforms):
 
 @dataclass
 class Decoded:
-    dataset: Any  # columns: pixel_values (uint8 3×H×W), labels
+    dataset: Any  # columns: pixel_values (uint8 3×H×W) or pixels_hwc (uint8 H×(W×3)), labels
     bad: list[dict[str, str]]  # {"path", "reason"}
 
 
-def decode(dataset, processor, image_column: str, label_column: str, num_proc: int | None, desc: str) -> Decoded:
-    """Decode, fix and resize every image once (a fingerprinted, cached ``datasets.map``)."""
-    from datasets import Array3D, Features, Image, Value
+def decode(
+    dataset,
+    processor,
+    image_column: str,
+    label_column: str,
+    num_proc: int | None,
+    desc: str,
+    channels_last: bool = False,
+) -> Decoded:
+    """Decode, fix and resize every image once (a fingerprinted, cached ``datasets.map``).
 
-    decoder = Decoder(processor, image_column, label_column)
+    ``channels_last`` stores H×W×3 images (column :data:`HWC_COLUMN`); :class:`FastRows`
+    still gives N×3×H×W batches, as views with channels-last strides. For a split that
+    will be randomly cropped: torch's uint8 antialiased resize works on channels-last
+    pixels, and given the usual layout it repacks its input and output, about 3× the time
+    of the resize itself (issue #6; 15 ms → 5 ms per 64 crops at 224 px on one core).
+    """
+    from datasets import Array2D, Array3D, Features, Image, Value
+
+    decoder = Decoder(processor, image_column, label_column, channels_last)
     shape = decoder.output_shape()
     # Undecoded so that one corrupt file is a row to set aside, not an exception that ends
     # iteration of the whole split (datasets #6470), and so that we apply EXIF rotation.
@@ -580,11 +609,12 @@ def decode(dataset, processor, image_column: str, label_column: str, num_proc: i
     fingerprint = hashlib.sha256(
         "|".join(
             [dataset._fingerprint, processor.to_json_string(), image_column, label_column, _DECODE_VERSION]
+            + (["hwc"] if channels_last else [])
         ).encode()
     ).hexdigest()[:32]
     features = Features(
         {
-            "pixel_values": Array3D(shape=shape, dtype="uint8"),
+            decoder.column: (Array2D if channels_last else Array3D)(shape=shape, dtype="uint8"),
             "labels": Value("int64"),
             "bad_reason": Value("string"),
             "source": Value("string"),
@@ -613,8 +643,27 @@ def decode(dataset, processor, image_column: str, label_column: str, num_proc: i
     mapped = mapped.remove_columns(["bad_reason", "source"])
     # Both datasets formatters widen the uint8 pixels to int64 (8× the bytes): the Trainer
     # reads batches through FastRows, which keeps them uint8; BatchTransform takes either.
-    mapped.set_format("numpy", columns=["pixel_values", "labels"])
+    mapped.set_format("numpy", columns=[decoder.column, "labels"])
     return Decoded(mapped, bad)
+
+
+def pixel_column(dataset) -> str | None:
+    """The decoded pixel column of a split (``pixel_values`` or :data:`HWC_COLUMN`), or None."""
+    from datasets import Array2D, Array3D
+
+    features = getattr(dataset, "features", None) or {}
+    if isinstance(features.get("pixel_values"), Array3D):
+        return "pixel_values"
+    return HWC_COLUMN if isinstance(features.get(HWC_COLUMN), Array2D) else None
+
+
+def image_size(dataset) -> tuple[int, int]:
+    """(height, width) of a decoded split's images."""
+    column = pixel_column(dataset)
+    if column is None:
+        raise ValueError("not a decoded split: no pixel_values column")
+    shape = tuple(dataset.features[column].shape)
+    return (shape[0], shape[1] // 3) if column == HWC_COLUMN else shape[1:]
 
 
 class FastRows(torch.utils.data.Dataset):
@@ -627,6 +676,8 @@ class FastRows(torch.utils.data.Dataset):
     once, from zero-copy numpy views of the memory-mapped Arrow buffers straight into the
     batch tensor (about 0.6 ms). ``__getitems__`` returns a :class:`RowBatch`: the rows a
     collator expects (views into the batch), carrying the batch itself for :func:`collate`.
+    A channels-last split (``decode(channels_last=True)``) gives the same N×3×H×W batches,
+    with channels-last strides.
     """
 
     def __init__(self, dataset) -> None:
@@ -636,9 +687,9 @@ class FastRows(torch.utils.data.Dataset):
     @classmethod
     def wrap(cls, dataset):
         """``dataset`` in a FastRows when it is a decoded split; anything else unchanged."""
-        from datasets import Array3D, Dataset
+        from datasets import Dataset
 
-        if isinstance(dataset, Dataset) and isinstance(dataset.features.get("pixel_values"), Array3D):
+        if isinstance(dataset, Dataset) and pixel_column(dataset) is not None:
             return cls(dataset)
         return dataset
 
@@ -648,22 +699,26 @@ class FastRows(torch.utils.data.Dataset):
         return {"dataset": self.dataset, "_views": None}
 
     def _arrays(self) -> _RowViews:
-        """Zero-copy (n, 3, H, W) views of each Arrow chunk's valid rows, and for every
+        """Zero-copy flat views (a row per image) of each Arrow chunk's valid rows, and for every
         physical row its chunk and its position in that chunk's view (-1: a bad image)."""
         if self._views is None:
             table = self.dataset.data  # the physical Arrow table, memory-mapped from the cache
-            shape = tuple(self.dataset.features["pixel_values"].shape)
+            column = pixel_column(self.dataset)
+            stored = tuple(self.dataset.features[column].shape)
+            h, w = image_size(self.dataset)
+            shape = (h, w, 3) if column == HWC_COLUMN else stored
             views, chunk_of, position = [], [], []
-            for c, chunk in enumerate(table.column("pixel_values").chunks):
+            for c, chunk in enumerate(table.column(column).chunks):
                 # Not chunk.to_numpy(): with a null row (a bad image, set aside by the indices
                 # mapping) datasets makes a float64 copy of the whole chunk. Null entries
                 # of a list array hold no values, so the flattened values are the valid rows.
                 storage = getattr(chunk, "storage", chunk)
                 valid = ~storage.is_null().to_numpy(zero_copy_only=False)
                 flat = storage
-                for _ in shape:
+                for _ in stored:
                     flat = flat.flatten()
-                views.append(flat.to_numpy(zero_copy_only=True).reshape(-1, *shape))
+                # One flat row per image: numpy copies an (H, W, 3) row 3 bytes at a time.
+                views.append(flat.to_numpy(zero_copy_only=True).reshape(-1, int(np.prod(shape))))
                 chunk_of.append(np.full(len(valid), c, dtype=np.int64))
                 position.append(np.where(valid, np.cumsum(valid) - 1, -1))
             # select()/shuffle() leave the table alone and add an indices mapping (e.g. after
@@ -671,6 +726,7 @@ class FastRows(torch.utils.data.Dataset):
             mapping = self.dataset._indices
             self._views = _RowViews(
                 shape=shape,
+                channels_last=column == HWC_COLUMN,
                 chunks=views,
                 chunk_of=np.concatenate(chunk_of) if chunk_of else np.zeros(0, np.int64),
                 position=np.concatenate(position) if position else np.zeros(0, np.int64),
@@ -682,8 +738,8 @@ class FastRows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index):
-        return self.dataset[index]
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> RowBatch:
         v = self._arrays()
@@ -697,9 +753,11 @@ class FastRows(torch.utils.data.Dataset):
         if len(rows) and (v.position[rows] < 0).any():
             raise IndexError("a row without pixels (a bad image) was requested")
         pixels = torch.empty((len(rows), *v.shape), dtype=torch.uint8)
-        out = pixels.numpy()
+        out = pixels.numpy().reshape(len(rows), -1)
         for k, (c, r) in enumerate(zip(v.chunk_of[rows].tolist(), v.position[rows].tolist())):
             out[k] = v.chunks[c][r]
+        if v.channels_last:
+            pixels = pixels.permute(0, 3, 1, 2)  # N×3×H×W, a view: no copy
         return RowBatch({"pixel_values": pixels, "labels": torch.from_numpy(v.labels[rows].astype(np.int64))})
 
 
@@ -707,8 +765,9 @@ class FastRows(torch.utils.data.Dataset):
 class _RowViews:
     """What FastRows reads a batch from (built once per process, never pickled)."""
 
-    shape: tuple[int, ...]
-    chunks: list[np.ndarray]  # per Arrow chunk: (valid rows, *shape) uint8, zero-copy
+    shape: tuple[int, ...]  # of one image: (3, H, W), or (H, W, 3) when channels_last
+    channels_last: bool
+    chunks: list[np.ndarray]  # per Arrow chunk: (valid rows, pixels per image) uint8, zero-copy
     chunk_of: np.ndarray  # per physical row: its chunk
     position: np.ndarray  # per physical row: its index in that chunk's view, -1 for a bad image
     labels: np.ndarray  # per physical row
@@ -762,6 +821,23 @@ def _unused(buffer: torch.Tensor) -> bool:
         return False
 
 
+def _resized_crop_uint8(image: torch.Tensor, top: int, left: int, height: int, width: int, size: list[int], antialias: bool) -> torch.Tensor:
+    """``v2.functional.resized_crop`` for a uint8 image on CPU with bilinear interpolation,
+    the same bytes: torchvision crops by slicing and resizes with ``interpolate`` on the
+    uint8 pixels (torch's antialiased uint8 kernel). Called directly, for speed (issue #6):
+    torchvision's dispatch costs about 30 µs per image, and for a cropped channels-last
+    image its 1-image batch hides the layout, so the kernel repacks its output
+    (pytorch#68430, worked around in torchvision only for uncropped images).
+    """
+    if (height, width) == tuple(size):
+        return image[:, top : top + height, left : left + width]  # torchvision does not resize then
+    # As one image of a batch, with a batch stride that keeps the layout visible.
+    extent = max(n * stride for n, stride in zip(image.shape, image.stride()))
+    batch = image.as_strided((1, *image.shape), (extent, *image.stride()))
+    crop = batch[:, :, top : top + height, left : left + width]
+    return torch.nn.functional.interpolate(crop, size=size, mode="bilinear", align_corners=False, antialias=antialias)[0]
+
+
 class BatchTransform:
     """uint8 batches → normalised float batches on the batch's device; augments in training.
 
@@ -790,6 +866,8 @@ class BatchTransform:
         self.scale = (1.0 / (255.0 * std_t)).float()
         self.shift = (-torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1) / std_t).float()
         steps = []
+        #: (height, width) of training crops; None: images keep their size.
+        self.crop_size = tuple(size) if augment is not None and augment.crop_scale is not None else None
         if augment is not None and augment.crop_scale is not None:
             steps.append(v2.RandomResizedCrop(size, scale=tuple(augment.crop_scale), antialias=True))
         if augment is not None and augment.hflip:
@@ -801,8 +879,13 @@ class BatchTransform:
         pixels = torch.as_tensor(pixels)
         if pixels.is_floating_point():  # already normalised (e.g. a caller's own tensors)
             return pixels
-        out = self._output(pixels)
-        if train and self.augment is not None:
+        augment = train and self.augment is not None
+        shape = tuple(pixels.shape)
+        if augment and self.crop_size is not None and len(shape) == 4:
+            shape = (*shape[:2], *self.crop_size)  # crops come out at the transform's size
+        out = self._output(shape, pixels.device)
+        scale, shift = self.scale.to(out.device), self.shift.to(out.device)
+        if augment:
             # Given a seed, the draws depend on it alone (the Trainer derives it from the
             # training step), so a run resumed mid-epoch augments exactly like one that never
             # stopped (issue #5); the global generator is left as it was.
@@ -811,18 +894,24 @@ class BatchTransform:
             # Issue #6: each image is a small tensor, and on CPU splitting each of its ops
             # across intra-op threads costs more than it saves (5-25× slower on a busy
             # 2-core machine), so the per-image loop runs on one thread.
+            on_cpu = pixels.device.type == "cpu"
             with rng, _one_cpu_thread(pixels.device):
                 if seed is not None:
                     torch.manual_seed(seed)
                 for i, image in enumerate(pixels):
-                    out[i].copy_(self._augment_one(image))  # uint8 → float, into the batch
+                    one = out[i]
+                    one.copy_(self._augment_one(image))  # uint8 → float, into the batch
+                    if on_cpu:  # normalised while the image is still in the CPU's cache
+                        one.mul_(scale[0]).add_(shift[0])
+            if on_cpu:
+                return out
         else:
             out.copy_(pixels)
         # Normalised in place: no batch-sized temporaries (issue #6).
-        return out.mul_(self.scale.to(out.device)).add_(self.shift.to(out.device))
+        return out.mul_(scale).add_(shift)
 
-    def _output(self, pixels: torch.Tensor) -> torch.Tensor:
-        """A float32 tensor of ``pixels``' shape to write the batch into.
+    def _output(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """A float32 tensor of ``shape`` on ``device`` to write the batch into.
 
         On CPU a fresh batch-sized tensor is the single largest cost of normalisation: a
         float batch of 64 images at 224 px (38 MB) is above glibc's largest mmap threshold,
@@ -834,11 +923,10 @@ class BatchTransform:
         Two buffers per mode: a loop ``x = transform(batch)`` still holds the last batch
         while it asks for the next. GPUs have a caching allocator and need none of this.
         """
-        shape = tuple(pixels.shape)
         if len(shape) != 4:
-            return torch.empty(shape, dtype=torch.float32, device=pixels.device)
-        if pixels.device.type != "cpu":
-            return torch.empty(shape, dtype=torch.float32, device=pixels.device, memory_format=self.memory_format)
+            return torch.empty(shape, dtype=torch.float32, device=device)
+        if device.type != "cpu":
+            return torch.empty(shape, dtype=torch.float32, device=device, memory_format=self.memory_format)
         # An inference-mode tensor may not be saved for backward: separate buffers per mode.
         pool = self._buffers.setdefault(torch.is_inference_mode_enabled(), [])
         free = [i for i, b in enumerate(pool) if _unused(b)]
@@ -863,10 +951,16 @@ class BatchTransform:
             if isinstance(step, v2.RandomResizedCrop):
                 make_params = getattr(step, "make_params", None) or step._get_params  # torchvision < 0.21
                 p = make_params([image])
-                image = F.resized_crop(
-                    image, p["top"], p["left"], p["height"], p["width"], step.size,
-                    interpolation=step.interpolation, antialias=step.antialias,
-                )
+                top, left, height, width = p["top"], p["left"], p["height"], p["width"]
+                # torchvision keeps the mode as an InterpolationMode or, since 0.2x, its string.
+                bilinear = getattr(step.interpolation, "value", step.interpolation) == "bilinear"
+                if image.device.type == "cpu" and image.dtype == torch.uint8 and bilinear:
+                    image = _resized_crop_uint8(image, top, left, height, width, list(step.size), step.antialias)
+                else:
+                    image = F.resized_crop(
+                        image, top, left, height, width, step.size,
+                        interpolation=step.interpolation, antialias=step.antialias,
+                    )
             elif isinstance(step, v2.RandomHorizontalFlip):
                 if torch.rand(1) < step.p:  # v2 applies the flip unless rand >= p
                     image = F.horizontal_flip(image)

@@ -233,7 +233,7 @@ def evaluate_saved(
         print(f"finetune: warning: cannot read {item['path']} ({item['reason']}); left out", file=sys.stderr)
 
     mean, std = data.processor_normalization(saved.processor)
-    size = tuple(images[0]["pixel_values"].shape[-2:])
+    size = data.image_size(images)
     transform = data.BatchTransform(mean, std, size, None)
     accumulator = metrics.MetricAccumulator(["accuracy"], len(saved.class_names))
     model, device = saved.model, saved.device

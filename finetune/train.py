@@ -312,8 +312,15 @@ def prepare_data(recipe: Recipe, processor, seed: int) -> Prepared:
     raw = data.load_raw(cfg)
     splits = data.make_splits(raw, cfg, seed)
     workers = cfg.preprocessing_num_workers
+    # Issue #6: a split that is randomly cropped every step is stored channels-last, the
+    # layout torch's uint8 resize works in (data.decode); the others as the model takes them.
+    crops = cfg.augment.crop_scale is not None and not (
+        recipe.model.strategy == "linear_probe" and recipe.model.feature_cache
+    )
     decoded = {
-        "train": data.decode(splits.train, processor, splits.image_column, splits.label_column, workers, "decoding train"),
+        "train": data.decode(
+            splits.train, processor, splits.image_column, splits.label_column, workers, "decoding train", channels_last=crops
+        ),
     }
     if splits.validation is not None:
         decoded["validation"] = data.decode(
@@ -413,7 +420,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     loaded = model_lib.load_model(recipe.model, splits.class_names, processor)
     logger.info(model_lib.describe_strategy(loaded, recipe.model))
     mean, std = data.processor_normalization(processor)
-    size = tuple(prepared.train[0]["pixel_values"].shape[-2:])
+    size = data.image_size(prepared.train)
     augment = recipe.data.augment
     # Issue #6: channels-last for convolutional models on GPUs; attention is transformers'
     # default for the model (SDPA where the model has it).

@@ -232,6 +232,25 @@ def test_decode_is_cached_by_fingerprint(processor) -> None:
     assert first._fingerprint == second._fingerprint
 
 
+def test_a_channels_last_decode_gives_the_same_batches(processor) -> None:
+    # Issue #6: a split that is randomly cropped every step is stored H×W×3, the layout of
+    # torch's uint8 resize; FastRows still gives N×3×H×W batches of the same values.
+    raw = labelled([3, 4])["train"]
+    plain = data.decode(raw, processor, "image", "label", None, "chw").dataset
+    last = data.decode(raw, processor, "image", "label", None, "hwc", channels_last=True).dataset
+    assert data.pixel_column(plain) == "pixel_values" and data.pixel_column(last) == data.HWC_COLUMN
+    assert last._fingerprint != plain._fingerprint  # two caches, never one read as the other
+    assert data.image_size(last) == data.image_size(plain) == tuple(plain[0]["pixel_values"].shape[1:])
+    indices = [6, 0, 3, 3, 1]
+    a = data.collate(data.FastRows(plain).__getitems__(indices))
+    b = data.collate(data.FastRows(last).__getitems__(indices))
+    assert b["pixel_values"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["labels"], b["labels"])
+    assert torch.equal(data.FastRows(last)[6]["pixel_values"], a["pixel_values"][0])
+    # No bigger on disk: stored as H×W×3 Arrow would keep an offset for every pixel.
+    assert last.data.nbytes <= plain.data.nbytes * 1.05
+
+
 # --------------------------------------------------------------------- images to RGB
 
 

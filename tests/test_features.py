@@ -296,13 +296,22 @@ def test_fast_rows_skip_bad_images_left_in_the_arrow_table(tiny_vit: Path, tmp_p
     assert torch.equal(data.collate(clone.__getitems__(indices))["pixel_values"], batch["pixel_values"])
 
 
-def test_batch_augmentation_draws_exactly_what_the_v2_compose_draws() -> None:
+@pytest.mark.parametrize("size", [(32, 48), (24, 40)])  # crops resized up; and down in height
+def test_batch_augmentation_draws_exactly_what_the_v2_compose_draws(size: tuple[int, int]) -> None:
     from finetune.recipe import AugmentConfig
 
-    t = data.BatchTransform([0.5] * 3, [0.5] * 3, (32, 32), AugmentConfig(crop_scale=[0.08, 1.0], hflip=True))
-    pixels = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    t = data.BatchTransform([0.4] * 3, [0.2] * 3, size, AugmentConfig(crop_scale=[0.08, 1.0], hflip=True))
+    pixels = torch.randint(0, 256, (12, 3, 32, 48), dtype=torch.uint8)
+    channels_last = pixels.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # as data.decode stores crops
     torch.manual_seed(3)
     composed = torch.stack([t.augment(image) for image in pixels])
-    torch.manual_seed(3)
-    direct = torch.stack([t._augment_one(image) for image in pixels])
-    assert torch.equal(composed, direct)
+    for layout in (pixels, channels_last):
+        torch.manual_seed(3)
+        direct = torch.stack([t._augment_one(image) for image in layout])
+        assert torch.equal(composed, direct)
+    # Whole batches, either layout: the compose's images, normalised.
+    torch.manual_seed(9)
+    expected = (torch.stack([t.augment(image) for image in pixels]).float() / 255 - 0.4) / 0.2
+    for layout in (pixels, channels_last):
+        batch = t(layout, train=True, seed=9)
+        assert batch.shape == (12, 3, *size) and torch.allclose(batch, expected, atol=1e-5)
