@@ -591,7 +591,7 @@ def decode(
 ) -> Decoded:
     """Decode, fix and resize every image once (a fingerprinted, cached ``datasets.map``).
 
-    ``channels_last`` stores H×W×3 images (column :data:`HWC_COLUMN`); :class:`FastRows`
+    ``channels_last`` stores each image's bytes in H×W×3 order (column :data:`HWC_COLUMN`); :class:`FastRows`
     still gives N×3×H×W batches, as views with channels-last strides. For a split that
     will be randomly cropped: torch's uint8 antialiased resize works on channels-last
     pixels, and given the usual layout it repacks its input and output, about 3× the time

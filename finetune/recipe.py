@@ -78,6 +78,11 @@ class ModelConfig:
     #: ConvNeXt, EfficientNet; not ViT-like models) on CUDA, without FSDP or DeepSpeed.
     channels_last: bool | None = None
 
+    @property
+    def caches_features(self) -> bool:
+        """A linear probe on cached features: the backbone runs once, without augmentation."""
+        return self.strategy == "linear_probe" and self.feature_cache
+
 
 @dataclass
 class AugmentConfig:
@@ -281,7 +286,7 @@ def _validate(recipe: Recipe, source: str) -> None:
     if m.strategy == "partial" and m.unfreeze_last_n < 1:
         raise RecipeError(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
     if m.probe_solver == "lbfgs":
-        if m.strategy != "linear_probe" or not m.feature_cache:
+        if not m.caches_features:
             raise RecipeError(
                 f"{source}: 'model.probe_solver' 'lbfgs' fits the head on cached features, so it needs "
                 "'model.strategy' 'linear_probe' and 'model.feature_cache' true"

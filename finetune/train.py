@@ -314,9 +314,7 @@ def prepare_data(recipe: Recipe, processor, seed: int) -> Prepared:
     workers = cfg.preprocessing_num_workers
     # Issue #6: a split that is randomly cropped every step is stored channels-last, the
     # layout torch's uint8 resize works in (data.decode); the others as the model takes them.
-    crops = cfg.augment.crop_scale is not None and not (
-        recipe.model.strategy == "linear_probe" and recipe.model.feature_cache
-    )
+    crops = cfg.augment.crop_scale is not None and not recipe.model.caches_features
     decoded = {
         "train": data.decode(
             splits.train, processor, splits.image_column, splits.label_column, workers, "decoding train", channels_last=crops
@@ -436,7 +434,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     transform = data.BatchTransform(mean, std, size, augment, channels_last=channels_last)
     accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
     trainer_class: Callable[..., Trainer] = FinetuneTrainer
-    if recipe.model.strategy == "linear_probe" and recipe.model.feature_cache:
+    if recipe.model.caches_features:
         # Issue #6: the frozen backbone runs once; the head trains on cached features.
         from . import features
 
