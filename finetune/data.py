@@ -19,6 +19,7 @@ The path:
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import logging
@@ -842,6 +843,17 @@ def _resized_crop_uint8(image: torch.Tensor, top: int, left: int, height: int, w
     return torch.nn.functional.interpolate(crop, size=size, mode="bilinear", align_corners=False, antialias=antialias)[0]
 
 
+def _presets() -> dict[str, Any]:
+    from torchvision.transforms import v2
+
+    return {
+        "trivial_augment": v2.TrivialAugmentWide,
+        "rand_augment": v2.RandAugment,
+        "auto_augment": lambda **kw: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, **kw),
+        "augmix": v2.AugMix,
+    }
+
+
 class BatchTransform:
     """uint8 batches → normalised float batches on the batch's device; augments in training.
 
@@ -876,14 +888,34 @@ class BatchTransform:
             steps.append(v2.RandomResizedCrop(size, scale=tuple(augment.crop_scale), antialias=True))
         if augment is not None and augment.hflip:
             steps.append(v2.RandomHorizontalFlip())
+        if augment is not None and augment.preset is not None:
+            # Bilinear, as torchvision's classification reference recipes build them.
+            steps.append(_presets()[augment.preset](interpolation=v2.InterpolationMode.BILINEAR))
+        #: The steps on uint8 pixels (crop, flip, policy); None: none.
         self.augment = v2.Compose(steps) if steps else None
+        #: Random erasing, on each normalised image (in place); None: off.
+        self.erase = (
+            v2.RandomErasing(p=augment.random_erasing, inplace=True)
+            if augment is not None and augment.random_erasing > 0
+            else None
+        )
         self._buffers: dict[bool, list[torch.Tensor]] = {}
+
+    @property
+    def augments(self) -> bool:
+        return self.augment is not None or self.erase is not None
+
+    def without_augmentation(self) -> BatchTransform:
+        """A copy that only normalises (sharing this one's buffers)."""
+        plain = copy.copy(self)
+        plain.augment, plain.erase, plain.crop_size = None, None, None
+        return plain
 
     def __call__(self, pixels: torch.Tensor, train: bool, seed: int | None = None) -> torch.Tensor:
         pixels = torch.as_tensor(pixels)
         if pixels.is_floating_point():  # already normalised (e.g. a caller's own tensors)
             return pixels
-        augment = train and self.augment is not None
+        augment = train and self.augments
         shape = tuple(pixels.shape)
         if augment and self.crop_size is not None and len(shape) == 4:
             shape = (*shape[:2], *self.crop_size)  # crops come out at the transform's size
@@ -898,7 +930,6 @@ class BatchTransform:
             # Issue #6: each image is a small tensor, and on CPU splitting each of its ops
             # across intra-op threads costs more than it saves (5-25× slower on a busy
             # 2-core machine), so the per-image loop runs on one thread.
-            on_cpu = pixels.device.type == "cpu"
             scale_one, shift_one = scale[0], shift[0]
             with rng, _one_cpu_thread(pixels.device):
                 if seed is not None:
@@ -906,12 +937,12 @@ class BatchTransform:
                 for i, image in enumerate(pixels):
                     one = out[i]
                     one.copy_(self._augment_one(image))  # uint8 → float, into the batch
-                    if on_cpu:  # normalised while the image is still in the CPU's cache
-                        one.mul_(scale_one).add_(shift_one)
-            if on_cpu:
-                return out
-        else:
-            out.copy_(pixels)
+                    # Normalised while the image is still in the CPU's cache (issue #6).
+                    one.mul_(scale_one).add_(shift_one)
+                    if self.erase is not None:
+                        self.erase(one)
+            return out
+        out.copy_(pixels)
         # Normalised in place: no batch-sized temporaries (issue #6).
         return out.mul_(scale).add_(shift)
 
@@ -952,7 +983,7 @@ class BatchTransform:
         from torchvision.transforms import v2
         from torchvision.transforms.v2 import functional as F
 
-        for step in self.augment.transforms:
+        for step in self.augment.transforms if self.augment is not None else []:
             if isinstance(step, v2.RandomResizedCrop):
                 make_params = getattr(step, "make_params", None) or step._get_params  # torchvision < 0.21
                 p = make_params([image])
@@ -974,16 +1005,18 @@ class BatchTransform:
         return image
 
     def describe(self) -> str:
-        if self.augment is None:
+        if not self.augments:
             return "none"
         from torchvision.transforms import v2
 
         parts = []
-        for t in self.augment.transforms:
+        for t in self.augment.transforms if self.augment is not None else []:
             if isinstance(t, v2.RandomResizedCrop):
                 parts.append(f"random resized crop (scale {t.scale[0]:g}-{t.scale[1]:g})")
             elif isinstance(t, v2.RandomHorizontalFlip):
                 parts.append("horizontal flip")
             else:
                 parts.append(type(t).__name__)
+        if self.erase is not None:
+            parts.append(f"random erasing (p={self.erase.p:g})")
         return ", ".join(parts) + " (per image, batch-wise)"

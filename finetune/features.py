@@ -39,7 +39,6 @@ gathered, so the work is split across ranks instead of repeated on each one.
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import logging
 import os
@@ -340,7 +339,7 @@ def probe_setup(
             f"model.feature_cache: the linear probe also trains {', '.join(others[:3])}"
             f"{' …' if len(others) > 3 else ''}, outside the final Linear layer; {_FALSE_HINT}"
         )
-    if transform.augment is not None:
+    if transform.augments:
         from accelerate import PartialState
 
         note = AUGMENT_NOTE.format(augment=transform.describe())
@@ -351,8 +350,7 @@ def probe_setup(
             notes.append(note)
         if report_path is not None and PartialState().is_main_process:
             write_json(Path(report_path), data_report)
-        transform = copy.copy(transform)
-        transform.augment = None
+        transform = transform.without_augmentation()
     if model_cfg.probe_solver == "lbfgs":
         from accelerate import PartialState
 

@@ -92,6 +92,14 @@ class AugmentConfig:
     crop_scale: list[float] | None = field(default_factory=lambda: [0.5, 1.0])
     #: Horizontal flips: right for natural photos, wrong for digits or text.
     hflip: bool = True
+    #: An automatic augmentation policy of torchvision, after crop and flip, on the uint8
+    #: pixels: "trivial_augment" (TrivialAugmentWide, Müller & Hutter 2021), "rand_augment"
+    #: (RandAugment, 2 ops at magnitude 9, Cubuk et al. 2020), "auto_augment" (AutoAugment's
+    #: ImageNet policy, Cubuk et al. 2019) or "augmix" (Hendrycks et al. 2020). null: none.
+    preset: Literal["trivial_augment", "rand_augment", "auto_augment", "augmix"] | None = None
+    #: Probability of random erasing (Zhong et al. 2020) of a rectangle in each normalised
+    #: image, as torchvision's and DeiT's recipes apply it last; 0: off.
+    random_erasing: float = 0.0
 
 
 @dataclass
@@ -282,6 +290,11 @@ def _validate(recipe: Recipe, source: str) -> None:
     if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
         raise RecipeError(
             f"{source}: 'data.augment.crop_scale' must be [min, max] with 0 < min <= max <= 1, got {scale}"
+        )
+    if not 0 <= d.augment.random_erasing <= 1:
+        raise RecipeError(
+            f"{source}: 'data.augment.random_erasing' is a probability: use a number in [0, 1], "
+            f"got {d.augment.random_erasing}"
         )
     if m.strategy == "partial" and m.unfreeze_last_n < 1:
         raise RecipeError(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")

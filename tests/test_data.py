@@ -353,6 +353,27 @@ def test_batch_transform_augments_each_image_independently() -> None:
     assert torch.allclose(evaluated[0], pixels[0].float() / 127.5 - 1, atol=1e-6)
 
 
+@pytest.mark.parametrize("preset", ["trivial_augment", "rand_augment", "auto_augment", "augmix"])
+def test_augmentation_presets_and_random_erasing(preset: str) -> None:
+    pixels = torch.randint(0, 256, (6, 3, 20, 24), dtype=torch.uint8)
+    channels_last = pixels.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    augment = AugmentConfig(crop_scale=[0.5, 1.0], hflip=True, preset=preset, random_erasing=1.0)
+    t = data.BatchTransform([0.5] * 3, [0.25] * 3, (16, 16), augment)
+    assert f"horizontal flip, {type(t.augment.transforms[2]).__name__}, random erasing (p=1)" in t.describe()
+    out = t(pixels, train=True, seed=3).clone()
+    assert out.shape == (6, 3, 16, 16)
+    # Seeded like the rest (exact resume), the same from either cache layout.
+    assert torch.equal(out, t(channels_last, train=True, seed=3)) and not torch.equal(out, t(pixels, train=True, seed=4))
+    # Erasing comes after normalisation: each image has a rectangle of 0, the mean colour.
+    assert all((image == 0).all(dim=0).sum() >= 4 for image in out)
+    # Evaluation, and a transform without augmentation, only normalise.
+    plain = (pixels.float() / 255 - 0.5) / 0.25
+    assert torch.allclose(t(pixels, train=False), plain, atol=1e-5)
+    bare = t.without_augmentation()
+    assert not bare.augments and bare.describe() == "none" and t.augments
+    assert torch.allclose(bare(pixels, train=True, seed=3), plain, atol=1e-5)
+
+
 def test_batch_transform_reuses_its_buffer_only_when_nothing_can_read_it() -> None:
     t = data.BatchTransform([0.5] * 3, [0.5] * 3, (8, 8), None)
     batches = [torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8) for _ in range(5)]

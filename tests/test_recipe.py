@@ -56,7 +56,9 @@ def test_defaults_are_filled_in() -> None:
     recipe = recipe_from_dict(base())
     assert recipe.model.strategy == "full"
     assert recipe.data.validation_fraction == 0.1 and recipe.data.eval_split == "test"
-    assert recipe.to_dict()["data"]["augment"] == {"crop_scale": [0.5, 1.0], "hflip": True}
+    assert recipe.to_dict()["data"]["augment"] == {
+        "crop_scale": [0.5, 1.0], "hflip": True, "preset": None, "random_erasing": 0.0
+    }
 
 
 @pytest.mark.parametrize(
@@ -83,6 +85,7 @@ def test_unknown_keys_suggest_the_right_one(patch: dict, needle: str) -> None:
         ({"training": {"num_train_epochs": True}}, "training.num_train_epochs"),
         ({"training": {"eval_strategy": "sometimes"}}, "training.eval_strategy"),
         ({"model": {"name_or_path": "m", "strategy": "half"}}, "model.strategy"),
+        ({"data": {"dataset": "x", "augment": {"preset": "randaugment"}}}, "data.augment.preset"),
         ({"data": {"dataset": "x", "max_train_samples": 1.5}}, "data.max_train_samples"),
         ({"metrics": "accuracy"}, "metrics"),
     ],
@@ -120,6 +123,7 @@ def test_wrong_types_name_the_key(patch: dict, key: str) -> None:
             "the reported split must not pick them",
         ),
         ({"model": {"name_or_path": "m", "strategy": "linear_probe", "probe_solver": "lbfgs", "probe_max_iter": 0}}, ">= 1"),
+        ({"data": {"dataset": "x", "augment": {"random_erasing": 1.5}}}, "'data.augment.random_erasing' is a probability"),
     ],
 )
 def test_checks_between_keys(patch: dict, needle: str) -> None:
