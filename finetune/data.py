@@ -11,9 +11,11 @@ The path:
 4. ``decode``: one batched ``datasets.map`` pass turns every image into a uint8 tensor of
    the model's input size, exactly as the model's image processor would (EXIF rotation
    first, any mode to RGB, bad files set aside, not fatal), fingerprinted so a re-run
-   reuses the cache.
-5. ``BatchTransform``: augmentation and normalisation on whole batches on the training
-   device with ``torchvision.transforms.v2`` — no per-image PIL work in the training loop.
+   reuses the cache; channels-last for a split that is randomly cropped. ``FastRows``
+   gathers a batch from the memory-mapped cache in one copy per image.
+5. ``BatchTransform``: augmentation (crop, flip, an automatic policy, random erasing) and
+   normalisation of whole batches on the training device with ``torchvision.transforms.v2``
+   — no per-image PIL work in the training loop.
 """
 
 from __future__ import annotations
@@ -903,6 +905,7 @@ class BatchTransform:
 
     @property
     def augments(self) -> bool:
+        """Whether training batches are augmented at all."""
         return self.augment is not None or self.erase is not None
 
     def without_augmentation(self) -> BatchTransform:
