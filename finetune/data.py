@@ -664,7 +664,7 @@ def image_size(dataset) -> tuple[int, int]:
     """(height, width) of a decoded split's images."""
     column = pixel_column(dataset)
     if column is None:
-        raise ValueError("not a decoded split: no pixel_values column")
+        raise ValueError(f"not a decoded split: no 'pixel_values' or '{HWC_COLUMN}' column")
     shape = tuple(dataset.features[column].shape)
     return (shape[0], shape[1] // 3) if column == HWC_COLUMN else shape[1:]
 
