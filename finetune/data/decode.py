@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import compat
 from ..util import first_line
 from .images import image_source, open_image, to_rgb
 
@@ -189,7 +190,7 @@ def decode(
         dataset = dataset.cast_column(image_column, Image(decode=False))
     fingerprint = hashlib.sha256(
         "|".join(
-            [dataset._fingerprint, processor.to_json_string(), image_column, label_column, _DECODE_VERSION]
+            [compat.dataset_fingerprint(dataset), processor.to_json_string(), image_column, label_column, _DECODE_VERSION]
             + (["hwc"] if channels_last else [])
         ).encode()
     ).hexdigest()[:32]

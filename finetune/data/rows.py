@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import compat
 from .decode import HWC_COLUMN, image_size, pixel_column
 
 
@@ -66,9 +67,6 @@ class FastRows(torch.utils.data.Dataset):
                 views.append(flat.to_numpy(zero_copy_only=True).reshape(-1, int(np.prod(shape))))
                 chunk_of.append(np.full(len(valid), c, dtype=np.int64))
                 position.append(np.where(valid, np.cumsum(valid) - 1, -1))
-            # select()/shuffle() leave the table alone and add an indices mapping (e.g. after
-            # setting bad files aside): logical row i is physical row physical[i].
-            mapping = self.dataset._indices
             self._views = _RowViews(
                 shape=shape,
                 channels_last=column == HWC_COLUMN,
@@ -76,7 +74,9 @@ class FastRows(torch.utils.data.Dataset):
                 chunk_of=np.concatenate(chunk_of) if chunk_of else np.zeros(0, np.int64),
                 position=np.concatenate(position) if position else np.zeros(0, np.int64),
                 labels=table.column("labels").to_numpy(),
-                physical=mapping.column(0).to_numpy() if mapping is not None else None,
+                # select() leaves the table alone and maps rows (e.g. after setting bad
+                # files aside): logical row i is physical row physical[i].
+                physical=compat.physical_rows(self.dataset),
             )
         return self._views
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .. import compat
 from ..recipe import AugmentConfig
 
 
@@ -23,15 +24,6 @@ def _one_cpu_thread(device: torch.device):
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _unused(buffer: torch.Tensor) -> bool:
-    """True when no tensor but ``buffer`` itself holds its storage. The temporary storage
-    object made for the query counts one; an unknown torch without the query says no."""
-    try:
-        return torch._C._storage_Use_Count(buffer.untyped_storage()._cdata) <= 2
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _resized_crop_uint8(image: torch.Tensor, top: int, left: int, height: int, width: int, size: list[int], antialias: bool) -> torch.Tensor:
@@ -167,8 +159,7 @@ class BatchTransform:
         so every batch is a new mapping and 9,400 page faults, 4-5× the arithmetic itself.
         So buffers are reused, but only when nothing else can still read them: callers get
         a view, and while any view (a Python reference, an autograd graph that saved the
-        input, a numpy array) is alive, the storage's use count shows it.
-        PyTorch's CUDA-graph trees check their outputs the same way before reusing memory.
+        input, a numpy array) is alive, the storage is shared (``compat.storage_shared``).
         Two buffers per mode: a loop ``x = transform(batch)`` still holds the last batch
         while it asks for the next. GPUs have a caching allocator and need none of this.
         """
@@ -178,7 +169,7 @@ class BatchTransform:
             return torch.empty(shape, dtype=torch.float32, device=device, memory_format=self.memory_format)
         # An inference-mode tensor may not be saved for backward: separate buffers per mode.
         pool = self._buffers.setdefault(torch.is_inference_mode_enabled(), [])
-        free = [i for i, b in enumerate(pool) if _unused(b)]
+        free = [i for i, b in enumerate(pool) if not compat.storage_shared(b)]
         for i in free:
             if pool[i].shape[1:] == shape[1:] and pool[i].shape[0] >= shape[0]:
                 return pool[i][: shape[0]]  # a short last batch takes the front of a full one
