@@ -64,3 +64,8 @@ def storage_shared(tensor) -> bool:
         return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata) > 2
     except (AttributeError, RuntimeError):
         return True
+
+
+# --- torchvision
+# None: ``Transform.make_params`` is public since torchvision 0.21, the lower bound in
+# pyproject.toml (it replaced the private ``_get_params``).

@@ -189,8 +189,7 @@ class BatchTransform:
 
         for step in self.augment.transforms if self.augment is not None else []:
             if isinstance(step, v2.RandomResizedCrop):
-                make_params = getattr(step, "make_params", None) or step._get_params  # torchvision < 0.21
-                p = make_params([image])
+                p = step.make_params([image])
                 top, left, height, width = p["top"], p["left"], p["height"], p["width"]
                 # torchvision keeps the mode as an InterpolationMode or, since 0.2x, its string.
                 bilinear = getattr(step.interpolation, "value", step.interpolation) == "bilinear"
