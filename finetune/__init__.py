@@ -1,7 +1,7 @@
 """finetune: recipe-driven fine-tuning of pretrained image classifiers.
 
 The path from command to result is one module per step:
-recipe.py → data.py → model.py → train.py (Trainer) → metrics.py → card.py → hub.py,
+recipe.py → data/ → model.py → train.py (Trainer) → metrics.py → card.py → hub.py,
 driven by run.py.
 """
 

@@ -26,7 +26,7 @@ from typing import IO, Any, Iterator
 
 from .util import first_line, write_json
 
-#: Recipe keys named in data.py's messages → the options of `finetune eval` that set them.
+#: Recipe keys named in the data package's messages → the options of `finetune eval` that set them.
 _CLI_NAMES = {
     "data.image_column": "--image-column",
     "data.label_column": "--label-column",
@@ -131,7 +131,7 @@ def default_report_dir(output_dir: Path, dataset: str, split: str) -> Path:
 
 
 def _cli_message(err: BaseException) -> str:
-    """data.py speaks in recipe keys; `finetune eval` users set them with options."""
+    """The data package speaks in recipe keys; `finetune eval` users set them with options."""
     message = str(err)
     for key, option in _CLI_NAMES.items():
         message = message.replace(key, option)

@@ -53,7 +53,7 @@ def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArgume
         # Without an accelerator, say so: under a multi-process launcher accelerate then
         # joins the ranks with gloo instead of running N independent single-process jobs.
         "use_cpu": not accelerator,
-        # Per-epoch scores on the validation piece (never on the eval split): see data.py.
+        # Per-epoch scores on the validation piece (never on the eval split): see data/splits.py.
         "eval_strategy": "epoch" if has_validation else "no",
         "save_strategy": "epoch",
         "logging_strategy": "steps",

@@ -1,0 +1,61 @@
+"""Data: load a labelled image set with `datasets`, split it honestly, decode it once.
+
+The path, a module per step:
+1. ``sources.load_raw``: a Hub id, a local folder (image folder or Hub layout), data files,
+   or ``builtin:digits`` → a ``DatasetDict``.
+2. ``columns.find_columns`` / ``encode_labels``: the image column (``Image`` feature) and
+   the label column (``ClassLabel``, or strings turned into classes).
+3. ``splits.make_splits``: train, a stratified seeded validation piece of train (for
+   per-epoch scores and model selection), and the eval split (reported once at the end).
+   Pure functions of the labels and the seed, so identical on every process and every re-run.
+4. ``decode.decode``: one batched ``datasets.map`` pass turns every image into a uint8
+   tensor of the model's input size, exactly as the model's image processor would (EXIF
+   rotation first, any mode to RGB, bad files set aside, not fatal: ``images``),
+   fingerprinted so a re-run reuses the cache; channels-last for a split that is randomly
+   cropped. ``rows.FastRows`` gathers a batch from the memory-mapped cache in one copy per
+   image.
+5. ``transforms.BatchTransform``: augmentation (crop, flip, an automatic policy, random
+   erasing) and normalisation of whole batches on the training device with
+   ``torchvision.transforms.v2`` — no per-image PIL work in the training loop.
+
+Everything the other steps use is importable from here (``from finetune import data``).
+"""
+
+from .columns import column, encode_labels, find_columns
+from .decode import HWC_COLUMN, Decoded, Decoder, decode, image_size, pixel_column, processor_normalization
+from .images import image_source, open_image, to_rgb
+from .rows import FastRows, RowBatch, collate
+from .sources import IMAGE_EXTENSIONS, JUNK_DIRS, JUNK_FILES, DataError, count_junk, is_junk, load_raw
+from .splits import Splits, balanced_sample, make_splits, stratified_sample
+from .transforms import BatchTransform
+
+__all__ = [
+    "BatchTransform",
+    "DataError",
+    "Decoded",
+    "Decoder",
+    "FastRows",
+    "HWC_COLUMN",
+    "IMAGE_EXTENSIONS",
+    "JUNK_DIRS",
+    "JUNK_FILES",
+    "RowBatch",
+    "Splits",
+    "balanced_sample",
+    "collate",
+    "column",
+    "count_junk",
+    "decode",
+    "encode_labels",
+    "find_columns",
+    "image_size",
+    "image_source",
+    "is_junk",
+    "load_raw",
+    "make_splits",
+    "open_image",
+    "pixel_column",
+    "processor_normalization",
+    "stratified_sample",
+    "to_rgb",
+]

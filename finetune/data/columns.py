@@ -1,0 +1,115 @@
+"""Which columns hold the images and the labels, and the labels as classes shared by every split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..recipe import DataConfig
+from .sources import DataError, looks_like_image_paths
+
+_LABEL_NAMES = ("label", "labels", "class", "target", "category", "fine_label", "coarse_label")
+
+
+def find_columns(dataset, cfg: DataConfig) -> tuple[str, str]:
+    """The image and label columns: named in the recipe, else found from the features."""
+    from datasets import ClassLabel, Image, Value
+
+    features = dataset.features
+    columns = list(features)
+
+    def check(key: str, value: str | None) -> None:
+        if value is not None and value not in features:
+            raise DataError(f"data.{key}: no column '{value}' in the data; columns are: {', '.join(columns)}")
+
+    check("image_column", cfg.image_column)
+    check("label_column", cfg.label_column)
+    image = cfg.image_column
+    if image is None:
+        found = [c for c, f in features.items() if isinstance(f, Image)]
+        if not found:
+            found = [
+                c
+                for c, f in features.items()
+                if isinstance(f, Value) and f.dtype in ("string", "large_string") and looks_like_image_paths(dataset[c][:5])
+            ]
+        if len(found) != 1:
+            raise DataError(
+                f"data.image_column: cannot tell which column holds the images "
+                f"({'several candidates: ' + ', '.join(found) if found else 'none is an Image feature'}); "
+                f"set data.image_column to one of: {', '.join(columns)}"
+            )
+        image = found[0]
+    label = cfg.label_column
+    if label is None:
+        found = [c for c, f in features.items() if isinstance(f, ClassLabel) and c != image]
+        if not found:
+            found = [c for c in columns if c.lower() in _LABEL_NAMES and c != image]
+        if not found and len(columns) == 2:
+            found = [c for c in columns if c != image]  # the only other column
+        if len(found) != 1:
+            raise DataError(
+                f"data.label_column: cannot tell which column holds the labels "
+                f"({'several candidates: ' + ', '.join(found) if found else 'no ClassLabel or label-like column'}); "
+                f"set data.label_column to one of: {', '.join(c for c in columns if c != image)}"
+            )
+        label = found[0]
+    if label == image:
+        raise DataError("data.label_column and data.image_column name the same column; they must differ")
+    return image, label
+
+
+def column(dataset, name: str) -> list[Any]:
+    """All values of one column as a list. ``dataset[name]`` is a lazy column in datasets 5,
+    and ``np.asarray`` of it reads row by row (0.45 s for CIFAR-10's 50,000 labels, against
+    4 ms for the slice)."""
+    return dataset[name][:]
+
+
+def encode_labels(train, others: dict[str, Any], label: str):
+    """Make ``label`` a ClassLabel in train, and map every other split onto the same classes.
+
+    Returns (train, others, class names). Fails when a class has no images or when another
+    split holds classes that train does not (the model could never predict them).
+    """
+    from datasets import ClassLabel
+
+    feature = train.features[label]
+    if not isinstance(feature, ClassLabel):
+        train = train.class_encode_column(label)
+        feature = train.features[label]
+    names: list[str] = list(feature.names)
+    counts = np.bincount(np.asarray(column(train, label), dtype=np.int64), minlength=len(names))
+    if len(names) < 2 or (counts > 0).sum() < 2:
+        raise DataError(
+            f"data.label_column: '{label}' has {int((counts > 0).sum())} class in the training split; "
+            "classification needs at least 2"
+        )
+    empty = [names[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise DataError(
+            f"data: class(es) {', '.join(empty)} have no training images; add images or remove the class"
+        )
+    out = {}
+    for split, ds in others.items():
+        theirs = ds.features[label]
+        if isinstance(theirs, ClassLabel):
+            if list(theirs.names) == names:
+                out[split] = ds
+                continue
+            values = {theirs.names[i] for i in set(column(ds, label))}
+        else:
+            values = {str(v) for v in set(column(ds, label))}
+        unknown = sorted(values - set(names))
+        if unknown:
+            raise DataError(
+                f"data: split '{split}' has classes that train does not: {', '.join(unknown[:10])}"
+                f"{' …' if len(unknown) > 10 else ''}; fix the labels or drop those images"
+            )
+        if isinstance(theirs, ClassLabel):
+            ds = ds.align_labels_with_mapping({n: i for i, n in enumerate(names)}, label)
+        else:
+            ds = ds.map(lambda row: {label: str(row[label])}).cast_column(label, ClassLabel(names=names))
+        out[split] = ds
+    return train, out, names

@@ -1,0 +1,249 @@
+"""The one cached decode pass: every image through the model's own processor into uint8 pixels."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import compat
+from ..util import first_line
+from .images import image_source, open_image, to_rgb
+
+#: Bump to invalidate decode caches when the decode function changes.
+_DECODE_VERSION = "1"
+#: The decoded column of a split stored channels-last (see ``decode``): each image H×W×3,
+#: kept as an ``Array2D`` of H rows of W×3 bytes. As an ``Array3D`` of H×W×3, Arrow would
+#: store an offset per 3-byte pixel, more than doubling the cache on disk. The usual column
+#: is ``pixel_values`` (``Array3D`` 3×H×W). Two names, so no reader takes one for the other.
+HWC_COLUMN = "pixels_hwc"
+
+
+def processor_normalization(processor) -> tuple[list[float], list[float]]:
+    """Mean and std the processor normalises with (HF processors and timm's wrapper)."""
+    config = getattr(processor, "data_config", None)
+    if config is not None:  # TimmWrapperImageProcessor
+        return list(config["mean"]), list(config["std"])
+    if getattr(processor, "do_normalize", True) is False:
+        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    mean, std = processor.image_mean, processor.image_std
+    mean = [mean] * 3 if isinstance(mean, (int, float)) else list(mean)
+    std = [std] * 3 if isinstance(std, (int, float)) else list(std)
+    return mean, std
+
+
+def _rescale_factor(processor) -> float:
+    if getattr(processor, "data_config", None) is not None:
+        return 1 / 255
+    return processor.rescale_factor if getattr(processor, "do_rescale", True) else 1.0
+
+
+class Decoder:
+    """The body of the one-off ``datasets.map`` pass: image → uint8 CHW of the model size.
+
+    Each image goes through the model's own image processor, so the cached pixels are
+    exactly what the processor (and so ``pipeline()``) feeds the model, to the rounding of
+    uint8. Two ways, the same bytes:
+
+    - ``uint8``: the processor's own resize and crop with its float steps turned off
+      (``do_rescale=False, do_normalize=False``; for a timm processor, its transforms up
+      to ``ToTensor``). About 10× faster: the float pass that is then undone makes and
+      faults in three batch-sized float tensors.
+    - ``float``: the processor as it is, with the normalisation undone and rounded.
+
+    The ``uint8`` way is taken only when it gives exactly the ``float`` way's bytes on a
+    noise image at construction, so a processor with other steps after its resize falls
+    back to the float way instead of silently caching different pixels.
+
+    ``channels_last`` stores each image as H×(W×3) in column :data:`HWC_COLUMN` (see ``decode``).
+    """
+
+    def __init__(self, processor, image_column: str, label_column: str, channels_last: bool = False) -> None:
+        self.processor = processor
+        self.image_column = image_column
+        self.label_column = label_column
+        self.channels_last = channels_last
+        self.column = HWC_COLUMN if channels_last else "pixel_values"
+        mean, std = processor_normalization(processor)
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.scale = _rescale_factor(processor)
+        self.way = "uint8" if self._uint8_matches() else "float"
+
+    def pixels(self, images: list) -> torch.Tensor:
+        return self._uint8(images) if self.way == "uint8" else self._float(images)
+
+    def _float(self, images: list) -> torch.Tensor:
+        out = self.processor(images=images, return_tensors="pt")["pixel_values"].float()
+        out = (out * self.std + self.mean) / self.scale
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+
+    def _uint8(self, images: list) -> torch.Tensor:
+        if getattr(self.processor, "data_config", None) is not None:  # timm: its torchvision transforms
+            head = _before_to_tensor(getattr(self.processor, "val_transforms", None))
+            if head is None:
+                raise ValueError("the timm processor's transforms do not end in ToTensor + Normalize")
+            out = torch.stack([torch.from_numpy(np.array(head(im), dtype=np.uint8)).permute(2, 0, 1) for im in images])
+        else:
+            out = self.processor(images=images, return_tensors="pt", do_rescale=False, do_normalize=False)
+            out = torch.as_tensor(out["pixel_values"])
+        if out.is_floating_point():  # a PIL/numpy backend keeps the integer values in floats
+            out = out.round_().clamp_(0, 255)
+        return out.to(torch.uint8).contiguous()
+
+    def _uint8_matches(self) -> bool:
+        from PIL import Image
+
+        noise = np.random.default_rng(0).integers(0, 256, (61, 97, 3), dtype=np.uint8)
+        probe = [Image.fromarray(noise)]
+        try:
+            fast = self._uint8(probe)
+        except Exception:  # noqa: BLE001 - a processor without this way keeps the float way
+            return False
+        slow = self._float(probe)
+        return fast.shape == slow.shape and torch.equal(fast, slow)
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        good, bad_reason = [], []
+        for value in batch[self.image_column]:
+            try:
+                good.append(to_rgb(open_image(value)))
+                bad_reason.append("")
+            except Exception as err:  # noqa: BLE001 - every decode failure is reported, none is fatal here
+                good.append(None)
+                bad_reason.append(f"{type(err).__name__}: {first_line(err)}")
+        ok = [im for im in good if im is not None]
+        pixels = self.pixels(ok).numpy() if ok else None
+        if pixels is not None and self.channels_last:
+            n, c, h, w = pixels.shape
+            pixels = torch.from_numpy(pixels).permute(0, 2, 3, 1).contiguous().view(n, h, w * c).numpy()
+        out_pixels, j = [], 0
+        for im in good:
+            if im is None:
+                out_pixels.append(None)
+            else:
+                out_pixels.append(pixels[j])
+                j += 1
+        return {
+            self.column: out_pixels,
+            "labels": batch[self.label_column],
+            "bad_reason": bad_reason,
+            "source": [image_source(v) for v in batch[self.image_column]],
+        }
+
+    def output_shape(self) -> tuple[int, ...]:
+        """The stored shape of one image: (3, H, W), or (H, W×3) channels-last."""
+        from PIL import Image
+
+        c, h, w = self.pixels([Image.new("RGB", (97, 61))]).shape[1:]
+        return (h, w * c) if self.channels_last else (c, h, w)
+
+
+def _before_to_tensor(transforms):
+    """A torchvision ``Compose`` cut before its ``ToTensor`` (timm's ``MaybeToTensor``), when
+    only normalisation follows it; else None."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transforms, "transforms", []))
+    cut = next((i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__), None)
+    if cut is None or any(type(step).__name__ != "Normalize" for step in steps[cut + 1 :]):
+        return None
+    return T.Compose(steps[:cut])
+
+
+@dataclass
+class Decoded:
+    dataset: Any  # columns: pixel_values (uint8 3×H×W) or pixels_hwc (uint8 H×(W×3)), labels
+    bad: list[dict[str, str]]  # {"path", "reason"}
+
+
+def decode(
+    dataset,
+    processor,
+    image_column: str,
+    label_column: str,
+    num_proc: int | None,
+    desc: str,
+    channels_last: bool = False,
+) -> Decoded:
+    """Decode, fix and resize every image once (a fingerprinted, cached ``datasets.map``).
+
+    ``channels_last`` stores each image's bytes in H×W×3 order (column :data:`HWC_COLUMN`); :class:`FastRows`
+    still gives N×3×H×W batches, as views with channels-last strides. For a split that
+    will be randomly cropped: torch's uint8 antialiased resize works on channels-last
+    pixels, and given the usual layout it repacks its input and output, about 3× the time
+    of the resize itself (15 ms → 5 ms per 64 crops at 224 px on one core).
+    """
+    from datasets import Array2D, Array3D, Features, Image, Value
+
+    decoder = Decoder(processor, image_column, label_column, channels_last)
+    shape = decoder.output_shape()
+    # Undecoded so that one corrupt file is a row to set aside, not an exception that ends
+    # iteration of the whole split (huggingface/datasets#6470), and so that we apply EXIF
+    # rotation.
+    feature = dataset.features[image_column]
+    if isinstance(feature, Image):
+        dataset = dataset.cast_column(image_column, Image(decode=False))
+    fingerprint = hashlib.sha256(
+        "|".join(
+            [compat.dataset_fingerprint(dataset), processor.to_json_string(), image_column, label_column, _DECODE_VERSION]
+            + (["hwc"] if channels_last else [])
+        ).encode()
+    ).hexdigest()[:32]
+    features = Features(
+        {
+            decoder.column: (Array2D if channels_last else Array3D)(shape=shape, dtype="uint8"),
+            "labels": Value("int64"),
+            "bad_reason": Value("string"),
+            "source": Value("string"),
+        }
+    )
+    if num_proc is None:
+        num_proc = min(os.cpu_count() or 1, 8) if len(dataset) >= 4000 else None
+    mapped = dataset.map(
+        decoder,
+        batched=True,
+        batch_size=64,
+        remove_columns=dataset.column_names,
+        features=features,
+        num_proc=num_proc,
+        new_fingerprint=fingerprint,
+        desc=desc,
+    )
+    # Only the two small text columns are read here: a row read would also decode pixels.
+    reasons = mapped["bad_reason"][:]
+    bad_idx = [i for i, r in enumerate(reasons) if r]
+    sources = mapped.select(bad_idx)["source"][:] if bad_idx else []
+    bad = [{"path": path, "reason": reasons[i]} for i, path in zip(bad_idx, sources)]
+    if bad_idx:
+        keep = np.setdiff1d(np.arange(len(mapped)), bad_idx)
+        mapped = mapped.select(keep)
+    mapped = mapped.remove_columns(["bad_reason", "source"])
+    # Both datasets formatters widen the uint8 pixels to int64 (8× the bytes): the Trainer
+    # reads batches through FastRows, which keeps them uint8; BatchTransform takes either.
+    mapped.set_format("numpy", columns=[decoder.column, "labels"])
+    return Decoded(mapped, bad)
+
+
+def pixel_column(dataset) -> str | None:
+    """The decoded pixel column of a split (``pixel_values`` or :data:`HWC_COLUMN`), or None."""
+    from datasets import Array2D, Array3D
+
+    features = getattr(dataset, "features", None) or {}
+    if isinstance(features.get("pixel_values"), Array3D):
+        return "pixel_values"
+    return HWC_COLUMN if isinstance(features.get(HWC_COLUMN), Array2D) else None
+
+
+def image_size(dataset) -> tuple[int, int]:
+    """(height, width) of a decoded split's images."""
+    column = pixel_column(dataset)
+    if column is None:
+        raise ValueError(f"not a decoded split: no 'pixel_values' or '{HWC_COLUMN}' column")
+    shape = tuple(dataset.features[column].shape)
+    return (shape[0], shape[1] // 3) if column == HWC_COLUMN else shape[1:]
+

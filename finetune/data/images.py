@@ -1,0 +1,74 @@
+"""One image file or undecoded ``Image`` value opened, fully decoded, and turned upright 8-bit RGB."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+
+
+def to_rgb(image, background: tuple[int, int, int] = (255, 255, 255)):
+    """Any PIL image → upright 8-bit RGB.
+
+    EXIF orientation is applied first (datasets' Image feature does not:
+    huggingface/datasets#6252).
+    Transparent images are composited on ``background`` (white, as viewers show them),
+    16-bit and 32-bit images are rescaled to 8 bits rather than clipped, animated images
+    give their first frame. Pillow's global settings are left alone.
+    """
+    from PIL import Image, ImageOps
+
+    if getattr(image, "is_animated", False):
+        image.seek(0)
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = (0.0, 65535.0) if mode.startswith("I;16") else (float(arr.min()), float(arr.max()))
+        if mode == "I" and arr.max() <= 65535 and arr.min() >= 0:
+            lo, hi = 0.0, 65535.0 if arr.max() > 255 else 255.0
+        scaled = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+        image = Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8), mode="L")
+        mode = "L"
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        image = image.convert("RGBA")
+        canvas = Image.new("RGBA", image.size, background + (255,))
+        canvas.alpha_composite(image)
+        return canvas.convert("RGB")
+    if mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def open_image(value: dict[str, Any] | str):
+    """Open an undecoded ``Image`` value (bytes and/or path) or a path, fully decoded.
+
+    Raises on empty, truncated, non-image and decompression-bomb files; the bomb warning
+    (pixels over Pillow's limit) is raised as an error only inside this call.
+    """
+    from PIL import Image
+
+    if isinstance(value, str):
+        source: Any = value
+    elif value.get("bytes") is not None:
+        source = io.BytesIO(value["bytes"])
+    else:
+        source = value.get("path")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(source)
+        image.load()
+    return image
+
+
+def image_source(value: dict[str, Any] | str | None) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "<missing>"
+    return value.get("path") or "<embedded bytes>"

@@ -1,0 +1,103 @@
+"""Where the images come from: ``data.dataset`` loaded as a ``DatasetDict``, and the junk files a folder may hold."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import builtin
+from ..recipe import DataConfig
+from ..util import first_line
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+_FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
+
+
+class DataError(ValueError):
+    """A problem with the data the recipe names; one line, with the fix."""
+
+
+
+def load_raw(cfg: DataConfig):
+    """The data set named by ``data.dataset`` as a ``DatasetDict``."""
+    from datasets import load_dataset
+
+    name = cfg.dataset
+    if builtin.is_builtin(name):
+        try:
+            return builtin.load_dataset(name)
+        except ValueError as err:
+            raise DataError(f"data.dataset: {err}") from None
+    path = Path(name).expanduser()
+    try:
+        if path.is_file() or any(name.endswith(ext) for ext in _FILE_BUILDERS):
+            ext = path.suffix.lower()
+            if ext not in _FILE_BUILDERS:
+                raise DataError(
+                    f"data.dataset: '{name}' is a file of unknown type; use parquet, CSV or JSON-lines "
+                    "(or a folder)"
+                )
+            if not path.is_file():
+                raise DataError(f"data.dataset: no such file '{name}'; check the path")
+            ds = load_dataset(_FILE_BUILDERS[ext], data_files={"train": str(path)})
+            return _resolve_relative_image_paths(ds, path.parent)
+        if path.is_dir():
+            return load_dataset(str(path), cfg.config)
+        if name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]:
+            raise DataError(f"data.dataset: no such folder or file '{name}'; check the path")
+        return load_dataset(name, cfg.config, revision=cfg.revision)
+    except DataError:
+        raise
+    except FileNotFoundError as err:
+        raise DataError(f"data.dataset: cannot find '{name}' ({first_line(err)}); check the id or path") from None
+    except (ConnectionError, OSError) as err:
+        raise DataError(
+            f"data.dataset: cannot load '{name}' ({first_line(err)}); check the id, the network, or use a local copy"
+        ) from None
+    except ValueError as err:
+        raise DataError(f"data.dataset: cannot load '{name}': {first_line(err)}") from None
+
+
+def _resolve_relative_image_paths(ds, base: Path):
+    """Data files may list images by path relative to the file itself."""
+    from datasets import Value
+
+    for split in ds:
+        for col, feature in ds[split].features.items():
+            if isinstance(feature, Value) and feature.dtype in ("string", "large_string") and looks_like_image_paths(ds[split][col][:5]):
+                ds[split] = ds[split].map(
+                    lambda row, c=col: {c: str(base / row[c]) if not os.path.isabs(row[c]) else row[c]},
+                    desc=f"resolving {col} paths",
+                )
+    return ds
+
+
+def looks_like_image_paths(values: list[Any]) -> bool:
+    return bool(values) and all(
+        isinstance(v, str) and Path(v).suffix.lower() in IMAGE_EXTENSIONS for v in values
+    )
+
+
+#: Files and folders that operating systems, archivers and tools leave next to images.
+JUNK_FILES = {".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r", ".directory"}
+JUNK_DIRS = {"__MACOSX", ".git", ".hg", ".svn", "__pycache__"}
+
+
+def is_junk(name: str, folder: bool = False) -> bool:
+    """Hidden entries (macOS's "._photo.jpg" AppleDouble companions among them) and the
+    names above; `datasets`' image folder loader skips hidden files too."""
+    return name.startswith(".") or (name in JUNK_DIRS if folder else name.lower() in JUNK_FILES)
+
+
+def count_junk(root: str | Path) -> int:
+    """How many junk files a local folder holds, for the data report (they are skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    count = 0
+    for folder, dirs, names in os.walk(root):
+        inside_junk = any(is_junk(part, folder=True) for part in Path(folder).relative_to(root).parts)
+        count += sum(1 for n in names if inside_junk or is_junk(n))
+    return count
+

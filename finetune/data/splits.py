@@ -1,0 +1,141 @@
+"""Train, a validation piece of it and the eval split, stratified and seeded: pure functions of labels and seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..recipe import DataConfig
+from .columns import column, encode_labels, find_columns
+from .sources import DataError
+
+
+def _per_class(labels: np.ndarray, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """Indices of each class, each list shuffled by ``rng`` (classes in sorted order)."""
+    return {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
+
+
+def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` indices whose class shares follow those of ``labels`` (largest remainder)."""
+    rng = np.random.default_rng(seed)
+    groups = _per_class(labels, rng)
+    n = min(n, len(labels))
+    exact = {c: n * len(idx) / len(labels) for c, idx in groups.items()}
+    take = {c: int(np.floor(v)) for c, v in exact.items()}
+    for c in sorted(exact, key=lambda c: (take[c] - exact[c], c))[: n - sum(take.values())]:
+        take[c] += 1
+    return np.sort(np.concatenate([groups[c][: take[c]] for c in groups]).astype(np.int64))
+
+
+def balanced_sample(labels: np.ndarray, n: int | None, seed: int, per_class: int | None = None) -> np.ndarray:
+    """Class-balanced indices: ``per_class`` of each class (k-shot), or ``n`` in total spread
+    as evenly as the classes allow (a class with too few images gives its share to others)."""
+    rng = np.random.default_rng(seed)
+    groups = _per_class(labels, rng)
+    if per_class is not None:
+        take = {c: min(per_class, len(idx)) for c, idx in groups.items()}
+    else:
+        assert n is not None
+        take = {c: 0 for c in groups}
+        remaining = min(n, len(labels))
+        open_classes = [c for c in groups]
+        while remaining > 0 and open_classes:
+            share, extra = divmod(remaining, len(open_classes))
+            order = rng.permutation(len(open_classes))
+            for rank, i in enumerate(order):
+                c = open_classes[i]
+                want = share + (1 if rank < extra else 0)
+                got = min(want, len(groups[c]) - take[c])
+                take[c] += got
+                remaining -= got
+            open_classes = [c for c in open_classes if take[c] < len(groups[c])]
+    return np.sort(np.concatenate([groups[c][: take[c]] for c in groups]).astype(np.int64))
+
+
+@dataclass
+class Splits:
+    train: Any
+    validation: Any | None
+    eval: Any
+    #: Where the reported numbers come from, for the card: e.g. "test" or "validation piece of train".
+    eval_name: str
+    class_names: list[str]
+    image_column: str
+    label_column: str
+    notes: list[str] = field(default_factory=list)
+
+
+def make_splits(raw, cfg: DataConfig, seed: int) -> Splits:
+    """Train / validation piece / eval split, seeded and stratified: the validation piece of
+    train gives per-epoch scores and model selection, the eval split is reported once at the
+    end (the validation piece itself when ``data.eval_split`` is null)."""
+    available = list(raw)
+    if cfg.train_split not in raw:
+        raise DataError(
+            f"data.train_split: '{cfg.train_split}' is not a split of '{cfg.dataset}'; it has: {', '.join(available)}"
+        )
+    if cfg.eval_split is not None and cfg.eval_split not in raw:
+        raise DataError(
+            f"data.eval_split: '{cfg.eval_split}' is not a split of '{cfg.dataset}' (it has: {', '.join(available)}); "
+            "name one of those, or set data.eval_split to null to report on a held-out validation piece of train"
+        )
+    if cfg.eval_split == cfg.train_split:
+        raise DataError(
+            "data.eval_split names the training split: the reported score would be measured on training images; "
+            "name another split, or set it to null to hold out a validation piece"
+        )
+    train = raw[cfg.train_split]
+    image, label = find_columns(train, cfg)
+    others = {cfg.eval_split: raw[cfg.eval_split]} if cfg.eval_split else {}
+    for split, ds in others.items():
+        missing = [c for c in (image, label) if c not in ds.column_names]
+        if missing:
+            raise DataError(f"data: split '{split}' lacks column(s) {', '.join(missing)} that train has")
+    train, others, names = encode_labels(train, others, label)
+    notes: list[str] = []
+
+    labels = np.asarray(column(train, label), dtype=np.int64)
+    all_idx = np.arange(len(labels))
+    if cfg.samples_per_class is not None or cfg.max_train_samples is not None:
+        chosen = balanced_sample(labels, cfg.max_train_samples, seed, per_class=cfg.samples_per_class)
+        short = [
+            names[c]
+            for c in np.unique(labels)
+            if cfg.samples_per_class is not None and (labels == c).sum() < cfg.samples_per_class
+        ]
+        if short:
+            notes.append(f"fewer than {cfg.samples_per_class} images in class(es): {', '.join(short)}; all were used")
+        rest = np.setdiff1d(all_idx, chosen)
+        n_val = int(round(cfg.validation_fraction * len(chosen)))
+        val_idx = rest[stratified_sample(labels[rest], n_val, seed + 1)] if n_val and len(rest) else rest[:0]
+        train_idx = chosen
+    else:
+        n_val = int(round(cfg.validation_fraction * len(labels)))
+        val_idx = stratified_sample(labels, n_val, seed + 1) if n_val else all_idx[:0]
+        train_idx = np.setdiff1d(all_idx, val_idx)
+    if cfg.validation_fraction > 0 and len(val_idx) == 0:
+        raise DataError(
+            "data.validation_fraction: no images are left for the validation piece; lower max_train_samples / "
+            "samples_per_class, or set data.validation_fraction to 0"
+        )
+    validation = train.select(val_idx) if len(val_idx) else None
+    train = train.select(train_idx)
+
+    if cfg.eval_split is not None:
+        evaluation = others[cfg.eval_split]
+        eval_name = cfg.eval_split
+        if cfg.max_eval_samples is not None:
+            eval_labels = np.asarray(column(evaluation, label), dtype=np.int64)
+            evaluation = evaluation.select(balanced_sample(eval_labels, cfg.max_eval_samples, seed + 2))
+            eval_name = f"{cfg.eval_split} (class-balanced subset of {len(evaluation)})"
+    else:
+        # Nothing else to report on: the validation piece is reported, and the card says so.
+        evaluation = validation
+        eval_name = f"validation piece of '{cfg.train_split}' ({cfg.validation_fraction:g}, seeded, stratified)"
+        if cfg.max_eval_samples is not None and len(evaluation) > cfg.max_eval_samples:
+            evaluation = evaluation.select(
+                balanced_sample(np.asarray(column(evaluation, label)), cfg.max_eval_samples, seed + 2)
+            )
+    return Splits(train, validation, evaluation, eval_name, names, image, label, notes)

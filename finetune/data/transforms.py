@@ -1,0 +1,225 @@
+"""uint8 batches to normalised float batches on their device, augmented per image in training."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any
+
+import torch
+
+from .. import compat
+from ..recipe import AugmentConfig
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device):
+    """Run the block with one intra-op thread on CPU (nothing changes on other devices)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _resized_crop_uint8(image: torch.Tensor, top: int, left: int, height: int, width: int, size: list[int], antialias: bool) -> torch.Tensor:
+    """``v2.functional.resized_crop`` for a uint8 image on CPU with bilinear interpolation,
+    the same bytes: torchvision crops by slicing and resizes with ``interpolate`` on the
+    uint8 pixels (torch's antialiased uint8 kernel). Called directly, for speed:
+    torchvision's dispatch costs about 30 µs per image, and for a cropped channels-last
+    image its 1-image batch hides the layout, so the kernel repacks its output
+    (pytorch/pytorch#68430, worked around in torchvision only for uncropped images).
+    """
+    if (height, width) == tuple(size):
+        return image[:, top : top + height, left : left + width]  # torchvision does not resize then
+    # As one image of a batch, with a batch stride that keeps the layout visible.
+    extent = max(n * stride for n, stride in zip(image.shape, image.stride()))
+    batch = image.as_strided((1, *image.shape), (extent, *image.stride()))
+    crop = batch[:, :, top : top + height, left : left + width]
+    # Scaled up in both directions, the antialiased kernel is plain bilinear, and torch's
+    # kernel without antialiasing gives the same bytes about 20% faster (the equality is
+    # checked against v2 by tests/test_features.py::test_batch_augmentation_draws_exactly...).
+    antialias = antialias and (height > size[0] or width > size[1])
+    return torch.nn.functional.interpolate(crop, size=size, mode="bilinear", align_corners=False, antialias=antialias)[0]
+
+
+def _presets() -> dict[str, Any]:
+    from torchvision.transforms import v2
+
+    return {
+        "trivial_augment": v2.TrivialAugmentWide,
+        "rand_augment": v2.RandAugment,
+        "auto_augment": lambda **kw: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, **kw),
+        "augmix": v2.AugMix,
+    }
+
+
+class BatchTransform:
+    """uint8 batches → normalised float batches on the batch's device; augments in training.
+
+    Augmentation uses torchvision.transforms.v2 on each image of the batch (independent
+    random crops and flips per image; a v2 transform given a whole batch would apply one
+    random draw to all of it). Given a ``seed``, the draws depend on it alone (see
+    ``FinetuneTrainer.compute_loss``), which makes interrupted runs resume exactly.
+    """
+
+    def __init__(
+        self,
+        mean: list[float],
+        std: list[float],
+        size: tuple[int, int],
+        augment: AugmentConfig | None,
+        channels_last: bool = False,
+    ):
+        from torchvision.transforms import v2
+
+        #: Batches come out in channels-last memory (same shape and values) for a model
+        #: converted to it (``model.use_channels_last``).
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+        # (x / 255 - mean) / std as x * scale + shift: two passes over the batch, not three.
+        std_t = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+        self.scale = (1.0 / (255.0 * std_t)).float()
+        self.shift = (-torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1) / std_t).float()
+        steps = []
+        #: (height, width) of training crops; None: images keep their size.
+        self.crop_size = tuple(size) if augment is not None and augment.crop_scale is not None else None
+        if augment is not None and augment.crop_scale is not None:
+            steps.append(v2.RandomResizedCrop(size, scale=tuple(augment.crop_scale), antialias=True))
+        if augment is not None and augment.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if augment is not None and augment.preset is not None:
+            # Bilinear, as torchvision's classification reference recipes build them.
+            steps.append(_presets()[augment.preset](interpolation=v2.InterpolationMode.BILINEAR))
+        #: The steps on uint8 pixels (crop, flip, policy); None: none.
+        self.augment = v2.Compose(steps) if steps else None
+        #: Random erasing, on each normalised image (in place); None: off.
+        self.erase = (
+            v2.RandomErasing(p=augment.random_erasing, inplace=True)
+            if augment is not None and augment.random_erasing > 0
+            else None
+        )
+        self._buffers: dict[bool, list[torch.Tensor]] = {}
+
+    @property
+    def augments(self) -> bool:
+        """Whether training batches are augmented at all."""
+        return self.augment is not None or self.erase is not None
+
+    def without_augmentation(self) -> BatchTransform:
+        """A copy that only normalises (sharing this one's buffers)."""
+        plain = copy.copy(self)
+        plain.augment, plain.erase, plain.crop_size = None, None, None
+        return plain
+
+    def __call__(self, pixels: torch.Tensor, train: bool, seed: int | None = None) -> torch.Tensor:
+        pixels = torch.as_tensor(pixels)
+        if pixels.is_floating_point():  # already normalised (e.g. a caller's own tensors)
+            return pixels
+        augment = train and self.augments
+        shape = tuple(pixels.shape)
+        if augment and self.crop_size is not None and len(shape) == 4:
+            shape = (*shape[:2], *self.crop_size)  # crops come out at the transform's size
+        out = self._output(shape, pixels.device)
+        scale, shift = self.scale.to(out.device), self.shift.to(out.device)
+        if augment:
+            # Given a seed, the draws depend on it alone (the Trainer derives it from the
+            # training step), so a run resumed mid-epoch augments exactly like one that never
+            # stopped; the global generator is left as it was.
+            devices = [pixels.device] if pixels.device.type == "cuda" else []
+            rng = torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext()
+            # Each image is a small tensor, and on CPU splitting each of its ops
+            # across intra-op threads costs more than it saves (5-25× slower on a busy
+            # 2-core machine), so the per-image loop runs on one thread.
+            scale_one, shift_one = scale[0], shift[0]
+            with rng, _one_cpu_thread(pixels.device):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                for i, image in enumerate(pixels):
+                    one = out[i]
+                    one.copy_(self._augment_one(image))  # uint8 → float, into the batch
+                    # Normalised while the image is still in the CPU's cache.
+                    one.mul_(scale_one).add_(shift_one)
+                    if self.erase is not None:
+                        self.erase(one)
+            return out
+        out.copy_(pixels)
+        # Normalised in place: no batch-sized temporaries.
+        return out.mul_(scale).add_(shift)
+
+    def _output(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """A float32 tensor of ``shape`` on ``device`` to write the batch into.
+
+        On CPU a fresh batch-sized tensor is the single largest cost of normalisation: a
+        float batch of 64 images at 224 px (38 MB) is above glibc's largest mmap threshold,
+        so every batch is a new mapping and 9,400 page faults, 4-5× the arithmetic itself.
+        So buffers are reused, but only when nothing else can still read them: callers get
+        a view, and while any view (a Python reference, an autograd graph that saved the
+        input, a numpy array) is alive, the storage is shared (``compat.storage_shared``).
+        Two buffers per mode: a loop ``x = transform(batch)`` still holds the last batch
+        while it asks for the next. GPUs have a caching allocator and need none of this.
+        """
+        if len(shape) != 4:
+            return torch.empty(shape, dtype=torch.float32, device=device)
+        if device.type != "cpu":
+            return torch.empty(shape, dtype=torch.float32, device=device, memory_format=self.memory_format)
+        # An inference-mode tensor may not be saved for backward: separate buffers per mode.
+        pool = self._buffers.setdefault(torch.is_inference_mode_enabled(), [])
+        free = [i for i, b in enumerate(pool) if not compat.storage_shared(b)]
+        for i in free:
+            if pool[i].shape[1:] == shape[1:] and pool[i].shape[0] >= shape[0]:
+                return pool[i][: shape[0]]  # a short last batch takes the front of a full one
+        buffer = torch.empty(shape, memory_format=self.memory_format)
+        if len(pool) < 2:
+            pool.append(buffer)
+        elif free:  # a free buffer that does not fit (another size, or a short batch's): replace it
+            pool[free[0]] = buffer
+        return buffer[: shape[0]]
+
+    def _augment_one(self, image: torch.Tensor) -> torch.Tensor:
+        """``self.augment(image)``, with the same random draws in the same order, but calling
+        the v2 functional ops directly: the Compose / pytree dispatch around them costs about
+        a third of the per-image time at 224 px on CPU."""
+        from torchvision.transforms import v2
+        from torchvision.transforms.v2 import functional as F
+
+        for step in self.augment.transforms if self.augment is not None else []:
+            if isinstance(step, v2.RandomResizedCrop):
+                p = step.make_params([image])
+                top, left, height, width = p["top"], p["left"], p["height"], p["width"]
+                # torchvision keeps the mode as an InterpolationMode or, since 0.2x, its string.
+                bilinear = getattr(step.interpolation, "value", step.interpolation) == "bilinear"
+                if image.device.type == "cpu" and image.dtype == torch.uint8 and bilinear:
+                    image = _resized_crop_uint8(image, top, left, height, width, list(step.size), step.antialias)
+                else:
+                    image = F.resized_crop(
+                        image, top, left, height, width, step.size,
+                        interpolation=step.interpolation, antialias=step.antialias,
+                    )
+            elif isinstance(step, v2.RandomHorizontalFlip):
+                if torch.rand(1) < step.p:  # v2 applies the flip unless rand >= p
+                    image = F.horizontal_flip(image)
+            else:
+                image = step(image)
+        return image
+
+    def describe(self) -> str:
+        if not self.augments:
+            return "none"
+        from torchvision.transforms import v2
+
+        parts = []
+        for t in self.augment.transforms if self.augment is not None else []:
+            if isinstance(t, v2.RandomResizedCrop):
+                parts.append(f"random resized crop (scale {t.scale[0]:g}-{t.scale[1]:g})")
+            elif isinstance(t, v2.RandomHorizontalFlip):
+                parts.append("horizontal flip")
+            else:
+                parts.append(type(t).__name__)
+        if self.erase is not None:
+            parts.append(f"random erasing (p={self.erase.p:g})")
+        return ", ".join(parts) + " (per image, batch-wise)"
