@@ -284,7 +284,8 @@ def is_convolutional(model: nn.Module) -> bool:
 
 def use_channels_last(model: nn.Module, cfg: ModelConfig, args: Any = None) -> bool:
     """``model.channels_last``, or when null: a convolutional model on a CUDA GPU (where
-    cuDNN's convolutions run faster on NHWC tensors), unless FSDP or DeepSpeed shard the weights (their flattening is not tested with it)."""
+    cuDNN's convolutions run faster on NHWC tensors), unless FSDP or DeepSpeed shard the
+    weights (their flattening is not tested with it)."""
     if cfg.channels_last is not None:
         return cfg.channels_last
     sharded = args is not None and (bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None)))

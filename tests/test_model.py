@@ -122,7 +122,9 @@ def test_missing_local_folder_is_named_as_missing(name: str, tmp_path: Path, tin
     """The Hub client would say only that the name is not a valid repo id."""
     name = str(tmp_path / "none") if name == "ABS" else name
     cfg = ModelConfig(name_or_path=name)
-    expected = f"model.name_or_path: local folder '{name}' does not exist; check the path, or use a Hub id like org/name"
+    expected = (
+        f"model.name_or_path: local folder '{name}' does not exist; check the path, or use a Hub id like org/name"
+    )
     with pytest.raises(model_lib.ModelError) as err:
         model_lib.load_processor(cfg, None)
     assert str(err.value) == expected
