@@ -5,17 +5,25 @@ The Trainer keeps every eval logit in memory unless ``batch_eval_metrics`` is on
 two floats per image — never the N×C logits — so memory stays bounded on big eval sets.
 The metric modules ship in ``evaluate_modules/`` because ``evaluate.load("accuracy")``
 downloads from the Hub, which fails offline.
+
+Macro (and weighted) averages run over the classes present in the evaluated set's true
+labels: a class with no image there has no recall to measure, and counting it as 0 would
+make a perfect model on a test set without class c score 2/3 with three classes. Its row
+stays in the per-class report (support 0), and the report names it in ``absent_classes``.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 MODULE_DIR = Path(__file__).parent / "evaluate_modules"
 TOP_K = 5
@@ -40,10 +48,21 @@ class Predictions:
     true_prob: np.ndarray  # probability given to the true class
 
 
+def present_classes(labels: np.ndarray, num_labels: int) -> list[int]:
+    """The classes that occur among the true labels: what macro averages run over.
+
+    All classes when there is no label at all (nothing to tell apart, every score is 0).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels[labels >= 0], minlength=num_labels)[:num_labels]
+    present = np.flatnonzero(counts).tolist()
+    return present or list(range(num_labels))
+
+
 def compute(metrics: list[str], p: Predictions, num_labels: int) -> dict[str, float]:
-    """The recipe's metrics, macro-averaged over all classes of the label set."""
+    """The recipe's metrics, macro-averaged over the classes present in ``p.labels``."""
     preds, refs = p.preds.tolist(), p.labels.tolist()
-    classes = list(range(num_labels))
+    classes = present_classes(p.labels, num_labels)
     out: dict[str, float] = {}
     for name in metrics:
         if name == "accuracy":
@@ -101,11 +120,23 @@ class MetricAccumulator:
 
 
 def per_class_report(p: Predictions, names: list[str]) -> dict[str, Any]:
-    """Per-class precision/recall/F1/support plus overall scores, for ``eval_report.json``."""
+    """Per-class precision/recall/F1/support plus overall scores, for ``eval_report.json``.
+
+    Every class has a row; the macro and weighted means leave out the classes with no
+    image in the evaluated set, which ``absent_classes`` names (and one warning logs).
+    """
     from sklearn.metrics import confusion_matrix
 
     preds, refs = p.preds.tolist(), p.labels.tolist()
     classes = list(range(len(names)))
+    present = present_classes(p.labels, len(names))
+    absent = [names[c] for c in classes if c not in set(present)]
+    if absent:
+        logger.warning(
+            "%d class(es) have no image in the evaluated set: %s; macro and weighted scores average over the "
+            "%d class(es) present",
+            len(absent), ", ".join(absent), len(present),
+        )
     per: dict[str, list[float]] = {}
     for name in ("precision", "recall", "f1"):
         per[name] = load_metric(name).compute(
@@ -113,15 +144,16 @@ def per_class_report(p: Predictions, names: list[str]) -> dict[str, Any]:
         )[name]
     support = np.bincount(p.labels, minlength=len(names)).tolist()
     weighted_f1 = load_metric("f1").compute(
-        predictions=preds, references=refs, labels=classes, average="weighted", zero_division=0
+        predictions=preds, references=refs, labels=present, average="weighted", zero_division=0
     )["f1"]
     report: dict[str, Any] = {
         "num_images": len(refs),
         "accuracy": load_metric("accuracy").compute(predictions=preds, references=refs)["accuracy"],
-        "macro_f1": float(np.mean(per["f1"])),
+        "macro_f1": float(np.mean([per["f1"][c] for c in present])),
         "weighted_f1": weighted_f1,
-        "macro_precision": float(np.mean(per["precision"])),
-        "macro_recall": float(np.mean(per["recall"])),
+        "macro_precision": float(np.mean([per["precision"][c] for c in present])),
+        "macro_recall": float(np.mean([per["recall"][c] for c in present])),
+        "absent_classes": absent,
         "per_class": {
             names[c]: {
                 "precision": per["precision"][c],

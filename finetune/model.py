@@ -31,11 +31,41 @@ def _load_kwargs(cfg: ModelConfig) -> dict:
     return {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only be a local folder: a Hub id is ``name`` or ``org/name``,
+    never starting with ``.``, ``/`` or ``~``, and with no second ``/`` nor backslash."""
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+        or (os.altsep is not None and os.altsep != "/" and os.altsep in name)
+        or os.path.isabs(name)
+    )
+
+
+def model_path(cfg: ModelConfig) -> str:
+    """Where to load ``model.name_or_path`` from: a built-in's cache folder, a local folder
+    (``~`` expanded), or a Hub id. A missing local folder is named as such here, since the
+    Hub client would only say that it is not a valid repo id."""
+    name = cfg.name_or_path
+    if builtin.is_builtin(name):
+        return builtin.resolve_model(name)
+    if looks_like_path(name):
+        path = os.path.expanduser(name)
+        if not os.path.exists(path):
+            raise ModelError(
+                f"model.name_or_path: local folder '{name}' does not exist; check the path, or use a Hub id "
+                "like org/name"
+            )
+        return path
+    return name
+
+
 def load_processor(cfg: ModelConfig, image_size: int | None):
     """The model's image processor, resized when the recipe asks for ``data.image_size``."""
     from transformers import AutoConfig, AutoImageProcessor
 
-    path = builtin.resolve_model(cfg.name_or_path)
+    path = model_path(cfg)
     try:
         processor = AutoImageProcessor.from_pretrained(path, **_load_kwargs(cfg))
         config = AutoConfig.from_pretrained(path, **_load_kwargs(cfg))
@@ -115,7 +145,7 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
     """The pretrained model with a head for ``class_names``, frozen per ``cfg.strategy``."""
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    path = builtin.resolve_model(cfg.name_or_path)
+    path = model_path(cfg)
     config = AutoConfig.from_pretrained(path, **_load_kwargs(cfg))
     # A TimmWrapper config whose model_args holds num_classes makes loading with a new
     # num_labels fail ("multiple values for keyword argument"); the head size comes from
@@ -135,7 +165,7 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
         # timm keeps its preprocessing in config.json: keep it equal to what we train with.
         config.pretrained_cfg = {**config.pretrained_cfg, "input_size": tuple(data_config["input_size"])}
     try:
-        # safetensors only: a pickled checkpoint can run code when loaded (issue #5).
+        # safetensors only: a pickled checkpoint can run code when loaded.
         model, info = AutoModelForImageClassification.from_pretrained(
             path, config=config, ignore_mismatched_sizes=True, output_loading_info=True, use_safetensors=True,
             **_load_kwargs(cfg),
@@ -253,8 +283,9 @@ def is_convolutional(model: nn.Module) -> bool:
 
 
 def use_channels_last(model: nn.Module, cfg: ModelConfig, args: Any = None) -> bool:
-    """``model.channels_last``, or when null: a convolutional model on a CUDA GPU (issue #6),
-    unless FSDP or DeepSpeed shard the weights (their flattening is not tested with it)."""
+    """``model.channels_last``, or when null: a convolutional model on a CUDA GPU (where
+    cuDNN's convolutions run faster on NHWC tensors), unless FSDP or DeepSpeed shard the
+    weights (their flattening is not tested with it)."""
     if cfg.channels_last is not None:
         return cfg.channels_last
     sharded = args is not None and (bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None)))

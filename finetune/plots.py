@@ -1,21 +1,33 @@
-"""Report images (issue #4): confusion matrix, worst mistakes, training curves.
+"""Report images: confusion matrix, worst mistakes, training curves.
 
 Drawn with matplotlib's object API (``Figure`` rendered by the Agg canvas) rather than
 ``pyplot``: no global backend switch, no figure registry that leaks memory across calls,
 and it works on machines without a display. Each PNG is written to a ``.tmp`` file and
 renamed, so a crash never leaves a half-written image that the card links to.
+
+Class names are drawn in any script: when matplotlib's default font (DejaVu Sans) lacks
+some of their characters (Chinese, Japanese, Korean...), an installed font that has them
+is added behind it, and matplotlib falls back to it glyph by glyph. A name that no
+installed font can draw is written as its index (``#2``) rather than as empty boxes, and
+one log line says which font to install.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
+import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .metrics import Predictions
+
+logger = logging.getLogger(__name__)
 
 #: How many of the most confident mistakes ``misclassified.png`` shows.
 MAX_MISTAKES = 16
@@ -35,8 +47,17 @@ def write_plots(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _save(confusion_figure(predictions, class_names), out / "confusion_matrix.png")
-    _save(mistakes_figure(predictions, class_names, eval_dataset), out / "misclassified.png")
+    labels = class_labels(class_names)
+    if labels.by_index:
+        shown = ", ".join(f"#{i} {class_names[i]}" for i in labels.by_index[:5])
+        logger.warning(
+            "no installed font has the characters of %d class name(s) (%s%s): the pictures write their index "
+            "instead (as in config.json's id2label); to see the names, install a font with them (%s) and "
+            "evaluate again",
+            len(labels.by_index), shown, ", …" if len(labels.by_index) > 5 else "", install_hint(labels.missing),
+        )
+    _save(confusion_figure(predictions, class_names, labels), out / "confusion_matrix.png")
+    _save(mistakes_figure(predictions, class_names, eval_dataset, labels), out / "misclassified.png")
     _save(curves_figure(log_history), out / "training_curves.png")
 
 
@@ -59,6 +80,120 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+# ------------------------------------------------------------------ names and fonts
+
+
+@dataclass(frozen=True)
+class ClassLabels:
+    """What the pictures write for each class, and the font list that draws it."""
+
+    text: list[str]  # the (shortened) name, or "#i" where no installed font can draw it
+    family: list[str]  # matplotlib's font.family, then the fonts found for the other characters
+    by_index: list[int]  # the classes written as "#i"
+    missing: str  # the characters no installed font has (for the install hint)
+
+    @property
+    def note(self) -> str | None:
+        if not self.by_index:
+            return None
+        return "#i: class i of config.json's id2label (no installed font can draw its name)"
+
+
+def candidate_fonts() -> list[str]:
+    """Font files to search for missing characters: those matplotlib knows, and those the
+    system has now (matplotlib's font list is cached, and misses fonts installed since)."""
+    from matplotlib import font_manager
+
+    known = {entry.fname for entry in font_manager.fontManager.ttflist}
+    return sorted(known | set(font_manager.findSystemFonts()))
+
+
+@functools.lru_cache(maxsize=None)
+def _font_info(path: str) -> tuple[frozenset[int], Any]:
+    """The code points a font file has, and its matplotlib FontEntry (None if unreadable)."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        font = FT2Font(path)
+        return frozenset(font.get_charmap()), font_manager.ttfFontProperty(font)
+    except (OSError, RuntimeError, ValueError, KeyError):  # not a font FreeType reads
+        return frozenset(), None
+
+
+def _family_files(family: tuple[str, ...]) -> list[str]:
+    """The files matplotlib draws ``font.family`` with (one per family it finds)."""
+    from matplotlib import font_manager
+
+    files = []
+    for name in family:
+        try:
+            files.append(font_manager.findfont(font_manager.FontProperties(family=[name]), fallback_to_default=False))
+        except ValueError:  # a family that is not installed: matplotlib skips it too
+            continue
+    return files
+
+
+def _fonts_for(needed: set[str], exclude: list[str]) -> tuple[list[str], set[str]]:
+    """Installed fonts that have the ``needed`` characters: the one with most of them
+    first (a regular upright face on ties), then for what is left, and so on. Returns
+    their family names (registered with matplotlib) and the characters none has."""
+    from matplotlib import font_manager
+
+    needed = set(needed)
+    candidates = [path for path in candidate_fonts() if path not in set(exclude)]
+    chosen: list[str] = []
+    while needed:
+        best = None
+        for path in candidates:
+            codes, entry = _font_info(path)
+            gain = {ch for ch in needed if ord(ch) in codes}
+            # "Last Resort" (shipped with matplotlib) maps every code point to a box
+            # naming its Unicode block: the very boxes this search is to avoid.
+            if not gain or entry is None or entry.name.startswith("Last Resort"):
+                continue
+            weight = entry.weight if isinstance(entry.weight, int) else 400
+            key = (-len(gain), abs(weight - 400), entry.style != "normal", path)
+            if best is None or key < best[0]:
+                best = (key, path, gain, entry)
+        if best is None:
+            break
+        _, path, gain, entry = best
+        if path not in {e.fname for e in font_manager.fontManager.ttflist}:
+            font_manager.fontManager.addfont(path)
+        if entry.name not in chosen:
+            chosen.append(entry.name)
+        needed -= gain
+        candidates.remove(path)
+    return chosen, needed
+
+
+def class_labels(class_names: list[str]) -> ClassLabels:
+    """Each class's name, with the fonts that can draw it; ``#i`` where none can."""
+    from matplotlib import rcParams
+
+    names = [_short(c) for c in class_names]
+    family = list(rcParams["font.family"])
+    default_files = _family_files(tuple(family))
+    have = frozenset().union(*(_font_info(path)[0] for path in default_files))
+    needed = {ch for name in names for ch in name if ord(ch) not in have and ch != "\n"}
+    missing: set[str] = set()
+    if needed:
+        extra, missing = _fonts_for(needed, default_files)
+        family += extra
+    by_index = [i for i, name in enumerate(names) if missing.intersection(name)]
+    text = [f"#{i}" if i in set(by_index) else name for i, name in enumerate(names)]
+    return ClassLabels(text, family, by_index, "".join(sorted(missing)))
+
+
+def install_hint(characters: str) -> str:
+    """Which font package to install for ``characters`` (Debian/Ubuntu package names)."""
+    scripts = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "BOPOMOFO", "IDEOGRAPHIC")
+    if any(unicodedata.name(ch, "").startswith(scripts) for ch in characters):
+        return "Debian/Ubuntu: apt-get install fonts-noto-cjk; elsewhere: Noto Sans CJK"
+    return "Debian/Ubuntu: apt-get install fonts-noto-core; elsewhere: a Noto font for that script"
+
+
 # -------------------------------------------------------------------- confusion matrix
 
 
@@ -70,9 +205,10 @@ def confusion_counts(predictions: Predictions, num_classes: int) -> np.ndarray:
     return flat[: num_classes * num_classes].reshape(num_classes, num_classes)
 
 
-def confusion_figure(predictions: Predictions, class_names: list[str]):
+def confusion_figure(predictions: Predictions, class_names: list[str], labels: ClassLabels | None = None):
     """Rows normalised to recall (so small and big classes share one colour scale); the
     counts are written in the cells while there are few enough classes to read them."""
+    labels = class_labels(class_names) if labels is None else labels
     n = len(class_names)
     counts = confusion_counts(predictions, n)
     support = counts.sum(axis=1, keepdims=True)
@@ -85,9 +221,10 @@ def confusion_figure(predictions: Predictions, class_names: list[str]):
     ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="share of the true class (row)")
-    names = [_short(c) for c in class_names]
-    ax.set_xticks(range(n), names, rotation=90, fontsize=tick_size)
-    ax.set_yticks(range(n), names, fontsize=tick_size)
+    ax.set_xticks(range(n), labels.text, rotation=90, fontsize=tick_size, fontfamily=labels.family)
+    ax.set_yticks(range(n), labels.text, fontsize=tick_size, fontfamily=labels.family)
+    if labels.note:
+        fig.supxlabel(labels.note, fontsize=8)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     accuracy = float(np.trace(counts) / max(counts.sum(), 1))
@@ -128,7 +265,9 @@ def _as_hwc(pixels: Any) -> np.ndarray:
     return arr.astype(np.uint8, copy=False)
 
 
-def mistakes_figure(predictions: Predictions, class_names: list[str], eval_dataset: Any):
+def mistakes_figure(
+    predictions: Predictions, class_names: list[str], eval_dataset: Any, labels: ClassLabels | None = None
+):
     """A grid of the most confident mistakes: image, true and predicted class, confidence."""
     chosen = worst_mistakes(predictions)
     total_wrong = int((np.asarray(predictions.preds) != np.asarray(predictions.labels)).sum())
@@ -141,6 +280,7 @@ def mistakes_figure(predictions: Predictions, class_names: list[str], eval_datas
             ha="center", va="center", fontsize=14,
         )
         return fig
+    labels = class_labels(class_names) if labels is None else labels
     cols = min(4, len(chosen))
     rows = math.ceil(len(chosen) / cols)
     fig = _figure(3.0 * cols, 3.3 * rows + 0.4)
@@ -152,17 +292,19 @@ def mistakes_figure(predictions: Predictions, class_names: list[str], eval_datas
         row = eval_dataset[int(index)]
         image = _as_hwc(row["pixel_values"])
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
-        true_name = _short(class_names[int(predictions.labels[index])])
-        pred_name = _short(class_names[int(predictions.preds[index])])
+        true_name = labels.text[int(predictions.labels[index])]
+        pred_name = labels.text[int(predictions.preds[index])]
         ax.set_title(
             f"true: {true_name}\npred: {pred_name} ({float(predictions.confidence[index]):.2f})",
-            fontsize=9, color="firebrick",
+            fontsize=9, color="firebrick", fontfamily=labels.family,
         )
     fig.suptitle(
         f"Most confident mistakes: {len(chosen)} of {total_wrong} misclassified "
         f"(of {len(predictions.labels)} images)",
         fontsize=11,
     )
+    if labels.note:
+        fig.supxlabel(labels.note, fontsize=8)
     return fig
 
 

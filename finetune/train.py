@@ -23,7 +23,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from . import card, data, metrics, model as model_lib, plots
 from .recipe import Recipe, RecipeError
-from .util import first_line, write_json
+from .util import first_line, follow_umask, write_json
 
 logger = logging.getLogger("finetune")
 
@@ -241,6 +241,14 @@ class PreemptionCallback(TrainerCallback):
             control.should_training_stop = True
         return control
 
+
+class FollowUmaskCallback(TrainerCallback):
+    """Each checkpoint's weights get the mode any new file gets (util.follow_umask:
+    safetensors leaves them readable by their owner only)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:
+            follow_umask(Path(args.output_dir))
 
 
 class FinetuneTrainer(Trainer):
@@ -462,6 +470,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
         )
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
+    trainer.add_callback(FollowUmaskCallback())
     try:
         result = trainer.train(resume_from_checkpoint=resume)
     finally:
@@ -472,6 +481,8 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
             "run the same command again to continue"
         )
     trainer.save_model()
+    if trainer.args.should_save:
+        follow_umask(out)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()

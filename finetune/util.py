@@ -1,9 +1,10 @@
-"""Two helpers every step uses: one-line error text, and JSON files written atomically."""
+"""Small helpers every step uses: one-line error text, JSON written atomically, file modes."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,3 +22,37 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def current_umask() -> int:
+    """The process's umask. Read from /proc where Linux has it: the portable way (set it,
+    then set it back) would give any file another thread creates meanwhile the wrong mode."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(folder: Path) -> None:
+    """Give every ``*.safetensors`` file under ``folder`` the mode any new file gets there
+    (``0o666 & ~umask``, 0644 under the usual umask 022).
+
+    safetensors writes its file as a temporary file created with mode 0600 and renamed into
+    place, so the weights alone would be readable by their owner only: not by a teammate,
+    a serving container running as another user, or a web server. Files of other owners
+    are left alone (they are not ours to change, and chmod would fail).
+    """
+    if os.name != "posix":  # Windows has no group/other permission bits to fix
+        return
+    mode = 0o666 & ~current_umask()
+    uid = os.getuid()
+    for path in Path(folder).rglob("*.safetensors"):
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode) and info.st_uid == uid and stat.S_IMODE(info.st_mode) != mode:
+            os.chmod(path, mode)

@@ -72,3 +72,54 @@ def test_per_class_report() -> None:
     assert report["per_class"]["class 2"]["f1"] == pytest.approx(f1_score(y, preds, average=None, labels=range(6))[2])
     assert report["weighted_f1"] == pytest.approx(f1_score(y, preds, average="weighted"))
     assert np.array(report["confusion_matrix"]).sum() == 120 and "top5_accuracy" in report
+
+
+def _one_hot_eval(labels: list[int], preds: list[int], classes: int) -> EvalPrediction:
+    logits = torch.full((len(preds), classes), -5.0)
+    logits[torch.arange(len(preds)), torch.tensor(preds)] = 5.0
+    return EvalPrediction(predictions=logits, label_ids=torch.tensor(labels))
+
+
+def test_classes_absent_from_the_eval_set_are_left_out_of_macro_scores(caplog) -> None:
+    """Trained on a, b, c; the test set has only a and b, all right: every macro score is 1,
+    not 2/3 (class c has no recall to measure), and c is named as absent."""
+    names = ["a", "b", "c"]
+    acc = metrics.MetricAccumulator(["accuracy", "f1", "precision", "recall"], 3)
+    out = acc(_one_hot_eval([0, 0, 1, 1, 1], [0, 0, 1, 1, 1], 3), compute_result=True)
+    assert out["accuracy"] == out["f1"] == out["precision"] == out["recall"] == 1.0
+    with caplog.at_level("WARNING", logger="finetune.metrics"):
+        report = metrics.per_class_report(acc.last, names)
+    assert report["macro_f1"] == report["macro_precision"] == report["macro_recall"] == 1.0
+    assert report["weighted_f1"] == 1.0
+    assert report["absent_classes"] == ["c"]
+    assert set(report["per_class"]) == set(names) and report["per_class"]["c"]["support"] == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "c" in warnings[0] and "no image in the evaluated set" in warnings[0]
+
+
+def test_a_present_class_that_is_never_predicted_still_counts_as_zero(caplog) -> None:
+    labels, preds = [0, 0, 1, 1, 2], [0, 0, 1, 1, 0]
+    acc = metrics.MetricAccumulator(["f1", "precision", "recall"], 3)
+    out = acc(_one_hot_eval(labels, preds, 3), compute_result=True)
+    with caplog.at_level("WARNING", logger="finetune.metrics"):
+        report = metrics.per_class_report(acc.last, ["a", "b", "c"])
+    expected = f1_score(labels, preds, labels=[0, 1, 2], average="macro", zero_division=0)
+    assert out["f1"] == pytest.approx(expected) == pytest.approx((0.8 + 1.0 + 0.0) / 3)
+    assert report["macro_f1"] == pytest.approx(expected) and report["per_class"]["c"]["f1"] == 0.0
+    assert out["recall"] == pytest.approx(recall_score(labels, preds, labels=[0, 1, 2], average="macro"))
+    assert report["absent_classes"] == [] and not caplog.records
+
+
+def test_predicting_an_absent_class_still_costs_the_true_class_its_recall() -> None:
+    labels, preds = [0, 0, 1, 1], [0, 2, 1, 1]
+    acc = metrics.MetricAccumulator(["f1", "precision", "recall"], 3)
+    out = acc(_one_hot_eval(labels, preds, 3), compute_result=True)
+    report = metrics.per_class_report(acc.last, ["a", "b", "c"])
+    for name in ("f1", "precision", "recall"):
+        expected = {"f1": f1_score, "precision": precision_score, "recall": recall_score}[name](
+            labels, preds, labels=[0, 1], average="macro", zero_division=0
+        )
+        assert out[name] == pytest.approx(expected) and report[f"macro_{name}"] == pytest.approx(expected)
+    assert out["recall"] == pytest.approx(0.75)  # a: 1 of 2 found, b: 2 of 2
+    assert report["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert report["absent_classes"] == ["c"]

@@ -112,9 +112,41 @@ def test_checkpoint_without_backbone_weights_is_refused(tmp_path: Path) -> None:
         load(path)
 
 
-def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(model_lib.ModelError, match="model.name_or_path: cannot load"):
-        model_lib.load_processor(ModelConfig(name_or_path=str(tmp_path / "none")), None)
+def test_missing_model_is_a_clear_error() -> None:
+    with pytest.raises(model_lib.ModelError, match="model.name_or_path: cannot load 'nobody/no-such-model'"):
+        model_lib.load_processor(ModelConfig(name_or_path="nobody/no-such-model"), None)
+
+
+@pytest.mark.parametrize("name", ["./models/mine", "../x", "~/no-such-finetune-model", "models/org/name", "ABS"])
+def test_missing_local_folder_is_named_as_missing(name: str, tmp_path: Path, tiny_vit: Path) -> None:
+    """The Hub client would say only that the name is not a valid repo id."""
+    name = str(tmp_path / "none") if name == "ABS" else name
+    cfg = ModelConfig(name_or_path=name)
+    expected = (
+        f"model.name_or_path: local folder '{name}' does not exist; check the path, or use a Hub id like org/name"
+    )
+    with pytest.raises(model_lib.ModelError) as err:
+        model_lib.load_processor(cfg, None)
+    assert str(err.value) == expected
+    processor = model_lib.load_processor(ModelConfig(name_or_path=str(tiny_vit)), None)
+    with pytest.raises(model_lib.ModelError, match="does not exist"):
+        model_lib.load_model(cfg, NAMES, processor)
+
+
+@pytest.mark.parametrize(
+    "name, is_path",
+    [("google/vit-base-patch16-224", False), ("resnet18", False), ("timm/resnet18.a1_in1k", False),
+     ("./vit", True), ("/models/vit", True), ("~/vit", True), ("a/b/c", True), ("..", True)],
+)
+def test_path_like_names(name: str, is_path: bool) -> None:
+    assert model_lib.looks_like_path(name) is is_path
+
+
+def test_local_folder_under_home_is_expanded(tiny_vit: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tiny_vit.parent))
+    processor = model_lib.load_processor(ModelConfig(name_or_path=f"~/{tiny_vit.name}"), None)
+    loaded = model_lib.load_model(ModelConfig(name_or_path=f"~/{tiny_vit.name}"), NAMES, processor)
+    assert loaded.model.config.num_labels == len(NAMES)
 
 
 def test_timm_class_names_survive_save_and_reload(tiny_timm: Path, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -140,3 +142,122 @@ def test_rows_as_images_from_numpy_or_torch():
     assert np.array_equal(plots._as_hwc(chw), expected)
     assert np.array_equal(plots._as_hwc(torch.from_numpy(chw)), expected)
     assert plots._as_hwc(chw[:1]).shape == (4, 5)  # one channel → greyscale
+
+
+# ------------------------------------------------------------- class names in any script
+
+CJK_NAMES = ["猫", "狗", "鸟 bird"]
+
+
+def make_han_font(path, family: str = "Finetune Test Han", chars: str = "猫狗鸟"):
+    """A tiny TrueType font whose only glyphs are squares for ``chars`` (and a space): a
+    font with the characters DejaVu Sans lacks, built here so the test needs none installed."""
+    from fontTools.fontBuilder import FontBuilder
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+
+    def square():
+        pen = TTGlyphPen(None)
+        pen.moveTo((100, -100))
+        pen.lineTo((100, 800))
+        pen.lineTo((900, 800))
+        pen.lineTo((900, -100))
+        pen.closePath()
+        return pen.glyph()
+
+    glyph_names = {ord(c): f"uni{ord(c):04X}" for c in chars}
+    order = [".notdef", "space", *glyph_names.values()]
+    builder = FontBuilder(1000, isTTF=True)
+    builder.setupGlyphOrder(order)
+    builder.setupCharacterMap({32: "space", **glyph_names})
+    builder.setupGlyf({name: TTGlyphPen(None).glyph() if name == "space" else square() for name in order})
+    builder.setupHorizontalMetrics({name: (1000, 100) for name in order})
+    builder.setupHorizontalHeader(ascent=880, descent=-120)
+    builder.setupNameTable({"familyName": family, "styleName": "Regular"})
+    builder.setupOS2(sTypoAscender=880, sTypoDescender=-120, usWinAscent=880, usWinDescent=120)
+    builder.setupPost()
+    builder.save(str(path))
+    return path
+
+
+def _glyph_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if "missing from font" in str(w.message)]
+
+
+@pytest.fixture
+def font_list(monkeypatch):
+    """matplotlib's font list, restored after the test (the search registers what it finds)."""
+    from matplotlib import font_manager
+
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", list(font_manager.fontManager.ttflist))
+
+
+def test_the_glyph_check_sees_boxes(tmp_path):
+    """The warning the tests below look for is what matplotlib says when it draws boxes."""
+    fig = plots._figure(3, 2)
+    fig.subplots().set_title("猫")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        plots._save(fig, tmp_path / "boxes.png")
+    assert _glyph_warnings(record)
+
+
+def test_a_font_with_the_characters_is_found_and_drawn_with(tmp_path, monkeypatch, font_list, caplog):
+    font = make_han_font(tmp_path / "han.ttf")
+    monkeypatch.setattr(plots, "candidate_fonts", lambda: [str(font)])
+    labels = plots.class_labels(CJK_NAMES)
+    assert labels.text == CJK_NAMES and labels.by_index == [] and labels.note is None
+    from matplotlib import rcParams
+
+    assert labels.family == [*rcParams["font.family"], "Finetune Test Han"]
+    predictions, dataset = fake_eval(3, num_images=60, wrong=0.4)
+    with warnings.catch_warnings(record=True) as record, caplog.at_level("WARNING", logger="finetune.plots"):
+        warnings.simplefilter("always")
+        plots.write_plots(tmp_path / "out", predictions, CJK_NAMES, dataset, HISTORY)
+    assert _glyph_warnings(record) == [] and not caplog.records
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(PNGS)
+
+
+def test_without_such_a_font_the_pictures_write_indices_and_the_log_says_what_to_install(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(plots, "candidate_fonts", lambda: [])
+    labels = plots.class_labels(["cat", "狗", "鸟 bird"])
+    assert labels.text == ["cat", "#1", "#2"] and labels.by_index == [1, 2]
+    assert "id2label" in labels.note
+    predictions, dataset = fake_eval(3, num_images=60, wrong=0.4)
+    with warnings.catch_warnings(record=True) as record, caplog.at_level("WARNING", logger="finetune.plots"):
+        warnings.simplefilter("always")
+        plots.write_plots(tmp_path, predictions, CJK_NAMES, dataset, HISTORY)
+    assert _glyph_warnings(record) == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "apt-get install fonts-noto-cjk" in lines[0] and "#0 猫" in lines[0]
+
+
+def test_latin_names_search_no_font(monkeypatch):
+    def no_search():
+        raise AssertionError("searched the installed fonts for names the default font draws")
+
+    monkeypatch.setattr(plots, "candidate_fonts", no_search)
+    from matplotlib import rcParams
+
+    labels = plots.class_labels(["cat", "Hund", "oiseau", "café"])
+    assert labels.text == ["cat", "Hund", "oiseau", "café"] and labels.family == list(rcParams["font.family"])
+
+
+def test_other_scripts_get_their_own_install_hint():
+    assert "fonts-noto-cjk" in plots.install_hint("한")
+    assert "fonts-noto-cjk" in plots.install_hint("ねこ")
+    assert "fonts-noto-core" in plots.install_hint("ሰ")
+
+
+def test_an_installed_cjk_font_draws_the_names(tmp_path, font_list):
+    """With a real CJK font on the system (fonts-noto-cjk, fonts-wqy-microhei...)."""
+    labels = plots.class_labels(CJK_NAMES)
+    if labels.by_index:
+        pytest.skip("no installed font has Chinese characters (e.g. apt-get install fonts-noto-cjk)")
+    assert labels.text == CJK_NAMES and len(labels.family) > 1
+    predictions, dataset = fake_eval(3, num_images=60, wrong=0.4)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        plots.write_plots(tmp_path, predictions, CJK_NAMES, dataset, HISTORY)
+    assert _glyph_warnings(record) == []

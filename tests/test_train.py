@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -41,7 +43,11 @@ def trained(tmp_path_factory, tiny_vit) -> tuple[Path, Path, object]:
     root = tmp_path_factory.mktemp("e2e")
     images = make_image_folder(root / "images", per_class=16)
     recipe = write_recipe(root / "recipe.json", tiny_vit, images, root / "out")
-    result = run_cli("--recipe", str(recipe), launcher=ACCELERATE)
+    umask = os.umask(0o022)  # the usual one, whatever the test runner's is
+    try:
+        result = run_cli("--recipe", str(recipe), launcher=ACCELERATE)
+    finally:
+        os.umask(umask)
     return root, recipe, result
 
 
@@ -61,6 +67,21 @@ def test_accelerate_launch_run_leaves_every_output(trained) -> None:
     resolved = json.loads((out / "recipe.json").read_text())
     assert resolved["data"]["validation_fraction"] == 0.1 and resolved["model"]["strategy"] == "full"
     assert "training: effective batch 8 = 8 per device × 1 process(es)" in result.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="permission bits are POSIX")
+def test_every_written_file_follows_the_umask(trained) -> None:
+    """Under umask 022 every file is 0644 and every folder 0755: the weights too, which
+    safetensors writes as a private (0600) temporary file renamed into place."""
+    root, _, result = trained
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = root / "out"
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")}
+    assert "model.safetensors" in modes and any(name.startswith("checkpoint-") for name in modes)
+    wrong = {
+        name: oct(mode) for name, mode in modes.items() if mode != (0o755 if (out / name).is_dir() else 0o644)
+    }
+    assert not wrong
 
 
 def test_pipeline_returns_class_names(trained) -> None:
