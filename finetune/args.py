@@ -18,15 +18,55 @@ def data_seed(recipe: Recipe) -> int:
     return int(t.get("data_seed") if t.get("data_seed") is not None else t.get("seed", 42))
 
 
-def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArguments:
-    """TrainingArguments from the recipe's ``training`` block over finetune's defaults."""
-    has_validation = recipe.data.validation_fraction > 0
-    on_gpu = torch.cuda.is_available()
+def _bf16_native() -> bool:
+    # Not is_bf16_supported()'s default: it also says yes where bf16 is only emulated (a T4,
+    # compute capability 7.5), which is slower than fp32 there.
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the argument
+        return torch.cuda.get_device_capability()[0] >= 8
+
+
+def device_defaults(user: dict[str, Any]) -> dict[str, Any]:
+    """The defaults that depend on the machine: device, mixed precision, TF32 and loader workers.
+
+    Mixed precision on CUDA: bf16 where the GPU has it natively (Ampere and newer), else fp16
+    (a T4 or V100; the Trainer then scales the loss with its grad scaler). A recipe that sets
+    ``bf16``, ``fp16`` or ``use_cpu`` decides the precision itself.
+    """
+    on_gpu = torch.cuda.is_available() and not user.get("use_cpu", False)
     accelerator = on_gpu or torch.backends.mps.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
     defaults: dict[str, Any] = {
         # Without an accelerator, say so: under a multi-process launcher accelerate then
         # joins the ranks with gloo instead of running N independent single-process jobs.
         "use_cpu": not accelerator,
+        "tf32": bool(on_gpu and torch.cuda.get_device_capability()[0] >= 8),
+        # Workers only read uint8 rows of the decoded cache; on CPU they would compete
+        # with the model for the same cores.
+        "dataloader_num_workers": min(4, (os.cpu_count() or 2) // 2) if on_gpu else 0,
+    }
+    if on_gpu and "bf16" not in user and "fp16" not in user:
+        bf16 = _bf16_native()
+        defaults |= {"bf16": bf16, "fp16": not bf16}
+    return defaults
+
+
+def precision(args: TrainingArguments) -> str:
+    """What the run computes in, for the log."""
+    mode = (
+        "bf16 mixed precision" if args.bf16
+        else "fp16 mixed precision (the Trainer's grad scaler)" if args.fp16
+        else "fp32"
+    )
+    return mode + (", TF32 matmuls" if args.tf32 else "")
+
+
+def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArguments:
+    """TrainingArguments from the recipe's ``training`` block over finetune's defaults."""
+    has_validation = recipe.data.validation_fraction > 0
+    user = dict(recipe.training)
+    defaults: dict[str, Any] = {
+        **device_defaults(user),
         # Per-epoch scores on the validation piece (never on the eval split): see data.py.
         "eval_strategy": "epoch" if has_validation else "no",
         "save_strategy": "epoch",
@@ -35,14 +75,7 @@ def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArgume
         "save_total_limit": 2,
         "report_to": "none",
         "seed": 42,
-        # bf16 autocast on GPUs that have it: the usual 2× for free.
-        "bf16": bool(on_gpu and torch.cuda.is_bf16_supported()),
-        "tf32": bool(on_gpu and torch.cuda.get_device_capability()[0] >= 8),
-        # Workers only read uint8 rows of the decoded cache; on CPU they would compete
-        # with the model for the same cores.
-        "dataloader_num_workers": min(4, (os.cpu_count() or 2) // 2) if on_gpu else 0,
     }
-    user = dict(recipe.training)
     if "per_device_train_batch_size" in user and "per_device_eval_batch_size" not in user:
         defaults["per_device_eval_batch_size"] = user["per_device_train_batch_size"]
     if not has_validation and user.get("eval_strategy", "no") != "no":

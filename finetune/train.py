@@ -18,7 +18,7 @@ import torch
 from transformers import Trainer, set_seed
 
 from . import card, data, metrics, model as model_lib, plots
-from .args import data_seed, training_arguments
+from .args import data_seed, precision, training_arguments
 from .outputs import check_output_dir
 from .preemption import Preempted, PreemptionCallback
 from .recipe import Recipe
@@ -99,6 +99,23 @@ def check_prepared(prepared: Prepared, cfg) -> None:
         )
 
 
+def _set_find_unused_parameters(args, model, size, caches_features: bool) -> None:
+    """DDP's ``find_unused_parameters`` from what the strategy really trains (the Trainer's
+    default, on, costs an extra pass over the autograd graph every step)."""
+    if args.world_size == 1 or caches_features:
+        # No DDP to set up; or the feature-cache probe, which trains one Linear layer whose
+        # weight and bias both make every logit.
+        args.ddp_find_unused_parameters = False
+        return
+    unused = model_lib.unused_parameters(model, size)
+    args.ddp_find_unused_parameters = bool(unused)
+    if unused:
+        logger.info(
+            "DDP: %d trainable tensor(s) get no gradient (%s%s), so it looks for them every step",
+            len(unused), ", ".join(unused[:3]), " …" if len(unused) > 3 else "",
+        )
+
+
 def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> dict[str, Any]:
     """Run a recipe end to end; returns the final eval metrics."""
     from accelerate import PartialState
@@ -157,9 +174,10 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
         loaded.model.to(memory_format=torch.channels_last)
     has_attention = any("Attention" in type(m).__name__ for m in loaded.model.modules())
     logger.info(
-        "model: memory format %s%s",
+        "model: memory format %s%s; %s",
         "channels-last" if channels_last else "default (contiguous)",
         f"; attention {loaded.model.config._attn_implementation}" if has_attention else "",
+        precision(args),
     )
     transform = data.BatchTransform(mean, std, size, augment, channels_last=channels_last)
     accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
@@ -171,6 +189,8 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
         trainer_class, transform = features.probe_setup(
             loaded, transform, prepared.data_report, out / "data_report.json", recipe.model, recipe.training
         )
+    if "ddp_find_unused_parameters" not in recipe.training:
+        _set_find_unused_parameters(args, loaded.model, size, recipe.model.caches_features)
     # A decoded batch is one gather from the memory-mapped cache (data.FastRows).
     rows = data.FastRows.wrap
     trainer = trainer_class(
