@@ -1,4 +1,4 @@
-"""TrainingArguments from a recipe: finetune's defaults under the recipe's ``training`` block."""
+"""TrainingArguments from a recipe: finetune's defaults, its own ``training`` keys and the checks between them."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import os
 from typing import Any
 
 import torch
-from transformers import TrainingArguments
+from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
 
-from .recipe import Recipe, RecipeError
+from .recipe import FINETUNE_TRAINING_KEYS, Recipe, RecipeError
 from .util import first_line
 
 
@@ -61,10 +61,63 @@ def precision(args: TrainingArguments) -> str:
     return mode + (", TF32 matmuls" if args.tf32 else "")
 
 
+def _early_stopping(recipe: Recipe, user: dict[str, Any], defaults: dict[str, Any], source: str) -> None:
+    """Check ``training.early_stopping_*`` against the rest, and default what early stopping needs."""
+    patience = recipe.training.get("early_stopping_patience")
+    threshold = recipe.training.get("early_stopping_threshold")
+    if patience is None:
+        if threshold is not None:
+            raise RecipeError(
+                f"{source}: 'training.early_stopping_threshold' does nothing without "
+                "'training.early_stopping_patience'; set the patience (e.g. 3) or remove the threshold"
+            )
+        return
+    if patience < 1:
+        raise RecipeError(f"{source}: 'training.early_stopping_patience' must be >= 1, got {patience}")
+    if threshold is not None and threshold < 0:
+        raise RecipeError(f"{source}: 'training.early_stopping_threshold' must be >= 0, got {threshold}")
+    if recipe.data.validation_fraction == 0:
+        raise RecipeError(
+            f"{source}: 'training.early_stopping_patience' stops on the validation piece's scores, but "
+            "data.validation_fraction is 0; set it > 0 (e.g. 0.1) or remove the patience"
+        )
+    if user.get("eval_strategy") == "no":
+        raise RecipeError(
+            f"{source}: 'training.early_stopping_patience' needs evaluations, but 'training.eval_strategy' "
+            "is 'no'; set it to 'epoch' or remove the patience"
+        )
+    if user.get("load_best_model_at_end") is False:
+        raise RecipeError(
+            f"{source}: 'training.early_stopping_patience' keeps the best checkpoint, which needs "
+            "'training.load_best_model_at_end' true; remove that key or the patience"
+        )
+    metric = user.get("metric_for_best_model")
+    if metric is not None:
+        name = metric.removeprefix("eval_")
+        if name != "loss" and name not in recipe.metrics:
+            raise RecipeError(
+                f"{source}: 'training.metric_for_best_model' is '{metric}', which the run does not compute, so "
+                f"early stopping could not see it; use 'loss' or one of {', '.join(recipe.metrics)}"
+            )
+    defaults["load_best_model_at_end"] = True
+    defaults["metric_for_best_model"] = "eval_loss"
+    # A resumed run goes on with the patience counter it had, as an uninterrupted one would.
+    defaults["restore_callback_states_from_checkpoint"] = True
+
+
+def callbacks(recipe: Recipe) -> list[TrainerCallback]:
+    """The Trainer callbacks that finetune's own ``training`` keys ask for."""
+    t = recipe.training
+    if t.get("early_stopping_patience") is None:
+        return []
+    return [EarlyStoppingCallback(t["early_stopping_patience"], float(t.get("early_stopping_threshold") or 0.0))]
+
+
 def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArguments:
     """TrainingArguments from the recipe's ``training`` block over finetune's defaults."""
     has_validation = recipe.data.validation_fraction > 0
-    user = dict(recipe.training)
+    # finetune's own keys (early stopping) are not TrainingArguments fields.
+    user = {k: v for k, v in recipe.training.items() if k not in FINETUNE_TRAINING_KEYS}
     defaults: dict[str, Any] = {
         **device_defaults(user),
         # Per-epoch scores on the validation piece (never on the eval split): see data.py.
@@ -83,6 +136,7 @@ def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArgume
             f"{source}: 'training.eval_strategy' is '{user['eval_strategy']}' but there is no validation piece "
             "(data.validation_fraction is 0); set data.validation_fraction > 0 or eval_strategy to 'no'"
         )
+    _early_stopping(recipe, user, defaults, source)
     forced = {
         "output_dir": recipe.output_dir,
         # Our columns are exactly the model's inputs; nothing may be dropped.

@@ -66,6 +66,7 @@ LBFGS_UNUSED = (
     "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps", "weight_decay", "per_device_train_batch_size",
     "gradient_accumulation_steps", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
     "label_smoothing_factor", "load_best_model_at_end", "metric_for_best_model",
+    "early_stopping_patience", "early_stopping_threshold",
 )
 _FALSE_HINT = "set model.feature_cache to false to train the head with the backbone running every step"
 AUGMENT_NOTE = (

@@ -18,7 +18,7 @@ import torch
 from transformers import Trainer, set_seed
 
 from . import card, data, metrics, model as model_lib, plots
-from .args import data_seed, precision, training_arguments
+from .args import callbacks, data_seed, precision, training_arguments
 from .outputs import check_output_dir
 from .preemption import Preempted, PreemptionCallback
 from .recipe import Recipe
@@ -202,6 +202,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
         data_collator=data.collate,
         compute_metrics=accumulator,
         batch_transform=transform,
+        callbacks=callbacks(recipe),
     )
     world = args.world_size
     effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
@@ -222,6 +223,11 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
         raise Preempted(
             f"stopped by SIGTERM at step {trainer.state.global_step}; a checkpoint is in {out}; "
             "run the same command again to continue"
+        )
+    if "early_stopping_patience" in recipe.training and trainer.state.global_step < trainer.state.max_steps:
+        logger.info(
+            "training: stopped early at step %d of %d (epoch %g): %s on the validation piece stopped improving",
+            trainer.state.global_step, trainer.state.max_steps, trainer.state.epoch or 0, args.metric_for_best_model,
         )
     if recipe.model.caches_features:
         trainer.save_full_model()  # the checkpoints hold the head alone (features.py)

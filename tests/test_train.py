@@ -354,6 +354,24 @@ def test_load_best_model_at_end_really_loads_the_best_weights(tmp_path: Path, ti
     assert all(torch.equal(final[k], chosen[k]) for k in final)
 
 
+@pytest.mark.e2e
+def test_early_stopping_stops_when_validation_stops_improving(tmp_path: Path, tiny_vit: Path) -> None:
+    """No change can beat a threshold of 1e9: with patience 1, the second evaluation without
+    enough improvement ends training after epoch 2 of 5."""
+    images = make_image_folder(tmp_path / "images", per_class=8)
+    recipe = write_recipe(
+        tmp_path / "r.json", tiny_vit, images, tmp_path / "out",
+        training={"num_train_epochs": 5, "per_device_train_batch_size": 8, "seed": 0, "use_cpu": True,
+                  "disable_tqdm": True, "early_stopping_patience": 1, "early_stopping_threshold": 1e9},
+    )
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["epoch"] == 2.0 and state["global_step"] < state["max_steps"]
+    assert "training: stopped early at step" in result.stderr
+    assert state["best_model_checkpoint"] is not None  # load_best_model_at_end came on by default
+
+
 # ------------------------------------------------------------------ messy folders (#5)
 
 
