@@ -1,4 +1,4 @@
-"""Linear probe on cached features (issue #6, "Speed").
+"""Linear probe on cached features: the frozen backbone runs once, and the head trains on what it computed.
 
 With ``model.strategy: linear_probe`` only the classification head learns, and the
 backbone is frozen in eval mode, so its output for an image never changes during training.
@@ -66,6 +66,7 @@ LBFGS_UNUSED = (
     "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps", "weight_decay", "per_device_train_batch_size",
     "gradient_accumulation_steps", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
     "label_smoothing_factor", "load_best_model_at_end", "metric_for_best_model",
+    "early_stopping_patience", "early_stopping_threshold",
 )
 _FALSE_HINT = "set model.feature_cache to false to train the head with the backbone running every step"
 AUGMENT_NOTE = (
@@ -374,10 +375,14 @@ def probe_setup(
 class FeatureProbeTrainer(Trainer):
     """A Trainer for the head alone, on features that the frozen backbone computes once.
 
-    It takes the same arguments as ``train.FinetuneTrainer``, so train.py only swaps the
-    class: ``model`` is the full model, and the datasets are the decoded uint8 splits. Any
-    decoded split given to ``evaluate``/``predict`` later (for example the eval split) is
-    mapped to its features, computed on first use and cached.
+    It takes the same arguments as ``trainer.FinetuneTrainer``, so train.py only swaps the
+    class: ``model`` is the full model, and the datasets are the decoded uint8 splits (bare or
+    in ``data.FastRows``). Any decoded split given to ``evaluate``/``predict`` later (for
+    example the eval split) is mapped to its features, computed on first use and cached.
+
+    Checkpoints hold the head alone (the Trainer's own saving of a model that is not a
+    ``PreTrainedModel``): the backbone never changes, and would add its whole size to every
+    checkpoint. :meth:`save_full_model` saves what inference loads.
     """
 
     def __init__(
@@ -414,6 +419,8 @@ class FeatureProbeTrainer(Trainer):
         """The cached features of a decoded split (one backbone pass per split, ever)."""
         if isinstance(dataset, FeatureDataset):
             return dataset
+        if isinstance(dataset, data.FastRows):
+            dataset = dataset.dataset  # the decoded split itself: it keys the cache
         for known, features in self._cache:
             if known is dataset:
                 return features
@@ -519,18 +526,9 @@ class FeatureProbeTrainer(Trainer):
     def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"):
         return super().predict(self.features_for(test_dataset), ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
-    # ---- saving: per-epoch checkpoints hold the head; the final save is the full model
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        self._save_full = not _internal_call
-        try:
-            super().save_model(output_dir, _internal_call=_internal_call)
-        finally:
-            self._save_full = False
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not getattr(self, "_save_full", False):
-            return super()._save(output_dir, state_dict=state_dict)
+    def save_full_model(self, output_dir: str | None = None) -> None:
+        """The full model (frozen backbone + trained head), the image processor and the
+        training arguments, as ``save_model`` writes them for any other run."""
         from transformers.trainer import TRAINING_ARGS_NAME
 
         output_dir = output_dir if output_dir is not None else self.args.output_dir

@@ -259,6 +259,32 @@ def apply_strategy(model: nn.Module, cfg: ModelConfig, head: list[str]) -> None:
     model.finetune_frozen_modules = frozen  # type: ignore[attr-defined] - for tests and logs
 
 
+def unused_parameters(model: nn.Module, size: tuple[int, int]) -> list[str]:
+    """Trainable parameters that get no gradient from a training step: DDP then has to search
+    the autograd graph for them on every step (``find_unused_parameters``), else it stops.
+
+    One forward and backward pass of two blank images in training mode, as the Trainer runs
+    the model; the batch-norm statistics and the random state it touches are put back.
+    """
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        return []
+    device = params[0][1].device
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
+            logits = model(pixel_values=torch.zeros(2, 3, *size, device=device)).logits
+            grads = torch.autograd.grad(logits.float().sum(), [p for _, p in params], allow_unused=True)
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
+    return [n for (n, _), g in zip(params, grads) if g is None]
+
+
 def _frozen_modules(model: nn.Module) -> list[nn.Module]:
     """The outermost modules whose parameters are all frozen (and that have some state)."""
     out: list[nn.Module] = []

@@ -36,6 +36,13 @@ _TRAINING_KEYS_ELSEWHERE = {
     "batch_eval_metrics": "finetune always accumulates metrics batch by batch to bound memory",
 }
 
+#: finetune's own keys in the ``training`` block, with their types; args.py checks their
+#: values against the rest and keeps them out of TrainingArguments.
+FINETUNE_TRAINING_KEYS: dict[str, Any] = {
+    "early_stopping_patience": int,  # evaluations without improvement before training stops
+    "early_stopping_threshold": float,  # the least change in the metric that counts as one
+}
+
 
 class RecipeError(ValueError):
     """A recipe problem: the message is one line naming the file, the key and the fix."""
@@ -237,10 +244,10 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
 
 
 def _check_training(training: dict[str, Any], source: str) -> None:
-    """Every key must be a TrainingArguments field, of the field's type."""
+    """Every key must be a TrainingArguments field (or one of finetune's own), of the field's type."""
     from transformers import TrainingArguments  # light: no model or data is loaded
 
-    fields = {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init}
+    fields = {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init} | FINETUNE_TRAINING_KEYS
     for key, value in training.items():
         path = f"training.{key}"
         if key in _TRAINING_KEYS_ELSEWHERE:

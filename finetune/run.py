@@ -96,7 +96,7 @@ def _error(message: str) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .recipe import RecipeError, load_recipe
-    from .train import training_arguments
+    from .args import training_arguments
 
     failed = 0
     for path in args.recipes:
@@ -116,7 +116,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .hub import PushError
     from .model import ModelError
     from .recipe import RecipeError, load_recipe
-    from .train import OutputDirError, Preempted, train
+    from .outputs import OutputDirError
+    from .preemption import Preempted
+    from .train import train
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)

@@ -102,6 +102,13 @@ def test_only_the_main_process_writes(probe_runs) -> None:
         assert probe_runs["stderr_two"].count("finetune: training: effective batch 8 = 4 per device × 2 process(es)") == 1
 
 
+def test_ddp_does_not_search_for_unused_parameters(probe_runs) -> None:
+    """Every tensor the probe trains gets a gradient, so DDP runs with find_unused_parameters
+    off: no extra autograd traversal per step, and no warning from torch about one."""
+    assert "find_unused_parameters=True was specified" not in probe_runs["stderr_two"]
+    assert "get no gradient" not in probe_runs["stderr_two"]
+
+
 def test_validation_piece_is_the_same_on_every_rank(tmp_path: Path) -> None:
     """The automatic split (eval_split null, k-shot) is computed on each rank: same ids."""
     script = tmp_path / "split.py"

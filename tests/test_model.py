@@ -217,3 +217,42 @@ def test_channels_last_is_automatic_only_for_cnns_on_cuda_without_sharding(tiny_
     assert not model_lib.use_channels_last(resnet, auto)
     assert model_lib.use_channels_last(vit, ModelConfig(name_or_path="x", channels_last=True))  # the recipe decides
     assert not model_lib.use_channels_last(resnet, ModelConfig(name_or_path="x", channels_last=False))
+
+
+# ------------------------------------------------ DDP: does every trainable tensor get a gradient?
+
+
+@pytest.mark.parametrize("strategy", ["full", "partial", "linear_probe"])
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_resnet", "tiny_timm"])
+def test_every_trainable_tensor_gets_a_gradient(fixture: str, strategy: str, request) -> None:
+    """What lets train.py wrap DDP with find_unused_parameters off: one training step's
+    forward and backward (the model's own loss) reaches every tensor the strategy trains,
+    and unused_parameters, which decides it at run time, agrees."""
+    loaded, _ = load(request.getfixturevalue(fixture), strategy, n=1)
+    m = loaded.model
+    assert model_lib.unused_parameters(m, (32, 32)) == []
+    m.train()
+    m(pixel_values=torch.randn(4, 3, 32, 32), labels=torch.tensor([0, 1, 2, 3])).loss.backward()
+    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert trainable and [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_unused_parameters_finds_a_tensor_no_step_reaches(tiny_resnet: Path) -> None:
+    """DINOv2 keeps a mask token for masked-image pretraining that classification never uses:
+    DDP must then look for unused parameters. The probe leaves no trace in the model."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    dino = tf.Dinov2ForImageClassification(
+        tf.Dinov2Config(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, num_labels=3)
+    )
+    assert model_lib.unused_parameters(dino, (32, 32)) == ["dinov2.embeddings.mask_token"]
+
+    resnet = load(tiny_resnet)[0].model.eval()
+    buffers = {n: b.clone() for n, b in resnet.named_buffers()}
+    rng = torch.get_rng_state()
+    assert model_lib.unused_parameters(resnet, (32, 32)) == []
+    assert not resnet.training and torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(b, buffers[n]) for n, b in resnet.named_buffers())
+    assert all(p.grad is None for p in resnet.parameters())

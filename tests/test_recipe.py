@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from finetune.recipe import RecipeError, apply_overrides, load_recipe, parse_override, recipe_from_dict
-from finetune.train import training_arguments
+from finetune.args import training_arguments
 
 SHIPPED = sorted((ROOT / "recipes").glob("*.json"))
 

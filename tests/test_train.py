@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from conftest import CIFAR10, CLASSES, ROOT, make_image_folder, make_tiny_vit, run_cli, write_recipe
-from finetune import train as train_lib
+from finetune.args import training_arguments
+from finetune.outputs import last_complete_checkpoint
+from finetune.trainer import FinetuneTrainer
 from finetune.recipe import recipe_from_dict
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
@@ -174,13 +176,40 @@ def test_model_receives_normalised_float_pixels(tiny_vit: Path, tmp_path: Path) 
     recipe = recipe_from_dict({"description": "d", "model": {"name_or_path": str(tiny_vit)},
                                "data": {"dataset": "x"}, "output_dir": str(tmp_path / "o"),
                                "training": {"use_cpu": True, "eval_strategy": "no"}})
-    args = train_lib.training_arguments(recipe)
-    trainer = train_lib.FinetuneTrainer(
+    args = training_arguments(recipe)
+    trainer = FinetuneTrainer(
         model=model, args=args, batch_transform=BatchTransform([0.5] * 3, [0.5] * 3, (32, 32), None)
     )
     batch = {"pixel_values": torch.full((2, 3, 32, 32), 255, dtype=torch.uint8), "labels": torch.tensor([0, 1])}
     trainer.compute_loss(model, batch)
     assert seen[0].dtype == torch.float32 and torch.allclose(seen[0], torch.ones_like(seen[0]))
+
+
+def test_trainer_reads_fastrows_through_its_public_loaders(tiny_vit: Path, tmp_path: Path) -> None:
+    """Decoded splits go to the Trainer already in data.FastRows (no private loader override):
+    its loaders then gather each batch from the cache, as uint8 pixels and labels."""
+    from datasets import load_dataset
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from finetune import data
+
+    processor = AutoImageProcessor.from_pretrained(tiny_vit)
+    raw = load_dataset(str(make_image_folder(tmp_path / "images", per_class=3, splits=("train",))))["train"]
+    rows = data.FastRows.wrap(data.decode(raw, processor, "image", "label", None, "decoding").dataset)
+    assert isinstance(rows, data.FastRows)
+    recipe = recipe_from_dict({"description": "d", "model": {"name_or_path": str(tiny_vit)},
+                               "data": {"dataset": "x"}, "output_dir": str(tmp_path / "o"),
+                               "training": {"use_cpu": True, "per_device_train_batch_size": 4}})
+    trainer = FinetuneTrainer(
+        model=AutoModelForImageClassification.from_pretrained(tiny_vit), args=training_arguments(recipe),
+        train_dataset=rows, eval_dataset=rows, data_collator=data.collate,
+        batch_transform=data.BatchTransform([0.5] * 3, [0.5] * 3, (32, 32), None),
+    )
+    for loader in (trainer.get_train_dataloader(), trainer.get_eval_dataloader(rows)):
+        assert loader.dataset is rows
+        batch = next(iter(loader))
+        assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (4, 3, 32, 32)
+        assert batch["labels"].shape == (4,)
 
 
 @pytest.mark.skipif(not CIFAR10.is_dir(), reason="../shared/datasets/cifar10 is not present")
@@ -313,7 +342,7 @@ def test_checkpoint_cut_off_mid_write_is_skipped(resumable, tmp_path: Path) -> N
     _, reference = resumable
     out = tmp_path / "run"
     shutil.copytree(reference, out)
-    newest = train_lib.last_complete_checkpoint(out)
+    newest = last_complete_checkpoint(out)
     assert newest is not None and newest.endswith("checkpoint-81")
     broken = out / "checkpoint-999"
     shutil.copytree(newest, broken)
@@ -325,7 +354,7 @@ def test_checkpoint_cut_off_mid_write_is_skipped(resumable, tmp_path: Path) -> N
     half_written = out / "checkpoint-1000"
     shutil.copytree(newest, half_written)
     (half_written / "trainer_state.json").unlink()  # killed before the Trainer's last file
-    assert train_lib.last_complete_checkpoint(out) == newest
+    assert last_complete_checkpoint(out) == newest
 
 
 def test_load_best_model_at_end_really_loads_the_best_weights(tmp_path: Path, tiny_vit: Path) -> None:
@@ -344,6 +373,24 @@ def test_load_best_model_at_end_really_loads_the_best_weights(tmp_path: Path, ti
     best = Path(state["best_model_checkpoint"])
     final, chosen = _weights(tmp_path / "out"), _weights(tmp_path / "out" / best.name)
     assert all(torch.equal(final[k], chosen[k]) for k in final)
+
+
+@pytest.mark.e2e
+def test_early_stopping_stops_when_validation_stops_improving(tmp_path: Path, tiny_vit: Path) -> None:
+    """No change can beat a threshold of 1e9: with patience 1, the second evaluation without
+    enough improvement ends training after epoch 2 of 5."""
+    images = make_image_folder(tmp_path / "images", per_class=8)
+    recipe = write_recipe(
+        tmp_path / "r.json", tiny_vit, images, tmp_path / "out",
+        training={"num_train_epochs": 5, "per_device_train_batch_size": 8, "seed": 0, "use_cpu": True,
+                  "disable_tqdm": True, "early_stopping_patience": 1, "early_stopping_threshold": 1e9},
+    )
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["epoch"] == 2.0 and state["global_step"] < state["max_steps"]
+    assert "training: stopped early at step" in result.stderr
+    assert state["best_model_checkpoint"] is not None  # load_best_model_at_end came on by default
 
 
 # ------------------------------------------------------------------ messy folders (#5)

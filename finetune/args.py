@@ -1,0 +1,152 @@
+"""TrainingArguments from a recipe: finetune's defaults, its own ``training`` keys and the checks between them."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
+
+from .recipe import FINETUNE_TRAINING_KEYS, Recipe, RecipeError
+from .util import first_line
+
+
+def data_seed(recipe: Recipe) -> int:
+    """The seed of every split and subset: training.data_seed, else training.seed, else 42."""
+    t = recipe.training
+    return int(t.get("data_seed") if t.get("data_seed") is not None else t.get("seed", 42))
+
+
+def _bf16_native() -> bool:
+    # Not is_bf16_supported()'s default: it also says yes where bf16 is only emulated (a T4,
+    # compute capability 7.5), which is slower than fp32 there.
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the argument
+        return torch.cuda.get_device_capability()[0] >= 8
+
+
+def device_defaults(user: dict[str, Any]) -> dict[str, Any]:
+    """The defaults that depend on the machine: device, mixed precision, TF32 and loader workers.
+
+    Mixed precision on CUDA: bf16 where the GPU has it natively (Ampere and newer), else fp16
+    (a T4 or V100; the Trainer then scales the loss with its grad scaler). A recipe that sets
+    ``bf16``, ``fp16`` or ``use_cpu`` decides the precision itself.
+    """
+    on_gpu = torch.cuda.is_available() and not user.get("use_cpu", False)
+    accelerator = on_gpu or torch.backends.mps.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    defaults: dict[str, Any] = {
+        # Without an accelerator, say so: under a multi-process launcher accelerate then
+        # joins the ranks with gloo instead of running N independent single-process jobs.
+        "use_cpu": not accelerator,
+        "tf32": bool(on_gpu and torch.cuda.get_device_capability()[0] >= 8),
+        # Workers only read uint8 rows of the decoded cache; on CPU they would compete
+        # with the model for the same cores.
+        "dataloader_num_workers": min(4, (os.cpu_count() or 2) // 2) if on_gpu else 0,
+    }
+    if on_gpu and "bf16" not in user and "fp16" not in user:
+        bf16 = _bf16_native()
+        defaults |= {"bf16": bf16, "fp16": not bf16}
+    return defaults
+
+
+def precision(args: TrainingArguments) -> str:
+    """What the run computes in, for the log."""
+    mode = (
+        "bf16 mixed precision" if args.bf16
+        else "fp16 mixed precision (the Trainer's grad scaler)" if args.fp16
+        else "fp32"
+    )
+    return mode + (", TF32 matmuls" if args.tf32 else "")
+
+
+def _early_stopping(recipe: Recipe, user: dict[str, Any], defaults: dict[str, Any], source: str) -> None:
+    """Check ``training.early_stopping_*`` against the rest, and default what early stopping needs."""
+    patience = recipe.training.get("early_stopping_patience")
+    threshold = recipe.training.get("early_stopping_threshold")
+    if patience is None:
+        if threshold is not None:
+            raise RecipeError(
+                f"{source}: 'training.early_stopping_threshold' does nothing without "
+                "'training.early_stopping_patience'; set the patience (e.g. 3) or remove the threshold"
+            )
+        return
+    if patience < 1:
+        raise RecipeError(f"{source}: 'training.early_stopping_patience' must be >= 1, got {patience}")
+    if threshold is not None and threshold < 0:
+        raise RecipeError(f"{source}: 'training.early_stopping_threshold' must be >= 0, got {threshold}")
+    if recipe.data.validation_fraction == 0:
+        raise RecipeError(
+            f"{source}: 'training.early_stopping_patience' stops on the validation piece's scores, but "
+            "data.validation_fraction is 0; set it > 0 (e.g. 0.1) or remove the patience"
+        )
+    if user.get("eval_strategy") == "no":
+        raise RecipeError(
+            f"{source}: 'training.early_stopping_patience' needs evaluations, but 'training.eval_strategy' "
+            "is 'no'; set it to 'epoch' or remove the patience"
+        )
+    if user.get("load_best_model_at_end") is False:
+        raise RecipeError(
+            f"{source}: 'training.early_stopping_patience' keeps the best checkpoint, which needs "
+            "'training.load_best_model_at_end' true; remove that key or the patience"
+        )
+    metric = user.get("metric_for_best_model")
+    if metric is not None:
+        name = metric.removeprefix("eval_")
+        if name != "loss" and name not in recipe.metrics:
+            raise RecipeError(
+                f"{source}: 'training.metric_for_best_model' is '{metric}', which the run does not compute, so "
+                f"early stopping could not see it; use 'loss' or one of {', '.join(recipe.metrics)}"
+            )
+    defaults["load_best_model_at_end"] = True
+    defaults["metric_for_best_model"] = "eval_loss"
+    # A resumed run goes on with the patience counter it had, as an uninterrupted one would.
+    defaults["restore_callback_states_from_checkpoint"] = True
+
+
+def callbacks(recipe: Recipe) -> list[TrainerCallback]:
+    """The Trainer callbacks that finetune's own ``training`` keys ask for."""
+    t = recipe.training
+    if t.get("early_stopping_patience") is None:
+        return []
+    return [EarlyStoppingCallback(t["early_stopping_patience"], float(t.get("early_stopping_threshold") or 0.0))]
+
+
+def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArguments:
+    """TrainingArguments from the recipe's ``training`` block over finetune's defaults."""
+    has_validation = recipe.data.validation_fraction > 0
+    # finetune's own keys (early stopping) are not TrainingArguments fields.
+    user = {k: v for k, v in recipe.training.items() if k not in FINETUNE_TRAINING_KEYS}
+    defaults: dict[str, Any] = {
+        **device_defaults(user),
+        # Per-epoch scores on the validation piece (never on the eval split): see data.py.
+        "eval_strategy": "epoch" if has_validation else "no",
+        "save_strategy": "epoch",
+        "logging_strategy": "steps",
+        "logging_steps": 10,
+        "save_total_limit": 2,
+        "report_to": "none",
+        "seed": 42,
+    }
+    if "per_device_train_batch_size" in user and "per_device_eval_batch_size" not in user:
+        defaults["per_device_eval_batch_size"] = user["per_device_train_batch_size"]
+    if not has_validation and user.get("eval_strategy", "no") != "no":
+        raise RecipeError(
+            f"{source}: 'training.eval_strategy' is '{user['eval_strategy']}' but there is no validation piece "
+            "(data.validation_fraction is 0); set data.validation_fraction > 0 or eval_strategy to 'no'"
+        )
+    _early_stopping(recipe, user, defaults, source)
+    forced = {
+        "output_dir": recipe.output_dir,
+        # Our columns are exactly the model's inputs; nothing may be dropped.
+        "remove_unused_columns": False,
+        "label_names": ["labels"],
+        # Accumulate metrics batch by batch instead of keeping every eval logit.
+        "batch_eval_metrics": True,
+    }
+    try:
+        return TrainingArguments(**{**defaults, **user, **forced})
+    except (ValueError, TypeError) as err:
+        first = first_line(err)
+        raise RecipeError(f"{source}: 'training' is inconsistent: {first}") from None
