@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from . import card, data, metrics, model as model_lib, plots
+from . import card, data, metrics, model as model_lib, plots, training_fields
 from .recipe import Recipe, RecipeError
 from .util import first_line, write_json
 
@@ -53,11 +53,7 @@ def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArgume
         # Without an accelerator, say so: under a multi-process launcher accelerate then
         # joins the ranks with gloo instead of running N independent single-process jobs.
         "use_cpu": not accelerator,
-        # Per-epoch scores on the validation piece (never on the eval split): see data.py.
-        "eval_strategy": "epoch" if has_validation else "no",
-        "save_strategy": "epoch",
-        "logging_strategy": "steps",
-        "logging_steps": 10,
+        **training_fields.strategy_defaults(has_validation),
         "save_total_limit": 2,
         "report_to": "none",
         "seed": 42,
@@ -71,11 +67,6 @@ def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArgume
     user = dict(recipe.training)
     if "per_device_train_batch_size" in user and "per_device_eval_batch_size" not in user:
         defaults["per_device_eval_batch_size"] = user["per_device_train_batch_size"]
-    if not has_validation and user.get("eval_strategy", "no") != "no":
-        raise RecipeError(
-            f"{source}: 'training.eval_strategy' is '{user['eval_strategy']}' but there is no validation piece "
-            "(data.validation_fraction is 0); set data.validation_fraction > 0 or eval_strategy to 'no'"
-        )
     forced = {
         "output_dir": recipe.output_dir,
         # Our columns are exactly the model's inputs; nothing may be dropped.
