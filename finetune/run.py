@@ -116,11 +116,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .hub import PushError
     from .model import ModelError
     from .recipe import RecipeError, load_recipe
+    from .threads import ThreadsError, configure_threads
     from .train import OutputDirError, Preempted, train
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as err:
+        configure_threads()  # before any heavy work: launchers leave a CPU job one core
+    except (RecipeError, ThreadsError) as err:
         return _error(str(err))
     _setup_logging()
     try:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from . import card, data, metrics, model as model_lib, plots, training_fields
+from . import card, data, metrics, model as model_lib, plots, threads, training_fields
 from .recipe import Recipe, RecipeError
 from .util import first_line, write_json
 
@@ -369,6 +369,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     out = Path(recipe.output_dir)
     resume = check_output_dir(recipe, overwrite)
     state.wait_for_everyone()  # every rank has looked at the folder before rank 0 writes to it
+    logger.info("threads: %s", threads.configure_threads().describe())  # again: accelerate may have changed it
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "recipe.json", recipe.to_dict())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def test_accelerate_launch_run_leaves_every_output(trained) -> None:
     resolved = json.loads((out / "recipe.json").read_text())
     assert resolved["data"]["validation_fraction"] == 0.1 and resolved["model"]["strategy"] == "full"
     assert "training: effective batch 8 = 8 per device × 1 process(es)" in result.stderr
+    assert re.search(r"threads: \d+ CPU thread\(s\) \(", result.stderr)  # the benchmark parses it
 
 
 def test_pipeline_returns_class_names(trained) -> None:
