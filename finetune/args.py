@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
 
+from . import training_fields
 from .recipe import FINETUNE_TRAINING_KEYS, Recipe, RecipeError
 from .util import first_line
 
@@ -120,22 +121,13 @@ def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArgume
     user = {k: v for k, v in recipe.training.items() if k not in FINETUNE_TRAINING_KEYS}
     defaults: dict[str, Any] = {
         **device_defaults(user),
-        # Per-epoch scores on the validation piece (never on the eval split): see data.py.
-        "eval_strategy": "epoch" if has_validation else "no",
-        "save_strategy": "epoch",
-        "logging_strategy": "steps",
-        "logging_steps": 10,
+        **training_fields.strategy_defaults(has_validation),
         "save_total_limit": 2,
         "report_to": "none",
         "seed": 42,
     }
     if "per_device_train_batch_size" in user and "per_device_eval_batch_size" not in user:
         defaults["per_device_eval_batch_size"] = user["per_device_train_batch_size"]
-    if not has_validation and user.get("eval_strategy", "no") != "no":
-        raise RecipeError(
-            f"{source}: 'training.eval_strategy' is '{user['eval_strategy']}' but there is no validation piece "
-            "(data.validation_fraction is 0); set data.validation_fraction > 0 or eval_strategy to 'no'"
-        )
     _early_stopping(recipe, user, defaults, source)
     forced = {
         "output_dir": recipe.output_dir,

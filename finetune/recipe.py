@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import training_fields
+
 Strategy = Literal["full", "linear_probe", "partial"]
 
 #: Metric names a recipe may list; ``metrics.py`` computes each one.
@@ -245,9 +247,8 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
 
 def _check_training(training: dict[str, Any], source: str) -> None:
     """Every key must be a TrainingArguments field (or one of finetune's own), of the field's type."""
-    from transformers import TrainingArguments  # light: no model or data is loaded
-
-    fields = {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init} | FINETUNE_TRAINING_KEYS
+    # Read from transformers' source without importing it (that would import torch: seconds).
+    fields = {name: f.type for name, f in training_fields.fields().items()} | FINETUNE_TRAINING_KEYS
     for key, value in training.items():
         path = f"training.{key}"
         if key in _TRAINING_KEYS_ELSEWHERE:
@@ -339,6 +340,10 @@ def _validate(recipe: Recipe, source: str) -> None:
     if recipe.hub.push and not recipe.hub.repo_id:
         raise RecipeError(f"{source}: 'hub.push' is true but 'hub.repo_id' is missing; set it to USER/NAME")
     _check_training(recipe.training, source)
+    problems = training_fields.check_ranges(recipe.training, source)
+    problems += training_fields.check_consistency(recipe.training, source, has_validation=d.validation_fraction > 0)
+    if problems:
+        raise RecipeError(problems[0])
 
 
 def _is_hex(text: str) -> bool:

@@ -118,11 +118,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .recipe import RecipeError, load_recipe
     from .outputs import OutputDirError
     from .preemption import Preempted
+    from .threads import ThreadsError, configure_threads
     from .train import train
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as err:
+        configure_threads()  # before any heavy work: launchers leave a CPU job one core
+    except (RecipeError, ThreadsError) as err:
         return _error(str(err))
     _setup_logging()
     try:

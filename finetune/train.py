@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import Trainer, set_seed
 
-from . import card, data, metrics, model as model_lib, plots
+from . import card, data, metrics, model as model_lib, plots, threads
 from .args import callbacks, data_seed, precision, training_arguments
 from .outputs import FollowUmaskCallback, check_output_dir
 from .preemption import Preempted, PreemptionCallback
@@ -125,6 +125,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     out = Path(recipe.output_dir)
     resume = check_output_dir(recipe, overwrite)
     state.wait_for_everyone()  # every rank has looked at the folder before rank 0 writes to it
+    logger.info("threads: %s", threads.configure_threads().describe())  # again: accelerate may have changed it
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "recipe.json", recipe.to_dict())

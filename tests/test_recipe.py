@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,12 +168,33 @@ def test_load_recipe_file_errors(tmp_path: Path) -> None:
 
 
 def test_inconsistent_training_block_is_a_recipe_error() -> None:
-    recipe = recipe_from_dict(
-        {**base(), "training": {"load_best_model_at_end": True, "eval_strategy": "epoch", "save_strategy": "steps",
-                                "save_steps": 7}}
-    )
+    inconsistent = {"load_best_model_at_end": True, "eval_strategy": "epoch", "save_strategy": "steps", "save_steps": 7}
+    # Found by the recipe check, without building TrainingArguments (which imports torch)...
+    with pytest.raises(RecipeError, match="'training.load_best_model_at_end' needs .* to match"):
+        recipe_from_dict({**base(), "training": inconsistent}, "r.json")
+    # ...and by TrainingArguments itself for a recipe changed after validation.
+    recipe = recipe_from_dict(base())
+    recipe.training.update(inconsistent)
     with pytest.raises(RecipeError, match="'training' is inconsistent"):
         training_arguments(recipe, "r.json")
+
+
+def test_eval_strategy_without_validation_piece_is_refused() -> None:
+    raw = {**base(), "data": {"dataset": "x", "validation_fraction": 0}, "training": {"eval_strategy": "epoch"}}
+    with pytest.raises(RecipeError, match="'training.eval_strategy' is 'epoch' but there is no validation piece"):
+        recipe_from_dict(raw, "r.json")
+
+
+def test_loading_a_recipe_imports_neither_torch_nor_transformers() -> None:
+    # `finetune validate` and a bad recipe's error must not pay torch's seconds of import.
+    code = (
+        "import sys; from finetune.recipe import load_recipe; load_recipe(sys.argv[1]); "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT / "recipes" / "quickstart.json")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
 
 
 def test_cli_bad_recipe_exits_2_with_one_line(tmp_path: Path) -> None:
@@ -190,3 +213,13 @@ def test_cli_validate(tmp_path: Path) -> None:
     assert ok.stdout.count("ok ") == len(SHIPPED)
     broken = run_cli("validate", str(SHIPPED[0]), "--set", "model.strategy=frozen")
     assert broken.returncode == 2 and "'model.strategy' must be one of" in broken.stderr
+
+
+@pytest.mark.e2e
+def test_cli_out_of_range_value_exits_2_before_loading(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({**base(), "training": {"learning_rate": -0.001}}))
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"finetune: error: {recipe}: 'training.learning_rate' must be >= 0, got -0.001"]

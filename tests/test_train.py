@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -69,6 +70,7 @@ def test_accelerate_launch_run_leaves_every_output(trained) -> None:
     resolved = json.loads((out / "recipe.json").read_text())
     assert resolved["data"]["validation_fraction"] == 0.1 and resolved["model"]["strategy"] == "full"
     assert "training: effective batch 8 = 8 per device × 1 process(es)" in result.stderr
+    assert re.search(r"threads: \d+ CPU thread\(s\) \(", result.stderr)  # the benchmark parses it
 
 
 @pytest.mark.skipif(os.name != "posix", reason="permission bits are POSIX")
