@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from . import builtin
+from .errors import UserError
 from .recipe import ModelConfig
 from .util import first_line
 
 logger = logging.getLogger(__name__)
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A problem with the model the recipe names; one line, with the fix."""
 
 
@@ -135,7 +136,7 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
         # timm keeps its preprocessing in config.json: keep it equal to what we train with.
         config.pretrained_cfg = {**config.pretrained_cfg, "input_size": tuple(data_config["input_size"])}
     try:
-        # safetensors only: a pickled checkpoint can run code when loaded (issue #5).
+        # safetensors only: a pickled checkpoint can run code when loaded.
         model, info = AutoModelForImageClassification.from_pretrained(
             path, config=config, ignore_mismatched_sizes=True, output_loading_info=True, use_safetensors=True,
             **_load_kwargs(cfg),
@@ -253,7 +254,7 @@ def is_convolutional(model: nn.Module) -> bool:
 
 
 def use_channels_last(model: nn.Module, cfg: ModelConfig, args: Any = None) -> bool:
-    """``model.channels_last``, or when null: a convolutional model on a CUDA GPU (issue #6),
+    """``model.channels_last``, or when null: a convolutional model on a CUDA GPU,
     unless FSDP or DeepSpeed shard the weights (their flattening is not tested with it)."""
     if cfg.channels_last is not None:
         return cfg.channels_last

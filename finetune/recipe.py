@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Strategy = Literal["full", "linear_probe", "partial"]
+from .errors import UserError
+from .metric_names import KNOWN_METRICS
 
-#: Metric names a recipe may list; ``metrics.py`` computes each one.
-KNOWN_METRICS = ("accuracy", "f1", "precision", "recall", "top5_accuracy")
+Strategy = Literal["full", "linear_probe", "partial"]
 
 # TrainingArguments fields that the recipe sets elsewhere, or that we own because the
 # pipeline depends on them (see train.py for why each is fixed).
@@ -37,7 +37,7 @@ _TRAINING_KEYS_ELSEWHERE = {
 }
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe problem: the message is one line naming the file, the key and the fix."""
 
 
@@ -58,10 +58,10 @@ class ModelConfig:
     strategy: Strategy = "full"
     #: With ``strategy: partial``: how many of the last backbone blocks are trained.
     unfreeze_last_n: int = 2
-    #: Hub code only runs when asked for AND pinned to a commit (issue #5).
+    #: Hub code only runs when asked for AND pinned to a commit (a moving branch could change it).
     trust_remote_code: bool = False
     #: With ``strategy: linear_probe``: run the frozen backbone once and train the head on
-    #: its cached features (features.py, issue #6); augmentation does not apply then.
+    #: its cached features (features.py); augmentation does not apply then.
     #: false: the backbone runs every step, with augmentation.
     feature_cache: bool = True
     #: How a cached-feature linear probe fits its head: "trainer" (the recipe's optimizer,
