@@ -1,4 +1,4 @@
-"""Model card: ``model_cards/template.md`` rendered with huggingface_hub's ModelCard.
+"""Model card: the packaged template (``templates/model_card.md``) rendered with huggingface_hub's ModelCard.
 
 The metadata (base_model, datasets, license, tags, metrics, model-index) is built with
 ``ModelCardData`` / ``EvalResult`` so the Hub parses it; the model-index results are the
@@ -15,7 +15,9 @@ from .metric_names import DISPLAY_NAMES, HUB_TYPES
 from .recipe import Recipe
 from .util import is_hub_id
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
+#: Inside the package, so that an installed wheel has it; ``model_cards/template.md`` in
+#: the repository is the copy people read (tests/test_card.py keeps the two identical).
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 #: Hyper-parameters shown in the card when the recipe leaves them at the default.
 _SHOWN_ARGS = (
     "learning_rate",
