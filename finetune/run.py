@@ -9,7 +9,7 @@ Also installed as the ``finetune`` console script, with subcommands:
     finetune push OUTPUT_DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--dry-run]
 
 Exit codes (errors.py): 0 success; 2 a problem with the recipe, data, model or output
-folder (a one-line message says which file or key, and how to fix it; nothing
+folder (a one-line message per problem says which file or key, and how to fix it; nothing
 was trained); 143 stopped by SIGTERM after writing a checkpoint (run the same command to
 continue).
 
@@ -100,7 +100,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             recipe = load_recipe(path, args.overrides)
             training_arguments(recipe, path)  # the training block must also be consistent
         except RecipeError as err:
-            print(f"FAIL {err}", file=sys.stderr)
+            for line in str(err).splitlines():  # one line per problem in the recipe
+                print(f"FAIL {line}", file=sys.stderr)
             failed += 1
         else:
             print(f"ok   {path}: {recipe.description.splitlines()[0][:80]}")
