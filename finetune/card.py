@@ -1,4 +1,4 @@
-"""Model card: ``model_cards/template.md`` rendered with huggingface_hub's ModelCard.
+"""Model card: the packaged template (``templates/model_card.md``) rendered with huggingface_hub's ModelCard.
 
 The metadata (base_model, datasets, license, tags, metrics, model-index) is built with
 ``ModelCardData`` / ``EvalResult`` so the Hub parses it; the model-index results are the
@@ -7,30 +7,17 @@ numbers of ``eval_results.json``, nothing else.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from . import builtin
+from .metric_names import DISPLAY_NAMES, HUB_TYPES
 from .recipe import Recipe
+from .util import is_hub_id
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-#: Our metric names → the Hub's metric types.
-_METRIC_TYPES = {
-    "accuracy": "accuracy",
-    "f1": "f1",
-    "precision": "precision",
-    "recall": "recall",
-    "top5_accuracy": "top_k_accuracy",
-}
-_METRIC_NAMES = {
-    "accuracy": "Accuracy",
-    "f1": "F1 (macro)",
-    "precision": "Precision (macro)",
-    "recall": "Recall (macro)",
-    "top5_accuracy": "Top-5 accuracy",
-}
+#: Inside the package, so that an installed wheel has it; ``model_cards/template.md`` in
+#: the repository is the copy people read (tests/test_card.py keeps the two identical).
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 #: Hyper-parameters shown in the card when the recipe leaves them at the default.
 _SHOWN_ARGS = (
     "learning_rate",
@@ -44,10 +31,6 @@ _SHOWN_ARGS = (
     "seed",
     "bf16",
 )
-
-
-def is_hub_id(name: str) -> bool:
-    return bool(_HUB_ID.match(name)) and not Path(name).exists() and not builtin.is_builtin(name)
 
 
 def base_model_license(name: str) -> str | None:
@@ -100,8 +83,8 @@ def write_card(
             dataset_name=dataset_label,
             dataset_config=recipe.data.config,
             dataset_split=recipe.data.eval_split or f"{recipe.data.train_split} (validation piece)",
-            metric_type=_METRIC_TYPES[metric],
-            metric_name=_METRIC_NAMES[metric],
+            metric_type=HUB_TYPES[metric],
+            metric_name=DISPLAY_NAMES[metric],
             metric_value=float(eval_metrics[f"eval_{metric}"]),
         )
         for metric in recipe.metrics
@@ -115,11 +98,11 @@ def write_card(
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=["image-classification", "vision", "finetune", f"strategy-{recipe.model.strategy}"],
-        metrics=sorted({_METRIC_TYPES[m] for m in recipe.metrics}),
+        metrics=sorted({HUB_TYPES[m] for m in recipe.metrics}),
         eval_results=eval_results or None,
     )
     headline = [
-        (_METRIC_NAMES[m], float(eval_metrics[f"eval_{m}"])) for m in recipe.metrics if f"eval_{m}" in eval_metrics
+        (DISPLAY_NAMES[m], float(eval_metrics[f"eval_{m}"])) for m in recipe.metrics if f"eval_{m}" in eval_metrics
     ]
     if train_metrics.get("probe_solver") == "lbfgs":
         # No SGD loop ran: the optimizer settings in `training` were not used (features.py).

@@ -1,4 +1,4 @@
-"""Publishing to the Hugging Face Hub: `finetune push` and `hub.push` in recipes (issue #4).
+"""Publishing to the Hugging Face Hub: `finetune push` and `hub.push` in recipes.
 
 What goes up is decided in one place (``UPLOAD_ALLOW`` / ``UPLOAD_IGNORE``) and filtered
 with huggingface_hub's own ``filter_repo_objects``, the function ``upload_folder`` uses, so
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError, report
+from .metric_names import HUB_TYPES
 from .util import first_line
 
 #: The files of an output folder that belong on the Hub (fnmatch patterns on the path
@@ -67,7 +69,7 @@ UPLOAD_IGNORE = (
 REQUIRED = ("config.json", "README.md", "eval_results.json")
 
 
-class PushError(RuntimeError):
+class PushError(UserError, RuntimeError):
     """The push did not happen; the message is one line and ends with the retry command."""
 
 
@@ -97,8 +99,6 @@ def check_card(out: Path) -> int:
     holds exactly the numbers of eval_results.json; returns how many results it has."""
     from huggingface_hub import ModelCard
 
-    from .card import _METRIC_TYPES
-
     card_path, results_path = out / "README.md", out / "eval_results.json"
     try:
         card = ModelCard.load(card_path)
@@ -114,14 +114,14 @@ def check_card(out: Path) -> int:
         raise PushError(f"{results_path}: unreadable ({first_line(err)}); re-run training to rewrite it") from None
     if data.get("pipeline_tag") != "image-classification":
         raise PushError(f"{card_path}: pipeline_tag is {data.get('pipeline_tag')!r}, not 'image-classification'")
-    ours = {hub_type: name for name, hub_type in _METRIC_TYPES.items()}
+    ours = {hub_type: name for name, hub_type in HUB_TYPES.items()}
     in_card: dict[str, float] = {}
     for result in results:
         name = ours.get(result.metric_type)
         if name is None:
             raise PushError(f"{card_path}: model-index has an unknown metric type {result.metric_type!r}")
         in_card[name] = float(result.metric_value)
-    recipe_metrics = _recipe(out).get("metrics") or list(_METRIC_TYPES)
+    recipe_metrics = _recipe(out).get("metrics") or list(HUB_TYPES)
     in_results = {m: expected[f"eval_{m}"] for m in recipe_metrics if f"eval_{m}" in expected}
     if set(in_card) != set(in_results) or any(
         not math.isclose(in_card[m], float(in_results[m]), rel_tol=1e-12, abs_tol=0.0) for m in in_card
@@ -308,8 +308,6 @@ def add_push_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .run import _error
-
     out = Path(args.output_dir)
     hub_cfg = (_recipe(out).get("hub") or {}) if out.is_dir() else {}
     repo_id = args.repo_id or hub_cfg.get("repo_id")
@@ -320,7 +318,7 @@ def cmd_push(args: argparse.Namespace) -> int:
             check_repo_id(repo_id)
             plan = check_folder(out)
         except PushError as err:
-            return _error(str(err))
+            return report(str(err))
         print(
             f"dry run: would upload {len(plan.files)} files from {out} to {repo_id} "
             f"({'private' if private else 'public'}, branch {revision or 'main'}):"
@@ -336,6 +334,6 @@ def cmd_push(args: argparse.Namespace) -> int:
     try:
         url = push(out, repo_id, private=private, revision=revision)
     except PushError as err:
-        return _error(str(err))
+        return report(str(err))
     print(f"pushed {out} to {url}")
     return 0

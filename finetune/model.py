@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from . import builtin
+from .errors import UserError
 from .recipe import ModelConfig
 from .util import first_line
 
 logger = logging.getLogger(__name__)
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A problem with the model the recipe names; one line, with the fix."""
 
 

@@ -2,8 +2,9 @@
 
 A recipe is data, not code (the torchtune / big_vision lesson): every key is declared
 here with its type and default, unknown keys are errors with a "did you mean"
-suggestion, and every error is one line naming the file, the key and the fix, raised
-before any model or data is loaded.
+suggestion, and every problem is one line naming the file, the key and the fix. All the
+problems of a recipe are found in one pass and raised together, one line each, before any
+model or data is loaded.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import training_fields
+from .errors import UserError
+from .metric_names import KNOWN_METRICS
 
 Strategy = Literal["full", "linear_probe", "partial"]
-
-#: Metric names a recipe may list; ``metrics.py`` computes each one.
-KNOWN_METRICS = ("accuracy", "f1", "precision", "recall", "top5_accuracy")
 
 # TrainingArguments fields that the recipe sets elsewhere, or that we own because the
 # pipeline depends on them (see train.py for why each is fixed).
@@ -46,8 +46,8 @@ FINETUNE_TRAINING_KEYS: dict[str, Any] = {
 }
 
 
-class RecipeError(ValueError):
-    """A recipe problem: the message is one line naming the file, the key and the fix."""
+class RecipeError(UserError, ValueError):
+    """Recipe problems: one line each, naming the file, the key and the fix."""
 
 
 @dataclass
@@ -67,10 +67,10 @@ class ModelConfig:
     strategy: Strategy = "full"
     #: With ``strategy: partial``: how many of the last backbone blocks are trained.
     unfreeze_last_n: int = 2
-    #: Hub code only runs when asked for AND pinned to a commit (issue #5).
+    #: Hub code only runs when asked for AND pinned to a commit (a moving branch could change it).
     trust_remote_code: bool = False
     #: With ``strategy: linear_probe``: run the frozen backbone once and train the head on
-    #: its cached features (features.py, issue #6); augmentation does not apply then.
+    #: its cached features (features.py); augmentation does not apply then.
     #: false: the backbone runs every step, with augmentation.
     feature_cache: bool = True
     #: How a cached-feature linear probe fits its head: "trainer" (the recipe's optimizer,
@@ -222,51 +222,63 @@ def _describe(tp: Any) -> str:
     return _type_name(tp)
 
 
-def _build(cls: type, raw: Any, where: str, source: str) -> Any:
-    """Build dataclass ``cls`` from ``raw`` strictly, or raise a one-line RecipeError."""
+def _build(cls: type, raw: Any, where: str, source: str, problems: list[str], bad: set[str]) -> Any:
+    """Build dataclass ``cls`` from ``raw`` strictly. Each unknown key or wrong type adds a
+    one-line problem to ``problems`` (its path to ``bad``) and keeps the default, so that
+    one pass finds every mistake."""
     if not isinstance(raw, dict):
-        raise RecipeError(f"{source}: '{where or 'recipe'}' must be a JSON object, got {raw!r}")
+        problems.append(f"{source}: '{where or 'recipe'}' must be a JSON object, got {raw!r}")
+        bad.add(where)
+        return cls()
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise RecipeError(f"{source}: unknown key '{path}'; {_suggest(key, names)}")
+            problems.append(f"{source}: unknown key '{path}'; {_suggest(key, names)}")
+            continue
         tp = hints[key]
         inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
         target = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner else None)
         if target is not None and value is not None:
-            kwargs[key] = _build(target, value, path, source)
+            kwargs[key] = _build(target, value, path, source, problems, bad)
         elif not _check_type(value, tp):
-            raise RecipeError(f"{source}: '{path}' must be {_describe(tp)}, got {json.dumps(value)}")
+            problems.append(f"{source}: '{path}' must be {_describe(tp)}, got {json.dumps(value)}")
+            bad.add(path)
         else:
             kwargs[key] = value
     return cls(**kwargs)
 
 
-def _check_training(training: dict[str, Any], source: str) -> None:
-    """Every key must be a TrainingArguments field (or one of finetune's own), of the field's type."""
+def _check_training(training: dict[str, Any], source: str, problems: list[str]) -> None:
+    """Every key must be a TrainingArguments field (or one of finetune's own), of the field's
+    type; adds a line per problem."""
     # Read from transformers' source without importing it (that would import torch: seconds).
     fields = {name: f.type for name, f in training_fields.fields().items()} | FINETUNE_TRAINING_KEYS
     for key, value in training.items():
         path = f"training.{key}"
         if key in _TRAINING_KEYS_ELSEWHERE:
-            raise RecipeError(f"{source}: '{path}' is not set here; {_TRAINING_KEYS_ELSEWHERE[key]}")
+            problems.append(f"{source}: '{path}' is not set here; {_TRAINING_KEYS_ELSEWHERE[key]}")
+            continue
         if key not in fields:
-            raise RecipeError(
+            problems.append(
                 f"{source}: unknown key '{path}' (not a transformers.TrainingArguments field); "
                 f"{_suggest(key, fields)}"
             )
+            continue
         tp = fields[key]
         if isinstance(tp, str):  # postponed annotations in some releases
             tp = Any
         if not _check_type(value, tp):
-            raise RecipeError(f"{source}: '{path}' must be {_describe(tp)}, got {json.dumps(value)}")
+            problems.append(f"{source}: '{path}' must be {_describe(tp)}, got {json.dumps(value)}")
 
 
-def _validate(recipe: Recipe, source: str) -> None:
-    """Checks between keys, which the types alone cannot express."""
+def _validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) -> None:
+    """Checks between keys, which the types alone cannot express; adds a line per problem.
+
+    A required key is not reported missing when its value (or its section) was already
+    reported as the wrong type (its path is in ``bad``)."""
     required = {
         "description": recipe.description,
         "model.name_or_path": recipe.model.name_or_path,
@@ -274,76 +286,74 @@ def _validate(recipe: Recipe, source: str) -> None:
         "output_dir": recipe.output_dir,
     }
     for key, value in required.items():
-        if not value:
-            raise RecipeError(f"{source}: '{key}' is required; add it to the recipe or pass --set {key}=...")
+        if not value and not ({key, key.split(".")[0]} & bad):
+            problems.append(f"{source}: '{key}' is required; add it to the recipe or pass --set {key}=...")
     d, m = recipe.data, recipe.model
     if not 0 <= d.validation_fraction < 1:
-        raise RecipeError(f"{source}: 'data.validation_fraction' must be in [0, 1), got {d.validation_fraction}")
+        problems.append(f"{source}: 'data.validation_fraction' must be in [0, 1), got {d.validation_fraction}")
     if d.eval_split is None and d.validation_fraction == 0:
-        raise RecipeError(
+        problems.append(
             f"{source}: with 'data.eval_split' null the validation piece is what gets reported, "
             "so 'data.validation_fraction' must be > 0"
         )
     for key in ("max_train_samples", "max_eval_samples", "samples_per_class", "image_size"):
         value = getattr(d, key)
         if value is not None and value < 1:
-            raise RecipeError(f"{source}: 'data.{key}' must be a positive integer or null, got {value}")
+            problems.append(f"{source}: 'data.{key}' must be a positive integer or null, got {value}")
     if d.samples_per_class is not None and d.max_train_samples is not None:
-        raise RecipeError(
+        problems.append(
             f"{source}: set only one of 'data.samples_per_class' and 'data.max_train_samples'"
         )
     if not 0 <= d.max_bad_fraction <= 1:
-        raise RecipeError(f"{source}: 'data.max_bad_fraction' must be in [0, 1], got {d.max_bad_fraction}")
+        problems.append(f"{source}: 'data.max_bad_fraction' must be in [0, 1], got {d.max_bad_fraction}")
     scale = d.augment.crop_scale
     if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
-        raise RecipeError(
+        problems.append(
             f"{source}: 'data.augment.crop_scale' must be [min, max] with 0 < min <= max <= 1, got {scale}"
         )
     if not 0 <= d.augment.random_erasing <= 1:
-        raise RecipeError(
+        problems.append(
             f"{source}: 'data.augment.random_erasing' is a probability: use a number in [0, 1], "
             f"got {d.augment.random_erasing}"
         )
     if m.strategy == "partial" and m.unfreeze_last_n < 1:
-        raise RecipeError(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
+        problems.append(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
     if m.probe_solver == "lbfgs":
         if not m.caches_features:
-            raise RecipeError(
+            problems.append(
                 f"{source}: 'model.probe_solver' 'lbfgs' fits the head on cached features, so it needs "
                 "'model.strategy' 'linear_probe' and 'model.feature_cache' true"
             )
         if not m.probe_l2 or any(v < 0 for v in m.probe_l2):
-            raise RecipeError(f"{source}: 'model.probe_l2' must list one or more strengths >= 0, got {m.probe_l2}")
+            problems.append(f"{source}: 'model.probe_l2' must list one or more strengths >= 0, got {m.probe_l2}")
         if len(m.probe_l2) > 1 and (d.validation_fraction == 0 or d.eval_split is None):
-            raise RecipeError(
+            problems.append(
                 f"{source}: 'model.probe_l2' lists {len(m.probe_l2)} strengths to choose from on the validation "
                 "piece, which needs 'data.validation_fraction' > 0 and a separate 'data.eval_split' (the reported "
                 "split must not pick them); give one value, e.g. --set model.probe_l2=[0.001]"
             )
         if m.probe_max_iter < 1:
-            raise RecipeError(f"{source}: 'model.probe_max_iter' must be >= 1, got {m.probe_max_iter}")
+            problems.append(f"{source}: 'model.probe_max_iter' must be >= 1, got {m.probe_max_iter}")
     if m.trust_remote_code and not (m.revision and len(m.revision) == 40 and _is_hex(m.revision)):
-        raise RecipeError(
+        problems.append(
             f"{source}: 'model.trust_remote_code' runs code from the Hub, so 'model.revision' must pin "
             "a 40-character commit hash"
         )
     for name in recipe.metrics:
         if name not in KNOWN_METRICS:
-            raise RecipeError(f"{source}: unknown metric '{name}' in 'metrics'; {_suggest(name, KNOWN_METRICS)}")
+            problems.append(f"{source}: unknown metric '{name}' in 'metrics'; {_suggest(name, KNOWN_METRICS)}")
     if not recipe.metrics:
-        raise RecipeError(f"{source}: 'metrics' must list at least one of {', '.join(KNOWN_METRICS)}")
+        problems.append(f"{source}: 'metrics' must list at least one of {', '.join(KNOWN_METRICS)}")
     if recipe.expected is not None and recipe.expected.metric not in recipe.metrics:
-        raise RecipeError(
+        problems.append(
             f"{source}: 'expected.metric' is '{recipe.expected.metric}' but 'metrics' does not compute it; "
             f"use one of {', '.join(recipe.metrics)}"
         )
     if recipe.hub.push and not recipe.hub.repo_id:
-        raise RecipeError(f"{source}: 'hub.push' is true but 'hub.repo_id' is missing; set it to USER/NAME")
-    _check_training(recipe.training, source)
-    problems = training_fields.check_ranges(recipe.training, source)
+        problems.append(f"{source}: 'hub.push' is true but 'hub.repo_id' is missing; set it to USER/NAME")
+    _check_training(recipe.training, source, problems)
+    problems += training_fields.check_ranges(recipe.training, source)
     problems += training_fields.check_consistency(recipe.training, source, has_validation=d.validation_fraction > 0)
-    if problems:
-        raise RecipeError(problems[0])
 
 
 def _is_hex(text: str) -> bool:
@@ -386,8 +396,13 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str], source
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
-    recipe = _build(Recipe, raw, "", source)
-    _validate(recipe, source)
+    """Build and check a recipe; every problem found is one line of a single RecipeError."""
+    problems: list[str] = []
+    bad: set[str] = set()
+    recipe = _build(Recipe, raw, "", source, problems, bad)
+    _validate(recipe, source, problems, bad)
+    if problems:
+        raise RecipeError("\n".join(problems))
     return recipe
 
 

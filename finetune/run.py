@@ -8,9 +8,13 @@ Also installed as the ``finetune`` console script, with subcommands:
     finetune predict OUTPUT_DIR IMAGE_OR_FOLDER... [--top-k 5] [--format csv|jsonl]
     finetune push OUTPUT_DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--dry-run]
 
-Exit codes: 0 success; 2 a problem with the recipe, data, model or output folder (a
-one-line message says which file or key, and how to fix it; nothing was trained);
-143 stopped by SIGTERM after writing a checkpoint (run the same command to continue).
+Exit codes (errors.py): 0 success; 2 a problem with the recipe, data, model or output
+folder (a one-line message per problem says which file or key, and how to fix it; nothing
+was trained); 143 stopped by SIGTERM after writing a checkpoint (run the same command to
+continue).
+
+The command line is the top of the import graph: it imports the steps, and no module
+imports it.
 """
 
 from __future__ import annotations
@@ -27,10 +31,6 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     sys.path.insert(0, os.path.dirname(here))
 
-EXIT_USER_ERROR = 2
-#: Stopped by SIGTERM after writing a checkpoint (128 + 15, as a shell reports SIGTERM).
-EXIT_PREEMPTED = 143
-
 COMMANDS = ("train", "validate", "eval", "predict", "push")
 
 
@@ -45,9 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check recipes without loading anything")
     validate.add_argument("recipes", nargs="+", help="recipe JSON files")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    from . import hub, predict
+    from . import evaluation, hub, predict
 
-    predict.add_eval_args(sub.add_parser("eval", help="score a saved model on a data set and write the report"))
+    evaluation.add_eval_args(sub.add_parser("eval", help="score a saved model on a data set and write the report"))
     predict.add_predict_args(sub.add_parser("predict", help="label images with a saved model"))
     hub.add_push_args(sub.add_parser("push", help="upload an output folder to the Hugging Face Hub"))
     return parser
@@ -89,12 +89,8 @@ def _setup_logging() -> None:
         datasets.disable_progress_bars()
 
 
-def _error(message: str) -> int:
-    print(f"finetune: error: {message}", file=sys.stderr)
-    return EXIT_USER_ERROR
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .errors import EXIT_USER_ERROR
     from .recipe import RecipeError, load_recipe
     from .args import training_arguments
 
@@ -104,7 +100,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             recipe = load_recipe(path, args.overrides)
             training_arguments(recipe, path)  # the training block must also be consistent
         except RecipeError as err:
-            print(f"FAIL {err}", file=sys.stderr)
+            for line in str(err).splitlines():  # one line per problem in the recipe
+                print(f"FAIL {line}", file=sys.stderr)
             failed += 1
         else:
             print(f"ok   {path}: {recipe.description.splitlines()[0][:80]}")
@@ -113,8 +110,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import DataError
-    from .hub import PushError
-    from .model import ModelError
+    from .errors import EXIT_PREEMPTED, UserError, report
     from .recipe import RecipeError, load_recipe
     from .outputs import OutputDirError
     from .preemption import Preempted
@@ -125,12 +121,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe, args.overrides)
         configure_threads()  # before any heavy work: launchers leave a CPU job one core
     except (RecipeError, ThreadsError) as err:
-        return _error(str(err))
+        return report(str(err))
     _setup_logging()
     try:
         train(recipe, overwrite=args.overwrite, source=str(args.recipe))
-    except (RecipeError, DataError, ModelError, OutputDirError, PushError) as err:
-        return _error(str(err))
+    # UserError: recipe, model and push problems; the data and output-folder errors are
+    # their modules' own classes.
+    except (UserError, DataError, OutputDirError) as err:
+        return report(str(err))
     except Preempted as err:
         print(f"finetune: {err}", file=sys.stderr)
         return EXIT_PREEMPTED
@@ -146,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         return cmd_validate(args)
     if args.command in ("eval", "predict", "push"):
-        from . import hub, predict
+        from . import evaluation, hub, predict
 
-        handler = {"eval": predict.cmd_eval, "predict": predict.cmd_predict, "push": hub.cmd_push}[args.command]
+        handler = {"eval": evaluation.cmd_eval, "predict": predict.cmd_predict, "push": hub.cmd_push}[args.command]
         return handler(args)
     return cmd_train(args)
 

@@ -1,12 +1,18 @@
-"""Small helpers every step uses: one-line error text, JSON written atomically, file modes."""
+"""Small helpers the steps share: one-line error text, atomic JSON files, file modes, Hub ids, option types."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
+
+from .builtin import is_builtin
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 def first_line(err: BaseException) -> str:
@@ -56,3 +62,16 @@ def follow_umask(folder: Path) -> None:
         info = path.lstat()
         if stat.S_ISREG(info.st_mode) and info.st_uid == uid and stat.S_IMODE(info.st_mode) != mode:
             os.chmod(path, mode)
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether a model or data set name means a Hub repo: not a local path, not ``builtin:``."""
+    return bool(_HUB_ID.match(name)) and not Path(name).exists() and not is_builtin(name)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value

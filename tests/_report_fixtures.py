@@ -1,9 +1,12 @@
-"""Helpers shared by the report, inference and publishing tests (issue #4).
+"""Helpers shared by the report, inference and publishing tests.
 
-``trained_run`` trains the tiny ViT once per test session through the real command line
-and hands the same finished output folder to test_predict.py and test_hub.py (each of
-them still works alone). The training runs with a fake ``HF_TOKEN`` in its environment so
-that the token-safety test can search this very run's outputs for it.
+``trained_run`` trains the tiny ViT once per test session through the command line's
+``main`` in this process (no subprocess, so the tests that use it stay in the quick
+``-m "not e2e"`` loop) and hands the same finished output folder to test_predict.py,
+test_evaluation.py and test_hub.py (each of them still works alone).
+``trained_run_in_subprocess`` trains the same recipe through the real command line in a
+subprocess with a fake ``HF_TOKEN`` in its environment, so that the token-safety test can
+search that run's log and outputs for it.
 """
 
 from __future__ import annotations
@@ -28,29 +31,47 @@ REPO_ID = "someone/tiny-vit-colours"
 class TrainedRun:
     out: Path
     images: Path
-    result: subprocess.CompletedProcess
+    #: The subprocess's output, for runs trained through the real command line.
+    result: subprocess.CompletedProcess | None = None
 
 
 _RUNS: dict[str, TrainedRun] = {}
 
 
+def _recipe(base: Path) -> tuple[Path, Path]:
+    model = make_tiny_vit(base / "vit")
+    images = make_image_folder(base / "images")
+    recipe = write_recipe(
+        base / "recipe.json", model, images, base / "out",
+        training__logging_steps=2,
+        hub={"push": False, "repo_id": REPO_ID, "private": True},
+    )
+    return recipe, images
+
+
 def trained_run(tmp_path_factory) -> TrainedRun:
-    """A finished run of the tiny ViT on generated colour images (trained once)."""
+    """A finished run of the tiny ViT on generated colour images (trained once, in this process)."""
+    from finetune.run import main
+
     if "run" not in _RUNS:
         base = tmp_path_factory.mktemp("report-run")
-        model = make_tiny_vit(base / "vit")
-        images = make_image_folder(base / "images")
-        recipe = write_recipe(
-            base / "recipe.json", model, images, base / "out",
-            training__logging_steps=2,
-            hub={"push": False, "repo_id": REPO_ID, "private": True},
-        )
+        recipe, images = _recipe(base)
+        assert main(["train", "--recipe", str(recipe)]) == 0
+        _RUNS["run"] = TrainedRun(base / "out", images)
+    return _RUNS["run"]
+
+
+def trained_run_in_subprocess(tmp_path_factory) -> TrainedRun:
+    """The same run, through the real command line in a subprocess, with HF_TOKEN set."""
+    if "subprocess" not in _RUNS:
+        base = tmp_path_factory.mktemp("report-run-cli")
+        recipe, images = _recipe(base)
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("HF_TOKEN", FAKE_TOKEN)
             result = run_cli("--recipe", str(recipe), timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
-        _RUNS["run"] = TrainedRun(base / "out", images, result)
-    return _RUNS["run"]
+        _RUNS["subprocess"] = TrainedRun(base / "out", images, result)
+    return _RUNS["subprocess"]
 
 
 def run_cli_env(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:

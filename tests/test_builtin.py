@@ -80,6 +80,7 @@ def test_digits_dataset() -> None:
     assert builtin.load_dataset("builtin:digits")["test"]["label"][:] == ds["test"]["label"][:]  # fixed split
 
 
+@pytest.mark.e2e
 def test_quickstart_recipe_runs_and_labels_a_digit(tmp_path: Path, monkeypatch) -> None:
     """The README's first command, shortened (400 training images, two epochs) to fit the suite."""
     from transformers import pipeline

@@ -1,4 +1,4 @@
-"""Two CPU processes give the single-process answer (issue #7).
+"""Two CPU processes give the single-process answer.
 
 Runs the real command line under `accelerate launch --config_file
 recipes/accelerate/cpu_2proc.yaml` (two gloo ranks) and under `torchrun`, and compares
@@ -79,6 +79,7 @@ def probe_runs(request, tmp_path_factory, tiny_resnet) -> dict[str, Path]:
     return {"root": root, "one": root / "one", "two": root / "two", "stderr_two": runs["two"].stderr, "mode": request.param}
 
 
+@pytest.mark.e2e
 def test_two_processes_give_the_single_process_answer(probe_runs) -> None:
     one = json.loads((probe_runs["one"] / "eval_results.json").read_text())
     two = json.loads((probe_runs["two"] / "eval_results.json").read_text())
@@ -89,6 +90,7 @@ def test_two_processes_give_the_single_process_answer(probe_runs) -> None:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.e2e
 def test_only_the_main_process_writes(probe_runs) -> None:
     root = probe_runs["root"]
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["images", "one", "two"]
@@ -109,6 +111,7 @@ def test_ddp_does_not_search_for_unused_parameters(probe_runs) -> None:
     assert "get no gradient" not in probe_runs["stderr_two"]
 
 
+@pytest.mark.e2e
 def test_validation_piece_is_the_same_on_every_rank(tmp_path: Path) -> None:
     """The automatic split (eval_split null, k-shot) is computed on each rank: same ids."""
     script = tmp_path / "split.py"
@@ -135,6 +138,7 @@ def test_validation_piece_is_the_same_on_every_rank(tmp_path: Path) -> None:
     assert not set(rank0["train"]) & set(rank0["validation"])
 
 
+@pytest.mark.e2e
 def test_eval_split_null_under_torchrun(tmp_path: Path, tiny_vit: Path) -> None:
     images = make_image_folder(tmp_path / "images", per_class=10, splits=("",))
     recipe = write_recipe(

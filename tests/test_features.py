@@ -1,4 +1,4 @@
-"""Linear probe on cached features (issue #6): exact features, one backbone pass, normal outputs."""
+"""Linear probe on cached features: exact features, one backbone pass, normal outputs."""
 
 from __future__ import annotations
 
@@ -66,22 +66,72 @@ def test_a_model_with_work_after_its_last_linear_is_refused() -> None:
         features.compute_features(Doubled(), rows, data.BatchTransform([0.5] * 3, [0.5] * 3, (4, 4), None), device="cpu")
 
 
-@pytest.mark.parametrize("n", [1, 5, 7, 8])
-@pytest.mark.parametrize("world", [2, 3])
-def test_gathered_shards_are_unpadded_into_dataset_order(n: int, world: int) -> None:
-    """The un-padding arithmetic of compute_features against accelerate's own split."""
-    from accelerate import PartialState
+_SHARDED = """\
+import sys
+sys.path.insert(0, {root!r})
+import torch
+from accelerate import PartialState
+from datasets import load_from_disk
+from transformers import AutoModelForImageClassification
 
-    gathered = []
-    for rank in range(world):
-        fake = SimpleNamespace(num_processes=world, process_index=rank, device="cpu")
-        with PartialState.split_between_processes(fake, list(range(n)), apply_padding=True) as shard:
-            gathered += list(shard)
-    base, extra = divmod(n, world)
-    per = base + (1 if extra else 0)
-    assert len(gathered) == per * world
-    keep = [i for r in range(world) for i in range(r * per, r * per + base + (1 if r < extra else 0))]
-    assert [gathered[i] for i in keep] == list(range(n))
+from finetune import data, features
+
+state = PartialState(cpu=True)
+assert state.num_processes == 3, state
+model = AutoModelForImageClassification.from_pretrained({model!r})
+decoded = load_from_disk({decoded!r})
+mean, std = {norm!r}
+transform = data.BatchTransform(mean, std, data.image_size(decoded), None)
+cached = features.compute_features(model, decoded, transform, device="cpu", batch_size=2)
+if state.is_main_process:
+    torch.save({{"features": cached.features, "labels": cached.labels}}, {out!r})
+"""
+
+
+@pytest.mark.e2e
+def test_features_from_three_processes_are_the_direct_forward_pass_in_dataset_order(
+    tiny_vit: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Three ranks (torchrun, gloo) share 7 images: 3 + 2 + 2 real rows, the last two
+    shares padded by one row each (so padding sits between real rows once gathered), in
+    batches of 2; rank 0 gets back the features that a single forward pass over the whole
+    split gives, in dataset order, padding dropped."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    loaded, processor = _loaded(tiny_vit)
+    model_dir = tmp_path / "probe-model"
+    loaded.model.save_pretrained(model_dir)  # the same random head on both ranks
+    decoded = _decoded(make_image_folder(tmp_path / "images", per_class=3, splits=("train",)), processor)
+    decoded = decoded.select([8, 0, 4, 2, 6, 1, 7])  # 7 rows, classes interleaved
+    decoded.save_to_disk(tmp_path / "decoded")
+    out = tmp_path / "features.pt"
+    script = tmp_path / "sharded.py"
+    script.write_text(_SHARDED.format(
+        root=str(ROOT), model=str(model_dir), decoded=str(tmp_path / "decoded"),
+        norm=tuple(map(list, data.processor_normalization(processor))), out=str(out),
+    ))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3", "--master_port", "29537"]
+    result = subprocess.run(command + [str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sharded = torch.load(out)
+
+    # The reference: one forward pass over all 7 images, the head's input captured.
+    captured = {}
+    _, head = features.find_head(loaded.model)
+    handle = head.register_forward_hook(lambda m, args, output: captured.update(x=args[0]))
+    transform = _transform(processor, data.image_size(decoded))
+    loaded.model.eval()
+    with torch.inference_mode():
+        loaded.model(pixel_values=transform(decoded[:]["pixel_values"], train=False))
+    handle.remove()
+    assert sharded["labels"].tolist() == list(decoded["labels"][:])
+    assert sharded["features"].shape == captured["x"].shape == (7, head.in_features)
+    torch.testing.assert_close(sharded["features"], captured["x"], rtol=1e-5, atol=1e-5)
 
 
 def _recipe(tmp_path: Path, model: Path, images: Path, name: str, **extra) -> dict:
@@ -144,6 +194,7 @@ def test_backbone_runs_once_per_image_and_matches_the_per_step_path(tiny_vit: Pa
     torch.testing.assert_close(heads[True], heads[False], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_cli_linear_probe_with_feature_cache_gives_a_normal_checkpoint(tiny_resnet: Path, tmp_path: Path) -> None:
     from transformers import pipeline
 
@@ -176,6 +227,7 @@ def test_cli_linear_probe_with_feature_cache_gives_a_normal_checkpoint(tiny_resn
     assert top["label"] == "blue"
 
 
+@pytest.mark.e2e
 def test_cli_full_fine_tune_in_channels_last(tiny_resnet: Path, tmp_path: Path) -> None:
     # On CUDA this is the default for CNNs; forced here to run the same path on CPU.
     from transformers import pipeline
@@ -211,6 +263,7 @@ def test_lbfgs_head_is_the_logistic_regression_optimum() -> None:
     assert fit.iterations > 0 and 0 < fit.train_loss < np.log(3)
 
 
+@pytest.mark.e2e
 def test_cli_lbfgs_head_chooses_l2_on_validation_and_saves_a_normal_model(tiny_resnet: Path, tmp_path: Path) -> None:
     from transformers import pipeline
 
@@ -235,7 +288,7 @@ def test_cli_lbfgs_head_chooses_l2_on_validation_and_saves_a_normal_model(tiny_r
     assert classifier(str(next((images / "test" / "red").iterdir())))[0]["label"] == "red"
 
 
-# ------------------------------------------------ issue #6 speed paths keep their semantics
+# ------------------------------------------------------ the speed paths keep their semantics
 
 
 def test_fast_rows_give_the_same_batches_as_the_dataset(tiny_resnet: Path, tmp_path: Path) -> None:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pytest
 from huggingface_hub import HfApi, ModelCard
 
-from _report_fixtures import FAKE_TOKEN, REPO_ID, file_hashes, run_cli_env, trained_run
+from _report_fixtures import FAKE_TOKEN, REPO_ID, file_hashes, run_cli_env, trained_run, trained_run_in_subprocess
 from finetune import hub
 from finetune.run import main
 
@@ -204,6 +203,7 @@ def test_push_upload_failure_is_push_error(run, fake_hub, monkeypatch):
 # ------------------------------------------------------------------- no network
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "env",
     [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}],
@@ -211,11 +211,10 @@ def test_push_upload_failure_is_push_error(run, fake_hub, monkeypatch):
 )
 def test_push_offline_fails_fast_with_retry_command(run, env):
     before = file_hashes(run.out)
-    start = time.monotonic()
+    # A push that hangs on the network fails here with TimeoutExpired (no wall-clock
+    # assertion: a loaded machine must not make a correct push fail).
     result = run_cli_env("push", str(run.out), "--repo-id", "me/tiny", "--revision", "v1",
                          env={**env, "HF_TOKEN": FAKE_TOKEN}, timeout=60)
-    elapsed = time.monotonic() - start
-    assert elapsed < 10, elapsed
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -225,9 +224,11 @@ def test_push_offline_fails_fast_with_retry_command(run, env):
     assert file_hashes(run.out) == before
 
 
-def test_token_never_leaks(run):
-    """The run was trained with HF_TOKEN set (see _report_fixtures); neither it, a dry
-    run, nor a failed push may show or store the token."""
+@pytest.mark.e2e
+def test_token_never_leaks(tmp_path_factory):
+    """The run is trained through the command line with HF_TOKEN set (see _report_fixtures);
+    neither it, a dry run, nor a failed push may show or store the token."""
+    run = trained_run_in_subprocess(tmp_path_factory)
     dry = run_cli_env("push", str(run.out), "--dry-run", env={"HF_TOKEN": FAKE_TOKEN})
     assert dry.returncode == 0 and "token: configured" in dry.stdout
     failed = run_cli_env("push", str(run.out), env={"HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "0",

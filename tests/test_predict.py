@@ -1,18 +1,16 @@
-"""predict.py: `finetune predict` and `finetune eval` on a run trained through the real CLI."""
+"""predict.py and saved.py: `finetune predict` (and loading a saved run) on a run trained through the real CLI."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import shutil
 
 import pytest
 from PIL import Image
 
-from _report_fixtures import file_hashes, trained_run
+from _report_fixtures import trained_run
 from conftest import CLASSES, class_image
-from finetune import predict
 from finetune.run import main
 
 PNGS = ("confusion_matrix.png", "misclassified.png", "training_curves.png")
@@ -115,57 +113,6 @@ def test_predict_nothing_readable_exits_2(run, tmp_path, capsys):
     assert err.strip().splitlines()[-1].startswith("finetune: error: none of the 1 file(s)")
 
 
-def test_eval_writes_report_into_new_folder(run, capsys):
-    before = file_hashes(run.out)
-    # batch size 8 as in training, so the logits (and the argmax) are bit-identical
-    code = main(["eval", str(run.out), "--data", str(run.images), "--split", "test", "--batch-size", "8"])
-    assert code == 0, capsys.readouterr().err
-    out = capsys.readouterr().out
-    target = run.out / "eval-images-test"
-    assert str(target) in out and "accuracy" in out and "18 images" in out
-    report = json.loads((target / "eval_report.json").read_text())
-    trained = json.loads((run.out / "eval_results.json").read_text())
-    assert report["num_images"] == 18 and report["split"] == "test"
-    assert report["accuracy"] == pytest.approx(trained["eval_accuracy"], abs=1e-9)
-    assert report["macro_f1"] == pytest.approx(trained["eval_f1"], abs=1e-9)
-    assert sorted(report["per_class"]) == sorted(CLASSES)
-    for name in PNGS:
-        with Image.open(target / name) as image:
-            assert image.format == "PNG"
-    after = file_hashes(run.out)
-    assert {k: v for k, v in after.items() if not k.startswith("eval-images-test/")} == before
-    shutil.rmtree(target)  # other tests (push) see the run as trained
-
-
-def test_eval_unknown_class_is_one_line_error(run, tmp_path, capsys):
-    import numpy as np
-
-    data = tmp_path / "other"
-    shutil.copytree(run.images / "test", data / "test")
-    (data / "test" / "purple").mkdir()
-    class_image("red", np.random.default_rng(0)).save(data / "test" / "purple" / "p.png")
-    assert main(["eval", str(run.out), "--data", str(data), "--report-dir", str(tmp_path / "rep")]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and errors[0].startswith("finetune: error: ")
-    assert "purple" in errors[0] and "does not know" in errors[0]
-    assert not (tmp_path / "rep").exists()
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--split", "validation"], "is not a split of"),
-        (["--image-column", "photo"], "--image-column: no column 'photo'"),
-        (["--report-dir", "{out}"], "is the run's own folder"),
-    ],
-)
-def test_eval_bad_options(run, capsys, args, message):
-    args = [a.format(out=run.out) for a in args]
-    assert main(["eval", str(run.out), "--data", str(run.images), *args]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("finetune: error: ") and message in err[-1]
-
-
 def test_missing_output_dir(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope"), "--data", "x"]) == 2
     assert main(["predict", str(tmp_path), "img.png"]) == 2  # a folder, but no model in it
@@ -175,12 +122,3 @@ def test_missing_output_dir(tmp_path, capsys):
         f"finetune: error: OUTPUT_DIR: '{tmp_path}' holds no saved model (config.json is missing); "
         "pass the output_dir of a finished run",
     ]
-
-
-def test_default_report_dir_names():
-    from pathlib import Path
-
-    out = Path("/runs/x")
-    assert predict.default_report_dir(out, "/data/flowers/", "test") == out / "eval-flowers-test"
-    assert predict.default_report_dir(out, "user/some-set", "validation") == out / "eval-user--some-set-validation"
-    assert predict.default_report_dir(out, "builtin:digits", "test") == out / "eval-builtin-digits-test"

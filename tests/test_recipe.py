@@ -133,6 +133,38 @@ def test_checks_between_keys(patch: dict, needle: str) -> None:
         recipe_from_dict({**base(), **patch}, "r.json")
 
 
+def _three_mistakes() -> dict:
+    """A misspelt key, a wrong value and a missing required key, in different sections."""
+    raw = {**base(), "model": {"name_or_path": "m", "strategy": "half"}, "data": {"dataset": "x", "validaton_fraction": 0.2}}
+    del raw["output_dir"]
+    return raw
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict(_three_mistakes(), "r.json")
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3 and all(line.startswith("r.json: ") for line in lines)
+    for needle in ("'model.strategy' must be one of", "did you mean 'validation_fraction'", "'output_dir' is required"):
+        assert sum(needle in line for line in lines) == 1, (needle, lines)
+
+
+def test_a_wrongly_typed_section_is_not_also_reported_missing() -> None:
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict({**base(), "data": "some/data"}, "r.json")
+    assert str(err.value) == "r.json: 'data' must be a JSON object, got 'some/data'"
+
+
+def test_validate_prints_every_problem(tmp_path: Path, capsys) -> None:
+    from finetune.run import main
+
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps(_three_mistakes()))
+    assert main(["validate", str(recipe)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"FAIL {recipe}: ") for line in lines)
+
+
 def test_trust_remote_code_with_pinned_commit_is_accepted() -> None:
     recipe = recipe_from_dict({**base(), "model": {"name_or_path": "m", "trust_remote_code": True, "revision": "a" * 40}})
     assert recipe.model.trust_remote_code
@@ -197,6 +229,7 @@ def test_loading_a_recipe_imports_neither_torch_nor_transformers() -> None:
     assert result.stdout.split() == ["False", "False"]
 
 
+@pytest.mark.e2e
 def test_cli_bad_recipe_exits_2_with_one_line(tmp_path: Path) -> None:
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps({**base(), "training": {"learnig_rate": 0.1}}))
@@ -207,6 +240,7 @@ def test_cli_bad_recipe_exits_2_with_one_line(tmp_path: Path) -> None:
                      "(not a transformers.TrainingArguments field); did you mean 'learning_rate'?"]
 
 
+@pytest.mark.e2e
 def test_cli_validate(tmp_path: Path) -> None:
     ok = run_cli("validate", *map(str, SHIPPED))
     assert ok.returncode == 0, ok.stderr

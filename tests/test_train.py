@@ -54,6 +54,7 @@ def trained(tmp_path_factory, tiny_vit) -> tuple[Path, Path, object]:
     return root, recipe, result
 
 
+@pytest.mark.e2e
 def test_accelerate_launch_run_leaves_every_output(trained) -> None:
     root, _, result = trained
     assert result.returncode == 0, result.stderr[-3000:]
@@ -88,6 +89,7 @@ def test_every_written_file_follows_the_umask(trained) -> None:
     assert not wrong
 
 
+@pytest.mark.e2e
 def test_pipeline_returns_class_names(trained) -> None:
     from PIL import Image
     from transformers import pipeline
@@ -99,6 +101,7 @@ def test_pipeline_returns_class_names(trained) -> None:
     assert sorted(labels) == sorted(CLASSES)
 
 
+@pytest.mark.e2e
 def test_card_metadata_matches_eval_results(trained) -> None:
     from huggingface_hub import ModelCard
 
@@ -115,6 +118,7 @@ def test_card_metadata_matches_eval_results(trained) -> None:
     assert "| blue |" in card.text and "test recipe" in card.text
 
 
+@pytest.mark.e2e
 def test_same_recipe_resumes_and_other_recipe_is_refused(trained) -> None:
     root, recipe, _ = trained
     out = root / "out"
@@ -130,6 +134,7 @@ def test_same_recipe_resumes_and_other_recipe_is_refused(trained) -> None:
     assert "resuming from" in again.stderr
 
 
+@pytest.mark.e2e
 def test_foreign_folder_is_untouched_unless_overwrite(tmp_path: Path, tiny_vit: Path) -> None:
     images = make_image_folder(tmp_path / "images", per_class=4)
     out = tmp_path / "mine"
@@ -141,6 +146,7 @@ def test_foreign_folder_is_untouched_unless_overwrite(tmp_path: Path, tiny_vit: 
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
 
 
+@pytest.mark.e2e
 def test_eval_split_null_reports_validation_piece(tmp_path: Path, tiny_vit: Path) -> None:
     images = make_image_folder(tmp_path / "images", per_class=10, splits=("",))
     recipe = write_recipe(
@@ -156,6 +162,7 @@ def test_eval_split_null_reports_validation_piece(tmp_path: Path, tiny_vit: Path
     assert "validation piece" in card and "less independent than a test split" in card
 
 
+@pytest.mark.e2e
 def test_missing_eval_split_fails_before_training(tmp_path: Path, tiny_vit: Path) -> None:
     images = make_image_folder(tmp_path / "images", per_class=4, splits=("",))
     recipe = write_recipe(tmp_path / "r.json", tiny_vit, images, tmp_path / "out")
@@ -214,9 +221,10 @@ def test_trainer_reads_fastrows_through_its_public_loaders(tiny_vit: Path, tmp_p
         assert batch["labels"].shape == (4,)
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not CIFAR10.is_dir(), reason="../shared/datasets/cifar10 is not present")
 def test_tiny_vit_on_real_cifar10(tmp_path: Path) -> None:
-    """The issue's 'done when': a tiny ViT on 2,000 CIFAR-10 images, set from the command line."""
+    """A tiny ViT on 2,000 real CIFAR-10 images, set from the command line: every output, the real class names."""
     from transformers import pipeline
 
     vit = make_tiny_vit(tmp_path / "vit", image_size=32, num_labels=3)
@@ -247,7 +255,7 @@ def test_tiny_vit_on_real_cifar10(tmp_path: Path) -> None:
     assert names == {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
 
 
-# ------------------------------------------------------------- interrupted runs (#5)
+# ------------------------------------------------------------------ interrupted runs
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -299,6 +307,7 @@ def _first_checkpoint(out: Path, proc, timeout: float = 120.0) -> int:
         time.sleep(0.01)
 
 
+@pytest.mark.e2e
 def test_kill_9_then_rerun_gives_identical_weights(resumable, tmp_path: Path) -> None:
     import signal
 
@@ -320,6 +329,7 @@ def test_kill_9_then_rerun_gives_identical_weights(resumable, tmp_path: Path) ->
     )["eval_accuracy"]
 
 
+@pytest.mark.e2e
 def test_sigterm_writes_a_checkpoint_and_exits_143(resumable, tmp_path: Path) -> None:
     import signal
 
@@ -340,6 +350,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(resumable, tmp_path: Path) ->
     assert all(torch.equal(ours[k], theirs[k]) for k in ours), "a pre-empted run must end where an uninterrupted one does"
 
 
+@pytest.mark.e2e
 def test_checkpoint_cut_off_mid_write_is_skipped(resumable, tmp_path: Path) -> None:
     _, reference = resumable
     out = tmp_path / "run"
@@ -359,6 +370,7 @@ def test_checkpoint_cut_off_mid_write_is_skipped(resumable, tmp_path: Path) -> N
     assert last_complete_checkpoint(out) == newest
 
 
+@pytest.mark.e2e
 def test_load_best_model_at_end_really_loads_the_best_weights(tmp_path: Path, tiny_vit: Path) -> None:
     """transformers 5 reloads the best checkpoint with load_state_dict(strict=False) on
     legacy key names and silently keeps the last weights; FinetuneTrainer must not."""
@@ -395,7 +407,7 @@ def test_early_stopping_stops_when_validation_stops_improving(tmp_path: Path, ti
     assert state["best_model_checkpoint"] is not None  # load_best_model_at_end came on by default
 
 
-# ------------------------------------------------------------------ messy folders (#5)
+# ---------------------------------------------------------------------- messy folders
 
 
 def _messy_folder(root: Path) -> dict[str, str]:
@@ -433,6 +445,7 @@ def _messy_folder(root: Path) -> dict[str, str]:
     return bad
 
 
+@pytest.mark.e2e
 def test_messy_folder_trains_and_reports_every_bad_file(tmp_path: Path, tiny_vit: Path) -> None:
     images = tmp_path / "messy"
     bad = _messy_folder(images)
@@ -453,6 +466,7 @@ def test_messy_folder_trains_and_reports_every_bad_file(tmp_path: Path, tiny_vit
     assert set(config["id2label"].values()) == set(CLASSES) | {"Ünïcödé 猫"}  # never "train"/"test"
 
 
+@pytest.mark.e2e
 def test_too_many_bad_files_stop_before_training(tmp_path: Path, tiny_vit: Path) -> None:
     images = tmp_path / "messy"
     _messy_folder(images)
@@ -465,6 +479,7 @@ def test_too_many_bad_files_stop_before_training(tmp_path: Path, tiny_vit: Path)
     assert not (tmp_path / "out" / "model.safetensors").exists() and not list((tmp_path / "out").glob("checkpoint-*"))
 
 
+@pytest.mark.e2e
 def test_a_run_that_stopped_before_training_does_not_block_the_folder(tmp_path: Path, tiny_vit: Path) -> None:
     images = make_image_folder(tmp_path / "images", per_class=4)
     out = tmp_path / "out"

@@ -1,0 +1,253 @@
+"""`finetune eval`: score a saved model on a data set through the training's Trainer evaluation, and write the report.
+
+``finetune eval OUTPUT_DIR --data DATASET [--split test]`` takes any data set a recipe
+accepts, decodes it as training does, and scores it with the same ``FinetuneTrainer``
+evaluation (uint8 batches normalised on the device, metrics accumulated batch by batch)
+that produced the run's own numbers. The report (``eval_report.json`` + PNGs) goes into a
+folder of its own; the run's files are only read.
+
+Heavy libraries are imported inside the functions so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import report
+from .saved import InferenceError, load_saved
+from .util import is_hub_id, positive_int, write_json
+
+#: Recipe keys named in the data package's messages → the options of `finetune eval` that set them.
+_CLI_NAMES = {
+    "data.image_column": "--image-column",
+    "data.label_column": "--label-column",
+    "data.dataset": "--data",
+    "data.train_split": "--split",
+}
+
+
+def add_eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output_dir", help="a finished run's output folder")
+    parser.add_argument(
+        "--data", required=True,
+        help="the data set, as data.dataset in a recipe: a Hub id, a local folder, a data file or builtin:NAME",
+    )
+    parser.add_argument("--split", default="test", help="the split to score (default: test)")
+    parser.add_argument("--config", default=None, help="the data set's configuration name, if it has several")
+    parser.add_argument("--revision", default=None, help="the data set's revision (Hub data sets)")
+    parser.add_argument("--image-column", default=None, help="the image column (default: found from the features)")
+    parser.add_argument("--label-column", default=None, help="the label column (default: found from the features)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    parser.add_argument(
+        "--report-dir", default=None,
+        help="where eval_report.json and the PNGs go (default: OUTPUT_DIR/eval-<dataset>-<split>/)",
+    )
+
+
+# ----------------------------------------------------------------------- report folder
+
+
+def _slug(text: str) -> str:
+    """A folder-name-safe version of a data set name or split."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "data"
+
+
+def default_report_dir(output_dir: Path, dataset: str, split: str) -> Path:
+    name = dataset.rstrip("/\\")
+    # Hub ids keep their namespace (as in the Hub cache: "user--name"); paths their last part.
+    name = name.replace("/", "--") if is_hub_id(name) else Path(name).name or name
+    return output_dir / f"eval-{_slug(name)}-{_slug(split)}"
+
+
+def _read_log_history(output_dir: Path) -> list[dict]:
+    try:
+        state = json.loads((output_dir / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    history = state.get("log_history") if isinstance(state, dict) else None
+    return history if isinstance(history, list) else []
+
+
+# ------------------------------------------------------------------------------- data
+
+
+def _cli_message(err: BaseException) -> str:
+    """The data package speaks in recipe keys; `finetune eval` users set them with options."""
+    message = str(err)
+    for key, option in _CLI_NAMES.items():
+        message = message.replace(key, option)
+    return message
+
+
+def map_to_model_classes(dataset, label_column: str, class_names: list[str], where: str):
+    """``dataset`` with ``label_column`` a ClassLabel of the model's classes, in its order."""
+    from datasets import ClassLabel, Dataset, Features
+
+    from .data import encode_labels
+
+    feature = dataset.features[label_column]
+    used = set(dataset[label_column])
+    if None in used or (isinstance(feature, ClassLabel) and -1 in used):
+        raise InferenceError(
+            f"{where} has unlabelled images (label {'-1' if -1 in used else 'missing'}); scoring needs the true "
+            "labels: name a labelled split, or use `finetune predict` to label the images"
+        )
+    if isinstance(feature, ClassLabel):
+        values = {feature.names[i] for i in used if i is not None and i >= 0}
+    else:
+        values = {str(v) for v in used}
+    unknown = sorted(values - set(class_names))
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (" …" if len(unknown) > 10 else "")
+        known = ", ".join(class_names[:10]) + (" …" if len(class_names) > 10 else "")
+        raise InferenceError(
+            f"{where} has {len(unknown)} class(es) that the model does not know: {shown}; "
+            f"the model was trained on: {known}; evaluate on images of those classes only"
+        )
+    # encode_labels maps every other split onto the classes of a reference split: here a
+    # one-row-per-class stand-in carrying the model's own classes.
+    reference = Dataset.from_dict(
+        {label_column: list(range(len(class_names)))},
+        features=Features({label_column: ClassLabel(names=class_names)}),
+    )
+    _, mapped, _ = encode_labels(reference, {"eval": dataset}, label_column)
+    return mapped["eval"]
+
+
+# ------------------------------------------------------------------------- scoring
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available()
+    )
+
+
+def trainer_scores(saved, images, batch_size: int, output_dir: str):
+    """The training's final evaluation, on a decoded split: (Trainer metrics, Predictions).
+
+    The same ``FinetuneTrainer`` with the same batch transform (no augmentation), collator
+    and batch-by-batch ``MetricAccumulator``; full precision, so the numbers do not depend
+    on whether the GPU has bf16.
+    """
+    from transformers import TrainingArguments
+
+    from . import data, metrics
+    from .train import FinetuneTrainer
+
+    args = TrainingArguments(
+        output_dir=output_dir,
+        report_to="none",
+        per_device_eval_batch_size=batch_size,
+        # As in training: metrics batch by batch, and the decoded columns go in untouched.
+        batch_eval_metrics=True,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        use_cpu=not _has_accelerator(),
+    )
+    mean, std = data.processor_normalization(saved.processor)
+    transform = data.BatchTransform(mean, std, data.image_size(images), None)
+    accumulator = metrics.MetricAccumulator(["accuracy"], len(saved.class_names))
+    trainer = FinetuneTrainer(
+        model=saved.model,
+        args=args,
+        data_collator=data.collate,
+        compute_metrics=accumulator,
+        batch_transform=transform,
+    )
+    # Batches gathered from the memory-mapped cache in one read, as training reads them.
+    scores = trainer.evaluate(eval_dataset=data.FastRows.wrap(images), metric_key_prefix="eval")
+    assert accumulator.last is not None  # the Trainer called it with compute_result=True
+    return scores, accumulator.last
+
+
+def evaluate_saved(
+    output_dir: str | Path,
+    dataset: str,
+    split: str = "test",
+    *,
+    config: str | None = None,
+    revision: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    batch_size: int = 32,
+    report_dir: str | Path | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Score the saved model on ``dataset[split]``; returns the report and where it went."""
+    from . import data, metrics, plots
+    from .recipe import DataConfig
+
+    out = Path(output_dir)
+    saved = load_saved(out)
+    target = Path(report_dir) if report_dir else default_report_dir(out, dataset, split)
+    if target.resolve() == out.resolve():
+        raise InferenceError(
+            f"--report-dir: '{target}' is the run's own folder, whose eval_report.json and plots would be "
+            "overwritten; name another folder"
+        )
+    cfg = DataConfig(
+        dataset=dataset, config=config, revision=revision, train_split=split, eval_split=None,
+        validation_fraction=0.0, image_column=image_column, label_column=label_column,
+    )
+    try:
+        raw = data.load_raw(cfg)
+        if split not in raw:
+            raise InferenceError(f"--split: '{split}' is not a split of '{dataset}'; it has: {', '.join(raw)}")
+        rows = raw[split]
+        image_col, label_col = data.find_columns(rows, cfg)
+        rows = map_to_model_classes(rows, label_col, saved.class_names, f"--data '{dataset}' split '{split}'")
+        decoded = data.decode(rows, saved.processor, image_col, label_col, None, f"decoding {split}")
+    except data.DataError as err:
+        raise InferenceError(_cli_message(err)) from None
+    images = decoded.dataset
+    if len(images) == 0:
+        first = decoded.bad[0] if decoded.bad else {"path": dataset, "reason": "no rows"}
+        raise InferenceError(
+            f"--data '{dataset}' split '{split}': no image could be read (e.g. {first['path']}: {first['reason']})"
+        )
+    for item in decoded.bad:
+        print(f"finetune: warning: cannot read {item['path']} ({item['reason']}); left out", file=sys.stderr)
+
+    with tempfile.TemporaryDirectory(prefix="finetune-eval-") as scratch:  # the Trainer's output_dir
+        scores, predictions = trainer_scores(saved, images, batch_size, scratch)
+    result = metrics.per_class_report(predictions, saved.class_names)
+    result.update(
+        {
+            "loss": float(scores["eval_loss"]),
+            "dataset": dataset,
+            "config": config,
+            "split": split,
+            "model": str(out),
+            "bad_files": decoded.bad,
+        }
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    write_json(target / "eval_report.json", result)
+    plots.write_plots(target, predictions, saved.class_names, images, _read_log_history(out))
+    return result, target
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        result, target = evaluate_saved(
+            args.output_dir, args.data, args.split, config=args.config, revision=args.revision,
+            image_column=args.image_column, label_column=args.label_column,
+            batch_size=args.batch_size, report_dir=args.report_dir,
+        )
+    except InferenceError as err:
+        return report(str(err))
+    bad = len(result["bad_files"])
+    print(
+        f"eval: accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f} on "
+        f"{result['num_images']} images of '{args.data}' (split {args.split})"
+        f"{f'; {bad} unreadable file(s) left out' if bad else ''}; report in {target}"
+    )
+    return 0
