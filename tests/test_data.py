@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import CLASSES, class_image, make_image_folder
 from finetune import data
+from finetune.data import sources
 from finetune.recipe import AugmentConfig, DataConfig
 
 
@@ -235,6 +236,54 @@ def test_image_folder_with_split_folders(tmp_path: Path) -> None:
 def test_missing_dataset_path_is_clear(tmp_path: Path) -> None:
     with pytest.raises(data.DataError, match="no such"):
         data.load_raw(cfg(dataset=str(tmp_path / "nope")))
+
+
+def test_a_folder_without_images_says_so(tmp_path: Path) -> None:
+    """Text and PDF files only (top level or under train/ and test/), nothing, or only
+    system files: the error says no image was found, not which column might hold one."""
+    docs = tmp_path / "docs"
+    for name in ("train/notes.txt", "train/paper.pdf", "test/readme.txt"):
+        (docs / name).parent.mkdir(parents=True, exist_ok=True)
+        (docs / name).write_text("not an image")
+    with pytest.raises(data.DataError) as err:
+        data.load_raw(cfg(dataset=str(docs)))
+    message = str(err.value)
+    assert message.startswith(f"data.dataset: no image files found in '{docs}' (looked for .bmp, .gif, .jfif")
+    assert "found 3 other file(s) such as test/readme.txt, train/notes.txt, train/paper.pdf" in message
+    assert "one sub-folder per class" in message and "\n" not in message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(data.DataError, match=r"no image files found in .*empty.*; it is empty\)"):
+        data.load_raw(cfg(dataset=str(empty)))
+    junk = tmp_path / "junk"
+    (junk / "__MACOSX").mkdir(parents=True)
+    (junk / "__MACOSX" / "._a.jpg").write_bytes(b"x")
+    (junk / ".DS_Store").write_bytes(b"x")
+    (junk / "Thumbs.db").write_bytes(b"x")
+    with pytest.raises(data.DataError, match=r"only hidden or system files, which are ignored: .*\.DS_Store"):
+        data.load_raw(cfg(dataset=str(junk)))
+
+
+def test_class_folders_reached_through_links_count(tmp_path: Path) -> None:
+    """Class folders that are symbolic links count (a link back up does not loop)."""
+    real = make_image_folder(tmp_path / "real", per_class=2, splits=("",))
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for name in CLASSES:
+        (linked / name).symlink_to(real / name, target_is_directory=True)
+    sources.check_holds_images(linked)
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    (loop / "notes.txt").write_text("x")
+    (loop / "up").symlink_to(loop, target_is_directory=True)
+    with pytest.raises(data.DataError, match="found 1 other file"):
+        sources.check_holds_images(loop)
+
+
+def test_a_column_of_text_is_not_taken_for_images() -> None:
+    text = Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]})
+    with pytest.raises(data.DataError, match=r"no column holds images or image file paths \(columns: text, label\)"):
+        data.find_columns(text, cfg())
 
 
 # --------------------------------------------------------------------------- decode
