@@ -89,14 +89,11 @@ def check_prepared(prepared: Prepared, cfg) -> None:
                 f"data.max_bad_fraction {cfg.max_bad_fraction:g}), e.g. {first['path']}: {first['reason']}; "
                 "fix or remove them (all are listed in data_report.json), or raise data.max_bad_fraction"
             )
-    names = prepared.splits.class_names
-    train_counts = torch.bincount(torch.as_tensor(prepared.train["labels"][:]), minlength=len(names))
-    empty = [names[i] for i in torch.nonzero(train_counts == 0).flatten().tolist()]
-    if empty:
-        raise data.DataError(
-            f"data: after setting aside unreadable files, class(es) {', '.join(empty)} have no training images; "
-            "see data_report.json"
-        )
+    # The real cause when a class has no training image left: all of its files unreadable,
+    # or none in the split at all.
+    reason = data.empty_class_reason(prepared.splits, prepared.train["labels"][:])
+    if reason is not None:
+        raise data.DataError(reason)
 
 
 def _set_find_unused_parameters(args, model, size, caches_features: bool) -> None:

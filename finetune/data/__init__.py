@@ -26,7 +26,7 @@ from .decode import HWC_COLUMN, Decoded, Decoder, decode, image_size, pixel_colu
 from .images import image_source, open_image, to_rgb
 from .rows import FastRows, RowBatch, collate
 from .sources import IMAGE_EXTENSIONS, JUNK_DIRS, JUNK_FILES, DataError, count_junk, is_junk, load_raw
-from .splits import Splits, balanced_sample, make_splits, stratified_sample
+from .splits import Splits, balanced_sample, empty_class_reason, make_splits, stratified_sample
 from .transforms import BatchTransform
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "column",
     "count_junk",
     "decode",
+    "empty_class_reason",
     "encode_labels",
     "find_columns",
     "image_size",

@@ -34,11 +34,15 @@ def find_columns(dataset, cfg: DataConfig) -> tuple[str, str]:
                 for c, f in features.items()
                 if isinstance(f, Value) and f.dtype in ("string", "large_string") and looks_like_image_paths(dataset[c][:5])
             ]
-        if len(found) != 1:
+        if not found:
             raise DataError(
-                f"data.image_column: cannot tell which column holds the images "
-                f"({'several candidates: ' + ', '.join(found) if found else 'none is an Image feature'}); "
-                f"set data.image_column to one of: {', '.join(columns)}"
+                f"data.image_column: no column holds images or image file paths (columns: {', '.join(columns)}); "
+                "check that data.dataset is an image data set, or name its image column in data.image_column"
+            )
+        if len(found) > 1:
+            raise DataError(
+                f"data.image_column: cannot tell which column holds the images (several candidates: "
+                f"{', '.join(found)}); set data.image_column to one of them"
             )
         image = found[0]
     label = cfg.label_column

@@ -10,8 +10,13 @@ from .. import builtin
 from ..recipe import DataConfig
 from ..util import first_line
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_EXTENSIONS = {
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"
+}
 _FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
+#: Files of a folder in the Hub's layout that can hold images or list them: tables, and the
+#: archives `datasets` reads image folders and WebDataset shards from.
+_DATA_FILES = set(_FILE_BUILDERS) | {".tsv", ".ndjson", ".lance", ".tar", ".zip"}
 
 
 class DataError(ValueError):
@@ -43,6 +48,7 @@ def load_raw(cfg: DataConfig):
             ds = load_dataset(_FILE_BUILDERS[ext], data_files={"train": str(path)})
             return _resolve_relative_image_paths(ds, path.parent)
         if path.is_dir():
+            check_holds_images(path)
             return load_dataset(str(path), cfg.config)
         if name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]:
             raise DataError(f"data.dataset: no such folder or file '{name}'; check the path")
@@ -57,6 +63,40 @@ def load_raw(cfg: DataConfig):
         ) from None
     except ValueError as err:
         raise DataError(f"data.dataset: cannot load '{name}': {first_line(err)}") from None
+
+
+def check_holds_images(root: Path) -> None:
+    """Refuse a folder with no image (or data) file in it, junk aside: `datasets` would load
+    its text or PDF files as a data set with no image column, and the error would name that."""
+    others: list[str] = []
+    junk: list[str] = []
+    seen: set[str] = set()  # class folders may be links; a link back up must not loop
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        seen.add(os.path.realpath(folder))
+        where = Path(folder).relative_to(root)
+        junk += [f"{where / d}/" for d in sorted(dirs) if is_junk(d, folder=True)]
+        dirs[:] = sorted(
+            d for d in dirs if not is_junk(d, folder=True) and os.path.realpath(os.path.join(folder, d)) not in seen
+        )
+        for name in sorted(names):
+            suffix = Path(name).suffix.lower()
+            if is_junk(name):
+                junk.append(str(where / name))
+            elif suffix in IMAGE_EXTENSIONS or suffix in _DATA_FILES:
+                return
+            else:
+                others.append(str(where / name))
+    if others:
+        found = f"found {len(others)} other file(s) such as {', '.join(others[:3])}"
+    elif junk:
+        found = f"it holds only hidden or system files, which are ignored: {', '.join(junk[:3])}"
+    else:
+        found = "it is empty"
+    raise DataError(
+        f"data.dataset: no image files found in '{root}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}; "
+        f"{found}); put the images in one sub-folder per class (FOLDER/CLASS/photo.jpg, optionally under "
+        "train/ and test/), or point data.dataset at a parquet/CSV/JSON-lines file that lists them"
+    )
 
 
 def _resolve_relative_image_paths(ds, base: Path):

@@ -17,15 +17,35 @@ def _per_class(labels: np.ndarray, rng: np.random.Generator) -> dict[int, np.nda
     return {int(c): rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
 
 
-def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` indices whose class shares follow those of ``labels`` (largest remainder)."""
+def stratified_sample(labels: np.ndarray, n: int, seed: int, keep: int = 0) -> np.ndarray:
+    """``n`` indices whose class shares follow those of ``labels`` (largest remainder),
+    leaving at least ``keep`` images of every class out of the sample.
+
+    The first round is plain largest remainder over every class (so a sample that no cap
+    touches is the one it always was); a class capped by ``keep`` gives what it cannot take
+    to the classes with room, again in proportion to their sizes. The sample is as close to
+    ``n`` as the caps allow.
+    """
     rng = np.random.default_rng(seed)
     groups = _per_class(labels, rng)
-    n = min(n, len(labels))
-    exact = {c: n * len(idx) / len(labels) for c, idx in groups.items()}
-    take = {c: int(np.floor(v)) for c, v in exact.items()}
-    for c in sorted(exact, key=lambda c: (take[c] - exact[c], c))[: n - sum(take.values())]:
-        take[c] += 1
+    room = {c: max(len(idx) - keep, 0) for c, idx in groups.items()}
+    take = {c: 0 for c in groups}
+    remaining = min(n, len(labels), sum(room.values()))
+    open_classes = list(groups)
+    while remaining > 0:
+        # Each round hands out every remaining slot and closes the classes that are full.
+        # Slots never exceed the open classes' room, so after the first round some open
+        # class gets one every round.
+        size = sum(len(groups[c]) for c in open_classes)
+        exact = {c: remaining * len(groups[c]) / size for c in open_classes}
+        share = {c: int(np.floor(v)) for c, v in exact.items()}
+        for c in sorted(exact, key=lambda c: (share[c] - exact[c], c))[: remaining - sum(share.values())]:
+            share[c] += 1
+        for c in open_classes:
+            got = min(share[c], room[c] - take[c])
+            take[c] += got
+            remaining -= got
+        open_classes = [c for c in open_classes if take[c] < room[c]]
     return np.sort(np.concatenate([groups[c][: take[c]] for c in groups]).astype(np.int64))
 
 
@@ -52,6 +72,12 @@ def balanced_sample(labels: np.ndarray, n: int | None, seed: int, per_class: int
                 remaining -= got
             open_classes = [c for c in open_classes if take[c] < len(groups[c])]
     return np.sort(np.concatenate([groups[c][: take[c]] for c in groups]).astype(np.int64))
+
+
+def _listed(names: list[str], limit: int = 10) -> str:
+    """At most ``limit`` names, then how many more."""
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
 @dataclass
@@ -99,6 +125,11 @@ def make_splits(raw, cfg: DataConfig, seed: int) -> Splits:
     labels = np.asarray(column(train, label), dtype=np.int64)
     all_idx = np.arange(len(labels))
     if cfg.samples_per_class is not None or cfg.max_train_samples is not None:
+        if cfg.max_train_samples is not None and cfg.max_train_samples < len(names):
+            raise DataError(
+                f"data.max_train_samples: {cfg.max_train_samples} is fewer than the {len(names)} classes, so some "
+                f"would have no training image; raise it to at least {len(names)} or set it to null"
+            )
         chosen = balanced_sample(labels, cfg.max_train_samples, seed, per_class=cfg.samples_per_class)
         short = [
             names[c]
@@ -111,15 +142,30 @@ def make_splits(raw, cfg: DataConfig, seed: int) -> Splits:
         n_val = int(round(cfg.validation_fraction * len(chosen)))
         val_idx = rest[stratified_sample(labels[rest], n_val, seed + 1)] if n_val and len(rest) else rest[:0]
         train_idx = chosen
+        if cfg.validation_fraction > 0 and len(val_idx) == 0:
+            raise DataError(
+                "data.validation_fraction: no images are left for the validation piece; lower max_train_samples / "
+                "samples_per_class, or set data.validation_fraction to 0"
+            )
     else:
+        # Every class keeps at least one training image: a class of n images gives at most
+        # n - 1 to the validation piece, and the others make up what it cannot give.
         n_val = int(round(cfg.validation_fraction * len(labels)))
-        val_idx = stratified_sample(labels, n_val, seed + 1) if n_val else all_idx[:0]
+        val_idx = stratified_sample(labels, n_val, seed + 1, keep=1) if n_val else all_idx[:0]
         train_idx = np.setdiff1d(all_idx, val_idx)
-    if cfg.validation_fraction > 0 and len(val_idx) == 0:
-        raise DataError(
-            "data.validation_fraction: no images are left for the validation piece; lower max_train_samples / "
-            "samples_per_class, or set data.validation_fraction to 0"
-        )
+        if cfg.validation_fraction > 0 and len(val_idx) == 0:
+            why = "leaves none" if n_val == 0 else "cannot be set aside: every class has a single image, which training needs"
+            raise DataError(
+                f"data.validation_fraction: {cfg.validation_fraction:g} of {len(labels)} training images {why}; add "
+                f"images, or set data.validation_fraction to 0{' and name a data.eval_split' if cfg.eval_split is None else ''}"
+            )
+    if len(val_idx):
+        missing = sorted(set(range(len(names))) - set(labels[val_idx].tolist()))
+        if missing:
+            notes.append(
+                f"class(es) {_listed([names[c] for c in missing])} have no validation images (too few images to spare "
+                "one from training); the validation scores leave them out"
+            )
     validation = train.select(val_idx) if len(val_idx) else None
     train = train.select(train_idx)
 
@@ -139,3 +185,25 @@ def make_splits(raw, cfg: DataConfig, seed: int) -> Splits:
                 balanced_sample(np.asarray(column(evaluation, label)), cfg.max_eval_samples, seed + 2)
             )
     return Splits(train, validation, evaluation, eval_name, names, image, label, notes)
+
+
+def empty_class_reason(splits: Splits, kept_labels) -> str | None:
+    """The one-line error when a class has no training image left after unreadable files were
+    set aside (``kept_labels``: the labels of the decoded train piece), naming the real
+    cause; None when every class has one."""
+    n = len(splits.class_names)
+    kept = np.bincount(np.asarray(kept_labels, dtype=np.int64), minlength=n)
+    split = np.bincount(np.asarray(column(splits.train, splits.label_column), dtype=np.int64), minlength=n)
+    lost = [
+        f"{splits.class_names[c]} ({split[c]} image{'s' if split[c] != 1 else ''})"
+        for c in np.flatnonzero((kept == 0) & (split > 0))
+    ]
+    if lost:
+        return (
+            f"data: every training image of class(es) {_listed(lost)} is unreadable; fix or replace those files "
+            "(each is listed with its reason in data_report.json) or remove the class"
+        )
+    absent = [splits.class_names[c] for c in np.flatnonzero(split == 0)]
+    if absent:
+        return f"data: class(es) {_listed(absent)} have no training images; add images or remove the class"
+    return None
