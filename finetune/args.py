@@ -62,48 +62,16 @@ def precision(args: TrainingArguments) -> str:
     return mode + (", TF32 matmuls" if args.tf32 else "")
 
 
-def _early_stopping(recipe: Recipe, user: dict[str, Any], defaults: dict[str, Any], source: str) -> None:
-    """Check ``training.early_stopping_*`` against the rest, and default what early stopping needs."""
-    patience = recipe.training.get("early_stopping_patience")
-    threshold = recipe.training.get("early_stopping_threshold")
-    if patience is None:
-        if threshold is not None:
-            raise RecipeError(
-                f"{source}: 'training.early_stopping_threshold' does nothing without "
-                "'training.early_stopping_patience'; set the patience (e.g. 3) or remove the threshold"
-            )
-        return
-    if patience < 1:
-        raise RecipeError(f"{source}: 'training.early_stopping_patience' must be >= 1, got {patience}")
-    if threshold is not None and threshold < 0:
-        raise RecipeError(f"{source}: 'training.early_stopping_threshold' must be >= 0, got {threshold}")
-    if recipe.data.validation_fraction == 0:
-        raise RecipeError(
-            f"{source}: 'training.early_stopping_patience' stops on the validation piece's scores, but "
-            "data.validation_fraction is 0; set it > 0 (e.g. 0.1) or remove the patience"
-        )
-    if user.get("eval_strategy") == "no":
-        raise RecipeError(
-            f"{source}: 'training.early_stopping_patience' needs evaluations, but 'training.eval_strategy' "
-            "is 'no'; set it to 'epoch' or remove the patience"
-        )
-    if user.get("load_best_model_at_end") is False:
-        raise RecipeError(
-            f"{source}: 'training.early_stopping_patience' keeps the best checkpoint, which needs "
-            "'training.load_best_model_at_end' true; remove that key or the patience"
-        )
-    metric = user.get("metric_for_best_model")
-    if metric is not None:
-        name = metric.removeprefix("eval_")
-        if name != "loss" and name not in recipe.metrics:
-            raise RecipeError(
-                f"{source}: 'training.metric_for_best_model' is '{metric}', which the run does not compute, so "
-                f"early stopping could not see it; use 'loss' or one of {', '.join(recipe.metrics)}"
-            )
-    defaults["load_best_model_at_end"] = True
-    defaults["metric_for_best_model"] = "eval_loss"
-    # A resumed run goes on with the patience counter it had, as an uninterrupted one would.
-    defaults["restore_callback_states_from_checkpoint"] = True
+def _early_stopping(recipe: Recipe, defaults: dict[str, Any], source: str) -> None:
+    """Default what early stopping needs. The recipe's checks found any contradiction already;
+    they run again here for a Recipe built or changed in code."""
+    problems = training_fields.check_early_stopping(
+        recipe.training, recipe.metrics, recipe.data.validation_fraction > 0, source
+    )
+    if problems:
+        raise RecipeError("\n".join(problems))
+    if recipe.training.get("early_stopping_patience") is not None:
+        defaults.update(training_fields.early_stopping_defaults())
 
 
 def callbacks(recipe: Recipe) -> list[TrainerCallback]:
@@ -128,7 +96,7 @@ def training_arguments(recipe: Recipe, source: str = "recipe") -> TrainingArgume
     }
     if "per_device_train_batch_size" in user and "per_device_eval_batch_size" not in user:
         defaults["per_device_eval_batch_size"] = user["per_device_train_batch_size"]
-    _early_stopping(recipe, user, defaults, source)
+    _early_stopping(recipe, defaults, source)
     forced = {
         "output_dir": recipe.output_dir,
         # Our columns are exactly the model's inputs; nothing may be dropped.

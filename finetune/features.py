@@ -43,6 +43,7 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from transformers import Trainer, default_data_collator
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer_utils import TrainOutput
 
-from . import data
+from . import data, progress
 from .model import LoadedModel, ModelError, head_parameter_names
 from .recipe import ModelConfig
 from .util import write_json
@@ -177,8 +178,11 @@ def _features_of(
     device: torch.device,
     batch_size: int,
     args: Any = None,
+    process_index: int = 0,
+    desc: str = "feature pass",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels) of every row of a decoded split, in order, on this process."""
+    """(features, labels) of every row of a decoded split, in order, on this process; with a
+    progress bar in images on the main process (the Trainer's rule, progress.py)."""
     capture = _Capture()
     handle = head.register_forward_hook(capture)
     loader = torch.utils.data.DataLoader(
@@ -190,6 +194,7 @@ def _features_of(
         pin_memory=device.type == "cuda",
     )
     feats, labels = [], []
+    bar = progress.bar(args, total=len(dataset), desc=desc, process_index=process_index)
     try:
         for batch in loader:
             pixels = transform(batch["pixel_values"].to(device, non_blocking=True), train=False)
@@ -203,7 +208,9 @@ def _features_of(
             feats.append(capture.inputs.detach().float().cpu())
             labels.append(batch["labels"].cpu())
             capture.inputs = capture.output = None
+            bar.update(len(batch["labels"]))
     finally:
+        bar.close()
         handle.remove()
     if not feats:
         return torch.zeros(0, head.in_features), torch.zeros(0, dtype=torch.long)
@@ -238,11 +245,13 @@ def compute_features(
         n = len(dataset)
         world = state.num_processes
         if world == 1 or n == 0:
-            feats, labels = _features_of(model, head, dataset, transform, device, batch_size, args)
+            feats, labels = _features_of(model, head, dataset, transform, device, batch_size, args, state.process_index)
             return FeatureDataset(feats, labels)
         with state.split_between_processes(list(range(n)), apply_padding=True) as shard:
             mine = dataset.select(shard) if len(shard) else dataset.select([])
-            feats, labels = _features_of(model, head, mine, transform, device, batch_size, args)
+            # The bar (rank 0's) counts rank 0's share; the others run theirs alongside.
+            desc = f"feature pass (rank 0's share of {world})"
+            feats, labels = _features_of(model, head, mine, transform, device, batch_size, args, state.process_index, desc)
         # Every share has `per` rows after padding; rank r's real rows are the first
         # `base + (r < extra)` of its share (split_between_processes' own arithmetic).
         base, extra = divmod(n, world)
@@ -278,6 +287,7 @@ def fit_logistic(
     l2: float,
     max_iter: int,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    on_iteration: Callable[[int], None] | None = None,
 ) -> LogisticFit:
     """Multinomial logistic regression: minimise mean cross-entropy + l2/2·‖W‖² (the bias is
     not penalised) by full-batch L-BFGS with a strong-Wolfe line search, from ``init`` or
@@ -285,7 +295,8 @@ def fit_logistic(
     second-order steps beat SGD epochs; the objective is convex, so the result does not
     depend on a learning rate, a schedule or a seed. torch's L-BFGS rather than
     scikit-learn's LogisticRegression (the same optimum, checked in the tests): it runs on
-    the training device, a GPU when there is one, on the features already there."""
+    the training device, a GPU when there is one, on the features already there.
+    ``on_iteration`` is told the iteration count at every evaluation of the objective."""
     # Features come from inference mode, whose tensors autograd may not save: copy them out.
     x = features.float().clone()
     y = labels.long().clone()
@@ -300,6 +311,8 @@ def fit_logistic(
         solver.zero_grad()
         loss = nn.functional.cross_entropy(torch.addmm(bias, x, weight.t()), y) + 0.5 * l2 * weight.square().sum()
         loss.backward()
+        if on_iteration is not None:
+            on_iteration(solver.state[weight].get("n_iter", 0))
         return loss
 
     with torch.enable_grad():
@@ -470,8 +483,17 @@ class FeatureProbeTrainer(Trainer):
         num_classes = linear.out_features
         fits: list[LogisticFit] = []
         init: tuple[torch.Tensor, torch.Tensor] | None = None
-        for l2 in sorted(set(self.l2), reverse=True):
-            fit = fit_logistic(x, y, num_classes, l2, self.max_iter, init)
+        strengths = sorted(set(self.l2), reverse=True)
+        # One bar over the λ values; the iterations of the running fit show beside it.
+        bar = progress.bar(self.args, total=len(strengths), desc="L-BFGS head", unit="fit")
+        for l2 in strengths:
+
+            def show(iteration: int, l2: float = l2) -> None:
+                bar.set_postfix_str(f"λ {l2:g}, iteration {iteration}/{self.max_iter}", refresh=False)
+                bar.update(0)  # redraws at tqdm's own pace (mininterval), not at every evaluation
+
+            fit = fit_logistic(x, y, num_classes, l2, self.max_iter, init, on_iteration=show)
+            bar.update(1)
             init = (fit.weight, fit.bias)
             if validation is not None and len(validation):
                 with torch.no_grad():
@@ -486,6 +508,7 @@ class FeatureProbeTrainer(Trainer):
             self.state.log_history.append(entry)  # no "epoch": the curves plot leaves these out
             if self.args.process_index == 0:
                 logger.info("L-BFGS head: %s", ", ".join(f"{k} {v:g}" for k, v in entry.items()))
+        bar.close()
         scored = [f for f in fits if f.validation_accuracy is not None]
         best = max(scored, key=lambda f: (f.validation_accuracy, -f.validation_loss)) if scored else fits[0]
         with torch.no_grad():

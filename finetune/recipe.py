@@ -38,8 +38,8 @@ _TRAINING_KEYS_ELSEWHERE = {
     "batch_eval_metrics": "finetune always accumulates metrics batch by batch to bound memory",
 }
 
-#: finetune's own keys in the ``training`` block, with their types; args.py checks their
-#: values against the rest and keeps them out of TrainingArguments.
+#: finetune's own keys in the ``training`` block, with their types; training_fields.py checks
+#: their values against the rest, and args.py keeps them out of TrainingArguments.
 FINETUNE_TRAINING_KEYS: dict[str, Any] = {
     "early_stopping_patience": int,  # evaluations without improvement before training stops
     "early_stopping_threshold": float,  # the least change in the metric that counts as one
@@ -353,7 +353,13 @@ def _validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) -
         problems.append(f"{source}: 'hub.push' is true but 'hub.repo_id' is missing; set it to USER/NAME")
     _check_training(recipe.training, source, problems)
     problems += training_fields.check_ranges(recipe.training, source)
-    problems += training_fields.check_consistency(recipe.training, source, has_validation=d.validation_fraction > 0)
+    has_validation = d.validation_fraction > 0
+    early = training_fields.check_early_stopping(recipe.training, recipe.metrics, has_validation, source)
+    problems += early
+    # With early stopping on, its defaults (load_best_model_at_end) join the consistency checks.
+    stops_early = recipe.training.get("early_stopping_patience") is not None and not early
+    implied = training_fields.early_stopping_defaults() if stops_early else {}
+    problems += training_fields.check_consistency(recipe.training, source, has_validation, implied)
 
 
 def _is_hex(text: str) -> bool:

@@ -92,13 +92,14 @@ def _setup_logging() -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .errors import EXIT_USER_ERROR
     from .recipe import RecipeError, load_recipe
-    from .args import training_arguments
 
+    # The recipe's own checks cover the training block (types, ranges, the contradictions
+    # TrainingArguments would refuse, early stopping) without importing torch, which
+    # building TrainingArguments would: seconds, most of this command's time.
     failed = 0
     for path in args.recipes:
         try:
             recipe = load_recipe(path, args.overrides)
-            training_arguments(recipe, path)  # the training block must also be consistent
         except RecipeError as err:
             for line in str(err).splitlines():  # one line per problem in the recipe
                 print(f"FAIL {line}", file=sys.stderr)
@@ -109,19 +110,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import DataError
     from .errors import EXIT_PREEMPTED, UserError, report
     from .recipe import RecipeError, load_recipe
-    from .outputs import OutputDirError
-    from .preemption import Preempted
     from .threads import ThreadsError, configure_threads
-    from .train import train
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         configure_threads()  # before any heavy work: launchers leave a CPU job one core
     except (RecipeError, ThreadsError) as err:
         return report(str(err))
+    # torch, transformers and datasets come in only now: a bad recipe answers in a blink.
+    from .data import DataError
+    from .outputs import OutputDirError
+    from .preemption import Preempted
+    from .train import train
+
     _setup_logging()
     try:
         train(recipe, overwrite=args.overwrite, source=str(args.recipe))

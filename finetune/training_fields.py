@@ -337,10 +337,13 @@ def strategy_defaults(has_validation: bool) -> dict[str, Any]:
     }
 
 
-def check_consistency(training: dict[str, Any], source: str, has_validation: bool) -> list[str]:
-    """Problems between keys that TrainingArguments would raise, found without building it."""
+def check_consistency(
+    training: dict[str, Any], source: str, has_validation: bool, defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """Problems between keys that TrainingArguments would raise, found without building it;
+    ``defaults``: finetune's other defaults for this recipe (early stopping's)."""
     known = {name: f.default for name, f in fields().items() if f.default is not dataclasses.MISSING}
-    get = {**known, **strategy_defaults(has_validation), **training}.get
+    get = {**known, **strategy_defaults(has_validation), **(defaults or {}), **training}.get
     problems = []
     evals, saves = get("eval_strategy"), get("save_strategy")
     if evals != "no" and not has_validation:
@@ -380,3 +383,55 @@ def _check_save_multiple(save: Any, evals: Any, source: str) -> list[str]:
             f"of 'training.eval_steps' ({evals}), both step counts or both fractions of the run"
         ]
     return []
+
+
+# ------------------------------------------------------------------- early stopping
+
+
+def early_stopping_defaults() -> dict[str, Any]:
+    """What early stopping needs from TrainingArguments when the recipe leaves it out (args.py applies it)."""
+    return {
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+        # A resumed run goes on with the patience counter it had, as an uninterrupted one would.
+        "restore_callback_states_from_checkpoint": True,
+    }
+
+
+def check_early_stopping(training: dict[str, Any], metrics: list[str], has_validation: bool, source: str) -> list[str]:
+    """Problems of finetune's ``training.early_stopping_*`` keys against the rest of the recipe."""
+    patience, threshold = training.get("early_stopping_patience"), training.get("early_stopping_threshold")
+    if patience is None:
+        if threshold is None:
+            return []
+        return [
+            f"{source}: 'training.early_stopping_threshold' does nothing without "
+            "'training.early_stopping_patience'; set the patience (e.g. 3) or remove the threshold"
+        ]
+    problems = []
+    if _number(patience) and patience < 1:
+        problems.append(f"{source}: 'training.early_stopping_patience' must be >= 1, got {patience}")
+    if _number(threshold) and threshold < 0:
+        problems.append(f"{source}: 'training.early_stopping_threshold' must be >= 0, got {threshold}")
+    if not has_validation:
+        problems.append(
+            f"{source}: 'training.early_stopping_patience' stops on the validation piece's scores, but "
+            "data.validation_fraction is 0; set it > 0 (e.g. 0.1) or remove the patience"
+        )
+    if training.get("eval_strategy") == "no":
+        problems.append(
+            f"{source}: 'training.early_stopping_patience' needs evaluations, but 'training.eval_strategy' "
+            "is 'no'; set it to 'epoch' or remove the patience"
+        )
+    if training.get("load_best_model_at_end") is False:
+        problems.append(
+            f"{source}: 'training.early_stopping_patience' keeps the best checkpoint, which needs "
+            "'training.load_best_model_at_end' true; remove that key or the patience"
+        )
+    metric = training.get("metric_for_best_model")
+    if isinstance(metric, str) and metric.removeprefix("eval_") not in ("loss", *metrics):
+        problems.append(
+            f"{source}: 'training.metric_for_best_model' is '{metric}', which the run does not compute, so "
+            f"early stopping could not see it; use 'loss' or one of {', '.join(metrics)}"
+        )
+    return problems

@@ -94,11 +94,18 @@ def test_early_stopping_keeps_the_users_metric() -> None:
     ],
 )
 def test_early_stopping_contradictions_are_recipe_errors(training: dict, data: dict, message: str) -> None:
+    raw = {
+        "description": "d", "model": {"name_or_path": "m"}, "data": {"dataset": "x", **data},
+        "output_dir": "o", "training": training, "metrics": ["accuracy"],
+    }
+    # Found by the recipe's checks (so `finetune validate` reports them without torch) ...
     with pytest.raises(RecipeError, match=message) as err:
-        r = recipe_from_dict({
-            "description": "d", "model": {"name_or_path": "m"}, "data": {"dataset": "x", **data},
-            "output_dir": "o", "training": training, "metrics": ["accuracy"],
-        })
+        recipe_from_dict(raw, "r.json")
+    assert "\n" not in str(err.value) and str(err.value).startswith("r.json: ")
+    # ... and by training_arguments, for a recipe changed in code after it was checked.
+    r = recipe_from_dict({**raw, "training": {}, "data": {"dataset": "x"}}, "r.json")
+    r.training, r.data.validation_fraction = training, data.get("validation_fraction", r.data.validation_fraction)
+    with pytest.raises(RecipeError, match=message) as err:
         training_arguments(r, "r.json")
     assert "\n" not in str(err.value) and str(err.value).startswith("r.json: ")
 

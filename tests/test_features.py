@@ -52,6 +52,29 @@ def test_head_on_cached_features_reproduces_the_models_logits(fixture: str, requ
             assert torch.equal(head(cached.features[start : start + 4]), logits)
 
 
+@pytest.mark.parametrize("disable_tqdm", [False, True])
+def test_feature_pass_shows_a_bar_in_images_unless_disable_tqdm(disable_tqdm: bool, tiny_resnet: Path, tmp_path: Path, capsys) -> None:
+    loaded, processor = _loaded(tiny_resnet)
+    decoded = _decoded(make_image_folder(tmp_path / "images", per_class=3, splits=("train",)), processor)
+    transform = _transform(processor, tuple(decoded[0]["pixel_values"].shape[-2:]))
+    capsys.readouterr()
+    args = SimpleNamespace(disable_tqdm=disable_tqdm, process_index=0, dataloader_num_workers=0)
+    features.compute_features(loaded.model, decoded, transform, device="cpu", batch_size=4, args=args)
+    err = capsys.readouterr().err
+    if disable_tqdm:
+        assert err == ""
+    else:  # tqdm's last redraw: all 9 images, counted in images, with the rate
+        assert "feature pass" in err and f"{len(decoded)}/{len(decoded)}" in err and "img/s" in err
+
+
+def test_lbfgs_fit_reports_its_iterations_as_it_goes() -> None:
+    x = torch.randn(60, 4, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    seen: list[int] = []
+    fit = features.fit_logistic(x, y, 2, 0.01, max_iter=50, on_iteration=seen.append)
+    assert seen[0] == 0 and seen == sorted(seen) and seen[-1] == fit.iterations > 0
+
+
 def test_a_model_with_work_after_its_last_linear_is_refused() -> None:
     class Doubled(torch.nn.Module):  # logits = 2 × Linear(x): cached features cannot reproduce them
         def __init__(self) -> None:

@@ -164,6 +164,23 @@ def test_recipe_refuses_a_negative_learning_rate_before_anything_loads() -> None
         recipe_from_dict(raw, "r.json")
 
 
+def test_early_stopping_brings_the_best_model_checks_as_training_arguments_does(tmp_path) -> None:
+    """Early stopping turns load_best_model_at_end on, so save and eval strategies must then
+    match: the recipe says so, and TrainingArguments (through args.py) agrees."""
+    from finetune.args import training_arguments
+
+    raw = {"description": "d", "model": {"name_or_path": "m"}, "data": {"dataset": "x"}, "output_dir": str(tmp_path),
+           "training": {"early_stopping_patience": 2, "save_strategy": "steps", "use_cpu": True}}
+    with pytest.raises(RecipeError, match=r"^r.json: 'training.load_best_model_at_end' needs .* to match") as err:
+        recipe_from_dict(raw, "r.json")
+    assert "\n" not in str(err.value)
+    recipe = recipe_from_dict({**raw, "training": {"use_cpu": True}}, "r.json")
+    recipe.training = raw["training"]
+    with pytest.raises(RecipeError, match="'training' is inconsistent"):
+        training_arguments(recipe, "r.json")
+    assert recipe_from_dict({**raw, "training": {"early_stopping_patience": 2}}, "r.json")  # the defaults agree
+
+
 # Each case: (training block, has a validation piece, the phrase of finetune's message or
 # None when consistent). The same block, over finetune's defaults, must make
 # TrainingArguments raise exactly when the cheap check reports a problem.

@@ -1,0 +1,58 @@
+"""The command line: the answers that load nothing (help, validate, a bad recipe's error) start fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+#: Modules that take seconds to import on a small machine; none is needed to print help, check
+#: a recipe or report what is wrong with one.
+HEAVY = ("torch", "transformers", "datasets", "matplotlib", "timm", "huggingface_hub")
+
+_PROBE = """
+import json, sys
+from finetune.run import main
+
+codes = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        codes.append(main(argv))
+    except SystemExit as exit:  # argparse's --help
+        codes.append(exit.code)
+print(json.dumps({"codes": codes, "loaded": sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)}))
+"""
+
+
+def test_help_validate_and_a_bad_recipe_import_no_heavy_library(tmp_path: Path) -> None:
+    """One fresh interpreter (the test process has torch loaded) runs them all, then says which
+    heavy modules any of them imported."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({
+        "description": "d", "model": {"name_or_path": "m"}, "data": {"dataset": "x"}, "output_dir": str(tmp_path / "o"),
+        "training": {"learning_rat": 1e-3, "early_stopping_patience": 2, "eval_strategy": "no"},
+    }))
+    argvs = [
+        ["--help"], ["train", "--help"], ["validate", "--help"], ["eval", "--help"], ["predict", "--help"],
+        ["push", "--help"],
+        ["validate", "recipes/quickstart.json"],
+        ["validate", str(bad)],
+        ["--recipe", str(bad)],  # `python finetune/run.py --recipe BAD.json`
+        ["train", "--recipe", str(bad)],
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(argvs), json.dumps(HEAVY)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["codes"] == [0] * 7 + [2] * 3, result.stderr[-3000:]
+    # The bad recipe's problems, early stopping's included, were all reported without TrainingArguments.
+    assert "did you mean 'learning_rate'?" in result.stderr
+    assert "'training.early_stopping_patience' needs evaluations" in result.stderr
+    assert report["loaded"] == []
