@@ -105,7 +105,7 @@ def write_card(
         (DISPLAY_NAMES[m], float(eval_metrics[f"eval_{m}"])) for m in recipe.metrics if f"eval_{m}" in eval_metrics
     ]
     if train_metrics.get("probe_solver") == "lbfgs":
-        # No SGD loop ran: the optimizer settings in `training` were not used (features.py).
+        # No SGD loop ran: the optimizer settings in `training` were not used (probe.py).
         shown = {
             "head solver": "L-BFGS, multinomial logistic regression on cached features",
             "L2 strength λ": train_metrics.get("probe_l2"),

@@ -182,9 +182,9 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     trainer_class: Callable[..., Trainer] = FinetuneTrainer
     if recipe.model.caches_features:
         # The frozen backbone runs once; the head trains on cached features.
-        from . import features
+        from . import probe
 
-        trainer_class, transform = features.probe_setup(
+        trainer_class, transform = probe.probe_setup(
             loaded, transform, prepared.data_report, out / "data_report.json", recipe.model, recipe.training
         )
     if "ddp_find_unused_parameters" not in recipe.training:
@@ -204,7 +204,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     )
     world = args.world_size
     effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
-    if recipe.model.probe_solver != "lbfgs":  # an L-BFGS head has no batches or learning rate (features.py)
+    if recipe.model.probe_solver != "lbfgs":  # an L-BFGS head has no batches or learning rate (probe.py)
         logger.info(
             "training: effective batch %d = %d per device × %d process(es) × %d accumulation step(s); "
             "learning rate %g (not rescaled for the batch size); augmentation %s",
@@ -229,7 +229,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
             trainer.state.global_step, trainer.state.max_steps, trainer.state.epoch or 0, args.metric_for_best_model,
         )
     if recipe.model.caches_features:
-        trainer.save_full_model()  # the checkpoints hold the head alone (features.py)
+        trainer.save_full_model()  # the checkpoints hold the head alone (probe.py)
     else:
         trainer.save_model()
     if trainer.args.should_save:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import make_image_folder, run_cli, write_recipe
-from finetune import data, features, model as model_lib
+from finetune import data, features, model as model_lib, probe
 from finetune.recipe import ModelConfig, recipe_from_dict
 
 NAMES = ["red", "green", "blue"]
@@ -71,7 +71,7 @@ def test_lbfgs_fit_reports_its_iterations_as_it_goes() -> None:
     x = torch.randn(60, 4, generator=torch.Generator().manual_seed(0))
     y = (x[:, 0] > 0).long()
     seen: list[int] = []
-    fit = features.fit_logistic(x, y, 2, 0.01, max_iter=50, on_iteration=seen.append)
+    fit = probe.fit_logistic(x, y, 2, 0.01, max_iter=50, on_iteration=seen.append)
     assert seen[0] == 0 and seen == sorted(seen) and seen[-1] == fit.iterations > 0
 
 
@@ -278,7 +278,7 @@ def test_lbfgs_head_is_the_logistic_regression_optimum() -> None:
     x = rng.normal(size=(120, 6)).astype(np.float32)
     y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.8, size=120) > 0).astype(np.int64) + (x[:, 2] > 1)
     l2 = 0.05
-    fit = features.fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 3, l2, max_iter=500)
+    fit = probe.fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 3, l2, max_iter=500)
     # scikit-learn minimises C·Σ CE + ½‖W‖², the same optimum as mean CE + λ/2‖W‖² when C = 1/(λ·n).
     ref = LogisticRegression(C=1 / (l2 * len(x)), tol=1e-10, max_iter=10_000).fit(x, y)
     ours = torch.softmax(torch.from_numpy(x) @ fit.weight.t() + fit.bias, -1).numpy()
