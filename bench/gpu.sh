@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU benchmark (issue #6): ViT-B/16 training images/s on real CIFAR-10 through our
+# One-shot GPU benchmark: ViT-B/16 training images/s on real CIFAR-10 through our
 # pipeline, against the same model fed synthetic tensors already on the GPU, with model FLOP
 # utilisation. Prepared to run once, unattended, if a GPU is lent:
 #

