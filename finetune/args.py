@@ -67,7 +67,7 @@ def _early_stopping(recipe: Recipe, defaults: dict[str, Any], source: str) -> No
     they run again here for a Recipe built or changed in code."""
     problems = training_fields.check_early_stopping(
         recipe.training, recipe.metrics, recipe.data.validation_fraction > 0, source
-    )
+    ) + training_fields.check_best_metric(recipe.training, recipe.metrics, source)
     if problems:
         raise RecipeError("\n".join(problems))
     if recipe.training.get("early_stopping_patience") is not None:

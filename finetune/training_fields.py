@@ -428,10 +428,16 @@ def check_early_stopping(training: dict[str, Any], metrics: list[str], has_valid
             f"{source}: 'training.early_stopping_patience' keeps the best checkpoint, which needs "
             "'training.load_best_model_at_end' true; remove that key or the patience"
         )
+    return problems
+
+
+def check_best_metric(training: dict[str, Any], metrics: list[str], source: str) -> list[str]:
+    """``metric_for_best_model`` must be a score the run computes: the Trainer looks it up only
+    after the first evaluation, and a missing one stops the run there with a KeyError."""
     metric = training.get("metric_for_best_model")
     if isinstance(metric, str) and metric.removeprefix("eval_") not in ("loss", *metrics):
-        problems.append(
-            f"{source}: 'training.metric_for_best_model' is '{metric}', which the run does not compute, so "
-            f"early stopping could not see it; use 'loss' or one of {', '.join(metrics)}"
-        )
-    return problems
+        return [
+            f"{source}: 'training.metric_for_best_model' is '{metric}', which the run does not compute; "
+            f"use 'loss' or one of {', '.join(metrics)} (the recipe's 'metrics')"
+        ]
+    return []

@@ -257,3 +257,13 @@ def test_cli_out_of_range_value_exits_2_before_loading(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"finetune: error: {recipe}: 'training.learning_rate' must be >= 0, got -0.001"]
+
+
+def test_best_model_metric_must_be_one_the_run_computes() -> None:
+    """Without early stopping too: the Trainer would look the metric up only after the first
+    evaluation, and stop there with a KeyError."""
+    raw = {**base(), "metrics": ["accuracy"], "training": {"metric_for_best_model": "f1", "load_best_model_at_end": True}}
+    with pytest.raises(RecipeError, match="'training.metric_for_best_model' is 'f1', which the run does not compute"):
+        recipe_from_dict(raw, "r.json")
+    for fine in ("accuracy", "eval_accuracy", "loss", "eval_loss"):
+        recipe_from_dict({**raw, "training": {"metric_for_best_model": fine}}, "r.json")
