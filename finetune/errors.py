@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 
-#: A problem with the recipe, data, model, options or output folder: nothing was trained
-#: or overwritten, and the one-line message says which file or key, and how to fix it.
+#: A problem with the recipe, data, model, options or output folder (a full disk
+#: included): the one-line message says which file, key or folder, and how to fix it;
+#: nothing the user had is overwritten.
 EXIT_USER_ERROR = 2
-#: Stopped by Ctrl-C (128 + SIGINT's 2, as a shell reports it).
+#: Stopped by Ctrl-C: at the end of a step, after writing a checkpoint, or at once once
+#: training was over; the message says what is saved (128 + SIGINT's 2, as a shell reports it).
 EXIT_INTERRUPTED = 130
-#: Stopped by SIGTERM after writing a checkpoint (128 + 15, as a shell reports SIGTERM).
+#: Stopped by SIGTERM, the same way (128 + 15, as a shell reports SIGTERM).
 EXIT_PREEMPTED = 143
 
 

@@ -10,8 +10,8 @@ Also installed as the ``finetune`` console script, with subcommands:
 
 Exit codes (errors.py): 0 success; 2 a problem with the recipe, data, model or output
 folder (a one-line message per problem says which file or key, and how to fix it; nothing
-was trained); 143 stopped by SIGTERM after writing a checkpoint (run the same command to
-continue).
+was trained), or a full disk; 130 stopped by Ctrl-C and 143 by SIGTERM, after writing a
+checkpoint (run the same command to continue).
 
 The command line is the top of the import graph: it imports the steps, and no module
 imports it.
@@ -110,7 +110,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .errors import EXIT_PREEMPTED, UserError, report
+    from .errors import EXIT_INTERRUPTED, UserError, report
     from .recipe import RecipeError, load_recipe
     from .threads import ThreadsError, configure_threads
 
@@ -121,20 +121,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         return report(str(err))
     # torch, transformers and datasets come in only now: a bad recipe answers in a blink.
     from .data import DataError
-    from .outputs import OutputDirError
-    from .preemption import Preempted
+    from .interrupts import Interrupted
     from .train import train
 
     _setup_logging()
     try:
         train(recipe, overwrite=args.overwrite, source=str(args.recipe))
-    # UserError: recipe, model and push problems; the data and output-folder errors are
-    # their modules' own classes.
-    except (UserError, DataError, OutputDirError) as err:
+    # UserError: recipe, model, output-folder (in use, full disk too) and push problems;
+    # the data errors are their module's own class.
+    except (UserError, DataError) as err:
         return report(str(err))
-    except Preempted as err:
+    except Interrupted as err:  # SIGTERM or Ctrl-C: the message says what is saved
         print(f"finetune: {err}", file=sys.stderr)
-        return EXIT_PREEMPTED
+        return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before training started, when Python's own handler is in place
+        print(
+            "finetune: stopped by Ctrl-C before training started; run the same command again to start",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     return 0
 
 

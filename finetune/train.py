@@ -1,9 +1,10 @@
 """Train: the HF Trainer (through accelerate) on the prepared data, then the outputs.
 
-recipe → TrainingArguments (args.py) → output folder check (outputs.py) → processor → data
-→ model → Trainer (trainer.py) → train (resuming when the same recipe ran here before;
-stopping cleanly on SIGTERM, preemption.py) → final evaluation on the eval split → model,
-processor, metrics, recipe.json, report and card in the output folder.
+recipe → TrainingArguments (args.py) → output folder locked and checked (outputs.py) →
+processor → data → model → Trainer (trainer.py) → train (resuming when the same recipe ran
+here before; stopping cleanly on SIGTERM or Ctrl-C, interrupts.py) → final evaluation on the
+eval split → model, processor, metrics, recipe.json, report and card in the output folder.
+A full disk stops the run with one line saying where and how much (outputs.py).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from transformers import Trainer, set_seed
 
 from . import card, data, metrics, model as model_lib, plots, threads
 from .args import callbacks, data_seed, precision, training_arguments
-from .outputs import FollowUmaskCallback, check_output_dir
-from .preemption import Preempted, PreemptionCallback
+from .interrupts import InterruptCallback, Interrupted, StopNow, signal_name
+from .outputs import FollowUmaskCallback, OutputDirError, claim_output_dir, disk_full_is_a_user_error, what_a_rerun_does
 from .recipe import Recipe
 from .trainer import FinetuneTrainer
 from .util import follow_umask, write_json
@@ -120,11 +121,32 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     args = training_arguments(recipe, source)
     state = PartialState()
     out = Path(recipe.output_dir)
-    resume = check_output_dir(recipe, overwrite)
-    state.wait_for_everyone()  # every rank has looked at the folder before rank 0 writes to it
+    # The main process locks the folder (a second run into it stops at once) and decides
+    # what to do with it; the others learn the outcome, so that all stop or go together.
+    lock, resume, problem = None, None, None
+    if state.is_main_process:
+        try:
+            lock, resume = claim_output_dir(recipe, overwrite)
+        except OutputDirError as err:
+            problem = str(err)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        problem, resume = broadcast_object_list([problem, resume])
+    if problem is not None:
+        raise OutputDirError(problem)
+    try:
+        # Anything else that fills a disk (the recipe's own files, the decode cache).
+        with disk_full_is_a_user_error(out, main_process=state.is_main_process):
+            return _run(recipe, args, state, out, resume)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str, Any]:
     logger.info("threads: %s", threads.configure_threads().describe())  # again: accelerate may have changed it
     if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / "recipe.json", recipe.to_dict())
     if resume:
         logger.info("resuming from %s (same recipe found in %s)", resume, out)
@@ -211,29 +233,84 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
             effective, args.per_device_train_batch_size, world, args.gradient_accumulation_steps,
             args.learning_rate, transform.describe(),
         )
-    preemption = PreemptionCallback()
-    trainer.add_callback(preemption)
+    interrupts = InterruptCallback()
+    trainer.add_callback(interrupts)
     trainer.add_callback(FollowUmaskCallback())
+    weights, trainable = _parameter_bytes(loaded.model)
+    # A checkpoint holds the weights (a linear probe's: the head alone) and, for the
+    # Adam family, two optimizer tensors per trained weight.
+    checkpoint = 3 * trainable if recipe.model.caches_features else weights + 2 * trainable
     try:
-        result = trainer.train(resume_from_checkpoint=resume)
+        with disk_full_is_a_user_error(out, "a checkpoint", checkpoint, main_process=state.is_main_process):
+            result = trainer.train(resume_from_checkpoint=resume)
+        done: list[str] = []  # what _finish has done, for the message if a signal stops it
+        try:
+            # From here on a signal stops the run where it is (StopNow).
+            if interrupts.training_over() is not None:
+                raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), interrupts.signum)
+            final = _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done)
+        except StopNow as stop:
+            if interrupts.signum is not None:  # a second signal, while the first one's message was made
+                raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), stop.signum) from None
+            planned = [s for s in _AFTER_TRAINING if s != "push" or recipe.hub.push]
+            message = _stopped_after_training(out, stop.signum, trainer.state.global_step, planned, done)
+            raise Interrupted(message, stop.signum) from None
     finally:
-        preemption.restore()
-    if preemption.requested:
-        raise Preempted(
-            f"stopped by SIGTERM at step {trainer.state.global_step}; a checkpoint is in {out}; "
-            "run the same command again to continue"
-        )
+        interrupts.restore()
+    return final
+
+
+def _parameter_bytes(model: torch.nn.Module) -> tuple[int, int]:
+    """(bytes of all parameters, bytes of the trained ones)."""
+    sizes = [(p.numel() * p.element_size(), p.requires_grad) for p in model.parameters()]
+    return sum(n for n, _ in sizes), sum(n for n, trained in sizes if trained)
+
+
+def _stopped_in_training(out: Path, signum: int, trainer_state) -> str:
+    return (
+        f"stopped by {signal_name(signum)} at step {trainer_state.global_step} of {trainer_state.max_steps}; "
+        f"run the same command again to continue: {what_a_rerun_does(out, trainer_state.max_steps)}"
+    )
+
+
+#: What _finish does after training, in order.
+_AFTER_TRAINING = ("model", "final evaluation", "report and card", "push")
+
+
+def _stopped_after_training(out: Path, signum: int, step: int, planned: list[str], done: list[str]) -> str:
+    left = [stage for stage in planned if stage not in done]
+    state = (
+        f"the model is saved in {out}" + (f"; not done: {', '.join(left)}" if left else "")
+        if "model" in done
+        else "the final model is not saved yet"
+    )
+    return (
+        f"stopped by {signal_name(signum)} after training had finished (step {step}): {state}; "
+        f"run the same command again to finish: {what_a_rerun_does(out, step)}"
+    )
+
+
+def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done) -> dict[str, Any]:
+    """After training: the final model, metrics, evaluation, report, card and push (the
+    stages of ``_AFTER_TRAINING``, each added to ``done`` when it is)."""
+    args = trainer.args
+    splits = prepared.splits
+    rows = data.FastRows.wrap
     if "early_stopping_patience" in recipe.training and trainer.state.global_step < trainer.state.max_steps:
         logger.info(
             "training: stopped early at step %d of %d (epoch %g): %s on the validation piece stopped improving",
             trainer.state.global_step, trainer.state.max_steps, trainer.state.epoch or 0, args.metric_for_best_model,
         )
-    if recipe.model.caches_features:
-        trainer.save_full_model()  # the checkpoints hold the head alone (probe.py)
-    else:
-        trainer.save_model()
+    weights, _ = _parameter_bytes(loaded.model)
+    final_step = trainer.state.global_step
+    with disk_full_is_a_user_error(out, "the model", weights, final_step, main_process=state.is_main_process):
+        if recipe.model.caches_features:
+            trainer.save_full_model()  # the checkpoints hold the head alone (probe.py)
+        else:
+            trainer.save_model()
     if trainer.args.should_save:
         follow_umask(out)
+    done.append("model")
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
@@ -243,6 +320,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     final = trainer.evaluate(eval_dataset=rows(prepared.eval), metric_key_prefix="eval")
     trainer.log_metrics("eval", final)
     trainer.save_metrics("eval", final)
+    done.append("final evaluation")
     if trainer.is_world_process_zero():
         predictions = accumulator.last
         report = metrics.per_class_report(predictions, splits.class_names) if predictions is not None else None
@@ -261,10 +339,11 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
             num_validation=len(prepared.validation) if prepared.validation is not None else 0,
             report=report,
             loaded=loaded,
-            image_size=int(size[0]),
+            image_size=int(data.image_size(prepared.train)[0]),
             # What really ran: a linear probe on cached features applies no augmentation.
             augmentation=transform.describe(),
         )
+    done.append("report and card")
     push_error = None
     if recipe.hub.push and trainer.is_world_process_zero():
         from . import hub
@@ -274,6 +353,8 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
             logger.info("pushed to %s", url)
         except hub.PushError as err:  # the trained run is saved; only the upload failed
             push_error = err
+    if recipe.hub.push:
+        done.append("push")
     state.wait_for_everyone()
     if push_error is not None:
         raise push_error

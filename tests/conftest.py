@@ -95,6 +95,30 @@ def tiny_timm(tmp_path_factory) -> Path:
     return make_tiny_timm(tmp_path_factory.mktemp("tiny-timm"))
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MB file system (tmpfs) to fill up, where mounting one is allowed (root in a
+    container); the test is skipped elsewhere."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
+
+
+def leave_free(disk: Path, free: int) -> None:
+    """Make ``disk`` have ``free`` bytes free by resizing a filler file on it."""
+    import shutil
+
+    filler = disk / "filler"
+    filler.unlink(missing_ok=True)
+    filler.write_bytes(b"\0" * max(0, shutil.disk_usage(disk).free - free))
+
+
 def class_image(name: str, rng: np.random.Generator, size: int = 24) -> Image.Image:
     """A noisy image whose dominant colour says its class."""
     channel = CLASSES.index(name) % 3

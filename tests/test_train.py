@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CIFAR10, CLASSES, ROOT, make_image_folder, make_tiny_vit, run_cli, write_recipe
+from conftest import CIFAR10, CLASSES, ROOT, leave_free, make_image_folder, make_tiny_vit, run_cli, write_recipe
 from finetune.args import training_arguments
-from finetune.outputs import last_complete_checkpoint
+from finetune.outputs import HOLDER_NAME, LOCK_NAME, OutputLock, last_complete_checkpoint
 from finetune.trainer import FinetuneTrainer
 from finetune.recipe import recipe_from_dict
 
@@ -285,7 +285,7 @@ def _start(recipe: Path, out: Path):
     import os
     import subprocess
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, str(ROOT / "finetune" / "run.py"), "--recipe", str(recipe), "--set", f"output_dir={out}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -318,6 +318,7 @@ def test_kill_9_then_rerun_gives_identical_weights(resumable, tmp_path: Path) ->
     assert proc.poll() is None and not (out / "model.safetensors").exists(), "finished before the kill"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert (out / LOCK_NAME).exists() and (out / HOLDER_NAME).exists()  # the dead run's lock does not block:
     resumed = run_cli("--recipe", str(recipe), "--set", f"output_dir={out}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr
@@ -330,24 +331,131 @@ def test_kill_9_then_rerun_gives_identical_weights(resumable, tmp_path: Path) ->
 
 
 @pytest.mark.e2e
-def test_sigterm_writes_a_checkpoint_and_exits_143(resumable, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name, exit_code", [("SIGTERM", 143), ("Ctrl-C", 130)])
+def test_a_signal_writes_a_checkpoint_and_exits_128_plus_its_number(resumable, tmp_path: Path, name, exit_code) -> None:
+    """SIGTERM (a pre-empted job) and Ctrl-C (SIGINT) alike."""
     import signal
 
     recipe, reference = resumable
     out = tmp_path / "preempted"
     proc = _start(recipe, out)
     epoch = _first_checkpoint(out, proc)
-    proc.send_signal(signal.SIGTERM)  # in epoch 2: the checkpoint comes at the end of that step
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr[-2000:]
-    assert "stopped by SIGTERM" in stderr and "run the same command again" in stderr
+    proc.send_signal(signal.SIGTERM if name == "SIGTERM" else signal.SIGINT)  # in epoch 2: the checkpoint comes at the end of that step
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == exit_code, stderr[-2000:]
+    assert f"stopped by {name}" in stderr and "run the same command again" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert epoch < steps[-1] < 3 * epoch and not (out / "model.safetensors").exists()
+    assert stderr.strip().splitlines()[-1] == (
+        f"finetune: stopped by {name} at step {steps[-1]} of {3 * epoch}; run the same command again to continue: "
+        f"it resumes from {out / f'checkpoint-{steps[-1]}'}"
+    )
     again = run_cli("--recipe", str(recipe), "--set", f"output_dir={out}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"checkpoint-{steps[-1]}" in again.stderr
     ours, theirs = _weights(out), _weights(reference)
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours), "a pre-empted run must end where an uninterrupted one does"
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours), "a stopped run must end where an uninterrupted one does"
+
+
+@pytest.mark.e2e
+def test_sigterm_after_training_stops_at_once_and_a_rerun_finishes(resumable, tmp_path: Path) -> None:
+    """A signal during the final save or evaluation: nothing more is done, one line says
+    what is saved, and the same command finishes the run from the last checkpoint."""
+    import signal
+
+    recipe, reference = resumable
+    out = tmp_path / "finishing"
+    shutil.copytree(reference, out)
+    # The folder as a run leaves it when stopped right after its last checkpoint.
+    for path in out.iterdir():
+        if path.is_file() and path.name not in ("recipe.json", "data_report.json", LOCK_NAME):
+            path.unlink()
+    last = last_complete_checkpoint(out)
+    proc = _start(recipe, out)
+    for line in proc.stdout:  # resumed with nothing left to train: the model is saved, the final evaluation next
+        if "***** train metrics *****" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"finetune: stopped by SIGTERM after training had finished (step 81): the model is saved in {out}; "
+        "not done: final evaluation, report and card; run the same command again to finish: "
+        f"it resumes from {last}, where training ended, and only redoes what comes after training"
+    )
+    assert not (out / "eval_results.json").exists() and not (out / "README.md").exists()
+    again = run_cli("--recipe", str(recipe), "--set", f"output_dir={out}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from {last}" in again.stderr
+    ours, theirs = _weights(out), _weights(reference)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    ours, theirs = (json.loads((d / "eval_results.json").read_text()) for d in (out, reference))
+    speed = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    assert {k: v for k, v in ours.items() if k not in speed} == {k: v for k, v in theirs.items() if k not in speed}
+
+
+@pytest.mark.e2e
+def test_a_second_run_into_a_folder_in_use_stops_at_once(tmp_path: Path, tiny_vit: Path) -> None:
+    """Two runs into one output_dir: the one that finds it locked stops, naming the other,
+    and touches nothing."""
+    import socket
+
+    images = make_image_folder(tmp_path / "images", per_class=4)
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.json", tiny_vit, images, out, training__num_train_epochs=1)
+    out.mkdir()
+    first = OutputLock(out).acquire()  # what a run holds from start to end, here held by this test
+    first.write_holder()
+    try:
+        before = folder_digest(out)
+        second = run_cli("--recipe", str(recipe))
+        assert folder_digest(out) == before
+    finally:
+        first.release()
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert "Traceback" not in second.stderr
+    message = second.stderr.strip().splitlines()[-1]
+    assert message.startswith(
+        f"finetune: error: output_dir: '{out}' is in use by another finetune run "
+        f"(pid {os.getpid()} on {socket.gethostname()}, started "
+    )
+    assert message.endswith("wait for it to finish or choose another output_dir (--set output_dir=...)")
+
+
+@pytest.mark.e2e
+def test_full_disk_is_one_line_and_each_rerun_continues(small_disk: Path, tmp_path: Path, tiny_vit: Path) -> None:
+    """A real full file system: at a checkpoint (torch.save's own error), then at the final
+    save (safetensors'); each time one line, exit 2, nothing half-written kept, and the same
+    command continues once there is space."""
+    images = make_image_folder(tmp_path / "images", per_class=8)
+    out = small_disk / "out"
+    recipe = write_recipe(tmp_path / "r.json", tiny_vit, images, out)  # 2 epochs of 3 steps
+    def disk_full_line(free: int, what: str, then: str) -> str:
+        leave_free(small_disk, free)
+        result = run_cli("--recipe", str(recipe))
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        message = result.stderr.strip().splitlines()[-1]
+        assert message.startswith(f"finetune: error: output_dir: the disk is full where '{out}' is ({what} needs about ")
+        assert message.endswith(f"free some space and run the same command again: {then}")
+        return message
+
+    # checkpoint-3 (~360 KB: weights 100 KB, optimizer 225 KB, …) fits; checkpoint-6 does not.
+    disk_full_line(540_000, "a checkpoint", f"it resumes from {out / 'checkpoint-3'}")
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-3"]  # the cut-off checkpoint-6 is gone
+    # checkpoint-6 fits now, the final model (100 KB) after it does not.
+    then = f"it resumes from {out / 'checkpoint-6'}, where training ended, and only redoes what comes after training"
+    disk_full_line(410_000, "the model", then)
+    assert not (out / "model.safetensors").exists()
+
+    (small_disk / "filler").unlink()
+    third = run_cli("--recipe", str(recipe))
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"resuming from {out / 'checkpoint-6'}" in third.stderr
+    for name in EXPECTED_FILES:
+        assert (out / name).is_file(), name
 
 
 @pytest.mark.e2e
@@ -485,7 +593,7 @@ def test_a_run_that_stopped_before_training_does_not_block_the_folder(tmp_path: 
     out = tmp_path / "out"
     broken = write_recipe(tmp_path / "broken.json", tmp_path / "no-such-model", images, out)
     assert run_cli("--recipe", str(broken)).returncode == 2
-    assert {p.name for p in out.iterdir()} <= {"recipe.json", "data_report.json"}
+    assert {p.name for p in out.iterdir()} <= {"recipe.json", "data_report.json", LOCK_NAME}
     fixed = write_recipe(tmp_path / "fixed.json", tiny_vit, images, out, training__num_train_epochs=1)
     result = run_cli("--recipe", str(fixed))
     assert result.returncode == 0, result.stderr[-2000:]
