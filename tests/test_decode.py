@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT
 
 
+@pytest.mark.e2e
 def test_decode_workers_finish_after_the_parent_ran_threaded_torch_ops(tmp_path: Path) -> None:
     # Forked map workers used to wait forever in their first multi-threaded torch op (the
     # processor's torch.stack of 64 images at 224 px) once the parent had started OpenMP
