@@ -105,6 +105,7 @@ def test_only_the_main_process_writes(probe_runs) -> None:
         assert probe_runs["stderr_two"].count("finetune: training: effective batch 8 = 4 per device × 2 process(es)") == 1
 
 
+@pytest.mark.e2e
 def test_ddp_does_not_search_for_unused_parameters(probe_runs) -> None:
     """Every tensor the probe trains gets a gradient, so DDP runs with find_unused_parameters
     off: no extra autograd traversal per step, and no warning from torch about one."""

@@ -74,6 +74,7 @@ def test_accelerate_launch_run_leaves_every_output(trained) -> None:
     assert re.search(r"threads: \d+ CPU thread\(s\) \(", result.stderr)  # the benchmark parses it
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(os.name != "posix", reason="permission bits are POSIX")
 def test_every_written_file_follows_the_umask(trained) -> None:
     """Under umask 022 every file is 0644 and every folder 0755: the weights too, which
