@@ -1,8 +1,8 @@
 """finetune: recipe-driven fine-tuning of pretrained image classifiers.
 
-The path from command to result is one module per step:
-recipe.py → data/ → model.py → train.py (Trainer) → metrics.py → card.py → hub.py,
-driven by run.py.
+The path from command to result, one module per step:
+run.py → recipe.py → data/ → model.py → args.py + trainer.py (the Trainer) → train.py →
+metrics.py, plots.py → card.py → hub.py. The README's module table lists every module.
 """
 
 __version__ = "0.1.0"
