@@ -141,7 +141,7 @@ def trainer_scores(saved, images, batch_size: int, output_dir: str):
     from transformers import TrainingArguments
 
     from . import data, metrics
-    from .train import FinetuneTrainer
+    from .trainer import FinetuneTrainer
 
     args = TrainingArguments(
         output_dir=output_dir,
