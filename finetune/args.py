@@ -10,7 +10,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArgumen
 
 from . import training_fields
 from .recipe import FINETUNE_TRAINING_KEYS, Recipe, RecipeError
-from .util import first_line
+from .util import first_line, has_accelerator
 
 
 def data_seed(recipe: Recipe) -> int:
@@ -36,7 +36,7 @@ def device_defaults(user: dict[str, Any]) -> dict[str, Any]:
     ``bf16``, ``fp16`` or ``use_cpu`` decides the precision itself.
     """
     on_gpu = torch.cuda.is_available() and not user.get("use_cpu", False)
-    accelerator = on_gpu or torch.backends.mps.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    accelerator = on_gpu or has_accelerator()
     defaults: dict[str, Any] = {
         # Without an accelerator, say so: under a multi-process launcher accelerate then
         # joins the ranks with gloo instead of running N independent single-process jobs.

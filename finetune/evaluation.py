@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import report
 from .saved import InferenceError, load_saved
-from .util import is_hub_id, positive_int, write_json
+from .util import has_accelerator, is_hub_id, positive_int, write_json
 
 #: Recipe keys named in the data package's messages → the options of `finetune eval` that set them.
 _CLI_NAMES = {
@@ -123,14 +123,6 @@ def map_to_model_classes(dataset, label_column: str, class_names: list[str], whe
 # ------------------------------------------------------------------------- scoring
 
 
-def _has_accelerator() -> bool:
-    import torch
-
-    return torch.cuda.is_available() or torch.backends.mps.is_available() or (
-        hasattr(torch, "xpu") and torch.xpu.is_available()
-    )
-
-
 def trainer_scores(saved, images, batch_size: int, output_dir: str):
     """The training's final evaluation, on a decoded split: (Trainer metrics, Predictions).
 
@@ -151,7 +143,7 @@ def trainer_scores(saved, images, batch_size: int, output_dir: str):
         batch_eval_metrics=True,
         remove_unused_columns=False,
         label_names=["labels"],
-        use_cpu=not _has_accelerator(),
+        use_cpu=not has_accelerator(),
     )
     mean, std = data.processor_normalization(saved.processor)
     transform = data.BatchTransform(mean, std, data.image_size(images), None)

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .util import has_accelerator
+
 #: The user's explicit thread count for each training process; it always wins.
 ENV_THREADS = "FINETUNE_NUM_THREADS"
 
@@ -182,12 +184,6 @@ def _parent() -> tuple[dict[str, str] | None, list[str]]:
     return dict(item.split("=", 1) for item in raw if "=" in item), cmdline
 
 
-def _has_accelerator(torch) -> bool:
-    # The same test as train.py's, so both see the same machine.
-    xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
-    return torch.cuda.is_available() or torch.backends.mps.is_available() or xpu
-
-
 @functools.cache
 def _decision() -> Threads:
     import torch
@@ -196,7 +192,7 @@ def _decision() -> Threads:
         parent_env, cmdline, accelerator, cores = None, [], False, 1
     else:
         parent_env, cmdline = _parent()
-        accelerator = _has_accelerator(torch)
+        accelerator = has_accelerator()
         cpus = _affinity()
         cores = available_cores(cpus, _topology(cpus), cgroup_quota())
     return decide(

@@ -74,3 +74,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def has_accelerator() -> bool:
+    """A CUDA, MPS or XPU device is present: the one test of training, threads and eval, so
+    they all see the same machine. torch is imported here, not with this module."""
+    import torch
+
+    xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or xpu
