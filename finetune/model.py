@@ -19,7 +19,7 @@ from torch import nn
 from . import builtin
 from .errors import UserError
 from .recipe import ModelConfig
-from .util import first_line
+from .util import first_line, looks_like_path
 
 logger = logging.getLogger(__name__)
 
@@ -30,18 +30,6 @@ class ModelError(UserError, ValueError):
 
 def _load_kwargs(cfg: ModelConfig) -> dict:
     return {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-
-
-def looks_like_path(name: str) -> bool:
-    """Whether ``name`` can only be a local folder: a Hub id is ``name`` or ``org/name``,
-    never starting with ``.``, ``/`` or ``~``, and with no second ``/`` nor backslash."""
-    return (
-        name.startswith((".", "/", "~"))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-        or (os.altsep is not None and os.altsep != "/" and os.altsep in name)
-        or os.path.isabs(name)
-    )
 
 
 def model_path(cfg: ModelConfig) -> str:

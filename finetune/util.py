@@ -68,6 +68,18 @@ def is_hub_id(name: str) -> bool:
     return bool(_HUB_ID.match(name)) and not Path(name).exists()
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether a model or data set name can only be a local path: a Hub id is ``name`` or ``org/name``,
+    never starting with ``.``, ``/`` or ``~``, and with no second ``/`` nor backslash."""
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+        or (os.altsep is not None and os.altsep != "/" and os.altsep in name)
+        or os.path.isabs(name)
+    )
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     value = int(text)

@@ -10,6 +10,7 @@ import torch
 
 from finetune import model as model_lib
 from finetune.recipe import ModelConfig
+from finetune.util import looks_like_path
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -139,7 +140,7 @@ def test_missing_local_folder_is_named_as_missing(name: str, tmp_path: Path, tin
      ("./vit", True), ("/models/vit", True), ("~/vit", True), ("a/b/c", True), ("..", True)],
 )
 def test_path_like_names(name: str, is_path: bool) -> None:
-    assert model_lib.looks_like_path(name) is is_path
+    assert looks_like_path(name) is is_path
 
 
 def test_local_folder_under_home_is_expanded(tiny_vit: Path, monkeypatch) -> None:

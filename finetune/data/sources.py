@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import builtin
 from ..recipe import DataConfig
-from ..util import first_line
+from ..util import first_line, looks_like_path
 
 IMAGE_EXTENSIONS = {
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"
@@ -50,7 +50,7 @@ def load_raw(cfg: DataConfig):
         if path.is_dir():
             check_holds_images(path)
             return load_dataset(str(path), cfg.config)
-        if name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]:
+        if looks_like_path(name):
             raise DataError(f"data.dataset: no such folder or file '{name}'; check the path")
         return load_dataset(name, cfg.config, revision=cfg.revision)
     except DataError:
