@@ -568,3 +568,10 @@ def test_data_files_with_relative_image_paths(tmp_path: Path, suffix: str) -> No
 
     decoded = data.decode(s.train, ViTImageProcessor(size={"height": 16, "width": 16}), "path", "label", None, "t")
     assert decoded.bad == [] and len(decoded.dataset) == 6
+
+
+@pytest.mark.parametrize("name", ["./missing", "/no/such/folder", "a/b/c", "~/no-such-folder-here"])
+def test_a_missing_local_data_folder_is_named_as_such(name: str) -> None:
+    """A path-like name that does not exist never becomes a Hub lookup (offline or not)."""
+    with pytest.raises(data.DataError, match=f"no such folder or file '{name}'"):
+        data.load_raw(DataConfig(dataset=name))
