@@ -73,6 +73,7 @@ class Decoder:
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.scale = _rescale_factor(processor)
         self.way = "uint8" if self._uint8_matches() else "float"
+        self._pid = os.getpid()
 
     def pixels(self, images: list) -> torch.Tensor:
         return self._uint8(images) if self.way == "uint8" else self._float(images)
@@ -108,6 +109,12 @@ class Decoder:
         return fast.shape == slow.shape and torch.equal(fast, slow)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if os.getpid() != self._pid:
+            # A map worker forked from a process whose torch ops had started OpenMP threads:
+            # the child's first multi-threaded op waits forever on them (seen in torch.stack
+            # inside the processor, datasets 5.2 / torch 2.14). One thread per worker also
+            # keeps num_proc workers from oversubscribing the cores.
+            torch.set_num_threads(1)
         good, bad_reason = [], []
         for value in batch[self.image_column]:
             try:
