@@ -232,9 +232,9 @@ def evaluate_saved(
     for item in decoded.bad:
         print(f"finetune: warning: cannot read {item['path']} ({item['reason']}); left out", file=sys.stderr)
 
-    mean, std = data.processor_normalization(saved.processor)
-    size = data.image_size(images)
-    transform = data.BatchTransform(mean, std, size, None)
+    # As in training: the processor's normalisation, and its resize for a split that decode
+    # kept below the model's input size.
+    transform = data.BatchTransform.for_processor(saved.processor, None)
     accumulator = metrics.MetricAccumulator(["accuracy"], len(saved.class_names))
     model, device = saved.model, saved.device
     dtype = next(model.parameters()).dtype

@@ -425,11 +425,9 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     set_seed(args.seed)
     loaded = model_lib.load_model(recipe.model, splits.class_names, processor)
     logger.info(model_lib.describe_strategy(loaded, recipe.model))
-    mean, std = data.processor_normalization(processor)
-    size = data.image_size(prepared.train)
     augment = recipe.data.augment
-    # Issue #6: channels-last for convolutional models on GPUs; attention is transformers'
-    # default for the model (SDPA where the model has it).
+    # Channels-last for convolutional models on GPUs; attention is transformers' default for
+    # the model (SDPA where the model has it).
     channels_last = model_lib.use_channels_last(loaded.model, recipe.model, args)
     if channels_last:
         loaded.model.to(memory_format=torch.channels_last)
@@ -439,7 +437,10 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
         "channels-last" if channels_last else "default (contiguous)",
         f"; attention {loaded.model.config._attn_implementation}" if has_attention else "",
     )
-    transform = data.BatchTransform(mean, std, size, augment, channels_last=channels_last)
+    # The processor's normalisation and output size, and its resize for splits that decode
+    # kept below the model's input size (data.decode).
+    transform = data.BatchTransform.for_processor(processor, augment, channels_last=channels_last)
+    size = transform.size
     accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
     trainer_class: Callable[..., Trainer] = FinetuneTrainer
     if recipe.model.caches_features:
