@@ -5,7 +5,8 @@
 
 It measures three things:
 
-1. OURS: ``finetune.train.train`` on real CIFAR-10 (decoded once to 224 px), full fine-tune of a
+1. OURS: ``finetune.train.train`` on real CIFAR-10 (decoded once, cached at its own 32 px and
+   cropped and resized to 224 px per batch on the GPU), full fine-tune of a
    ViT-B/16 with crop and flip augmentation done on the GPU by ``data.BatchTransform``, bf16
    as ``training_arguments`` sets it on GPUs that support it. Training images/s come from the
    Trainer's own ``train_runtime``.

@@ -5,9 +5,10 @@
 OURS is the real finetune code: ``finetune.train.train`` on a recipe built with
 ``recipe.recipe_from_dict``, or, for the data-only rows, the functions ``train()`` itself uses
 (``train.prepare_data``, ``data.FastRows``, ``data.BatchTransform``). The data is decoded
-once into a uint8 cache of the model's input size; each batch is gathered from the
-memory-mapped cache straight into one tensor; the batch transform augments and normalises
-whole batches into reused buffers; a linear probe runs the frozen backbone once and trains
+once into a uint8 cache at the smaller of the images' size and the model's input size
+(CIFAR-10's 32 px); each batch is gathered from the memory-mapped cache straight into one
+tensor; the batch transform resizes (for the model), augments and normalises whole batches
+into reused buffers; a linear probe runs the frozen backbone once and trains
 the head on cached features.
 
 REFERENCE is the design of transformers' ``examples/pytorch/image-classification/
@@ -272,8 +273,8 @@ def ours_data(s: Scenario, work: Path) -> dict[str, Any]:
     processor = processor_for(s, work)
     prepared = prepare_data(recipe, processor, s.seed)
     decode_s = time.perf_counter() - start
-    mean, std = data.processor_normalization(processor)
-    transform = data.BatchTransform(mean, std, (s.image_size, s.image_size), recipe.data.augment)
+    # As train() builds it: normalisation, and the processor's resize of small cached images.
+    transform = data.BatchTransform.for_processor(processor, recipe.data.augment)
     # The training DataLoader exactly as train() gets it (sampler, collator, accelerate
     # wrapper, worker settings), from a FinetuneTrainer around a model-less stand-in.
     trainer = FinetuneTrainer(

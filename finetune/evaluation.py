@@ -145,8 +145,9 @@ def trainer_scores(saved, images, batch_size: int, output_dir: str):
         label_names=["labels"],
         use_cpu=not has_accelerator(),
     )
-    mean, std = data.processor_normalization(saved.processor)
-    transform = data.BatchTransform(mean, std, data.image_size(images), None)
+    # As in training: the processor's normalisation, and its resize for a split that decode
+    # kept below the model's input size.
+    transform = data.BatchTransform.for_processor(saved.processor, None)
     accumulator = metrics.MetricAccumulator(["accuracy"], len(saved.class_names))
     trainer = FinetuneTrainer(
         model=saved.model,

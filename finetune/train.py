@@ -184,8 +184,6 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
     set_seed(args.seed)
     loaded = model_lib.load_model(recipe.model, splits.class_names, processor)
     logger.info(model_lib.describe_strategy(loaded, recipe.model))
-    mean, std = data.processor_normalization(processor)
-    size = data.image_size(prepared.train)
     augment = recipe.data.augment
     # Channels-last for convolutional models on GPUs; attention is transformers' default
     # for the model (SDPA where the model has it).
@@ -199,7 +197,10 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
         f"; attention {loaded.model.config._attn_implementation}" if has_attention else "",
         precision(args),
     )
-    transform = data.BatchTransform(mean, std, size, augment, channels_last=channels_last)
+    # The processor's normalisation and output size, and its resize for splits that decode
+    # kept below the model's input size (data.decode).
+    transform = data.BatchTransform.for_processor(processor, augment, channels_last=channels_last)
+    size = transform.size
     accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
     trainer_class: Callable[..., Trainer] = FinetuneTrainer
     if recipe.model.caches_features:
@@ -339,7 +340,7 @@ def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transfor
             num_validation=len(prepared.validation) if prepared.validation is not None else 0,
             report=report,
             loaded=loaded,
-            image_size=int(data.image_size(prepared.train)[0]),
+            image_size=int(size[0]),
             # What really ran: a linear probe on cached features applies no augmentation.
             augmentation=transform.describe(),
         )

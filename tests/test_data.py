@@ -299,9 +299,7 @@ def processor(request):
 def test_decoded_pixels_match_the_processor(processor) -> None:
     raw = labelled([3, 3])
     decoded = data.decode(raw["train"], processor, "image", "label", None, "test")
-    mean, std = data.processor_normalization(processor)
-    size = tuple(decoded.dataset[0]["pixel_values"].shape[-2:])
-    transform = data.BatchTransform(mean, std, size, None)
+    transform = data.BatchTransform.for_processor(processor, None)
     ours = transform(decoded.dataset[:]["pixel_values"], train=False)
     theirs = processor(images=[im.convert("RGB") for im in raw["train"]["image"]], return_tensors="pt")["pixel_values"]
     assert ours.shape == theirs.shape

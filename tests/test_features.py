@@ -31,16 +31,15 @@ def _decoded(folder: Path, processor):
     return data.decode(raw, processor, "image", "label", None, "decoding").dataset
 
 
-def _transform(processor, size) -> data.BatchTransform:
-    mean, std = data.processor_normalization(processor)
-    return data.BatchTransform(mean, std, size, None)
+def _transform(processor) -> data.BatchTransform:
+    return data.BatchTransform.for_processor(processor, None)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_resnet", "tiny_timm"])
 def test_head_on_cached_features_reproduces_the_models_logits(fixture: str, request, tmp_path: Path) -> None:
     loaded, processor = _loaded(request.getfixturevalue(fixture))
     decoded = _decoded(make_image_folder(tmp_path / "images", per_class=3, splits=("train",)), processor)
-    transform = _transform(processor, tuple(decoded[0]["pixel_values"].shape[-2:]))
+    transform = _transform(processor)
     cached = features.compute_features(loaded.model, decoded, transform, device="cpu", batch_size=4)
     _, head = features.find_head(loaded.model)
     assert len(cached) == len(decoded) and torch.equal(cached.labels, torch.as_tensor(decoded["labels"][:]))

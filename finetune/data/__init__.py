@@ -10,11 +10,13 @@ The path, a module per step:
    Pure functions of the labels and the seed, so identical on every process and every re-run.
 4. ``decode.decode``: one batched ``datasets.map`` pass turns every image into a uint8
    tensor of the model's input size, exactly as the model's image processor would (EXIF
-   rotation first, any mode to RGB, bad files set aside, not fatal: ``images``),
+   rotation first, any mode to RGB, bad files set aside, not fatal: ``images``), or keeps
+   it at its own size when a split's images all share one smaller size;
    fingerprinted so a re-run reuses the cache; channels-last for a split that is randomly
    cropped. ``rows.FastRows`` gathers a batch from the memory-mapped cache in one copy per
    image.
-5. ``transforms.BatchTransform``: augmentation (crop, flip, an automatic policy, random
+5. ``transforms.BatchTransform``: the processor's resize for splits stored small
+   (``resize.ProcessorResize``), augmentation (crop, flip, an automatic policy, random
    erasing) and normalisation of whole batches on the training device with
    ``torchvision.transforms.v2`` — no per-image PIL work in the training loop.
 
@@ -22,8 +24,19 @@ Everything the other steps use is importable from here (``from finetune import d
 """
 
 from .columns import column, encode_labels, find_columns
-from .decode import HWC_COLUMN, Decoded, Decoder, decode, image_size, pixel_column, processor_normalization
+from .decode import (
+    HWC_COLUMN,
+    Decoded,
+    Decoder,
+    SizeChanged,
+    decode,
+    image_size,
+    output_size,
+    pixel_column,
+    processor_normalization,
+)
 from .images import image_source, open_image, to_rgb
+from .resize import ProcessorResize
 from .rows import FastRows, RowBatch, collate
 from .sources import IMAGE_EXTENSIONS, JUNK_DIRS, JUNK_FILES, DataError, count_junk, is_junk, load_raw
 from .splits import Splits, balanced_sample, empty_class_reason, make_splits, stratified_sample
@@ -39,7 +52,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "JUNK_DIRS",
     "JUNK_FILES",
+    "ProcessorResize",
     "RowBatch",
+    "SizeChanged",
     "Splits",
     "balanced_sample",
     "collate",
@@ -55,6 +70,7 @@ __all__ = [
     "load_raw",
     "make_splits",
     "open_image",
+    "output_size",
     "pixel_column",
     "processor_normalization",
     "stratified_sample",

@@ -1,8 +1,9 @@
-"""The one cached decode pass: every image through the model's own processor into uint8 pixels."""
+"""The one cached decode pass: every image upright RGB uint8, at the model's size or, when smaller, its own."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -12,10 +13,13 @@ import torch
 
 from .. import compat
 from ..util import first_line
-from .images import image_source, open_image, to_rgb
+from .images import image_source, open_image, to_rgb, upright_size
+from .resize import ProcessorResize, before_to_tensor
+
+logger = logging.getLogger(__name__)
 
 #: Bump to invalidate decode caches when the decode function changes.
-_DECODE_VERSION = "1"
+_DECODE_VERSION = "2"
 #: The decoded column of a split stored channels-last (see ``decode``): each image H×W×3,
 #: kept as an ``Array2D`` of H rows of W×3 bytes. As an ``Array3D`` of H×W×3, Arrow would
 #: store an offset per 3-byte pixel, more than doubling the cache on disk. The usual column
@@ -43,7 +47,8 @@ def _rescale_factor(processor) -> float:
 
 
 class Decoder:
-    """The body of the one-off ``datasets.map`` pass: image → uint8 CHW of the model size.
+    """The body of the one-off ``datasets.map`` pass: image → uint8 CHW of the model size
+    (or of its own size, ``small_size``).
 
     Each image goes through the model's own image processor, so the cached pixels are
     exactly what the processor (and so ``pipeline()``) feeds the model, to the rounding of
@@ -60,19 +65,31 @@ class Decoder:
     back to the float way instead of silently caching different pixels.
 
     ``channels_last`` stores each image as H×(W×3) in column :data:`HWC_COLUMN` (see ``decode``).
+    ``small_size`` (height, width): store each image as it is, upright RGB, without the
+    processor; every image must have that size (see ``decode``), else :class:`SizeChanged`.
     """
 
-    def __init__(self, processor, image_column: str, label_column: str, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        processor,
+        image_column: str,
+        label_column: str,
+        channels_last: bool = False,
+        small_size: tuple[int, int] | None = None,
+    ) -> None:
         self.processor = processor
         self.image_column = image_column
         self.label_column = label_column
         self.channels_last = channels_last
+        self.small_size = small_size
         self.column = HWC_COLUMN if channels_last else "pixel_values"
         mean, std = processor_normalization(processor)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.scale = _rescale_factor(processor)
         self.way = "uint8" if self._uint8_matches() else "float"
+        #: (height, width) of the processor's output: the model's input size.
+        self.model_size = output_size(processor, self)
         self._pid = os.getpid()
 
     def pixels(self, images: list) -> torch.Tensor:
@@ -85,7 +102,7 @@ class Decoder:
 
     def _uint8(self, images: list) -> torch.Tensor:
         if getattr(self.processor, "data_config", None) is not None:  # timm: its torchvision transforms
-            head = _before_to_tensor(getattr(self.processor, "val_transforms", None))
+            head = before_to_tensor(getattr(self.processor, "val_transforms", None))
             if head is None:
                 raise ValueError("the timm processor's transforms do not end in ToTensor + Normalize")
             out = torch.stack([torch.from_numpy(np.array(head(im), dtype=np.uint8)).permute(2, 0, 1) for im in images])
@@ -124,10 +141,7 @@ class Decoder:
                 good.append(None)
                 bad_reason.append(f"{type(err).__name__}: {first_line(err)}")
         ok = [im for im in good if im is not None]
-        pixels = self.pixels(ok).numpy() if ok else None
-        if pixels is not None and self.channels_last:
-            n, c, h, w = pixels.shape
-            pixels = torch.from_numpy(pixels).permute(0, 2, 3, 1).contiguous().view(n, h, w * c).numpy()
+        pixels = self._stored(ok) if ok else None
         out_pixels, j = [], 0
         for im in good:
             if im is None:
@@ -142,24 +156,67 @@ class Decoder:
             "source": [image_source(v) for v in batch[self.image_column]],
         }
 
+    def _stored(self, images: list) -> np.ndarray:
+        """The bytes stored for ``images``: N×3×H×W, or N×H×(W×3) channels-last."""
+        if self.small_size is None:
+            pixels = self.pixels(images).numpy()
+            if not self.channels_last:
+                return pixels
+            n, c, h, w = pixels.shape
+            return torch.from_numpy(pixels).permute(0, 2, 3, 1).contiguous().view(n, h, w * c).numpy()
+        h, w = self.small_size
+        for image in images:
+            if image.size != (w, h):
+                raise SizeChanged(f"an image of {image.size[1]}×{image.size[0]} among images of {h}×{w}")
+        hwc = np.stack([np.asarray(image, dtype=np.uint8) for image in images])
+        if self.channels_last:
+            return hwc.reshape(len(images), h, w * 3)
+        return np.ascontiguousarray(hwc.transpose(0, 3, 1, 2))
+
     def output_shape(self) -> tuple[int, ...]:
         """The stored shape of one image: (3, H, W), or (H, W×3) channels-last."""
-        from PIL import Image
-
-        c, h, w = self.pixels([Image.new("RGB", (97, 61))]).shape[1:]
-        return (h, w * c) if self.channels_last else (c, h, w)
+        h, w = self.small_size or self.model_size
+        return (h, w * 3) if self.channels_last else (3, h, w)
 
 
-def _before_to_tensor(transforms):
-    """A torchvision ``Compose`` cut before its ``ToTensor`` (timm's ``MaybeToTensor``), when
-    only normalisation follows it; else None."""
-    from torchvision import transforms as T
+class SizeChanged(Exception):
+    """An image decoded to another size than the one its split is stored at."""
 
-    steps = list(getattr(transforms, "transforms", []))
-    cut = next((i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__), None)
-    if cut is None or any(type(step).__name__ != "Normalize" for step in steps[cut + 1 :]):
+
+def output_size(processor, decoder: Decoder | None = None) -> tuple[int, int]:
+    """(height, width) of what ``processor`` gives the model (for an image of any size)."""
+    from PIL import Image
+
+    pixels = decoder.pixels if decoder is not None else Decoder(processor, "", "").pixels
+    return tuple(pixels([Image.new("RGB", (97, 61))]).shape[-2:])
+
+
+#: Images whose headers ``decode`` reads to choose how a split is stored.
+SIZE_SAMPLES = 256
+
+
+def sampled_small_size(dataset, image_column: str, limit: tuple[int, int]) -> tuple[int, int] | None:
+    """The (height, width) that :data:`SIZE_SAMPLES` images spread over the split share, when it
+    holds fewer pixels than ``limit``; else None. Headers only, a fraction of a second: a
+    full scan of CIFAR-10's 50,000 would cost every run 5-10 s, cache or not. An image of
+    another size that the sample missed is caught by the decode pass (:class:`SizeChanged`)."""
+    n = len(dataset)
+    if n == 0:
         return None
-    return T.Compose(steps[:cut])
+    rows = sorted({int(i) for i in np.linspace(0, n - 1, min(n, SIZE_SAMPLES))})
+    size = None
+    for value in dataset.select(rows).select_columns([image_column])[image_column]:
+        try:
+            this = upright_size(value)
+        except Exception:  # noqa: BLE001 - the decode pass sets unreadable files aside
+            continue
+        if size is None:
+            if this[0] * this[1] >= limit[0] * limit[1]:
+                return None
+            size = this
+        elif this != size:
+            return None
+    return size
 
 
 @dataclass
@@ -177,7 +234,22 @@ def decode(
     desc: str,
     channels_last: bool = False,
 ) -> Decoded:
-    """Decode, fix and resize every image once (a fingerprinted, cached ``datasets.map``).
+    """Decode, fix and (when larger than the model's input) resize every image once: a
+    fingerprinted, cached ``datasets.map``.
+
+    The cache holds each image at the smaller of its own size and the model's. A split whose
+    images all have one size with fewer pixels than the model's input (CIFAR-10's 32×32 for a
+    224-px ViT) is stored as it is, upright RGB, and ``BatchTransform`` applies the
+    processor's resize per batch on the training device (:class:`ProcessorResize`): 3 KB an
+    image instead of 150 KB. Every other split is stored through the processor at the
+    model's size, so large photos are shrunk once, as before. The size is read from a sample
+    of headers (:func:`sampled_small_size`); should the pass meet an image of another size,
+    the split is decoded again at the model's size. One size per split, because an
+    Arrow column of fixed shape is what lets ``FastRows`` gather a batch in one copy per
+    image; a split of mixed small sizes is stored at the model's size rather than resized to
+    a common one, which would put a second resize between the image and what the processor
+    gives the model. Likewise a processor whose resize the training device cannot repeat
+    (:meth:`ProcessorResize.matches`) keeps the model-size cache.
 
     ``channels_last`` stores each image's bytes in H×W×3 order (column :data:`HWC_COLUMN`); :class:`FastRows`
     still gives N×3×H×W batches, as views with channels-last strides. For a split that
@@ -185,42 +257,22 @@ def decode(
     pixels, and given the usual layout it repacks its input and output, about 3× the time
     of the resize itself (15 ms → 5 ms per 64 crops at 224 px on one core).
     """
-    from datasets import Array2D, Array3D, Features, Image, Value
+    from datasets import Image
 
-    decoder = Decoder(processor, image_column, label_column, channels_last)
-    shape = decoder.output_shape()
     # Undecoded so that one corrupt file is a row to set aside, not an exception that ends
-    # iteration of the whole split (huggingface/datasets#6470), and so that we apply EXIF
-    # rotation.
-    feature = dataset.features[image_column]
-    if isinstance(feature, Image):
+    # iteration of the whole split (huggingface/datasets#6470), so that we apply EXIF
+    # rotation, and so that the size sample reads headers only.
+    if isinstance(dataset.features[image_column], Image):
         dataset = dataset.cast_column(image_column, Image(decode=False))
-    fingerprint = hashlib.sha256(
-        "|".join(
-            [compat.dataset_fingerprint(dataset), processor.to_json_string(), image_column, label_column, _DECODE_VERSION]
-            + (["hwc"] if channels_last else [])
-        ).encode()
-    ).hexdigest()[:32]
-    features = Features(
-        {
-            decoder.column: (Array2D if channels_last else Array3D)(shape=shape, dtype="uint8"),
-            "labels": Value("int64"),
-            "bad_reason": Value("string"),
-            "source": Value("string"),
-        }
-    )
-    if num_proc is None:
-        num_proc = min(os.cpu_count() or 1, 8) if len(dataset) >= 4000 else None
-    mapped = dataset.map(
-        decoder,
-        batched=True,
-        batch_size=64,
-        remove_columns=dataset.column_names,
-        features=features,
-        num_proc=num_proc,
-        new_fingerprint=fingerprint,
-        desc=desc,
-    )
+    decoder = Decoder(processor, image_column, label_column, channels_last)
+    small = sampled_small_size(dataset, image_column, decoder.model_size)
+    if small is not None and ProcessorResize(processor).matches(small, decoder.pixels):
+        decoder.small_size = small
+    try:
+        mapped = _map(dataset, decoder, processor, num_proc, desc)
+    except SizeChanged:  # an image of another size than the sample's: this split is stored at the model's size
+        decoder.small_size = None
+        mapped = _map(dataset, decoder, processor, num_proc, desc)
     # Only the two small text columns are read here: a row read would also decode pixels.
     reasons = mapped["bad_reason"][:]
     bad_idx = [i for i, r in enumerate(reasons) if r]
@@ -233,7 +285,63 @@ def decode(
     # Both datasets formatters widen the uint8 pixels to int64 (8× the bytes): the Trainer
     # reads batches through FastRows, which keeps them uint8; BatchTransform takes either.
     mapped.set_format("numpy", columns=[decoder.column, "labels"])
+    _log_cache(mapped, decoder, desc)
     return Decoded(mapped, bad)
+
+
+def _map(dataset, decoder: Decoder, processor, num_proc: int | None, desc: str):
+    from datasets import Array2D, Array3D, Features, Value
+
+    small = decoder.small_size
+    fingerprint = hashlib.sha256(
+        "|".join(
+            [compat.dataset_fingerprint(dataset), processor.to_json_string(), decoder.image_column]
+            + [decoder.label_column, _DECODE_VERSION]
+            + (["hwc"] if decoder.channels_last else [])
+            + ([f"small{small[0]}x{small[1]}"] if small else [])
+        ).encode()
+    ).hexdigest()[:32]
+    pixels = (Array2D if decoder.channels_last else Array3D)(shape=decoder.output_shape(), dtype="uint8")
+    features = Features(
+        {
+            decoder.column: pixels,
+            "labels": Value("int64"),
+            "bad_reason": Value("string"),
+            "source": Value("string"),
+        }
+    )
+    if num_proc is None:
+        num_proc = min(os.cpu_count() or 1, 8) if len(dataset) >= 4000 else None
+    return dataset.map(
+        decoder,
+        batched=True,
+        batch_size=64,
+        remove_columns=dataset.column_names,
+        features=features,
+        num_proc=num_proc,
+        new_fingerprint=fingerprint,
+        desc=desc,
+    )
+
+
+def _log_cache(dataset, decoder: Decoder, desc: str) -> None:
+    """One line: the size of a split's decode cache on disk, where it is, and its image size."""
+    files = sorted({f["filename"] for f in dataset.cache_files})
+    if files:
+        size, where = sum(os.path.getsize(f) for f in files if os.path.exists(f)), os.path.dirname(files[0])
+    else:  # an in-memory data set is mapped in memory
+        size, where = dataset.data.nbytes, "memory"
+    (h, w), (mh, mw) = decoder.small_size or decoder.model_size, decoder.model_size
+    stored = (
+        f"images at their own {h}×{w}; the processor's resize to {mh}×{mw} runs per batch on the training device"
+        if decoder.small_size
+        else f"images at the model's {mh}×{mw}"
+    )
+    logger.info("data: %s: decode cache %s in %s (%d %s)", desc, _megabytes(size), where, len(dataset), stored)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
 def pixel_column(dataset) -> str | None:
@@ -247,7 +355,8 @@ def pixel_column(dataset) -> str | None:
 
 
 def image_size(dataset) -> tuple[int, int]:
-    """(height, width) of a decoded split's images."""
+    """(height, width) of a decoded split's images as stored: the model's input size, or their
+    own when ``decode`` kept them smaller (``BatchTransform`` resizes those per batch)."""
     column = pixel_column(dataset)
     if column is None:
         raise ValueError(f"not a decoded split: no 'pixel_values' or '{HWC_COLUMN}' column")

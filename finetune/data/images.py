@@ -53,17 +53,34 @@ def open_image(value: dict[str, Any] | str):
     """
     from PIL import Image
 
-    if isinstance(value, str):
-        source: Any = value
-    elif value.get("bytes") is not None:
-        source = io.BytesIO(value["bytes"])
-    else:
-        source = value.get("path")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = Image.open(source)
+        image = Image.open(_source(value))
         image.load()
     return image
+
+
+def upright_size(value: dict[str, Any] | str) -> tuple[int, int]:
+    """(height, width) of an image once EXIF-rotated (as ``to_rgb`` turns it), from its
+    header: no pixel is decoded."""
+    from PIL import Image
+
+    with Image.open(_source(value)) as image:
+        width, height = image.size
+        # Orientations 5-8 turn the image a quarter. Only formats that parse EXIF when
+        # opened are asked: elsewhere getexif() would decode the whole image.
+        if "exif" in image.info and image.getexif().get(0x0112) in (5, 6, 7, 8):
+            width, height = height, width
+    return height, width
+
+
+def _source(value: dict[str, Any] | str) -> Any:
+    """What ``PIL.Image.open`` reads for an undecoded ``Image`` value (bytes and/or path) or a path."""
+    if isinstance(value, str):
+        return value
+    if value.get("bytes") is not None:
+        return io.BytesIO(value["bytes"])
+    return value.get("path")
 
 
 def image_source(value: dict[str, Any] | str | None) -> str:

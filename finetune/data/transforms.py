@@ -10,6 +10,8 @@ import torch
 
 from .. import compat
 from ..recipe import AugmentConfig
+from .decode import output_size, processor_normalization
+from .resize import ProcessorResize
 
 
 @contextlib.contextmanager
@@ -65,6 +67,15 @@ class BatchTransform:
     random crops and flips per image; a v2 transform given a whole batch would apply one
     random draw to all of it). Given a ``seed``, the draws depend on it alone (see
     ``FinetuneTrainer.compute_loss``), which makes interrupted runs resume exactly.
+
+    ``size`` is the model's input (height, width). A batch of another size is a split that
+    ``decode`` stored smaller than that; ``resize`` (the processor's, see
+    :class:`ProcessorResize`) brings it to ``size`` first, on the batch's device, so the
+    model gets what the processor would give it. A randomly cropped training batch needs no
+    such step: each crop is taken from the stored image and resized straight to ``size``,
+    one resize instead of two (the crop box is drawn on the stored image, as torchvision's
+    ``RandomResizedCrop`` is usually applied to the original image). Without ``resize``,
+    batches keep their size. :meth:`for_processor` builds one from the model's processor.
     """
 
     def __init__(
@@ -74,9 +85,13 @@ class BatchTransform:
         size: tuple[int, int],
         augment: AugmentConfig | None,
         channels_last: bool = False,
+        resize: ProcessorResize | None = None,
     ):
         from torchvision.transforms import v2
 
+        #: (height, width) of the batches the model takes.
+        self.size = tuple(size)
+        self.resize = resize
         #: Batches come out in channels-last memory (same shape and values) for a model
         #: converted to it (``model.use_channels_last``).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -105,6 +120,13 @@ class BatchTransform:
         )
         self._buffers: dict[bool, list[torch.Tensor]] = {}
 
+    @classmethod
+    def for_processor(cls, processor, augment: AugmentConfig | None, channels_last: bool = False) -> BatchTransform:
+        """The transform for a model whose image processor is ``processor``: its normalisation,
+        its output size, and its resize for splits stored below that size."""
+        mean, std = processor_normalization(processor)
+        return cls(mean, std, output_size(processor), augment, channels_last, resize=ProcessorResize(processor))
+
     @property
     def augments(self) -> bool:
         """Whether training batches are augmented at all."""
@@ -124,6 +146,9 @@ class BatchTransform:
         shape = tuple(pixels.shape)
         if augment and self.crop_size is not None and len(shape) == 4:
             shape = (*shape[:2], *self.crop_size)  # crops come out at the transform's size
+        elif self.resize is not None and len(shape) == 4 and shape[2:] != self.size:
+            pixels = self.resize(pixels)  # stored smaller than the model's input
+            shape = tuple(pixels.shape)
         out = self._output(shape, pixels.device)
         scale, shift = self.scale.to(out.device), self.shift.to(out.device)
         if augment:
@@ -146,6 +171,15 @@ class BatchTransform:
                     one.mul_(scale_one).add_(shift_one)
                     if self.erase is not None:
                         self.erase(one)
+            return out
+        if out.device.type == "cpu" and len(shape) == 4:
+            # Image by image, each normalised while its floats are still in the CPU's cache:
+            # about 1.5× faster than two more passes over a batch-sized buffer (38 MB for 64
+            # images at 224 px), and on one thread, as the augmenting loop above.
+            scale_one, shift_one = scale[0], shift[0]
+            with _one_cpu_thread(out.device):
+                for one, image in zip(out, pixels):
+                    one.copy_(image).mul_(scale_one).add_(shift_one)
             return out
         out.copy_(pixels)
         # Normalised in place: no batch-sized temporaries.
