@@ -160,8 +160,8 @@ def wrap(model: nn.Module, cfg: Any, head: list[str]) -> tuple[nn.Module, Summar
         lora_alpha=alpha,
         lora_dropout=dropout,
         use_dora=variant == "dora",
-        # Full names: peft matches a name by its suffix, so "classifier" could also catch an
-        # "...attention.classifier"; the list above is exactly what was checked.
+        # Full names, so that peft adapts exactly the layers checked above (it would match a
+        # short name such as "fc1" against the last parts of every layer's name).
         target_modules=targets,
         modules_to_save=sorted(head_modules),
         bias="none",

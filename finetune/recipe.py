@@ -391,8 +391,8 @@ def _check_lora(m: ModelConfig, source: str) -> list[str]:
     problems = []
     if importlib.util.find_spec("peft") is None:
         problems.append(
-            f"{source}: 'model.strategy' 'lora' needs the peft library, which is not installed; "
-            "install it with: pip install 'finetune[transfer]'"
+            f"{source}: 'model.strategy' 'lora' needs the peft library, which is not installed; install "
+            "finetune's 'transfer' extra: pip install -e '.[transfer]' in the finetune folder (or pip install 'peft>=0.21')"
         )
     if m.lora_rank is not None and m.lora_rank < 1:
         problems.append(f"{source}: 'model.lora_rank' must be >= 1 (e.g. 8 or 16), got {m.lora_rank}")

@@ -216,7 +216,7 @@ def test_lora_without_peft_installed_names_the_extra(monkeypatch) -> None:
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
-    with pytest.raises(RecipeError, match=r"needs the peft library, which is not installed; install it with: pip install 'finetune\[transfer\]'"):
+    with pytest.raises(RecipeError, match=r"needs the peft library, which is not installed; install finetune's 'transfer' extra: pip install -e '\.\[transfer\]'"):
         recipe_from_dict(recipe(strategy="lora"), "r.json")
     recipe_from_dict(recipe(strategy="full"), "r.json")  # the other strategies do not need it
 
