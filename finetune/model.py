@@ -336,8 +336,8 @@ def check_strategy_fits(cfg: ModelConfig, args: Any) -> None:
         # The merge on save needs the whole of each adapted weight in one process, and
         # sharded peft models are not tested here.
         raise ModelError(
-            "model.strategy 'lora' does not run under FSDP or DeepSpeed here; launch without them "
-            "(plain DDP works), or use strategy 'full'"
+            "model.strategy 'lora' does not run under FSDP or DeepSpeed here; launch without them, "
+            "or use strategy 'full'"
         )
 
 
