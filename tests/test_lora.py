@@ -152,6 +152,22 @@ def test_a_checkpoint_restores_every_trained_tensor_and_a_foreign_one_is_refused
         lora.load_checkpoint(other, tmp_path / "checkpoint")
 
 
+def test_resume_and_best_model_loads_go_through_the_strict_adapter_loader(tiny_vit: Path, tmp_path: Path) -> None:
+    """The Trainer's loads of a checkpoint (resume, load_best_model_at_end) reach
+    compat.reload_weights, which must hand a peft model to lora.load_checkpoint: the
+    transformers loader would look for model.safetensors, which these checkpoints lack."""
+    from finetune import compat
+
+    trained = load(tiny_vit, lora_rank=4).model
+    _perturb(trained)
+    trained.save_pretrained(tmp_path / "checkpoint")
+    fresh = load(tiny_vit, lora_rank=4).model
+    trainer = SimpleNamespace(model=fresh, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    compat.reload_weights(trainer, str(tmp_path / "checkpoint"))
+    theirs = dict(trained.named_parameters())
+    assert all(torch.equal(p, theirs[n]) for n, p in fresh.named_parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize(
     "targets, needle",
     [
