@@ -309,7 +309,12 @@ def test_the_teacher_runs_in_the_students_autocast(tiny_vit, teachers, images, t
     def watch(model: torch.nn.Module, who: str) -> None:
         # On a layer inside the model: accelerate enters autocast inside the model's forward.
         layer = next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
-        layer.register_forward_pre_hook(lambda m, a: m.training == (who == "student") and states[who].add(torch.is_autocast_enabled("cpu")))
+
+        def record(module, inputs) -> None:  # a pre-hook that returned something would replace the input
+            if module.training == (who == "student"):
+                states[who].add(torch.is_autocast_enabled("cpu"))
+
+        layer.register_forward_pre_hook(record)
 
     def load_teacher(*args, **kwargs):
         teacher = real_teacher(*args, **kwargs)
