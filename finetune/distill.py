@@ -143,7 +143,8 @@ class Teacher:
         return (1.0 - self.alpha) * base + self.alpha * kd
 
     def describe(self) -> str:
-        return f"distillation from {self.name}: α = {self.alpha:g}, T = {self.temperature:g}, teacher input {self.size[0]}×{self.size[1]} px"
+        size = f"{self.size[0]}×{self.size[1]} px"
+        return f"distillation from {self.name}: α = {self.alpha:g}, T = {self.temperature:g}, teacher input {size}"
 
 
 def open_teacher(cfg: ModelConfig) -> tuple[str, Any, Any]:
