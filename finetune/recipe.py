@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import training_fields
+from . import builtin, training_fields
 from .errors import UserError
 from .metric_names import KNOWN_METRICS
 
@@ -61,6 +61,13 @@ class Expected:
     note: str | None = None
 
 
+#: Distillation defaults: half the loss from the teacher, softened at T = 4 (Hinton et al.
+#: 2015 used T in 1-20; T = 4 is the common choice for image classifiers, e.g. Tian et
+#: al. 2020's CIFAR-100 benchmark of distillation methods).
+DISTILL_ALPHA = 0.5
+DISTILL_TEMPERATURE = 4.0
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = ""
@@ -97,6 +104,25 @@ class ModelConfig:
     lora_dropout: float | None = None
     lora_target_modules: list[str] | None = None
     lora_variant: Literal["lora", "dora"] | None = None
+    #: Knowledge distillation (distill.py): a fine-tuned classifier with the same classes (a
+    #: finetune output folder, a Hub id, ``builtin:``), run frozen on each training batch;
+    #: the model trains on (1 - distill_alpha) × its usual loss + distill_alpha × T² ×
+    #: KL(teacher ‖ model) of the outputs softened by T = distill_temperature. null: none.
+    teacher: str | None = None
+    #: Weight of the distillation term, in [0, 1]; null: 0.5 (only with a teacher).
+    distill_alpha: float | None = None
+    #: Softening temperature T > 0; null: 4.0 (only with a teacher).
+    distill_temperature: float | None = None
+
+    @property
+    def alpha(self) -> float:
+        """``distill_alpha`` with its default."""
+        return DISTILL_ALPHA if self.distill_alpha is None else self.distill_alpha
+
+    @property
+    def temperature(self) -> float:
+        """``distill_temperature`` with its default."""
+        return DISTILL_TEMPERATURE if self.distill_temperature is None else self.distill_temperature
 
     @property
     def caches_features(self) -> bool:
@@ -346,6 +372,7 @@ def _validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) -
             )
         if m.probe_max_iter < 1:
             problems.append(f"{source}: 'model.probe_max_iter' must be >= 1, got {m.probe_max_iter}")
+    problems += [f"{source}: {p}" for p in _model_problems(m)]
     if m.trust_remote_code and not (m.revision and len(m.revision) == 40 and _is_hex(m.revision)):
         problems.append(
             f"{source}: 'model.trust_remote_code' runs code from the Hub, so 'model.revision' must pin "
@@ -405,6 +432,33 @@ def _check_lora(m: ModelConfig, source: str) -> list[str]:
         problems.append(
             f"{source}: 'model.lora_target_modules' must list one or more layer names (e.g. [\"q_proj\", "
             f"\"v_proj\"]), or be null for the model's default, got {json.dumps(targets)}"
+        )
+    return problems
+
+
+def _model_problems(m: ModelConfig) -> list[str]:
+    """Built-in model names, and the distillation keys (distill.py)."""
+    problems = []
+    for key, name in (("model.name_or_path", m.name_or_path), ("model.teacher", m.teacher)):
+        if name and builtin.is_builtin(name):
+            problem = builtin.model_problem(name, key)
+            if problem is not None:
+                problems.append(problem)
+    if m.teacher is None:
+        for key in ("distill_alpha", "distill_temperature"):
+            if getattr(m, key) is not None:
+                problems.append(f"'model.{key}' only applies with 'model.teacher'; set the teacher or remove the key")
+        return problems
+    if not m.teacher:
+        problems.append("'model.teacher' is empty; name a fine-tuned classifier (an output folder or a Hub id), or null")
+    if not 0 <= m.alpha <= 1:
+        problems.append(f"'model.distill_alpha' weighs the teacher's term: use a number in [0, 1], got {m.alpha}")
+    if not m.temperature > 0:
+        problems.append(f"'model.distill_temperature' must be > 0, got {m.temperature}")
+    if m.caches_features:
+        problems.append(
+            "'model.teacher' needs the backbone to run on every augmented batch, but a linear probe on cached "
+            "features runs it once; set 'model.feature_cache' false (or strategy 'partial'), or remove the teacher"
         )
     return problems
 

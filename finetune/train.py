@@ -1,7 +1,7 @@
 """Train: the HF Trainer (through accelerate) on the prepared data, then the outputs.
 
 recipe → TrainingArguments (args.py) → output folder locked and checked (outputs.py) →
-processor → data → model → Trainer (trainer.py) → train (resuming when the same recipe ran
+processor → data → model (and a frozen teacher to distil from, distill.py) → Trainer (trainer.py) → train (resuming when the same recipe ran
 here before; stopping cleanly on SIGTERM or Ctrl-C, interrupts.py) → final evaluation on the
 eval split → model, processor, metrics, recipe.json, report and card in the output folder.
 A full disk stops the run with one line saying where and how much (outputs.py).
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import Trainer, set_seed
 
-from . import card, data, lora, metrics, model as model_lib, plots, threads
+from . import card, data, distill, lora, metrics, model as model_lib, plots, threads
 from .args import callbacks, data_seed, precision, training_arguments
 from .interrupts import InterruptCallback, Interrupted, StopNow, signal_name
 from .outputs import FollowUmaskCallback, OutputDirError, claim_output_dir, disk_full_is_a_user_error, what_a_rerun_does
@@ -153,6 +153,8 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
         logger.info("resuming from %s (same recipe found in %s)", resume, out)
 
     processor = model_lib.load_processor(recipe.model, recipe.data.image_size)
+    # The teacher's config and processor now (cheap): a wrong name stops before the data pass.
+    opened_teacher = distill.open_teacher(recipe.model) if recipe.model.teacher else None
     seed = data_seed(recipe)
     # Decoding runs on the main process first; the others then find it in the cache.
     with args.main_process_first(desc="data preparation"):
@@ -185,12 +187,18 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
     set_seed(args.seed)
     loaded = model_lib.load_model(recipe.model, splits.class_names, processor)
     logger.info(model_lib.describe_strategy(loaded, recipe.model))
+    teacher = None
+    if opened_teacher is not None:  # its classes are checked against the data's before its weights load
+        teacher = distill.load_teacher(recipe.model, splits.class_names, processor, opened_teacher)
+        logger.info(teacher.describe())
     augment = recipe.data.augment
     # Channels-last for convolutional models on GPUs; attention is transformers' default
     # for the model (SDPA where the model has it).
     channels_last = model_lib.use_channels_last(loaded.model, recipe.model, args)
     if channels_last:
         loaded.model.to(memory_format=torch.channels_last)
+        if teacher is not None and model_lib.is_convolutional(teacher.model):
+            teacher.model.to(memory_format=torch.channels_last)
     has_attention = any("Attention" in type(m).__name__ for m in loaded.model.modules())
     logger.info(
         "model: memory format %s%s; %s",
@@ -225,6 +233,8 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
         compute_metrics=accumulator,
         batch_transform=transform,
         callbacks=callbacks(recipe),
+        # A teacher never comes with cached features (recipe.py refuses the pair).
+        **({"teacher": teacher} if teacher is not None else {}),
     )
     world = args.world_size
     effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps

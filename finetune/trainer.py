@@ -7,6 +7,7 @@ from typing import Any
 from transformers import Trainer
 
 from . import compat, data
+from .distill import Teacher
 
 
 class FinetuneTrainer(Trainer):
@@ -18,9 +19,14 @@ class FinetuneTrainer(Trainer):
     (``remove_unused_columns`` is off, and no length-grouped sampler is used).
     """
 
-    def __init__(self, *args: Any, batch_transform: data.BatchTransform, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, batch_transform: data.BatchTransform, teacher: Teacher | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.batch_transform = batch_transform
+        #: Knowledge distillation (distill.py): a frozen model run on each training batch,
+        #: kept outside ``self.model`` so that it is neither trained nor saved.
+        self.teacher = teacher.to(self.args.device) if teacher is not None else None
         compat.loss_is_a_batch_mean(self)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -41,4 +47,13 @@ class FinetuneTrainer(Trainer):
             self._micro_step = step
             seed = ((self.args.seed * 1_000_003 + step) * 1_009 + self._micro) * 101 + self.args.process_index
         inputs["pixel_values"] = self.batch_transform(inputs["pixel_values"], train=model.training, seed=seed)
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if self.teacher is None or not model.training:
+            # Evaluation scores the student alone, with the usual loss.
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        # Distillation: the usual loss and the student's logits, then the teacher's logits for
+        # the same augmented batch, in the autocast the accelerator runs the student in.
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        with self.accelerator.autocast():
+            teacher_logits = self.teacher.logits(inputs["pixel_values"])
+        loss = self.teacher.loss(loss, outputs.logits, teacher_logits)
+        return (loss, outputs) if return_outputs else loss
