@@ -3,7 +3,9 @@
 ``AutoModelForImageClassification`` loads HF-native models (ViT, DeiT, ResNet, ConvNeXt,
 Swin, BEiT, ...) and timm models through TimmWrapper; ``builtin:`` names resolve to local
 checkpoints (builtin.py). Only head parameters may be re-initialised: anything else
-missing from the checkpoint means the wrong model was named, and is an error.
+missing from the checkpoint means the wrong model was named, and is an error. With
+``model.from_scratch`` only the configuration is loaded, and every weight is drawn at random
+(the no-pretraining baseline of a study).
 """
 
 from __future__ import annotations

@@ -61,7 +61,8 @@ def _add_study_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2,...",
         help="a recipe key and the values to try, e.g. data.samples_per_class=5,20,100 (each value JSON when it "
-        "parses, else a string); replaces that key's values in the recipe's study.grid; repeatable",
+        "parses, else a string; a value with a comma in it goes in the recipe's study block); replaces that key's "
+        "values in the recipe's study.grid; repeatable",
     )
     parser.add_argument("--seeds", type=int, default=None, help="runs per cell, seed i adding i to training.seed and data_seed")
     parser.add_argument(
