@@ -200,6 +200,7 @@ def write_card(
         num_train=num_train,
         num_validation=num_validation,
         trainable=f"{loaded.trainable:,} of {loaded.total:,} parameters trained" if loaded is not None else "",
+        adapters=loaded.lora.describe() if getattr(loaded, "lora", None) is not None else None,
         image_size=image_size or recipe.data.image_size or "the base model's",
         augmentation=augmentation,
         hyperparameters=sorted((k, v) for k, v in shown.items()),

@@ -109,8 +109,16 @@ def reload_weights(trainer: Any, checkpoint: str) -> None:
     would go on from the base model's weights, and the "best" model would be the last one.
     ``from_pretrained`` applies the key conversion; copying its tensors with ``strict=True``
     makes any mismatch an error instead. Checked with transformers 5.24.0.
+
+    A peft-wrapped model (``strategy: lora``) has checkpoints of its adapters and head
+    alone, under peft's own names, which :func:`lora.load_checkpoint` loads just as strictly.
     """
+    from . import lora
+
     model = trainer.accelerator.unwrap_model(trainer.model)
+    if lora.is_adapted(model):
+        lora.load_checkpoint(model, checkpoint)
+        return
     fresh = type(model).from_pretrained(checkpoint, config=model.config)
     model.load_state_dict(fresh.state_dict(), strict=True)
     logger.info("loaded weights from %s", checkpoint)

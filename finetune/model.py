@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import builtin
+from . import builtin, lora
 from .errors import UserError
 from .recipe import ModelConfig
 from .util import first_line, looks_like_path
@@ -130,6 +130,8 @@ class LoadedModel:
     head: list[str]
     trainable: int
     total: int
+    #: With ``strategy: lora``: the adapters' settings and sizes, for the log and the card.
+    lora: lora.Summary | None = None
 
 
 def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedModel:
@@ -179,6 +181,14 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
         )
     if reinit:
         logger.info("re-initialised for %d classes: %s", len(class_names), ", ".join(reinit))
+    if cfg.strategy == "lora":  # the model gets wrapped, so it is not frozen in place
+        total = sum(p.numel() for p in model.parameters())
+        model, adapters = lora.wrap(model, cfg, head)
+        keep_frozen_in_eval(model)
+        # What trains over the model as it is saved: the adapters and the head (peft's copy
+        # of the head, and the merged weights, are not counted twice).
+        trainable = adapters.adapter_parameters + adapters.head_parameters
+        return LoadedModel(model, reinit, head, trainable, total + adapters.adapter_parameters, adapters)
     apply_strategy(model, cfg, head)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -253,14 +263,20 @@ def apply_strategy(model: nn.Module, cfg: ModelConfig, head: list[str]) -> None:
         trainable = {n for n, _ in params[start:]} | set(head)
     for name, p in params:
         p.requires_grad_(name in trainable)
+    keep_frozen_in_eval(model)
+
+
+def keep_frozen_in_eval(model: nn.Module) -> None:
+    """Put the frozen parts of ``model`` in eval mode at each forward pass, whatever mode
+    the Trainer sets: their batch-norm statistics do not drift, and dropout is off there."""
     frozen = _frozen_modules(model)
 
-    def keep_frozen_in_eval(module: nn.Module, args):  # forward pre-hook
+    def hook(module: nn.Module, args):  # forward pre-hook
         if module.training:
             for m in frozen:
                 m.eval()
 
-    model.register_forward_pre_hook(keep_frozen_in_eval)
+    model.register_forward_pre_hook(hook)
     model.finetune_frozen_modules = frozen  # type: ignore[attr-defined] - for tests and logs
 
 
@@ -319,14 +335,32 @@ def use_channels_last(model: nn.Module, cfg: ModelConfig, args: Any = None) -> b
     weights (their flattening is not tested with it)."""
     if cfg.channels_last is not None:
         return cfg.channels_last
-    sharded = args is not None and (bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None)))
-    sharded = sharded or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-    sharded = sharded or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-    return torch.cuda.is_available() and is_convolutional(model) and not sharded
+    return torch.cuda.is_available() and is_convolutional(model) and not sharded(args)
+
+
+def sharded(args: Any = None) -> bool:
+    """Whether FSDP or DeepSpeed shard the weights (the training arguments, or accelerate's
+    launcher settings say so)."""
+    shards = args is not None and (bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None)))
+    shards = shards or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    return shards or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+def check_strategy_fits(cfg: ModelConfig, args: Any) -> None:
+    """Stop before any data is read when the strategy cannot run under these arguments."""
+    if cfg.strategy == "lora" and sharded(args):
+        # The merge on save needs the whole of each adapted weight in one process, and
+        # sharded peft models are not tested here.
+        raise ModelError(
+            "model.strategy 'lora' does not run under FSDP or DeepSpeed here; launch without them, "
+            "or use strategy 'full'"
+        )
 
 
 def describe_strategy(loaded: LoadedModel, cfg: ModelConfig) -> str:
     share = 100.0 * loaded.trainable / max(loaded.total, 1)
+    adapters = f"; {loaded.lora.describe()}" if loaded.lora is not None else ""
     return (
         f"strategy {cfg.strategy}: {loaded.trainable:,} of {loaded.total:,} parameters trainable ({share:.2f}%)"
+        f"{adapters}"
     )

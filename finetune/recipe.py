@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import importlib.util
 import json
 import re
 import types
@@ -24,7 +25,7 @@ from . import training_fields
 from .errors import UserError
 from .metric_names import KNOWN_METRICS
 
-Strategy = Literal["full", "linear_probe", "partial"]
+Strategy = Literal["full", "linear_probe", "partial", "lora"]
 
 # TrainingArguments fields that the recipe sets elsewhere, or that we own because the
 # pipeline depends on them (see train.py for why each is fixed).
@@ -90,6 +91,16 @@ class ModelConfig:
     #: The architecture only: its config is loaded and every weight initialised at random (the
     #: no-pretraining baseline that ``finetune study --scratch`` adds). Needs strategy "full".
     from_scratch: bool = False
+    #: With ``strategy: lora`` (lora.py), each null for its default there: the adapters' rank
+    #: (16), alpha (the rank: scale alpha/rank 1), dropout (0.1), the layers adapted (null:
+    #: the attention query/key/value projections, or for CNNs every Linear and ungrouped
+    #: convolution outside the head) and the variant ("lora", or "dora": weight-decomposed).
+    #: Null by default so that a recipe setting one without ``strategy: lora`` is an error.
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
+    lora_target_modules: list[str] | None = None
+    lora_variant: Literal["lora", "dora"] | None = None
 
     @property
     def caches_features(self) -> bool:
@@ -381,6 +392,7 @@ def _validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) -
     _check_eval_sets(d.eval_sets, source, problems)
     if m.strategy == "partial" and m.unfreeze_last_n < 1:
         problems.append(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
+    problems += _check_lora(m, source)
     if m.probe_solver == "lbfgs":
         if not m.caches_features:
             problems.append(
@@ -492,6 +504,40 @@ def _check_study(raw: dict[str, Any], study: StudyConfig, source: str, problems:
                     seen.add(line)
                     detail = line[len(source) + 2:] if line.startswith(f"{source}: ") else line
                     problems.append(f"{source}: '{where}' value {json.dumps(value)}: {detail}")
+
+
+#: The keys of the ``lora`` strategy.
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_variant")
+
+
+def _check_lora(m: ModelConfig, source: str) -> list[str]:
+    """The ``lora_*`` keys: only with ``strategy: lora``, in range, and peft installed."""
+    if m.strategy != "lora":
+        return [
+            f"{source}: 'model.{key}' applies only with 'model.strategy' 'lora' (it is '{m.strategy}'); "
+            "remove it, or set model.strategy to lora"
+            for key in LORA_KEYS
+            if getattr(m, key) is not None
+        ]
+    problems = []
+    if importlib.util.find_spec("peft") is None:
+        problems.append(
+            f"{source}: 'model.strategy' 'lora' needs the peft library, which is not installed; install "
+            "finetune's 'transfer' extra: pip install -e '.[transfer]' in the finetune folder (or pip install 'peft>=0.21')"
+        )
+    if m.lora_rank is not None and m.lora_rank < 1:
+        problems.append(f"{source}: 'model.lora_rank' must be >= 1 (e.g. 8 or 16), got {m.lora_rank}")
+    if m.lora_alpha is not None and m.lora_alpha <= 0:
+        problems.append(f"{source}: 'model.lora_alpha' must be > 0 (null: equal to lora_rank), got {m.lora_alpha}")
+    if m.lora_dropout is not None and not 0 <= m.lora_dropout < 1:
+        problems.append(f"{source}: 'model.lora_dropout' must be in [0, 1), got {m.lora_dropout}")
+    targets = m.lora_target_modules
+    if targets is not None and (not targets or any(not t.strip() for t in targets)):
+        problems.append(
+            f"{source}: 'model.lora_target_modules' must list one or more layer names (e.g. [\"q_proj\", "
+            f"\"v_proj\"]), or be null for the model's default, got {json.dumps(targets)}"
+        )
+    return problems
 
 
 def _is_hex(text: str) -> bool:

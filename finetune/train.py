@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import Trainer, set_seed
 
-from . import card, data, eval_sets, metrics, model as model_lib, plots, threads
+from . import card, data, eval_sets, lora, metrics, model as model_lib, plots, threads
 from .args import callbacks, data_seed, precision, training_arguments
 from .interrupts import InterruptCallback, Interrupted, StopNow, signal_name
 from .outputs import FollowUmaskCallback, OutputDirError, claim_output_dir, disk_full_is_a_user_error, what_a_rerun_does
@@ -121,6 +121,7 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     from accelerate import PartialState
 
     args = training_arguments(recipe, source)
+    model_lib.check_strategy_fits(recipe.model, args)
     state = PartialState()
     out = Path(recipe.output_dir)
     # The main process locks the folder (a second run into it stops at once) and decides
@@ -247,9 +248,10 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
     trainer.add_callback(interrupts)
     trainer.add_callback(FollowUmaskCallback())
     weights, trainable = _parameter_bytes(loaded.model)
-    # A checkpoint holds the weights (a linear probe's: the head alone) and, for the
-    # Adam family, two optimizer tensors per trained weight.
-    checkpoint = 3 * trainable if recipe.model.caches_features else weights + 2 * trainable
+    # A checkpoint holds the weights (a linear probe's: the head alone; lora's: the adapters
+    # and the head) and, for the Adam family, two optimizer tensors per trained weight.
+    trained_alone = recipe.model.caches_features or recipe.model.strategy == "lora"
+    checkpoint = 3 * trainable if trained_alone else weights + 2 * trainable
     try:
         with disk_full_is_a_user_error(out, "a checkpoint", checkpoint, main_process=state.is_main_process):
             result = trainer.train(resume_from_checkpoint=resume)
@@ -316,6 +318,8 @@ def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transfor
     with disk_full_is_a_user_error(out, "the model", weights, final_step, main_process=state.is_main_process):
         if recipe.model.caches_features:
             trainer.save_full_model()  # the checkpoints hold the head alone (probe.py)
+        elif lora.is_adapted(loaded.model):
+            lora.save_merged(trainer)  # the checkpoints hold the adapters; the output, plain weights
         else:
             trainer.save_model()
     if trainer.args.should_save:
