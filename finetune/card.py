@@ -2,7 +2,8 @@
 
 The metadata (base_model, datasets, license, tags, metrics, model-index) is built with
 ``ModelCardData`` / ``EvalResult`` so the Hub parses it; the model-index results are the
-numbers of ``eval_results.json``, nothing else.
+numbers of ``eval_results.json``, nothing else: the eval split's, and each extra
+evaluation set's (``data.eval_sets``) under its own name.
 """
 
 from __future__ import annotations
@@ -53,6 +54,48 @@ def base_model_license(name: str) -> str | None:
     return None
 
 
+def _dataset_label(dataset: str) -> str:
+    """A Hub id as it is; a local path by its last part (the Hub cannot link a local folder)."""
+    return dataset if is_hub_id(dataset) else Path(dataset.rstrip("/\\")).name or dataset
+
+
+def _eval_sets(recipe: Recipe, scores: dict[str, Any], reports: dict[str, dict[str, Any]], num_labels: int):
+    """(model-index results, what the template shows) of the extra evaluation sets."""
+    from huggingface_hub import EvalResult
+
+    results, shown = [], []
+    for name, cfg in recipe.data.eval_sets.items():
+        values = [(m, float(scores[f"{name}_{m}"])) for m in recipe.metrics if f"{name}_{m}" in scores]
+        results += [
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type=_dataset_label(cfg.dataset),
+                dataset_name=name,
+                dataset_config=cfg.config,
+                dataset_split=cfg.split,
+                metric_type=HUB_TYPES[metric],
+                metric_name=DISPLAY_NAMES[metric],
+                metric_value=value,
+            )
+            for metric, value in values
+        ]
+        absent = list(reports.get(name, {}).get("absent_classes", []))
+        shown.append(
+            {
+                "name": name,
+                "dataset": cfg.dataset,
+                "split": cfg.split,
+                "num_images": int(scores.get(f"{name}_num_images", 0)),
+                "values": dict(values),
+                "absent": absent,
+                "present": num_labels - len(absent),
+            }
+        )
+    rows = [(DISPLAY_NAMES[m], [s["values"].get(m) for s in shown]) for m in recipe.metrics]
+    return results, shown, [(label, cells) for label, cells in rows if any(c is not None for c in cells)]
+
+
 def write_card(
     out: Path,
     *,
@@ -68,13 +111,15 @@ def write_card(
     image_size: int | None = None,
     augmentation: str = "none",
     model_name: str | None = None,
+    eval_set_metrics: dict[str, Any] | None = None,
+    eval_set_reports: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     base = recipe.model.name_or_path
     dataset = recipe.data.dataset
     name = model_name or (recipe.hub.repo_id.split("/")[-1] if recipe.hub.repo_id else Path(recipe.output_dir).name)
-    dataset_label = dataset if is_hub_id(dataset) else Path(dataset).name or dataset
+    dataset_label = _dataset_label(dataset)
     eval_results = [
         EvalResult(
             task_type="image-classification",
@@ -90,14 +135,21 @@ def write_card(
         for metric in recipe.metrics
         if f"eval_{metric}" in eval_metrics
     ]
+    set_results, eval_sets, eval_set_rows = _eval_sets(
+        recipe, eval_set_metrics or {}, eval_set_reports or {}, len(class_names)
+    )
+    eval_results += set_results
+    scratch = recipe.model.from_scratch
     card_data = ModelCardData(
         model_name=name,
-        base_model=base if is_hub_id(base) else None,
+        # From random initialisation nothing of the named model's weights is in this one.
+        base_model=base if is_hub_id(base) and not scratch else None,
         datasets=[dataset] if is_hub_id(dataset) else None,
         license=base_model_license(base),
         library_name="transformers",
         pipeline_tag="image-classification",
-        tags=["image-classification", "vision", "finetune", f"strategy-{recipe.model.strategy}"],
+        tags=["image-classification", "vision", "finetune", f"strategy-{recipe.model.strategy}"]
+        + (["from-scratch"] if scratch else []),
         metrics=sorted({HUB_TYPES[m] for m in recipe.metrics}),
         eval_results=eval_results or None,
     )
@@ -130,6 +182,7 @@ def write_card(
         model_name=name,
         description=recipe.description,
         base_model_display=base,
+        from_scratch=scratch,
         dataset_display=dataset,
         dataset_config=recipe.data.config,
         strategy=recipe.model.strategy,
@@ -141,6 +194,8 @@ def write_card(
         expected=recipe.expected,
         per_class=list(report["per_class"].items()) if report else None,
         has_confusion=(out / "confusion_matrix.png").is_file(),
+        eval_sets=eval_sets,
+        eval_set_rows=eval_set_rows,
         use_id=recipe.hub.repo_id or str(out),
         num_train=num_train,
         num_validation=num_validation,

@@ -3,7 +3,9 @@
 ``AutoModelForImageClassification`` loads HF-native models (ViT, DeiT, ResNet, ConvNeXt,
 Swin, BEiT, ...) and timm models through TimmWrapper; ``builtin:`` names resolve to local
 checkpoints (builtin.py). Only head parameters may be re-initialised: anything else
-missing from the checkpoint means the wrong model was named, and is an error.
+missing from the checkpoint means the wrong model was named, and is an error. With
+``model.from_scratch`` only the configuration is loaded, and every weight is drawn at random
+(the no-pretraining baseline of a study).
 """
 
 from __future__ import annotations
@@ -155,6 +157,8 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
     if data_config is not None and hasattr(config, "pretrained_cfg"):
         # timm keeps its preprocessing in config.json: keep it equal to what we train with.
         config.pretrained_cfg = {**config.pretrained_cfg, "input_size": tuple(data_config["input_size"])}
+    if cfg.from_scratch:
+        return _from_scratch(cfg, config, class_names)
     try:
         # safetensors only: a pickled checkpoint can run code when loaded.
         model, info = AutoModelForImageClassification.from_pretrained(
@@ -189,6 +193,18 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return LoadedModel(model, reinit, head, trainable, total)
+
+
+def _from_scratch(cfg: ModelConfig, config, class_names: list[str]) -> LoadedModel:
+    """``model.from_scratch``: the architecture of ``config`` with every weight drawn at random
+    (the architecture's own initialisation, seeded by the caller), nothing loaded: the
+    baseline that shows what pretraining is worth. Only strategy "full" is allowed (recipe.py)."""
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    logger.info("model: %s's architecture from random initialisation (no pretrained weights)", cfg.name_or_path)
+    total = sum(p.numel() for p in model.parameters())
+    return LoadedModel(model, [], head_parameter_names(model, []), total, total)
 
 
 def head_parameter_names(model: nn.Module, reinitialised: list[str]) -> list[str]:

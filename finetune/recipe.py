@@ -14,6 +14,7 @@ import difflib
 import enum
 import importlib.util
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ class ModelConfig:
     #: GPUs run faster in. null: on for convolutional models (more than one Conv2d: ResNet,
     #: ConvNeXt, EfficientNet; not ViT-like models) on CUDA, without FSDP or DeepSpeed.
     channels_last: bool | None = None
+    #: The architecture only: its config is loaded and every weight initialised at random (the
+    #: no-pretraining baseline that ``finetune study --scratch`` adds). Needs strategy "full".
+    from_scratch: bool = False
     #: With ``strategy: lora`` (lora.py), each null for its default there: the adapters' rank
     #: (16), alpha (the rank: scale alpha/rank 1), dropout (0.1), the layers adapted (null:
     #: the attention query/key/value projections, or for CNNs every Linear and ungrouped
@@ -149,6 +153,26 @@ class AugmentConfig:
 
 
 @dataclass
+class EvalSetConfig:
+    """An extra evaluation set (another domain), scored once at the end like the eval split."""
+
+    dataset: str = ""
+    config: str | None = None
+    revision: str | None = None
+    split: str = "test"
+    image_column: str | None = None
+    label_column: str | None = None
+
+
+#: Names an eval set may have: they become metric prefixes (NAME_accuracy) and folder names
+#: (eval-NAME/), so letters, digits, '-' and '_' only.
+EVAL_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: Prefixes the run's own files already use: eval_results.json's eval_*, train_results.json
+#: and all_results.json.
+_RESERVED_EVAL_SET_NAMES = {"eval", "train", "all"}
+
+
+@dataclass
 class DataConfig:
     dataset: str = ""
     config: str | None = None
@@ -167,6 +191,9 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     #: Processes for the one-off decode/resize ``datasets.map`` pass (null: automatic).
     preprocessing_num_workers: int | None = None
+    #: Extra evaluation sets, NAME → where to find them; each is mapped onto the model's
+    #: classes by name and scored once at the end (eval_sets.py).
+    eval_sets: dict[str, EvalSetConfig] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,6 +202,28 @@ class HubConfig:
     repo_id: str | None = None
     private: bool = True
     revision: str | None = None
+
+
+@dataclass
+class StudyConfig:
+    """What `finetune study` runs (study.py): every combination of the grid's values, over seeds."""
+
+    #: Dotted recipe key → the values to try, e.g. {"data.samples_per_class": [5, 20, 100]}.
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    #: How many seeds each cell runs with: seed i adds i to training.seed and to the k-shot
+    #: draw's training.data_seed.
+    seeds: int = 1
+    #: Also run every cell's architecture from random initialisation (model.from_scratch).
+    scratch: bool = False
+
+
+#: Keys a study grid may not vary: the study sets them for every cell itself.
+STUDY_OWN_KEYS = {
+    "output_dir": "each cell runs in its own folder under the recipe's output_dir",
+    "training.seed": "use 'study.seeds'",
+    "training.data_seed": "use 'study.seeds'",
+    "model.from_scratch": "use 'study.scratch'",
+}
 
 
 @dataclass
@@ -187,6 +236,8 @@ class Recipe:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: list(KNOWN_METRICS))
     hub: HubConfig = field(default_factory=HubConfig)
+    #: Read by `finetune study` only; `finetune train` trains the recipe as it is.
+    study: StudyConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -278,7 +329,13 @@ def _build(cls: type, raw: Any, where: str, source: str, problems: list[str], ba
         tp = hints[key]
         inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
         target = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner else None)
-        if target is not None and value is not None:
+        if typing.get_origin(tp) is dict and target is not None:  # NAME → section
+            if not isinstance(value, dict):
+                problems.append(f"{source}: '{path}' must be a JSON object of NAME: {{...}}, got {json.dumps(value)}")
+                bad.add(path)
+            else:
+                kwargs[key] = {n: _build(target, v, f"{path}.{n}", source, problems, bad) for n, v in value.items()}
+        elif target is not None and value is not None:
             kwargs[key] = _build(target, value, path, source, problems, bad)
         elif not _check_type(value, tp):
             problems.append(f"{source}: '{path}' must be {_describe(tp)}, got {json.dumps(value)}")
@@ -353,6 +410,12 @@ def _validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) -
             f"{source}: 'data.augment.random_erasing' is a probability: use a number in [0, 1], "
             f"got {d.augment.random_erasing}"
         )
+    if m.from_scratch and m.strategy != "full":
+        problems.append(
+            f"{source}: 'model.from_scratch' trains a randomly initialised network, so 'model.strategy' must be "
+            f"'full' (a frozen random backbone learns nothing), got '{m.strategy}'"
+        )
+    _check_eval_sets(d.eval_sets, source, problems)
     if m.strategy == "partial" and m.unfreeze_last_n < 1:
         problems.append(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
     problems += _check_lora(m, source)
@@ -400,6 +463,74 @@ def _validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) -
     stops_early = recipe.training.get("early_stopping_patience") is not None and not early
     implied = training_fields.early_stopping_defaults() if stops_early else {}
     problems += training_fields.check_consistency(recipe.training, source, has_validation, implied)
+
+
+def _check_eval_sets(sets: dict[str, EvalSetConfig], source: str, problems: list[str]) -> None:
+    """Names that work as metric prefixes and folder names, none hiding another; a data set each."""
+    folded: dict[str, str] = {}
+    for name, cfg in sets.items():
+        where = f"data.eval_sets.{name}"
+        if not EVAL_SET_NAME.match(name):
+            problems.append(
+                f"{source}: '{where}': an eval set's name must be 1-64 letters, digits, '-' or '_', starting "
+                "with a letter or digit (it names metrics and a folder)"
+            )
+        elif name.lower() in _RESERVED_EVAL_SET_NAMES:
+            problems.append(
+                f"{source}: '{where}': '{name}' is taken by the run's own metrics ({name.lower()}_*); name the set "
+                "after its domain, e.g. 'night' or 'site-b'"
+            )
+        elif name.lower() in folded:
+            # eval-Night/ and eval-night/ are one folder on macOS and Windows.
+            problems.append(f"{source}: '{where}' and 'data.eval_sets.{folded[name.lower()]}' differ only in case; rename one")
+        folded.setdefault(name.lower(), name)
+        if not cfg.dataset:
+            problems.append(f"{source}: '{where}.dataset' is required: a Hub id, a local folder or file, or builtin:NAME")
+        if not cfg.split:
+            problems.append(f"{source}: '{where}.split' must name a split of the data set, e.g. 'test'")
+    for a in sets:
+        for b in sets:
+            # Set 'a' has the metric a_f1; a set named 'a_f1' would make a_f1_accuracy next to it.
+            if a != b and b.startswith(a + "_"):
+                problems.append(
+                    f"{source}: 'data.eval_sets': '{b}' starts with '{a}_', so its metric names would mix with those "
+                    f"of '{a}' ({b}_accuracy beside {a}_f1); rename one"
+                )
+
+
+def _check_study(raw: dict[str, Any], study: StudyConfig, source: str, problems: list[str]) -> None:
+    """The grid's keys are recipe keys and each value makes a valid recipe (the combinations
+    are checked by study.py, which builds every cell before the first one runs)."""
+    if study.seeds < 1:
+        problems.append(f"{source}: 'study.seeds' must be >= 1, got {study.seeds}")
+    base = {k: v for k, v in raw.items() if k != "study"}
+    try:
+        recipe_from_dict(base, source)
+        base_problems: set[str] = set()
+    except RecipeError as err:
+        base_problems = set(str(err).splitlines())
+    for key, values in study.grid.items():
+        where = f"study.grid.{key}"
+        if key in STUDY_OWN_KEYS or key.split(".")[0] in ("hub", "study"):
+            why = STUDY_OWN_KEYS.get(key, "a study neither publishes nor nests studies")
+            problems.append(f"{source}: '{where}': a study cannot vary '{key}'; {why}")
+            continue
+        if not isinstance(values, list) or not values:
+            problems.append(f"{source}: '{where}' must list one or more values, e.g. [5, 20, 100], got {json.dumps(values)}")
+            continue
+        if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
+            problems.append(f"{source}: '{where}' lists a value twice: {json.dumps(values)}")
+        seen: set[str] = set()
+        for value in values:
+            try:
+                recipe_from_dict(apply_overrides(base, [f"{key}={json.dumps(value)}"], source), source)
+            except RecipeError as err:
+                for line in str(err).splitlines():
+                    if line in base_problems or line in seen:
+                        continue
+                    seen.add(line)
+                    detail = line[len(source) + 2:] if line.startswith(f"{source}: ") else line
+                    problems.append(f"{source}: '{where}' value {json.dumps(value)}: {detail}")
 
 
 #: The keys of the ``lora`` strategy.
@@ -508,6 +639,8 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     bad: set[str] = set()
     recipe = _build(Recipe, raw, "", source, problems, bad)
     _validate(recipe, source, problems, bad)
+    if recipe.study is not None:
+        _check_study(raw, recipe.study, source, problems)
     if problems:
         raise RecipeError("\n".join(problems))
     return recipe
@@ -515,6 +648,11 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
 
 def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:
     """Read, override and validate a recipe. Raises RecipeError with a one-line message."""
+    return recipe_from_dict(apply_overrides(read_recipe(path), overrides, str(path)), str(path))
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """A recipe file's JSON object, unchecked. Raises RecipeError with a one-line message."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -528,4 +666,4 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recip
         raise RecipeError(f"{source}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe must be a JSON object at the top level")
-    return recipe_from_dict(apply_overrides(raw, overrides, source), source)
+    return raw

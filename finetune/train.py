@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, set_seed
 
-from . import card, data, distill, lora, metrics, model as model_lib, plots, threads
+from . import card, data, distill, eval_sets, lora, metrics, model as model_lib, plots, threads
 from .args import callbacks, data_seed, precision, training_arguments
 from .interrupts import InterruptCallback, Interrupted, StopNow, signal_name
 from .outputs import FollowUmaskCallback, OutputDirError, claim_output_dir, disk_full_is_a_user_error, what_a_rerun_does
@@ -36,6 +36,8 @@ class Prepared:
     validation: Any | None
     eval: Any
     data_report: dict[str, Any]
+    #: data.eval_sets, decoded and mapped onto the model's classes (eval_sets.py).
+    eval_sets: dict[str, eval_sets.EvalSet] = field(default_factory=dict)
 
 
 def prepare_data(recipe: Recipe, processor, seed: int) -> Prepared:
@@ -163,6 +165,13 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
         write_json(out / "data_report.json", prepared.data_report)
     check_prepared(prepared, recipe.data)
     splits = prepared.splits
+    if recipe.data.eval_sets:
+        # Before training: a set with a class the model lacks, or unreadable, stops the run now.
+        with args.main_process_first(desc="eval sets"):
+            prepared.eval_sets = eval_sets.prepare(
+                recipe.data.eval_sets, splits.class_names, processor,
+                recipe.data.preprocessing_num_workers, recipe.data.max_bad_fraction,
+            )
     bad = prepared.data_report["bad_files"]
     logger.info(
         "data: %d train, %s validation, %d eval images [%s], %d classes; %d unreadable file(s) set aside%s; "
@@ -334,10 +343,12 @@ def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transfor
     # best checkpoint by validation score when the recipe asks for it).
     final = trainer.evaluate(eval_dataset=rows(prepared.eval), metric_key_prefix="eval")
     trainer.log_metrics("eval", final)
-    trainer.save_metrics("eval", final)
+    predictions = accumulator.last
+    # The other domains, each once too; their NAME_* metrics join eval_results.json.
+    set_scores, set_reports = eval_sets.score(trainer, accumulator, prepared.eval_sets, out, splits.class_names)
+    trainer.save_metrics("eval", {**final, **set_scores})
     done.append("final evaluation")
     if trainer.is_world_process_zero():
-        predictions = accumulator.last
         report = metrics.per_class_report(predictions, splits.class_names) if predictions is not None else None
         if report is not None:
             report["split"] = splits.eval_name
@@ -357,6 +368,8 @@ def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transfor
             image_size=int(transform.size[0]),
             # What really ran: a linear probe on cached features applies no augmentation.
             augmentation=transform.describe(),
+            eval_set_metrics=set_scores,
+            eval_set_reports=set_reports,
         )
     done.append("report and card")
     push_error = None
