@@ -68,7 +68,10 @@ def write_card(
     image_size: int | None = None,
     augmentation: str = "none",
     model_name: str | None = None,
+    search: dict[str, Any] | None = None,
 ) -> Path:
+    """Render the card into ``out/README.md``. ``search``: how ``finetune search`` chose the
+    recipe (space, trials, score), for its own section."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     base = recipe.model.name_or_path
@@ -150,6 +153,7 @@ def write_card(
         hyperparameters=sorted((k, v) for k, v in shown.items()),
         train_runtime=round(float(train_metrics.get("train_runtime", 0.0)), 1),
         labels=", ".join(f"`{c}`" for c in class_names),
+        search=search,
     )
     path = out / "README.md"
     card.save(path)
