@@ -199,6 +199,20 @@ def _filtered(log_filter: logging.Filter):
         logger.removeFilter(log_filter)
 
 
+def _grid_class():
+    from optuna.samplers import GridSampler
+
+    class Grid(GridSampler):
+        """optuna's grid sampler for a study told its trials (``Study.tell``): its
+        ``after_trial`` stops an ``optimize`` loop once the grid is done, which raises outside
+        one; the search asks ``is_exhausted`` itself instead."""
+
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return Grid
+
+
 def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dimensions):
     """Lock the folder and open (or continue) its study; trials a kill cut off are failed and
     queued again with the same values. Main process only."""
@@ -238,10 +252,11 @@ def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dim
             logger.info("search: trial %d was cut off when the search stopped; it runs again", stale.number)
         shutil.rmtree(out / "trials", ignore_errors=True)  # what cut-off trials left
         seed = int(recipe.training.get("seed", 42)) + len(study.trials)  # a continued search draws new values
+        _Grid = _grid_class()
         samplers = {
             "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-            "grid": lambda: optuna.samplers.GridSampler({d.key: d.grid() for d in dimensions}, seed=seed),
+            "grid": lambda: _Grid({d.key: d.grid() for d in dimensions}, seed=seed),
         }
         study.sampler = samplers[options.sampler]()
         study.pruner = optuna.pruners.MedianPruner() if options.pruner == "median" else optuna.pruners.NopPruner()

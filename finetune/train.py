@@ -12,6 +12,7 @@ the validation piece, without the eval split, the output folder's files or a sav
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -124,12 +125,30 @@ def _set_find_unused_parameters(args, model, size, caches_features: bool) -> Non
 
 @dataclass
 class Reuse:
-    """What the runs of one search share in memory: a trial's decoded splits, and a
-    cached-feature probe's train and validation features, so that the backbone runs once
-    for the whole search. Keyed by everything they depend on."""
+    """What the runs of one search share in memory: a trial's decoded splits, the processor,
+    the loaded model, and a cached-feature probe's train and validation features, so that
+    the backbone runs once for the whole search. Keyed by everything they depend on."""
 
     prepared: dict[str, Prepared] = field(default_factory=dict)
     features: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    processors: dict[str, Any] = field(default_factory=dict)
+    #: The model as loaded, before any trial trained it; each trial gets a copy. Loading again
+    #: would give the same weights: the seed that draws the new head cannot be searched.
+    models: dict[str, Any] = field(default_factory=dict)
+
+    def processor(self, recipe: Recipe):
+        m = recipe.model
+        key = json.dumps([m.name_or_path, m.revision, m.trust_remote_code, recipe.data.image_size])
+        if key not in self.processors:
+            self.processors[key] = model_lib.load_processor(m, recipe.data.image_size)
+        return self.processors[key]
+
+    def model(self, recipe: Recipe, class_names: list[str], processor, seed: int):
+        model = {k: v for k, v in dataclasses.asdict(recipe.model).items() if not k.startswith("probe_")}
+        key = json.dumps([model, class_names, seed], sort_keys=True)
+        if key not in self.models:
+            self.models[key] = model_lib.load_model(recipe.model, class_names, processor)
+        return copy.deepcopy(self.models[key])
 
     @staticmethod
     def data_key(recipe: Recipe, seed: int) -> str:
@@ -267,7 +286,7 @@ def _build(recipe: Recipe, args, state, out: Path, reuse: Reuse | None, for_tria
     """Data, model and Trainer. ``for_trial``: the eval split is not prepared, nothing is
     written, and the decoded splits are kept in ``reuse`` for the next trial."""
     logger.info("threads: %s", threads.configure_threads().describe())  # again: accelerate may have changed it
-    processor = model_lib.load_processor(recipe.model, recipe.data.image_size)
+    processor = reuse.processor(recipe) if reuse is not None else model_lib.load_processor(recipe.model, recipe.data.image_size)
     seed = data_seed(recipe)
     # Decoding runs on the main process first; the others then find it in the cache.
     key = Reuse.data_key(recipe, seed) if for_trial and reuse is not None else None
@@ -303,7 +322,10 @@ def _build(recipe: Recipe, args, state, out: Path, reuse: Reuse | None, for_tria
     # data pass, a launcher's setup): seed right before the model is made, as the Trainer
     # does for model_init, so 1 and N processes start from the same head.
     set_seed(args.seed)
-    loaded = model_lib.load_model(recipe.model, splits.class_names, processor)
+    if reuse is not None:
+        loaded = reuse.model(recipe, splits.class_names, processor, args.seed)
+    else:
+        loaded = model_lib.load_model(recipe.model, splits.class_names, processor)
     logger.info(model_lib.describe_strategy(loaded, recipe.model))
     augment = recipe.data.augment
     # Channels-last for convolutional models on GPUs; attention is transformers' default

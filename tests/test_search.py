@@ -24,10 +24,10 @@ from finetune.search import Options, SearchError, check, objective, trial_recipe
 LR = {"log_uniform": [1e-3, 0.5]}
 
 
-def _raw(model: Path | str, images: Path | str, out: Path, search: dict | None = None, **sections) -> dict:
+def _raw(model_path: Path | str, images: Path | str, out: Path, search: dict | None = None, **sections) -> dict:
     raw = {
         "description": "search test",
-        "model": {"name_or_path": str(model), "strategy": "linear_probe"},
+        "model": {"name_or_path": str(model_path), "strategy": "linear_probe"},
         "data": {"dataset": str(images), "validation_fraction": 0.25, "augment": {"crop_scale": None, "hflip": False}},
         "training": {"num_train_epochs": 2, "per_device_train_batch_size": 8, "use_cpu": True, "seed": 0,
                      "disable_tqdm": True},
