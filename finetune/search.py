@@ -399,7 +399,9 @@ def _after(study, state, raw, options, dimensions, metric, out) -> dict[str, Any
             params = {d.key: d.decode(best.params[d.key]) for d in dimensions}
             best_raw = search_report.write_best(raw, params, out)
             pictures = search_report.write_pictures(study, out)
-            summary = search_report.summary(study, dimensions, params, metric, options.sampler.upper() if options.sampler == "tpe" else options.sampler, options.pruner + " pruner" if options.pruner != "none" else "no pruning")
+            sampler = {"tpe": "TPE", "random": "random", "grid": "grid"}[options.sampler]
+            pruner = "median pruner" if options.pruner == "median" else "no pruning"
+            summary = search_report.summary(study, dimensions, params, metric, sampler, pruner)
             result = {"best_recipe": best_raw, "summary": summary, "pictures": pictures, "metric": metric}
             logger.info(
                 "search: best trial %d, validation %s %.4f: %s; its recipe is %s",

@@ -176,6 +176,20 @@ def test_the_prune_callback_stops_every_rank_on_the_pruners_word() -> None:
     assert study.trials[weak.number].intermediate_values == {1: 0.2}
 
 
+def test_search_help_and_a_bad_search_block_import_no_heavy_library(tmp_path: Path) -> None:
+    from test_run import _PROBE, HEAVY
+
+    bad = _write(tmp_path / "bad.json", _raw("m", "d", tmp_path / "o", {"training.lr": LR}))
+    argvs = [["search", "--help"], ["search", str(bad), "--trials", "3"], ["validate", str(bad)]]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(argvs), json.dumps(HEAVY + ("optuna",))],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"codes": [0, 2, 2], "loaded": []}, result.stderr[-3000:]
+    assert result.stderr.count("'search' key 'training.lr' is not a recipe key") == 2
+
+
 # ------------------------------------------------------------------ a search, in process
 
 
@@ -284,7 +298,7 @@ def test_the_outputs_list_every_trial_and_the_card_tells_how_the_recipe_was_chos
     assert best["training"]["learning_rate"] == pytest.approx(float(top["training.learning_rate"]))
     card = (out / "final" / "README.md").read_text()
     assert "### Hyper-parameter search" in card and "**3 trials**" in card
-    assert "The test split (test) was used once" in card
+    assert "The test split, **test**, was used once: to score this final model, after the\nsearch ended. No trial saw it." in card
     assert "| `training.learning_rate` | number in [0.001, 0.5] (log scale) |" in card
     assert json.loads((out / "final" / "eval_results.json").read_text())["eval_num_images"] == 18
 
