@@ -1,4 +1,6 @@
-"""``finetune search``: an optuna study over a recipe's ``search`` block, each trial scored on the validation piece, the eval split read once by the best recipe's final run.
+"""``finetune search``: an optuna study over a recipe's ``search`` block, each trial scored on the validation piece alone.
+
+The eval split is read once, by the final run of the best recipe, never by a trial.
 
 The study lives in ``output_dir/search.db`` (SQLite), so running the same command again
 continues a search that was stopped, even by kill -9: finished trials are kept, a trial
@@ -6,7 +8,7 @@ cut off mid-way is redone with the same values. Each trial trains like ``finetun
 (train.train_trial) in a temporary folder with no checkpoint unless the recipe loads its
 best epoch back; it reports its validation score at every evaluation, and the pruner
 (median by default) stops unpromising ones. Trials of one search share the decoded data
-and, for a cached-feature linear probe, the backbone's features (train.Reuse), so such a
+and, for a cached-feature linear probe, the backbone's features (reuse.py), so such a
 search runs the backbone once. With several processes (``accelerate launch``, torchrun)
 every trial uses every rank: the main process samples and the others follow.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -29,7 +32,8 @@ from typing import Any
 
 from . import search_report, search_space
 from .errors import UserError
-from .recipe import Recipe, apply_overrides, recipe_from_dict
+from .recipe import Recipe, recipe_from_dict
+from .search_trial import Quiet, run_trial, share, tell
 from .util import positive_int
 
 logger = logging.getLogger("finetune")
@@ -60,10 +64,13 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=None, metavar="S",
         help="start no new trial after S seconds of this command (the search continues when run again)",
     )
-    parser.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe", help="how trials are chosen (default: tpe)")
+    parser.add_argument(
+        "--sampler", choices=("tpe", "random", "grid"), default="tpe", help="how trials are chosen (default: tpe)"
+    )
     parser.add_argument(
         "--pruner", choices=("median", "none"), default="median",
-        help="median: stop a trial whose validation score at an epoch's end is below the median of earlier trials there",
+        help="median: stop a trial whose validation score at an epoch's end is below the median of earlier "
+        "trials there (default: median)",
     )
     parser.add_argument(
         "--final", action=argparse.BooleanOptionalAction, default=True,
@@ -93,7 +100,10 @@ def check(recipe: Recipe, options: Options, source: str) -> list[search_space.Di
             "{\"log_uniform\": [1e-5, 1e-2]}}"
         )
     if recipe.data.validation_fraction == 0:
-        raise SearchError(f"{source}: 'data.validation_fraction' is 0, but trials are scored on the validation piece; set it above 0 (e.g. 0.1)")
+        raise SearchError(
+            f"{source}: 'data.validation_fraction' is 0, but trials are scored on the validation piece; "
+            "set it above 0 (e.g. 0.1)"
+        )
     if options.final and recipe.data.eval_split is None:
         raise SearchError(
             f"{source}: 'data.eval_split' is null, so the final run would report the validation piece that chose the "
@@ -108,95 +118,9 @@ def check(recipe: Recipe, options: Options, source: str) -> list[search_space.Di
             f"{source}: --sampler grid needs values to list, but 'search' key '{continuous[0]}' is a continuous range; "
             "give it as {\"choice\": [...]} or with a \"step\", or use --sampler tpe"
         )
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        raise SearchError("finetune search needs optuna; install it with: pip install 'finetune[search]'") from None
+    if importlib.util.find_spec("optuna") is None:
+        raise SearchError("finetune search needs optuna; install it with: pip install 'finetune[search]'")
     return dimensions
-
-
-def trial_recipe(raw: dict[str, Any], params: dict[str, Any], folder: Path, source: str) -> Recipe:
-    """The recipe of one trial: the searched values set, its own folder, per-epoch scores on
-    the validation piece, and no checkpoint unless the best epoch is to be loaded back (it
-    must then be saved: one, in the trial's folder, which the search removes)."""
-    trial = apply_overrides({k: v for k, v in raw.items() if k != "search"},
-                            [f"{key}={json.dumps(value)}" for key, value in params.items()], source)
-    training = dict(trial.get("training") or {})
-    keeps_best = bool(training.get("load_best_model_at_end")) or training.get("early_stopping_patience") is not None
-    if training.get("eval_strategy") != "steps":
-        training["eval_strategy"] = "epoch"
-    training["save_strategy"] = training["eval_strategy"] if keeps_best else "no"
-    if keeps_best:
-        training["save_total_limit"] = 1
-    training["disable_tqdm"] = True  # the search's bar over trials stands for them
-    trial["training"] = training
-    trial["output_dir"] = str(folder)
-    return recipe_from_dict(trial, source)
-
-
-def _share(state, *values: Any) -> list[Any]:
-    """The main process's values, on every process."""
-    if state.num_processes == 1:
-        return list(values)
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list(list(values))
-
-
-def _prune_callback(trial, metric: str, state):
-    from transformers import TrainerCallback
-
-    class PruneCallback(TrainerCallback):
-        """Reports the validation score at each evaluation during training to the trial (on
-        the main process) and stops training when the pruner says so; every rank follows the
-        main process's answer, so all stop at the same step."""
-
-        pruned_at: int | None = None
-        training = True
-
-        def on_train_end(self, args, state_, control, **kwargs):
-            self.training = False
-
-        def on_evaluate(self, args, state_, control, metrics=None, **kwargs):
-            key = f"eval_{metric}"
-            if not self.training or not metrics or key not in metrics:
-                return
-            # Epoch numbers line trials with different batch sizes up at the same point.
-            step = int(round(state_.epoch or 0)) if args.eval_strategy == "epoch" else state_.global_step
-            prune = False
-            if trial is not None:
-                trial.report(float(metrics[key]), step)
-                prune = trial.should_prune()
-            (prune,) = _share(state, prune)
-            if prune:
-                self.pruned_at = step
-                control.should_training_stop = True
-
-    return PruneCallback()
-
-
-class _Quiet(logging.Filter):
-    """During trials: no info lines (the search logs one per trial), each warning once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if record.levelno < logging.WARNING or text in self.seen:
-            return False
-        self.seen.add(text)
-        return True
-
-
-@contextlib.contextmanager
-def _filtered(log_filter: logging.Filter):
-    logger.addFilter(log_filter)
-    try:
-        yield
-    finally:
-        logger.removeFilter(log_filter)
 
 
 def _grid_class():
@@ -223,7 +147,9 @@ def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dim
 
     check_output_path(out)
     if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OURS and not p.name.startswith(".finetune.lock"))
+        foreign = sorted(
+            p.name for p in out.iterdir() if p.name not in _OURS and not p.name.startswith(".finetune.lock")
+        )
         if foreign:
             raise SearchError(
                 f"output_dir: '{out}' holds files that are not a finetune search ({', '.join(foreign[:5])}); "
@@ -271,7 +197,7 @@ def search(recipe: Recipe, raw: dict[str, Any], source: str, options: Options) -
     from accelerate import PartialState
 
     from .args import training_arguments
-    from .train import Reuse
+    from .reuse import Reuse
 
     dimensions = check(recipe, options, source)
     metric, direction = objective(recipe)
@@ -284,7 +210,7 @@ def search(recipe: Recipe, raw: dict[str, Any], source: str, options: Options) -
             lock, study = _open_study(out, recipe, options, direction, dimensions)
         except UserError as err:
             problem = str(err)
-    (problem,) = _share(state, problem)
+    (problem,) = share(state, problem)
     if problem is not None:
         raise SearchError(problem)
     try:
@@ -314,7 +240,7 @@ def _trials(study, state, raw, source, options, dimensions, metric, out, base_ar
             "; ".join(f"{d.key} {d.describe()}" for d in dimensions),
         )
     started = time.monotonic()
-    quiet = _Quiet()
+    quiet = Quiet()
     while True:
         trial = params = None
         if main:
@@ -324,16 +250,21 @@ def _trials(study, state, raw, source, options, dimensions, metric, out, base_ar
                 trial = study.ask({d.key: d.distribution() for d in dimensions})
                 params = {d.key: d.decode(trial.params[d.key]) for d in dimensions}
             elif done < options.trials:
-                logger.info("search: %s after %d trial(s)", "--timeout reached" if timed_out else "the grid is exhausted", done)
-        number, params = _share(state, trial.number if trial is not None else None, params)
+                why = "--timeout reached" if timed_out else "the grid is exhausted"
+                logger.info("search: %s after %d trial(s)", why, done)
+        number, params = share(state, trial.number if trial is not None else None, params)
         if params is None:
             break
-        value, pruned_at, failed, seconds = _one_trial(trial, state, raw, source, params, metric, out / "trials" / f"trial-{number:04d}", reuse, quiet)
+        folder = out / "trials" / f"trial-{number:04d}"
+        value, pruned_at, failed, seconds = run_trial(trial, state, raw, source, params, metric, folder, reuse, quiet)
         if main:
-            _tell(study, trial, value, pruned_at, failed)
+            tell(study, trial, value, pruned_at, failed)
             done += 1
             shown = ", ".join(f"{k} {json.dumps(v)}" for k, v in params.items())
-            outcome = failed or (f"pruned at {pruned_at}" if pruned_at is not None else f"validation {metric} {value:.4f}")
+            if failed is not None:
+                outcome = failed
+            else:
+                outcome = f"pruned at {pruned_at}" if pruned_at is not None else f"validation {metric} {value:.4f}"
             logger.info("search: trial %d (%.1f s): %s → %s", number, seconds, shown, outcome)
             search_report.write_results(study, dimensions, out / search_report.RESULTS, metric)
             bar.update(1)
@@ -345,43 +276,6 @@ def _trials(study, state, raw, source, options, dimensions, metric, out, base_ar
 
 def direction_word(study) -> str:
     return "higher is better" if study.direction.name == "MAXIMIZE" else "lower is better"
-
-
-def _one_trial(trial, state, raw, source, params, metric, folder: Path, reuse, quiet):
-    """Train one trial on every process: (score, epoch it was pruned at, why it failed, seconds)."""
-    import torch
-
-    from .data import DataError
-    from .train import train_trial
-
-    start = time.perf_counter()
-    callback = _prune_callback(trial, metric, state)
-    value, failed = None, None
-    try:
-        recipe = trial_recipe(raw, params, folder, f"{source} (trial)")
-        with _filtered(quiet):
-            scores = train_trial(recipe, [callback], reuse)
-        value = float(scores[f"eval_{metric}"])
-    # Values that clash with each other (only checked per trial), data or model problems that
-    # depend on the values, or a batch too large for the device: this trial fails, the search goes on.
-    except (UserError, DataError, torch.OutOfMemoryError) as err:
-        failed = str(err).splitlines()[0] if str(err) else type(err).__name__
-    finally:
-        if state.is_main_process:
-            shutil.rmtree(folder, ignore_errors=True)
-    return value, callback.pruned_at, failed, time.perf_counter() - start
-
-
-def _tell(study, trial, value, pruned_at, failed) -> None:
-    from optuna.trial import TrialState
-
-    if failed is not None:
-        trial.set_user_attr(search_report.FAILED_ATTR, failed)
-        study.tell(trial, state=TrialState.FAIL)
-    elif pruned_at is not None:
-        study.tell(trial, state=TrialState.PRUNED)
-    else:
-        study.tell(trial, value)
 
 
 def _after(study, state, raw, options, dimensions, metric, out) -> dict[str, Any]:
@@ -408,7 +302,7 @@ def _after(study, state, raw, options, dimensions, metric, out) -> dict[str, Any
                 best.number, metric, best.value, ", ".join(f"{k} {json.dumps(v)}" for k, v in params.items()),
                 out / search_report.BEST_RECIPE,
             )
-    result, problem = _share(state, result, problem)
+    result, problem = share(state, result, problem)
     if problem is not None:
         raise SearchError(problem)
     return result
@@ -431,8 +325,9 @@ def _final(state, result: dict[str, Any], out: Path, reuse) -> dict[str, Any] | 
         same = previous is not None and {k: v for k, v in previous.items() if k != "hub"} == json.loads(
             json.dumps({k: v for k, v in best.to_dict().items() if k != "hub"})
         )
-        status = "done" if same and (final / "eval_results.json").is_file() else "replace" if previous and not same else "run"
-    (status,) = _share(state, status)
+        finished = same and (final / "eval_results.json").is_file()
+        status = "done" if finished else "replace" if previous is not None and not same else "run"
+    (status,) = share(state, status)
     if status == "done":
         logger.info("search: the final run in %s is done already; the eval split is not read again", final)
         return json.loads((final / "eval_results.json").read_text())

@@ -57,7 +57,8 @@ def write_results(study, dimensions: list[Dimension], path: Path, metric: str) -
             params = [
                 json.dumps(d.decode(trial.params[d.key])) if d.key in trial.params else "" for d in dimensions
             ]
-            writer.writerow([trial.number, trial.state.name.lower(), value, seconds and round(seconds, 2), *params, _note(trial)])
+            state = trial.state.name.lower()
+            writer.writerow([trial.number, state, value, seconds and round(seconds, 2), *params, _note(trial)])
     os.replace(tmp, path)
 
 
@@ -97,7 +98,9 @@ def write_pictures(study, out: Path) -> list[str]:
     return written
 
 
-def summary(study, dimensions: list[Dimension], params: dict[str, Any], metric: str, sampler: str, pruner: str) -> dict[str, Any]:
+def summary(
+    study, dimensions: list[Dimension], params: dict[str, Any], metric: str, sampler: str, pruner: str
+) -> dict[str, Any]:
     """The card's account of the search (card.py renders it)."""
     from optuna.trial import TrialState
 

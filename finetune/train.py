@@ -12,12 +12,9 @@ the validation piece, without the eval split, the output folder's files or a sav
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from .args import callbacks, data_seed, precision, training_arguments
 from .interrupts import InterruptCallback, Interrupted, StopNow, signal_name
 from .outputs import FollowUmaskCallback, OutputDirError, claim_output_dir, disk_full_is_a_user_error, what_a_rerun_does
 from .recipe import Recipe
+from .reuse import Reuse
 from .trainer import FinetuneTrainer
 from .util import follow_umask, write_json
 
@@ -121,49 +119,6 @@ def _set_find_unused_parameters(args, model, size, caches_features: bool) -> Non
             "DDP: %d trainable tensor(s) get no gradient (%s%s), so it looks for them every step",
             len(unused), ", ".join(unused[:3]), " …" if len(unused) > 3 else "",
         )
-
-
-@dataclass
-class Reuse:
-    """What the runs of one search share in memory: a trial's decoded splits, the processor,
-    the loaded model, and a cached-feature probe's train and validation features, so that
-    the backbone runs once for the whole search. Keyed by everything they depend on."""
-
-    prepared: dict[str, Prepared] = field(default_factory=dict)
-    features: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    processors: dict[str, Any] = field(default_factory=dict)
-    #: The model as loaded, before any trial trained it; each trial gets a copy. Loading again
-    #: would give the same weights: the seed that draws the new head cannot be searched.
-    models: dict[str, Any] = field(default_factory=dict)
-
-    def processor(self, recipe: Recipe):
-        m = recipe.model
-        key = json.dumps([m.name_or_path, m.revision, m.trust_remote_code, recipe.data.image_size])
-        if key not in self.processors:
-            self.processors[key] = model_lib.load_processor(m, recipe.data.image_size)
-        return self.processors[key]
-
-    def model(self, recipe: Recipe, class_names: list[str], processor, seed: int):
-        model = {k: v for k, v in dataclasses.asdict(recipe.model).items() if not k.startswith("probe_")}
-        key = json.dumps([model, class_names, seed], sort_keys=True)
-        if key not in self.models:
-            self.models[key] = model_lib.load_model(recipe.model, class_names, processor)
-        return copy.deepcopy(self.models[key])
-
-    @staticmethod
-    def data_key(recipe: Recipe, seed: int) -> str:
-        m = recipe.model
-        # The processor (model and image size), the data block, the seed; the strategy
-        # decides the stored layout (channels-last for randomly cropped splits).
-        parts = [dataclasses.asdict(recipe.data), m.name_or_path, m.revision, m.trust_remote_code, m.caches_features, seed]
-        return json.dumps(parts, sort_keys=True)
-
-    @staticmethod
-    def features_key(recipe: Recipe, seed: int) -> str:
-        # The head's solver settings do not change the features; the backbone's precision does.
-        model = {k: v for k, v in dataclasses.asdict(recipe.model).items() if not k.startswith("probe_")}
-        precision = {k: recipe.training.get(k) for k in ("bf16", "fp16", "tf32", "use_cpu")}
-        return json.dumps([Reuse.data_key(recipe, seed), model, precision], sort_keys=True)
 
 
 def train(
@@ -286,7 +241,10 @@ def _build(recipe: Recipe, args, state, out: Path, reuse: Reuse | None, for_tria
     """Data, model and Trainer. ``for_trial``: the eval split is not prepared, nothing is
     written, and the decoded splits are kept in ``reuse`` for the next trial."""
     logger.info("threads: %s", threads.configure_threads().describe())  # again: accelerate may have changed it
-    processor = reuse.processor(recipe) if reuse is not None else model_lib.load_processor(recipe.model, recipe.data.image_size)
+    if reuse is not None:
+        processor = reuse.processor(recipe)
+    else:
+        processor = model_lib.load_processor(recipe.model, recipe.data.image_size)
     seed = data_seed(recipe)
     # Decoding runs on the main process first; the others then find it in the cache.
     key = Reuse.data_key(recipe, seed) if for_trial and reuse is not None else None

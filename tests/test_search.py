@@ -19,7 +19,8 @@ from conftest import ROOT, make_image_folder, run_cli
 from finetune import search_space
 from finetune.recipe import RecipeError, load_recipe, recipe_from_dict
 from finetune.run import main
-from finetune.search import Options, SearchError, check, objective, trial_recipe
+from finetune.search import Options, SearchError, check, objective
+from finetune.search_trial import trial_recipe
 
 LR = {"log_uniform": [1e-3, 0.5]}
 
@@ -161,14 +162,14 @@ def test_trials_save_no_checkpoint_unless_the_best_epoch_is_loaded_back(tmp_path
 
 def test_the_prune_callback_stops_every_rank_on_the_pruners_word() -> None:
     optuna = pytest.importorskip("optuna")
-    from finetune.search import _prune_callback
+    from finetune.search_trial import prune_callback
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
     good = study.ask()
     good.report(0.9, 1)
     study.tell(good, 0.9)
     weak = study.ask()
-    callback = _prune_callback(weak, "accuracy", SimpleNamespace(num_processes=1))
+    callback = prune_callback(weak, "accuracy", SimpleNamespace(num_processes=1))
     args = SimpleNamespace(eval_strategy="epoch")
     control = SimpleNamespace(should_training_stop=False)
     callback.on_evaluate(args, SimpleNamespace(epoch=1.0, global_step=4), control, metrics={"eval_accuracy": 0.2})
