@@ -113,7 +113,10 @@ def write_card(
     model_name: str | None = None,
     eval_set_metrics: dict[str, Any] | None = None,
     eval_set_reports: dict[str, dict[str, Any]] | None = None,
+    search: dict[str, Any] | None = None,
 ) -> Path:
+    """Render the card into ``out/README.md``. ``search``: how ``finetune search`` chose the
+    recipe (space, trials, score), for its own section."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     base = recipe.model.name_or_path
@@ -209,6 +212,7 @@ def write_card(
         teacher=recipe.model.teacher,
         distill_alpha=recipe.model.alpha,
         distill_temperature=recipe.model.temperature,
+        search=search,
     )
     path = out / "README.md"
     card.save(path)

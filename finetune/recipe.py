@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import builtin, training_fields
+from . import builtin, search_space, training_fields
 from .errors import UserError
 from .metric_names import KNOWN_METRICS
 
@@ -238,6 +238,9 @@ class Recipe:
     hub: HubConfig = field(default_factory=HubConfig)
     #: Read by `finetune study` only; `finetune train` trains the recipe as it is.
     study: StudyConfig | None = None
+    #: The hyper-parameter search space of ``finetune search``: dotted recipe key → a range or
+    #: choices (search_space.py); ``finetune train`` refuses a recipe that has one.
+    search: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -633,17 +636,113 @@ def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str], source
 # --------------------------------------------------------------------------- loading
 
 
-def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
-    """Build and check a recipe; every problem found is one line of a single RecipeError."""
+def _problems(raw: dict[str, Any], source: str) -> tuple[Recipe, list[str]]:
     problems: list[str] = []
     bad: set[str] = set()
     recipe = _build(Recipe, raw, "", source, problems, bad)
     _validate(recipe, source, problems, bad)
+    return recipe, problems
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Build and check a recipe; every problem found is one line of a single RecipeError."""
+    recipe, problems = _problems(raw, source)
     if recipe.study is not None:
         _check_study(raw, recipe.study, source, problems)
+    if isinstance(raw, dict) and isinstance(raw.get("search"), dict):
+        problems += _search_problems(raw, source)
     if problems:
         raise RecipeError("\n".join(problems))
     return recipe
+
+
+# ----------------------------------------------------------------------- search block
+
+#: Keys a search may not vary, and why: each would change what trials are compared on, or
+#: is not a training setting at all.
+_NOT_SEARCHABLE = {
+    "search": "a search does not search its own block",
+    "description": "it names the run; it does not change training",
+    "output_dir": "each trial runs in its own folder, and the final run in '<output_dir>/final'",
+    "hub": "publishing settings do not change what is trained",
+    "expected": "the result a recipe claims is not a setting",
+    "data.eval_split": "trials never read the eval split, so nothing can be tuned on it",
+    "data.max_eval_samples": "trials never read the eval split, so nothing can be tuned on it",
+    "metrics": "it changes the score trials are compared by",
+    "training.metric_for_best_model": "it changes the score trials are compared by",
+    "training.greater_is_better": "it changes the score trials are compared by",
+    **{
+        key: "it changes the validation piece, so trials would be scored on different images"
+        for key in ("data.dataset", "data.config", "data.revision", "data.train_split",
+                    "data.validation_fraction", "training.seed", "training.data_seed")
+    },
+}
+
+
+def recipe_keys() -> list[str]:
+    """Every dotted key a recipe may set: the sections' fields and the training block's keys."""
+    keys: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            keys.append(prefix + f.name)
+            inner = [a for a in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(a)]
+            if inner:
+                walk(inner[0], f"{prefix}{f.name}.")
+
+    walk(Recipe, "")
+    names = set(training_fields.fields()) | set(FINETUNE_TRAINING_KEYS)
+    return keys + sorted(f"training.{k}" for k in names - set(_TRAINING_KEYS_ELSEWHERE))
+
+
+def _search_problems(raw: dict[str, Any], source: str) -> list[str]:
+    """One line per bad ``search`` entry: an unknown or unsearchable key, a malformed range, or
+    a value the key does not accept (found by building the recipe with it; a value is only
+    refused for a clash with keys that are not searched too, since those vary per trial)."""
+    space = raw["search"]
+    if not space:
+        return [f"{source}: 'search' lists no keys; add one (e.g. \"training.learning_rate\": "
+                "{\"log_uniform\": [1e-5, 1e-2]}) or remove the block"]
+    base = {k: v for k, v in raw.items() if k != "search"}
+    known = set(_problems(base, source)[1])
+    keys = recipe_keys()
+    problems: list[str] = []
+    for key, spec in space.items():
+        where = f"{source}: 'search' key '{key}'"
+        barred = next((k for k in _NOT_SEARCHABLE if key == k or key.startswith(k + ".")), None)
+        if barred is not None:
+            problems.append(f"{where} cannot be searched: {_NOT_SEARCHABLE[barred]}; remove it")
+            continue
+        if key not in keys:
+            # Matched within its section on the last part, as the sections' own checks do:
+            # the shared "training." would make every training key look close.
+            section, _, name = key.rpartition(".")
+            same = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == section}
+            close = difflib.get_close_matches(name, list(same), n=1, cutoff=0.6) if same else []
+            hint = (
+                f"did you mean '{same[close[0]]}'?" if close
+                else "remove it or check the spelling" if same
+                else _suggest(key, keys)
+            )
+            problems.append(f"{where} is not a recipe key; {hint}")
+            continue
+        try:
+            dimension = search_space.parse(key, spec)
+        except search_space.SpaceError as err:
+            hint = f"; {_suggest(err.unknown, err.choices)}" if err.unknown and err.choices else ""
+            problems.append(f"{where}: {err}{hint}")
+            continue
+        others = [f"'{k}'" for k in space if k != key]
+        for value in dimension.candidates():
+            override = f"{key}={json.dumps(value)}"
+            _, found = _problems(apply_overrides(base, [override], source), source)
+            new = [p for p in found if p not in known and not any(o in p for o in others)]
+            if new:
+                reason = new[0].removeprefix(f"{source}: ")
+                problems.append(f"{where}: the value {json.dumps(value)} is not one the key accepts ({reason})")
+                break
+    return problems
 
 
 def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:

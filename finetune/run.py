@@ -8,6 +8,7 @@ Also installed as the ``finetune`` console script, with subcommands:
     finetune predict OUTPUT_DIR IMAGE_OR_FOLDER... [--top-k 5] [--format csv|jsonl]
     finetune push OUTPUT_DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--dry-run]
     finetune study R.json [--grid KEY=V1,V2,...] [--seeds K] [--scratch] [--set KEY=VALUE ...]
+    finetune search R.json --trials N [--timeout S] [--sampler tpe|random|grid] [--no-final]
 
 Exit codes (errors.py): 0 success; 2 a problem with the recipe, data, model or output
 folder (a one-line message per problem says which file or key, and how to fix it; nothing
@@ -33,7 +34,7 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     sys.path.insert(0, os.path.dirname(here))
 
-COMMANDS = ("train", "validate", "eval", "predict", "push", "study")
+COMMANDS = ("train", "validate", "eval", "predict", "push", "study", "search")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_predict_args(sub.add_parser("predict", help="label images with a saved model"))
     hub.add_push_args(sub.add_parser("push", help="upload an output folder to the Hugging Face Hub"))
     _add_study_args(sub.add_parser("study", help="run a recipe over a grid of values and seeds, and report each cell"))
+    from . import search
+
+    search.add_search_args(sub.add_parser("search", help="tune a recipe's 'search' block with optuna, then train the best"))
     return parser
 
 
@@ -143,6 +147,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         configure_threads()  # before any heavy work: launchers leave a CPU job one core
     except (RecipeError, ThreadsError) as err:
         return report(str(err))
+    if recipe.search is not None:
+        # Training the values as written would quietly leave the search undone.
+        return report(
+            f"{args.recipe}: the recipe has a 'search' block; run `finetune search {args.recipe} --trials N`, "
+            "or train the values as written with --set search=null"
+        )
     # torch, transformers and datasets come in only now: a bad recipe answers in a blink.
     from .data import DataError
     from .interrupts import Interrupted
@@ -227,6 +237,50 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .errors import EXIT_INTERRUPTED, UserError, report
+    from .recipe import RecipeError, apply_overrides, load_recipe
+    from .search import Options, SearchError, check
+    from .threads import ThreadsError, configure_threads
+
+    options = Options(args.trials, args.timeout, args.sampler, args.pruner, args.final)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        # The recipe as written (with --set): the best recipe keeps its form, not every default.
+        raw = apply_overrides(json.loads(Path(args.recipe).read_text(encoding="utf-8")), args.overrides, args.recipe)
+        check(recipe, options, args.recipe)
+        configure_threads()
+    except (RecipeError, SearchError, ThreadsError) as err:
+        return report(str(err))
+    from .data import DataError
+    from .interrupts import Interrupted
+    from .search import search
+
+    _setup_logging()
+    try:
+        result = search(recipe, raw, args.recipe, options)
+    except (UserError, DataError) as err:
+        return report(str(err))
+    except Interrupted as err:  # in the final run: the message says what is saved
+        print(f"finetune: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(
+            "finetune: search stopped by Ctrl-C; finished trials are kept: run the same command again to continue",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    final = result.get("final")
+    if final:
+        metric = result["metric"]
+        shown = f"eval {metric} {final[f'eval_{metric}']:.4f}" if f"eval_{metric}" in final else "scored"
+        print(f"finetune: search: the best recipe, trained in {Path(recipe.output_dir) / 'final'}: {shown}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `run.py --recipe R` without a subcommand means `train`.
@@ -237,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_validate(args)
     if args.command == "study":
         return cmd_study(args)
+    if args.command == "search":
+        return cmd_search(args)
     if args.command in ("eval", "predict", "push"):
         from . import evaluation, hub, predict
 
