@@ -68,7 +68,10 @@ def write_card(
     image_size: int | None = None,
     augmentation: str = "none",
     model_name: str | None = None,
+    lp_phase: list[str] | None = None,
 ) -> Path:
+    """Render the card into ``out/README.md``. ``lp_phase``: what LP-FT's linear-probe phase
+    did, one item a line (``lp_ft.card_lines``), stated before the fine-tune's settings."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     base = recipe.model.name_or_path
@@ -118,6 +121,8 @@ def write_card(
         shown = {k: recipe.training[k] for k in recipe.training}
         for key in _SHOWN_ARGS:
             shown.setdefault(key, "(default)")
+        if recipe.model.layer_decay is not None:
+            shown["model.layer_decay"] = recipe.model.layer_decay
     eval_note = (
         "The recipe named no eval split, so these numbers come from the held-out validation piece of the "
         "training split, which was also used for per-epoch scores: they are less independent than a test split's."
@@ -149,8 +154,10 @@ def write_card(
         augmentation=augmentation,
         hyperparameters=sorted((k, v) for k, v in shown.items()),
         train_runtime=round(float(train_metrics.get("train_runtime", 0.0)), 1),
+        lp_phase=lp_phase,
         labels=", ".join(f"`{c}`" for c in class_names),
     )
     path = out / "README.md"
     card.save(path)
     return path
+

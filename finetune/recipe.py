@@ -23,7 +23,7 @@ from . import training_fields
 from .errors import UserError
 from .metric_names import KNOWN_METRICS
 
-Strategy = Literal["full", "linear_probe", "partial"]
+Strategy = Literal["full", "linear_probe", "partial", "lp_ft"]
 
 # TrainingArguments fields that the recipe sets elsewhere, or that we own because the
 # pipeline depends on them (see train.py for why each is fixed).
@@ -86,6 +86,12 @@ class ModelConfig:
     #: GPUs run faster in. null: on for convolutional models (more than one Conv2d: ResNet,
     #: ConvNeXt, EfficientNet; not ViT-like models) on CUDA, without FSDP or DeepSpeed.
     channels_last: bool | None = None
+    #: Layer-wise learning-rate decay, in (0, 1]: the head trains at the learning rate, each
+    #: earlier block at this factor times the next one's (layer_decay.py). null: off.
+    layer_decay: float | None = None
+    #: With ``strategy: lp_ft`` and ``probe_solver: trainer``: the epochs of the linear-probe
+    #: phase on cached features (its optimizer, learning rate and batch are ``training``'s).
+    lp_epochs: float = 10.0
 
     @property
     def caches_features(self) -> bool:
@@ -318,11 +324,12 @@ def _validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) -
         )
     if m.strategy == "partial" and m.unfreeze_last_n < 1:
         problems.append(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
+    _check_strategy_keys(recipe, source, problems)
     if m.probe_solver == "lbfgs":
-        if not m.caches_features:
+        if not (m.caches_features or m.strategy == "lp_ft"):
             problems.append(
                 f"{source}: 'model.probe_solver' 'lbfgs' fits the head on cached features, so it needs "
-                "'model.strategy' 'linear_probe' and 'model.feature_cache' true"
+                "'model.strategy' 'lp_ft', or 'linear_probe' with 'model.feature_cache' true"
             )
         if not m.probe_l2 or any(v < 0 for v in m.probe_l2):
             problems.append(f"{source}: 'model.probe_l2' must list one or more strengths >= 0, got {m.probe_l2}")
@@ -361,6 +368,35 @@ def _validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) -
     stops_early = recipe.training.get("early_stopping_patience") is not None and not early
     implied = training_fields.early_stopping_defaults() if stops_early else {}
     problems += training_fields.check_consistency(recipe.training, source, has_validation, implied)
+
+
+def _check_strategy_keys(recipe: Recipe, source: str, problems: list[str]) -> None:
+    """``model.layer_decay`` and the LP-FT keys against the strategy and the optimizer."""
+    m = recipe.model
+    if m.layer_decay is not None:
+        if not 0 < m.layer_decay <= 1:
+            problems.append(
+                f"{source}: 'model.layer_decay' must be in (0, 1] (e.g. 0.75; 1 is no decay), got {m.layer_decay}"
+            )
+        if m.strategy == "linear_probe":
+            problems.append(
+                f"{source}: 'model.layer_decay' scales the learning rate of the backbone's layers, which "
+                "'linear_probe' does not train; remove it, or use 'full', 'partial' or 'lp_ft'"
+            )
+        optim = str(recipe.training.get("optim", ""))
+        if any(name in optim for name in ("galore", "apollo", "lomo")):
+            problems.append(
+                f"{source}: 'training.optim' '{optim}' builds its own parameter groups, so 'model.layer_decay' "
+                "cannot apply; use e.g. adamw_torch or sgd, or remove model.layer_decay"
+            )
+    if m.strategy == "lp_ft":
+        if not m.feature_cache:
+            problems.append(
+                f"{source}: 'model.strategy' 'lp_ft' fits its linear probe on cached features (the fine-tune "
+                "phase then augments); remove 'model.feature_cache' false"
+            )
+        if m.probe_solver == "trainer" and not m.lp_epochs > 0:
+            problems.append(f"{source}: 'model.lp_epochs' must be > 0, got {m.lp_epochs}")
 
 
 def _is_hex(text: str) -> bool:

@@ -9,6 +9,7 @@ A full disk stops the run with one line saying where and how much (outputs.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from transformers import Trainer, set_seed
 
-from . import card, data, metrics, model as model_lib, plots, threads
+from . import card, data, lp_ft, metrics, model as model_lib, plots, threads
 from .args import callbacks, data_seed, precision, training_arguments
 from .interrupts import InterruptCallback, Interrupted, StopNow, signal_name
 from .outputs import FollowUmaskCallback, OutputDirError, claim_output_dir, disk_full_is_a_user_error, what_a_rerun_does
@@ -152,6 +153,10 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
         logger.info("resuming from %s (same recipe found in %s)", resume, out)
 
     processor = model_lib.load_processor(recipe.model, recipe.data.image_size)
+    if recipe.model.layer_decay is not None:  # a model without a layer map fails before the data pass
+        from . import layer_decay
+
+        layer_decay.check_supported(model_lib.load_config(recipe.model))
     seed = data_seed(recipe)
     # Decoding runs on the main process first; the others then find it in the cache.
     with args.main_process_first(desc="data preparation"):
@@ -202,7 +207,7 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
     transform = data.BatchTransform.for_processor(processor, augment, channels_last=channels_last)
     size = transform.size
     accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
-    trainer_class: Callable[..., Trainer] = FinetuneTrainer
+    trainer_class: Callable[..., Trainer] = functools.partial(FinetuneTrainer, layer_decay=recipe.model.layer_decay)
     if recipe.model.caches_features:
         # The frozen backbone runs once; the head trains on cached features.
         from . import probe
@@ -210,6 +215,27 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
         trainer_class, transform = probe.probe_setup(
             loaded, transform, prepared.data_report, out / "data_report.json", recipe.model, recipe.training
         )
+    # From here on SIGTERM and Ctrl-C stop the run cleanly (in training: at a checkpoint).
+    interrupts = InterruptCallback()
+    try:
+        lp_record = None
+        if recipe.model.strategy == "lp_ft":
+            # Before the fine-tune's Trainer exists: its set_seed then leaves the random state
+            # the same whether the probe was fitted now or loaded from an earlier attempt.
+            lp_record = lp_ft.probe_phase(recipe, loaded, transform, prepared, out, state)
+            if interrupts.requested:
+                raise Interrupted(lp_ft.stopped_after_probe(out, interrupts.signum), interrupts.signum)
+        final = _train_and_finish(recipe, args, state, out, prepared, loaded, processor, accumulator, transform,
+                                  trainer_class, interrupts, lp_record, size, resume)
+    finally:
+        interrupts.restore()
+    return final
+
+
+def _train_and_finish(recipe, args, state, out, prepared, loaded, processor, accumulator, transform, trainer_class,
+                      interrupts, lp_record, size, resume) -> dict[str, Any]:
+    """Train (the fine-tune phase, for lp_ft), then the outputs (``_finish``); a signal
+    stops it cleanly, with one line saying what is saved."""
     if "ddp_find_unused_parameters" not in recipe.training:
         _set_find_unused_parameters(args, loaded.model, size, recipe.model.caches_features)
     # A decoded batch is one gather from the memory-mapped cache (data.FastRows).
@@ -227,38 +253,37 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
     )
     world = args.world_size
     effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
-    if recipe.model.probe_solver != "lbfgs":  # an L-BFGS head has no batches or learning rate (probe.py)
+    if lp_record is not None:
+        logger.info("LP-FT: fine-tune phase: every parameter trains, starting from the probed head")
+    if not (recipe.model.caches_features and recipe.model.probe_solver == "lbfgs"):  # no batches or learning rate (probe.py)
         logger.info(
             "training: effective batch %d = %d per device × %d process(es) × %d accumulation step(s); "
             "learning rate %g (not rescaled for the batch size); augmentation %s",
             effective, args.per_device_train_batch_size, world, args.gradient_accumulation_steps,
             args.learning_rate, transform.describe(),
         )
-    interrupts = InterruptCallback()
     trainer.add_callback(interrupts)
     trainer.add_callback(FollowUmaskCallback())
     weights, trainable = _parameter_bytes(loaded.model)
     # A checkpoint holds the weights (a linear probe's: the head alone) and, for the
     # Adam family, two optimizer tensors per trained weight.
     checkpoint = 3 * trainable if recipe.model.caches_features else weights + 2 * trainable
+    with disk_full_is_a_user_error(out, "a checkpoint", checkpoint, main_process=state.is_main_process):
+        result = trainer.train(resume_from_checkpoint=resume)
+    if lp_record is not None:
+        result.metrics.update(lp_ft.train_metrics(lp_record))
+    done: list[str] = []  # what _finish has done, for the message if a signal stops it
     try:
-        with disk_full_is_a_user_error(out, "a checkpoint", checkpoint, main_process=state.is_main_process):
-            result = trainer.train(resume_from_checkpoint=resume)
-        done: list[str] = []  # what _finish has done, for the message if a signal stops it
-        try:
-            # From here on a signal stops the run where it is (StopNow).
-            if interrupts.training_over() is not None:
-                raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), interrupts.signum)
-            final = _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done)
-        except StopNow as stop:
-            if interrupts.signum is not None:  # a second signal, while the first one's message was made
-                raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), stop.signum) from None
-            planned = [s for s in _AFTER_TRAINING if s != "push" or recipe.hub.push]
-            message = _stopped_after_training(out, stop.signum, trainer.state.global_step, planned, done)
-            raise Interrupted(message, stop.signum) from None
-    finally:
-        interrupts.restore()
-    return final
+        # From here on a signal stops the run where it is (StopNow).
+        if interrupts.training_over() is not None:
+            raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), interrupts.signum)
+        return _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done, lp_record)
+    except StopNow as stop:
+        if interrupts.signum is not None:  # a second signal, while the first one's message was made
+            raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), stop.signum) from None
+        planned = [s for s in _AFTER_TRAINING if s != "push" or recipe.hub.push]
+        message = _stopped_after_training(out, stop.signum, trainer.state.global_step, planned, done)
+        raise Interrupted(message, stop.signum) from None
 
 
 def _parameter_bytes(model: torch.nn.Module) -> tuple[int, int]:
@@ -291,7 +316,7 @@ def _stopped_after_training(out: Path, signum: int, step: int, planned: list[str
     )
 
 
-def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done) -> dict[str, Any]:
+def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done, lp_record=None) -> dict[str, Any]:
     """After training: the final model, metrics, evaluation, report, card and push (the
     stages of ``_AFTER_TRAINING``, each added to ``done`` when it is)."""
     args = trainer.args
@@ -343,6 +368,7 @@ def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transfor
             image_size=int(size[0]),
             # What really ran: a linear probe on cached features applies no augmentation.
             augmentation=transform.describe(),
+            lp_phase=lp_ft.card_lines(lp_record) if lp_record is not None else None,
         )
     done.append("report and card")
     push_error = None
