@@ -365,7 +365,7 @@ def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transfor
             num_validation=len(prepared.validation) if prepared.validation is not None else 0,
             report=report,
             loaded=loaded,
-            image_size=int(size[0]),
+            image_size=int(transform.size[0]),
             # What really ran: a linear probe on cached features applies no augmentation.
             augmentation=transform.describe(),
             lp_phase=lp_ft.card_lines(lp_record) if lp_record is not None else None,
