@@ -35,6 +35,7 @@ from . import data, metrics
 from .args import training_arguments
 from .features import find_head
 from .interrupts import signal_name
+from .model import ModelError
 from .outputs import LP_HEAD, last_complete_checkpoint
 from .recipe import FINETUNE_TRAINING_KEYS, Recipe
 from .util import follow_umask
@@ -122,7 +123,10 @@ def probe_phase(recipe: Recipe, loaded: Any, transform: data.BatchTransform, pre
     looked at. Every process fits the same head (the L-BFGS head is rank 0's, broadcast);
     the main process decides whether a saved one is reused, and writes a new one.
     """
-    head_name, head = find_head(loaded.model)
+    try:
+        head_name, head = find_head(loaded.model)
+    except ModelError as err:
+        raise _for_lp_ft(err) from None
     saved = load_saved(out, recipe, head) if state.is_main_process else None
     if state.num_processes > 1:
         from accelerate.utils import broadcast_object_list
@@ -138,12 +142,22 @@ def probe_phase(recipe: Recipe, loaded: Any, transform: data.BatchTransform, pre
             head_name, out / LP_HEAD,
         )
         return record
-    record = _fit(recipe, loaded, transform, prepared, head_name)
+    try:
+        record = _fit(recipe, loaded, transform, prepared, head_name)
+    except ModelError as err:
+        raise _for_lp_ft(err) from None
     if state.is_main_process:
         _save(out, record | {"recipe": _fingerprint(recipe)}, head)
     state.wait_for_everyone()
     logger.info("LP-FT: the probed head is saved in %s; a rerun of this recipe reuses it", out / LP_HEAD)
     return record | {"reused": False}
+
+
+def _for_lp_ft(err: ModelError) -> ModelError:
+    """The probe's refusal of a model (no Linear head, or work after it), with lp_ft's fix:
+    turning the feature cache off is no way out here."""
+    reason = str(err).split(";")[0].replace("model.feature_cache", "model.strategy 'lp_ft'", 1)
+    return ModelError(f"{reason}; its linear probe needs the head to be the model's last step: use strategy 'full'")
 
 
 def _fit(recipe: Recipe, loaded: Any, transform: data.BatchTransform, prepared: Any, head_name: str) -> dict[str, Any]:

@@ -329,7 +329,7 @@ def _validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) -
         if not (m.caches_features or m.strategy == "lp_ft"):
             problems.append(
                 f"{source}: 'model.probe_solver' 'lbfgs' fits the head on cached features, so it needs "
-                "'model.strategy' 'lp_ft', or 'linear_probe' with 'model.feature_cache' true"
+                "'model.strategy' 'linear_probe' and 'model.feature_cache' true, or 'model.strategy' 'lp_ft'"
             )
         if not m.probe_l2 or any(v < 0 for v in m.probe_l2):
             problems.append(f"{source}: 'model.probe_l2' must list one or more strengths >= 0, got {m.probe_l2}")
