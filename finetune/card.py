@@ -114,9 +114,11 @@ def write_card(
     eval_set_metrics: dict[str, Any] | None = None,
     eval_set_reports: dict[str, dict[str, Any]] | None = None,
     search: dict[str, Any] | None = None,
+    lp_phase: list[str] | None = None,
 ) -> Path:
     """Render the card into ``out/README.md``. ``search``: how ``finetune search`` chose the
-    recipe (space, trials, score), for its own section."""
+    recipe (space, trials, score), for its own section. ``lp_phase``: what LP-FT's linear-probe
+    phase did, one item a line (``lp_ft.card_lines``), stated before the fine-tune's settings."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     base = recipe.model.name_or_path
@@ -173,6 +175,8 @@ def write_card(
         shown = {k: recipe.training[k] for k in recipe.training}
         for key in _SHOWN_ARGS:
             shown.setdefault(key, "(default)")
+        if recipe.model.layer_decay is not None:
+            shown["model.layer_decay"] = recipe.model.layer_decay
     eval_note = (
         "The recipe named no eval split, so these numbers come from the held-out validation piece of the "
         "training split, which was also used for per-epoch scores: they are less independent than a test split's."
@@ -208,6 +212,7 @@ def write_card(
         augmentation=augmentation,
         hyperparameters=sorted((k, v) for k, v in shown.items()),
         train_runtime=round(float(train_metrics.get("train_runtime", 0.0)), 1),
+        lp_phase=lp_phase,
         labels=", ".join(f"`{c}`" for c in class_names),
         teacher=recipe.model.teacher,
         distill_alpha=recipe.model.alpha,
@@ -217,3 +222,4 @@ def write_card(
     path = out / "README.md"
     card.save(path)
     return path
+

@@ -52,6 +52,13 @@ def model_path(cfg: ModelConfig) -> str:
     return name
 
 
+def load_config(cfg: ModelConfig):
+    """The model's config (config.json alone: no weights)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_path(cfg), **_load_kwargs(cfg))
+
+
 def load_processor(cfg: ModelConfig, image_size: int | None):
     """The model's image processor, resized when the recipe asks for ``data.image_size``."""
     from transformers import AutoConfig, AutoImageProcessor
@@ -246,7 +253,7 @@ def find_blocks(model: nn.Module, head: list[str]) -> tuple[str, nn.ModuleList |
 def apply_strategy(model: nn.Module, cfg: ModelConfig, head: list[str]) -> None:
     """Freeze per strategy; frozen parts stay in eval mode while the rest trains, so
     batch-norm statistics of a frozen backbone do not drift (and dropout is off there)."""
-    if cfg.strategy == "full":
+    if cfg.strategy in ("full", "lp_ft"):  # lp_ft: its fine-tune phase trains everything (lp_ft.py)
         return
     params = list(model.named_parameters())
     if cfg.strategy == "linear_probe":

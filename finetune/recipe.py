@@ -25,7 +25,7 @@ from . import builtin, search_space, training_fields
 from .errors import UserError
 from .metric_names import KNOWN_METRICS
 
-Strategy = Literal["full", "linear_probe", "partial", "lora"]
+Strategy = Literal["full", "linear_probe", "partial", "lora", "lp_ft"]
 
 # TrainingArguments fields that the recipe sets elsewhere, or that we own because the
 # pipeline depends on them (see train.py for why each is fixed).
@@ -127,6 +127,12 @@ class ModelConfig:
     def temperature(self) -> float:
         """``distill_temperature`` with its default."""
         return DISTILL_TEMPERATURE if self.distill_temperature is None else self.distill_temperature
+    #: Layer-wise learning-rate decay, in (0, 1]: the head trains at the learning rate, each
+    #: earlier block at this factor times the next one's (layer_decay.py). null: off.
+    layer_decay: float | None = None
+    #: With ``strategy: lp_ft`` and ``probe_solver: trainer``: the epochs of the linear-probe
+    #: phase on cached features (its optimizer, learning rate and batch are ``training``'s).
+    lp_epochs: float = 10.0
 
     @property
     def caches_features(self) -> bool:
@@ -422,11 +428,12 @@ def _validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) -
     if m.strategy == "partial" and m.unfreeze_last_n < 1:
         problems.append(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
     problems += _check_lora(m, source)
+    _check_strategy_keys(recipe, source, problems)
     if m.probe_solver == "lbfgs":
-        if not m.caches_features:
+        if not (m.caches_features or m.strategy == "lp_ft"):
             problems.append(
                 f"{source}: 'model.probe_solver' 'lbfgs' fits the head on cached features, so it needs "
-                "'model.strategy' 'linear_probe' and 'model.feature_cache' true"
+                "'model.strategy' 'linear_probe' and 'model.feature_cache' true, or 'model.strategy' 'lp_ft'"
             )
         if not m.probe_l2 or any(v < 0 for v in m.probe_l2):
             problems.append(f"{source}: 'model.probe_l2' must list one or more strengths >= 0, got {m.probe_l2}")
@@ -595,6 +602,33 @@ def _model_problems(m: ModelConfig) -> list[str]:
             "features runs it once; set 'model.feature_cache' false (or strategy 'partial'), or remove the teacher"
         )
     return problems
+def _check_strategy_keys(recipe: Recipe, source: str, problems: list[str]) -> None:
+    """``model.layer_decay`` and the LP-FT keys against the strategy and the optimizer."""
+    m = recipe.model
+    if m.layer_decay is not None:
+        if not 0 < m.layer_decay <= 1:
+            problems.append(
+                f"{source}: 'model.layer_decay' must be in (0, 1] (e.g. 0.75; 1 is no decay), got {m.layer_decay}"
+            )
+        if m.strategy == "linear_probe":
+            problems.append(
+                f"{source}: 'model.layer_decay' scales the learning rate of the backbone's layers, which "
+                "'linear_probe' does not train; remove it, or use 'full', 'partial' or 'lp_ft'"
+            )
+        optim = str(recipe.training.get("optim", ""))
+        if any(name in optim for name in ("galore", "apollo", "lomo")):
+            problems.append(
+                f"{source}: 'training.optim' '{optim}' builds its own parameter groups, so 'model.layer_decay' "
+                "cannot apply; use e.g. adamw_torch or sgd, or remove model.layer_decay"
+            )
+    if m.strategy == "lp_ft":
+        if not m.feature_cache:
+            problems.append(
+                f"{source}: 'model.strategy' 'lp_ft' fits its linear probe on cached features (the fine-tune "
+                "phase then augments); remove 'model.feature_cache' false"
+            )
+        if m.probe_solver == "trainer" and not m.lp_epochs > 0:
+            problems.append(f"{source}: 'model.lp_epochs' must be > 0, got {m.lp_epochs}")
 
 
 def _is_hex(text: str) -> bool:

@@ -12,6 +12,7 @@ the validation piece, without the eval split, the output folder's files or a sav
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, set_seed
 
-from . import card, data, distill, eval_sets, lora, metrics, model as model_lib, plots, threads
+from . import card, data, distill, eval_sets, lora, lp_ft, metrics, model as model_lib, plots, threads
 from .args import callbacks, data_seed, precision, training_arguments
 from .interrupts import InterruptCallback, Interrupted, StopNow, signal_name
 from .outputs import FollowUmaskCallback, OutputDirError, claim_output_dir, disk_full_is_a_user_error, what_a_rerun_does
@@ -193,6 +194,8 @@ class _Built:
     transform: Any
     accumulator: Any
     trainer: Trainer
+    #: LP-FT's probe phase (lp_ft.py), or None.
+    lp_record: dict[str, Any] | None = None
 
 
 def _run(recipe: Recipe, args, state, out: Path, resume: str | None, reuse: Reuse | None, search) -> dict[str, Any]:
@@ -200,20 +203,32 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None, reuse: Reus
         write_json(out / "recipe.json", recipe.to_dict())
     if resume:
         logger.info("resuming from %s (same recipe found in %s)", resume, out)
-    built = _build(recipe, args, state, out, reuse)
-    prepared, loaded, transform, accumulator, trainer = (
-        built.prepared, built.loaded, built.transform, built.accumulator, built.trainer
+    # From here on SIGTERM and Ctrl-C stop the run cleanly (in training: at a checkpoint).
+    interrupts = InterruptCallback()
+    try:
+        return _train(recipe, args, state, out, resume, reuse, search, interrupts)
+    finally:
+        interrupts.restore()
+
+
+def _train(recipe: Recipe, args, state, out: Path, resume, reuse, search, interrupts: InterruptCallback) -> dict[str, Any]:
+    """Build the run (for lp_ft: its probe phase first), train it (the fine-tune phase), then
+    the outputs (``_finish``); a signal stops it cleanly, with one line saying what is saved."""
+    built = _build(recipe, args, state, out, reuse, interrupts=interrupts)
+    prepared, loaded, transform, accumulator, trainer, lp_record = (
+        built.prepared, built.loaded, built.transform, built.accumulator, built.trainer, built.lp_record
     )
+    if lp_record is not None:
+        logger.info("LP-FT: fine-tune phase: every parameter trains, starting from the probed head")
     world = args.world_size
     effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
-    if recipe.model.probe_solver != "lbfgs":  # an L-BFGS head has no batches or learning rate (probe.py)
+    if not (recipe.model.caches_features and recipe.model.probe_solver == "lbfgs"):  # no batches or learning rate (probe.py)
         logger.info(
             "training: effective batch %d = %d per device × %d process(es) × %d accumulation step(s); "
             "learning rate %g (not rescaled for the batch size); augmentation %s",
             effective, args.per_device_train_batch_size, world, args.gradient_accumulation_steps,
             args.learning_rate, transform.describe(),
         )
-    interrupts = InterruptCallback()
     trainer.add_callback(interrupts)
     trainer.add_callback(FollowUmaskCallback())
     weights, trainable = _parameter_bytes(loaded.model)
@@ -221,27 +236,28 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None, reuse: Reus
     # and the head) and, for the Adam family, two optimizer tensors per trained weight.
     trained_alone = recipe.model.caches_features or recipe.model.strategy == "lora"
     checkpoint = 3 * trainable if trained_alone else weights + 2 * trainable
+    with disk_full_is_a_user_error(out, "a checkpoint", checkpoint, main_process=state.is_main_process):
+        result = trainer.train(resume_from_checkpoint=resume)
+    if lp_record is not None:
+        result.metrics.update(lp_ft.train_metrics(lp_record))
+    done: list[str] = []  # what _finish has done, for the message if a signal stops it
     try:
-        with disk_full_is_a_user_error(out, "a checkpoint", checkpoint, main_process=state.is_main_process):
-            result = trainer.train(resume_from_checkpoint=resume)
-        done: list[str] = []  # what _finish has done, for the message if a signal stops it
-        try:
-            # From here on a signal stops the run where it is (StopNow).
-            if interrupts.training_over() is not None:
-                raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), interrupts.signum)
-            final = _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done, search)
-        except StopNow as stop:
-            if interrupts.signum is not None:  # a second signal, while the first one's message was made
-                raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), stop.signum) from None
-            planned = [s for s in _AFTER_TRAINING if s != "push" or recipe.hub.push]
-            message = _stopped_after_training(out, stop.signum, trainer.state.global_step, planned, done)
-            raise Interrupted(message, stop.signum) from None
-    finally:
-        interrupts.restore()
-    return final
+        # From here on a signal stops the run where it is (StopNow).
+        if interrupts.training_over() is not None:
+            raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), interrupts.signum)
+        return _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done, search, lp_record)
+    except StopNow as stop:
+        if interrupts.signum is not None:  # a second signal, while the first one's message was made
+            raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), stop.signum) from None
+        planned = [s for s in _AFTER_TRAINING if s != "push" or recipe.hub.push]
+        message = _stopped_after_training(out, stop.signum, trainer.state.global_step, planned, done)
+        raise Interrupted(message, stop.signum) from None
 
 
-def _build(recipe: Recipe, args, state, out: Path, reuse: Reuse | None, for_trial: bool = False) -> _Built:
+def _build(
+    recipe: Recipe, args, state, out: Path, reuse: Reuse | None, for_trial: bool = False,
+    interrupts: InterruptCallback | None = None,
+) -> _Built:
     """Data, model and Trainer. ``for_trial``: the eval split is not prepared, nothing is
     written, and the decoded splits are kept in ``reuse`` for the next trial."""
     logger.info("threads: %s", threads.configure_threads().describe())  # again: accelerate may have changed it
@@ -251,6 +267,10 @@ def _build(recipe: Recipe, args, state, out: Path, reuse: Reuse | None, for_tria
         processor = model_lib.load_processor(recipe.model, recipe.data.image_size)
     # The teacher's config and processor now (cheap): a wrong name stops before the data pass.
     opened_teacher = distill.open_teacher(recipe.model) if recipe.model.teacher else None
+    if recipe.model.layer_decay is not None:  # a model without a layer map fails before the data pass
+        from . import layer_decay
+
+        layer_decay.check_supported(model_lib.load_config(recipe.model))
     seed = data_seed(recipe)
     # Decoding runs on the main process first; the others then find it in the cache.
     key = Reuse.data_key(recipe, seed) if for_trial and reuse is not None else None
@@ -322,7 +342,7 @@ def _build(recipe: Recipe, args, state, out: Path, reuse: Reuse | None, for_tria
     transform = data.BatchTransform.for_processor(processor, augment, channels_last=channels_last)
     size = transform.size
     accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
-    trainer_class: Callable[..., Trainer] = FinetuneTrainer
+    trainer_class: Callable[..., Trainer] = functools.partial(FinetuneTrainer, layer_decay=recipe.model.layer_decay)
     if recipe.model.caches_features:
         # The frozen backbone runs once; the head trains on cached features.
         from . import probe
@@ -331,6 +351,13 @@ def _build(recipe: Recipe, args, state, out: Path, reuse: Reuse | None, for_tria
             loaded, transform, prepared.data_report, None if for_trial else out / "data_report.json",
             recipe.model, recipe.training,
         )
+    lp_record = None
+    if recipe.model.strategy == "lp_ft":
+        # Before the fine-tune's Trainer exists: its set_seed then leaves the random state
+        # the same whether the probe was fitted now or loaded from an earlier attempt.
+        lp_record = lp_ft.probe_phase(recipe, loaded, transform, prepared, out, state)
+        if interrupts is not None and interrupts.requested:
+            raise Interrupted(lp_ft.stopped_after_probe(out, interrupts.signum), interrupts.signum)
     if "ddp_find_unused_parameters" not in recipe.training:
         _set_find_unused_parameters(args, loaded.model, size, recipe.model.caches_features)
     # A decoded batch is one gather from the memory-mapped cache (data.FastRows); a probe
@@ -354,7 +381,7 @@ def _build(recipe: Recipe, args, state, out: Path, reuse: Reuse | None, for_tria
     )
     if features is not None:
         reuse.features[features] = (trainer.train_dataset, trainer.eval_dataset)
-    return _Built(prepared, loaded, transform, accumulator, trainer)
+    return _Built(prepared, loaded, transform, accumulator, trainer, lp_record)
 
 
 def _parameter_bytes(model: torch.nn.Module) -> tuple[int, int]:
@@ -387,7 +414,7 @@ def _stopped_after_training(out: Path, signum: int, step: int, planned: list[str
     )
 
 
-def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done, search) -> dict[str, Any]:
+def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done, search, lp_record=None) -> dict[str, Any]:
     """After training: the final model, metrics, evaluation, report, card and push (the
     stages of ``_AFTER_TRAINING``, each added to ``done`` when it is). ``search``: the search
     that chose the recipe, for the card."""
@@ -447,6 +474,7 @@ def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transfor
             eval_set_metrics=set_scores,
             eval_set_reports=set_reports,
             search=search,
+            lp_phase=lp_ft.card_lines(lp_record) if lp_record is not None else None,
         )
     done.append("report and card")
     push_error = None

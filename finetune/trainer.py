@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import torch
 from transformers import Trainer
 
 from . import compat, data
 from .distill import Teacher
+
+logger = logging.getLogger("finetune")
+
+#: What an optimizer's keyword arguments hold when it builds its own parameter groups
+#: (GaLore and APOLLO: "params"; LOMO: "model"; the layer-wise ones: "optimizer_dict").
+_OWN_GROUPS = ("params", "model", "optimizer_dict")
 
 
 class FinetuneTrainer(Trainer):
@@ -20,13 +28,20 @@ class FinetuneTrainer(Trainer):
     """
 
     def __init__(
-        self, *args: Any, batch_transform: data.BatchTransform, teacher: Teacher | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        batch_transform: data.BatchTransform,
+        teacher: Teacher | None = None,
+        layer_decay: float | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.batch_transform = batch_transform
         #: Knowledge distillation (distill.py): a frozen model run on each training batch,
         #: kept outside ``self.model`` so that it is neither trained nor saved.
         self.teacher = teacher.to(self.args.device) if teacher is not None else None
+        #: ``model.layer_decay``: the optimizer gets one parameter group per depth (layer_decay.py).
+        self.layer_decay = layer_decay
         compat.loss_is_a_batch_mean(self)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -34,6 +49,36 @@ class FinetuneTrainer(Trainer):
 
     def _load_best_model(self):
         return compat.load_best_model(self, super()._load_best_model)
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer (``training.optim`` and its arguments), given the parameter
+        groups of ``model.layer_decay`` when the recipe sets it."""
+        if self.optimizer is not None or self.layer_decay is None:
+            return super().create_optimizer(model)
+        from . import layer_decay
+
+        opt_model = self.model if model is None else model
+        # The Trainer's own weight-decay split (no decay for biases and norms).
+        decay_names = set(self.get_decay_parameter_names(opt_model))
+        groups = layer_decay.param_groups(
+            opt_model, self.layer_decay, self.args.learning_rate, self.args.weight_decay, decay_names
+        )
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        # A factory (Muon) or an optimizer that builds its own groups would drop ours.
+        if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)) or any(
+            k in kwargs for k in _OWN_GROUPS
+        ):
+            raise layer_decay.LayerDecayError(
+                f"model.layer_decay: training.optim '{self.args.optim}' builds its own parameter groups, so the "
+                "learning rate cannot decay by layer; use e.g. adamw_torch or sgd, or remove model.layer_decay"
+            )
+        self.optimizer = optimizer_cls([g.as_dict() for g in groups], **kwargs)
+        if self.args.process_index == 0:
+            logger.info("%s", layer_decay.describe(groups, self.layer_decay))
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
