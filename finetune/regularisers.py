@@ -43,6 +43,13 @@ def check(recipe: Recipe, source: str) -> list[str]:
             f"{source}: 'training.ema_decay' keeps a full copy of the weights on each process, which FSDP and "
             "DeepSpeed shard; remove ema_decay or run with DDP"
         )
+    if ema is not None and recipe.model.strategy == "lora":
+        # Its checkpoints hold the adapters alone; an average of the whole model would put a
+        # full copy of the frozen weights in each of them.
+        problems.append(
+            f"{source}: 'training.ema_decay' is not available with 'model.strategy' 'lora' (its checkpoints hold "
+            "the adapters alone, an average would add the whole model to each); remove ema_decay"
+        )
     if recipe.model.caches_features:
         used = [
             key for key, on in (

@@ -51,6 +51,7 @@ def test_all_of_them_together_validate_and_stay_out_of_training_arguments() -> N
         ({"training": {"ema_decay": "fast"}}, "'training.ema_decay' must be number or null"),
         ({"training": {"ema_warmup": True}}, "'training.ema_warmup' does nothing without 'training.ema_decay'"),
         ({"training": {"ema_decay": 0.99, "fsdp": "full_shard"}}, "FSDP and DeepSpeed shard"),
+        ({"model": {"strategy": "lora"}, "training": {"ema_decay": 0.99}}, "not available with 'model.strategy' 'lora'"),
         ({"model": {"strategy": "linear_probe"}, "data": {"class_weights": "balanced", "augment": {"mixup_alpha": 0.2}}},
          "'data.augment.mixup_alpha', 'data.class_weights' act(s) on the training of the whole model"),
         ({"model": {"strategy": "linear_probe"}, "training": {"ema_decay": 0.9}}, "set model.feature_cache false"),
