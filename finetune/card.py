@@ -173,6 +173,8 @@ def write_card(
             shown["λ tried (best on the validation piece)"] = tried
     else:
         shown = {k: recipe.training[k] for k in recipe.training}
+        # The data keys that change the training loss or its batches (mixup: the augmentation line).
+        shown |= {f"data.{k}": getattr(recipe.data, k) for k in ("class_weights", "sampler") if getattr(recipe.data, k)}
         for key in _SHOWN_ARGS:
             shown.setdefault(key, "(default)")
         if recipe.model.layer_decay is not None:

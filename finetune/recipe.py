@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import builtin, search_space, training_fields
+from . import builtin, regularisers, search_space, training_fields
 from .errors import UserError
 from .metric_names import KNOWN_METRICS
 
@@ -45,6 +45,10 @@ _TRAINING_KEYS_ELSEWHERE = {
 FINETUNE_TRAINING_KEYS: dict[str, Any] = {
     "early_stopping_patience": int,  # evaluations without improvement before training stops
     "early_stopping_threshold": float,  # the least change in the metric that counts as one
+    # Exponential moving average of the weights (ema.py): its decay per step (null: off), and
+    # whether the decay ramps up from 0 over the first steps (timm's ModelEmaV3 warmup).
+    "ema_decay": float | None,
+    "ema_warmup": bool,
 }
 
 
@@ -156,6 +160,19 @@ class AugmentConfig:
     #: Probability of random erasing (Zhong et al. 2020) of a rectangle in each normalised
     #: image, as torchvision's and DeiT's recipes apply it last; 0: off.
     random_erasing: float = 0.0
+    #: Mixup (Zhang et al. 2018) of whole training batches: the Beta(α, α) parameter of the
+    #: mixing weight; 0: off. Targets become soft rows (data/transforms.py ``BatchMix``).
+    mixup_alpha: float = 0.0
+    #: CutMix (Yun et al. 2019): the Beta(α, α) parameter of the pasted box's area; 0: off.
+    #: With both alphas set, each mixed batch gets one of the two, with equal chance.
+    cutmix_alpha: float = 0.0
+    #: The probability that a training batch is mixed at all (with mixup or CutMix on).
+    mix_prob: float = 1.0
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training batches are mixed (mixup or CutMix)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
 
 @dataclass
@@ -200,6 +217,12 @@ class DataConfig:
     #: Extra evaluation sets, NAME → where to find them; each is mapped onto the model's
     #: classes by name and scored once at the end (eval_sets.py).
     eval_sets: dict[str, EvalSetConfig] = field(default_factory=dict)
+    #: "balanced": the training loss weights each class by n_images / (n_classes × its
+    #: count in the train piece), as scikit-learn's compute_class_weight("balanced"). null: 1.
+    class_weights: Literal["balanced"] | None = None
+    #: "balanced": each training draw picks a class with equal chance, then an image of it
+    #: (with replacement; seeded per epoch, balance.py). null: the Trainer's shuffled epochs.
+    sampler: Literal["balanced"] | None = None
 
 
 @dataclass
@@ -425,6 +448,7 @@ def _validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) -
             f"'full' (a frozen random backbone learns nothing), got '{m.strategy}'"
         )
     _check_eval_sets(d.eval_sets, source, problems)
+    problems += regularisers.check(recipe, source)
     if m.strategy == "partial" and m.unfreeze_last_n < 1:
         problems.append(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
     problems += _check_lora(m, source)

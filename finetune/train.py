@@ -28,7 +28,7 @@ from .interrupts import InterruptCallback, Interrupted, StopNow, signal_name
 from .outputs import FollowUmaskCallback, OutputDirError, claim_output_dir, disk_full_is_a_user_error, what_a_rerun_does
 from .recipe import Recipe
 from .reuse import Reuse
-from .trainer import FinetuneTrainer
+from .trainer import FinetuneTrainer, trainer_options
 from .util import follow_umask, write_json
 
 logger = logging.getLogger("finetune")
@@ -229,6 +229,8 @@ def _train(recipe: Recipe, args, state, out: Path, resume, reuse, search, interr
             effective, args.per_device_train_batch_size, world, args.gradient_accumulation_steps,
             args.learning_rate, transform.describe(),
         )
+    if isinstance(trainer, FinetuneTrainer):
+        logger.info("training: regularisers: %s", trainer.describe_regularisers())
     trainer.add_callback(interrupts)
     trainer.add_callback(FollowUmaskCallback())
     weights, trainable = _parameter_bytes(loaded.model)
@@ -378,6 +380,8 @@ def _build(
         callbacks=callbacks(recipe),
         # A teacher never comes with cached features (recipe.py refuses the pair).
         **({"teacher": teacher} if teacher is not None else {}),
+        # Class weights, the balanced sampler and the EMA (recipe.py refuses them with the probe).
+        **({} if recipe.model.caches_features else trainer_options(recipe)),
     )
     if features is not None:
         reuse.features[features] = (trainer.train_dataset, trainer.eval_dataset)
