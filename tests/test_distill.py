@@ -228,6 +228,7 @@ def distilled(tmp_path_factory, tiny_vit, teachers, images):
     return raw, out, results, seen
 
 
+@pytest.mark.e2e
 def test_the_teacher_runs_frozen_in_eval_mode_on_every_training_step(distilled, teachers, tiny_vit) -> None:
     _, out, _, seen = distilled
     teacher = seen["teacher"]
@@ -251,6 +252,7 @@ def test_the_card_names_the_teacher_and_both_settings(distilled, teachers) -> No
     assert "α (`distill_alpha`) = 0.7 and T (`distill_temperature`) = 2.0" in card
 
 
+@pytest.mark.e2e
 def test_a_distilled_run_resumes_exactly(distilled, tmp_path: Path) -> None:
     """The run restarted from its end-of-epoch-1 checkpoint ends with the uninterrupted
     run's weights, bit for bit: the teacher's targets are the same on the second pass."""
@@ -268,6 +270,7 @@ def test_a_distilled_run_resumes_exactly(distilled, tmp_path: Path) -> None:
     assert _losses(out)[-3:] == _losses(reference)[-3:]
 
 
+@pytest.mark.e2e
 def test_alpha_zero_trains_exactly_as_without_a_teacher(tiny_vit, teachers, images, tmp_path: Path) -> None:
     """With α = 0 the teacher still runs on every batch, and its term has no weight: the loss,
     step by step, and the weights are those of the plain run. With α > 0 they are not."""
@@ -299,6 +302,7 @@ def test_a_missing_teacher_folder_stops_before_the_data_pass(tiny_vit, images, t
     assert not (tmp_path / "out" / "data_report.json").exists()
 
 
+@pytest.mark.e2e
 def test_the_teacher_runs_in_the_students_autocast(tiny_vit, teachers, images, tmp_path: Path, monkeypatch) -> None:
     """bf16 mixed precision on CPU: the teacher's forward runs under the same autocast."""
     from finetune import model as model_lib

@@ -138,6 +138,7 @@ def uninterrupted(tiny_vit, rows, tmp_path_factory):
     return trainer, out
 
 
+@pytest.mark.e2e
 def test_checkpoints_hold_the_average_and_the_final_model_is_it(uninterrupted) -> None:
     trainer, out = uninterrupted
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -157,6 +158,7 @@ def test_evaluation_in_training_scores_the_average(uninterrupted) -> None:
     assert trainer.evaluate()["eval_loss"] == pytest.approx(last, abs=1e-6)  # the model is the average now
 
 
+@pytest.mark.e2e
 def test_a_resumed_run_ends_bit_for_bit_as_an_uninterrupted_one(uninterrupted, tiny_vit, rows, tmp_path) -> None:
     reference, out = uninterrupted
     resumed_out = tmp_path / "resumed"
@@ -171,6 +173,7 @@ def test_a_resumed_run_ends_bit_for_bit_as_an_uninterrupted_one(uninterrupted, t
         assert all(torch.equal(a[k], b[k]) for k in b), name
 
 
+@pytest.mark.e2e
 def test_the_best_checkpoint_is_chosen_by_and_gives_its_average(tiny_vit, rows, tmp_path) -> None:
     trainer = _trainer(tiny_vit, rows, tmp_path / "best", load_best_model_at_end=True, metric_for_best_model="loss",
                        learning_rate=0.05)

@@ -88,6 +88,7 @@ def _recipe(tmp_path: Path, tiny_vit: Path, eval_sets: dict) -> Path:
     )
 
 
+@pytest.mark.e2e
 def test_a_set_with_some_classes_is_scored_with_its_own_report_and_card_rows(tmp_path: Path, tiny_vit: Path) -> None:
     from huggingface_hub import ModelCard
 

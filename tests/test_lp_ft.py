@@ -46,6 +46,7 @@ def _record(out: Path) -> dict:
         return json.loads(f.metadata()["finetune_lp_phase"])
 
 
+@pytest.mark.e2e
 def test_probe_phase_fits_the_linear_probes_head_on_train_and_validation_then_everything_trains(
     tiny_resnet: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -98,6 +99,7 @@ def _model(out: Path):
     return AutoModelForImageClassification.from_pretrained(out)
 
 
+@pytest.mark.e2e
 def test_the_trainer_solver_fits_for_lp_epochs_as_a_linear_probe_does(tiny_resnet: Path, tmp_path: Path) -> None:
     images = make_image_folder(tmp_path / "images")
     reference = _recipe(tmp_path, tiny_resnet, images, "probe")
@@ -116,6 +118,7 @@ def test_the_trainer_solver_fits_for_lp_epochs_as_a_linear_probe_does(tiny_resne
     assert settings == {"solver": "trainer", "lp_epochs": 3, "learning_rate": 0.01, "per_device_train_batch_size": 8}
 
 
+@pytest.mark.e2e
 def test_a_signal_in_the_probe_phase_keeps_its_head_and_the_rerun_ends_as_an_uninterrupted_run(
     tiny_resnet: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -264,6 +264,7 @@ def searched(tmp_path_factory, tiny_resnet):
     return SimpleNamespace(root=root, out=root / "out", recipe=recipe, code=code, again=again, events=first, later=events[len(first):])
 
 
+@pytest.mark.e2e
 def test_trials_never_touch_the_eval_split_and_the_final_run_reads_it_once(searched) -> None:
     assert searched.code == 0
     events = searched.events
@@ -304,6 +305,7 @@ def test_the_outputs_list_every_trial_and_the_card_tells_how_the_recipe_was_chos
     assert json.loads((out / "final" / "eval_results.json").read_text())["eval_num_images"] == 18
 
 
+@pytest.mark.e2e
 def test_the_best_recipe_validates_and_trains(searched, tmp_path: Path) -> None:
     from finetune.train import train
 
@@ -321,6 +323,7 @@ def test_a_different_recipe_in_the_same_folder_is_refused(searched, capsys) -> N
     assert "holds a search of a different recipe (training.num_train_epochs: 2 → 3)" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_a_grid_over_any_recipe_key_runs_each_point_once(tmp_path: Path, tiny_resnet: Path) -> None:
     """model.strategy × model.probe_solver: the one clashing pair fails on its own, the others run."""
     images = make_image_folder(tmp_path / "images", per_class=8)

@@ -200,6 +200,7 @@ def _study_recipe(tmp_path: Path, model: Path, **study) -> Path:
     )
 
 
+@pytest.mark.e2e
 def test_a_probe_study_shares_features_and_a_rerun_skips_finished_runs(tmp_path: Path, tiny_vit: Path, caplog) -> None:
     from finetune.study import run_study
 
@@ -233,6 +234,7 @@ def test_a_probe_study_shares_features_and_a_rerun_skips_finished_runs(tmp_path:
     assert again[3]["eval_accuracy"] == pytest.approx(rows[3]["eval_accuracy"])  # same recipe, same seed
 
 
+@pytest.mark.e2e
 def test_scratch_runs_the_architecture_from_random_initialisation(tmp_path: Path, tiny_vit: Path) -> None:
     import torch
     from safetensors.torch import load_file
