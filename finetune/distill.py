@@ -18,7 +18,6 @@ the same crop of the same image; the teacher sees it at the student's stored res
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import builtin, data
+from . import data
 from .errors import UserError
 from .recipe import ModelConfig
-from .util import first_line, looks_like_path
+from .model import resolve_name
+from .util import first_line
 
 logger = logging.getLogger("finetune")
 
@@ -53,17 +53,10 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 def teacher_path(name: str) -> str:
     """Where to load ``model.teacher`` from: a built-in's cache folder, a local folder
     (``~`` expanded), or a Hub id."""
-    if builtin.is_builtin(name):
-        return builtin.resolve_model(name, key="model.teacher")
-    if looks_like_path(name):
-        path = os.path.expanduser(name)
-        if not os.path.exists(path):
-            raise TeacherError(
-                f"model.teacher: local folder '{name}' does not exist; name a fine-tuned classifier (e.g. a finetune "
-                "output folder) or a Hub id like org/name"
-            )
-        return path
-    return name
+    return resolve_name(
+        name, "model.teacher",
+        "name a fine-tuned classifier (e.g. a finetune output folder) or a Hub id like org/name", TeacherError,
+    )
 
 
 def class_names(config: Any) -> list[str]:

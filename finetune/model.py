@@ -34,22 +34,23 @@ def _load_kwargs(cfg: ModelConfig) -> dict:
     return {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
 
 
-def model_path(cfg: ModelConfig) -> str:
-    """Where to load ``model.name_or_path`` from: a built-in's cache folder, a local folder
-    (``~`` expanded), or a Hub id. A missing local folder is named as such here, since the
-    Hub client would only say that it is not a valid repo id."""
-    name = cfg.name_or_path
+def resolve_name(name: str, key: str, fix: str, error: type[Exception]) -> str:
+    """Where to load a model named by recipe ``key`` from: a built-in's cache folder, a local
+    folder (``~`` expanded), or a Hub id. A missing local folder is named as such here, since
+    the Hub client would only say that it is not a valid repo id; ``fix`` ends that line."""
     if builtin.is_builtin(name):
-        return builtin.resolve_model(name)
+        return builtin.resolve_model(name, key=key)
     if looks_like_path(name):
         path = os.path.expanduser(name)
         if not os.path.exists(path):
-            raise ModelError(
-                f"model.name_or_path: local folder '{name}' does not exist; check the path, or use a Hub id "
-                "like org/name"
-            )
+            raise error(f"{key}: local folder '{name}' does not exist; {fix}")
         return path
     return name
+
+
+def model_path(cfg: ModelConfig) -> str:
+    """Where to load ``model.name_or_path`` from (``resolve_name``)."""
+    return resolve_name(cfg.name_or_path, "model.name_or_path", "check the path, or use a Hub id like org/name", ModelError)
 
 
 def load_config(cfg: ModelConfig):
