@@ -175,3 +175,21 @@ def run_cli(*args: str, cwd: Path | None = None, launcher: list[str] | None = No
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
     command = (launcher or [sys.executable]) + [str(ROOT / "finetune" / "run.py"), *args]
     return subprocess.run(command, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def doubled_head():
+    """A classifier whose logits are 2 × its last Linear layer's output: cached features (the
+    Linear's input) cannot reproduce them, so a cached-feature probe must refuse it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    class DoubledHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.classifier = torch.nn.Linear(3, 2)
+
+        def forward(self, pixel_values):
+            return SimpleNamespace(logits=2 * self.classifier(pixel_values.mean((2, 3))))
+
+    return DoubledHead()

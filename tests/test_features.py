@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_image_folder, run_cli, write_recipe
+from conftest import doubled_head, make_image_folder, run_cli, write_recipe
 from finetune import data, features, model as model_lib, probe
 from finetune.recipe import ModelConfig, recipe_from_dict
 
@@ -75,17 +75,9 @@ def test_lbfgs_fit_reports_its_iterations_as_it_goes() -> None:
 
 
 def test_a_model_with_work_after_its_last_linear_is_refused() -> None:
-    class Doubled(torch.nn.Module):  # logits = 2 × Linear(x): cached features cannot reproduce them
-        def __init__(self) -> None:
-            super().__init__()
-            self.classifier = torch.nn.Linear(3, 2)
-
-        def forward(self, pixel_values):
-            return SimpleNamespace(logits=2 * self.classifier(pixel_values.mean((2, 3))))
-
     rows = [{"pixel_values": torch.zeros(3, 4, 4, dtype=torch.uint8), "labels": torch.tensor(0)}] * 2
     with pytest.raises(model_lib.ModelError, match="feature_cache to false"):
-        features.compute_features(Doubled(), rows, data.BatchTransform([0.5] * 3, [0.5] * 3, (4, 4), None), device="cpu")
+        features.compute_features(doubled_head(), rows, data.BatchTransform([0.5] * 3, [0.5] * 3, (4, 4), None), device="cpu")
 
 
 _SHARDED = """\

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import ROOT, make_image_folder, run_cli, write_recipe
+from conftest import ROOT, doubled_head, make_image_folder, run_cli, write_recipe
 from finetune import lp_ft, probe
 from finetune import train as train_lib
 from finetune.interrupts import Interrupted
@@ -243,14 +243,6 @@ def test_a_model_with_work_after_its_head_is_refused_with_lp_fts_own_fix(tmp_pat
     from finetune import data
     from finetune.model import ModelError
 
-    class Doubled(torch.nn.Module):  # logits = 2 × Linear(x): cached features cannot reproduce them
-        def __init__(self) -> None:
-            super().__init__()
-            self.classifier = torch.nn.Linear(3, 2)
-
-        def forward(self, pixel_values):
-            return SimpleNamespace(logits=2 * self.classifier(pixel_values.mean((2, 3))))
-
     rows = [{"pixel_values": torch.zeros(3, 4, 4, dtype=torch.uint8), "labels": torch.tensor(0)}] * 2
     prepared = SimpleNamespace(train=rows, validation=None, splits=SimpleNamespace(class_names=["a", "b"]))
     state = SimpleNamespace(is_main_process=True, num_processes=1, wait_for_everyone=lambda: None)
@@ -260,7 +252,7 @@ def test_a_model_with_work_after_its_head_is_refused_with_lp_fts_own_fix(tmp_pat
     )
     transform = data.BatchTransform([0.5] * 3, [0.5] * 3, (4, 4), None)
     with pytest.raises(ModelError) as refused:
-        lp_ft.probe_phase(recipe, SimpleNamespace(model=Doubled()), transform, prepared, tmp_path, state)
+        lp_ft.probe_phase(recipe, SimpleNamespace(model=doubled_head()), transform, prepared, tmp_path, state)
     assert str(refused.value).startswith("model.strategy 'lp_ft': this model's logits are not the output of its last Linear")
     assert str(refused.value).endswith("use strategy 'full'") and "feature_cache" not in str(refused.value)
     assert not (tmp_path / LP_HEAD).exists()
