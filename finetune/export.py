@@ -38,6 +38,8 @@ from .util import current_umask, first_line, positive_int, write_json
 #: Largest |Δ| allowed between PyTorch's and ONNX Runtime's softmax probabilities (fp32).
 FP32_BOUND = 1e-3
 DEFAULT_OPSET = 18
+#: Training images (a seeded sample) that int8 activation ranges are calibrated on.
+CALIBRATION_SIZE = 256
 #: Above this many bytes of weights, they go into a side file (protobuf's 2 GB limit).
 _EXTERNAL_DATA_BYTES = 1_500_000_000
 
@@ -50,11 +52,12 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="the export folder (default: OUTPUT_DIR/onnx)")
     parser.add_argument(
         "--calibration-data", default=None, metavar="FOLDER",
-        help="a folder of images for the check and the int8 calibration when the run's data set cannot be loaded",
+        help="a folder of images to calibrate int8 on instead of a sample of the training images, and to check "
+        "on when the run's data set cannot be loaded",
     )
     parser.add_argument(
-        "--calibration-size", type=positive_int, default=256,
-        help="training images (seeded sample) to calibrate int8 activations on (default: 256)",
+        "--calibration-size", type=positive_int, default=CALIBRATION_SIZE,
+        help="training images (seeded sample) to calibrate int8 activations on (default: %(default)s)",
     )
     parser.add_argument(
         "--max-eval-images", type=positive_int, default=None,
@@ -184,7 +187,7 @@ def export(
     quantize: str | None = None,
     opset: int = DEFAULT_OPSET,
     calibration_data: str | None = None,
-    calibration_size: int = 256,
+    calibration_size: int = CALIBRATION_SIZE,
     max_eval_images: int | None = None,
     overwrite: bool = False,
     command: str = "",
@@ -192,9 +195,9 @@ def export(
     """Export the run in ``output_dir``; returns the report and the export folder."""
     source = Path(output_dir)
     target = Path(out) if out else source / "onnx"
-    check_extra()
     check_source(source)
     check_target(source, target, overwrite)
+    check_extra()
     images = Images(source, calibration_data, max_eval_images)  # before any export work: no images, no export
 
     from .saved import load_saved
@@ -271,7 +274,10 @@ def _int8(model, processor, fp32, work: Path, images: Images, calibration_size: 
     mode, why = q.choose_mode(work / onnx_model.MODEL_FILE)
     calibration = None
     if mode == "static":
-        calibration = fp32.preprocessor(images.calibration(calibration_size)) if calibration_size else None
+        sample = images.calibration(calibration_size)
+        if not sample:
+            raise ExportError("none of the calibration images could be read; pass --calibration-data FOLDER with readable images")
+        calibration = fp32.preprocessor(sample)
     input_name = fp32.session.get_inputs()[0].name
     info = q.quantize_int8(work / onnx_model.MODEL_FILE, work / onnx_model.INT8_FILE, mode, calibration, input_name)
     info.why = why
@@ -326,15 +332,27 @@ def _int8(model, processor, fp32, work: Path, images: Images, calibration_size: 
     return result
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    import sys
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this export, for the report and the card."""
+    import shlex
 
+    parts = ["finetune", "export", args.output_dir]
+    for option, value, default in (
+        ("--quantize", args.quantize, None), ("--opset", args.opset, DEFAULT_OPSET), ("--out", args.out, None),
+        ("--calibration-data", args.calibration_data, None), ("--calibration-size", args.calibration_size, CALIBRATION_SIZE),
+        ("--max-eval-images", args.max_eval_images, None),
+    ):
+        if value != default:
+            parts += [option, str(value)]
+    return shlex.join(parts)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
     try:
         result, target = export(
             args.output_dir, args.out, quantize=args.quantize, opset=args.opset,
             calibration_data=args.calibration_data, calibration_size=args.calibration_size,
-            max_eval_images=args.max_eval_images, overwrite=args.overwrite,
-            command="finetune " + " ".join(sys.argv[1:]),
+            max_eval_images=args.max_eval_images, overwrite=args.overwrite, command=_command(args),
         )
     except UserError as err:
         return report(str(err))
