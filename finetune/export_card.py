@@ -20,7 +20,8 @@ def render(result: dict[str, Any]) -> str:
         f"output `logits` (N×{len(result['classes'])}). The class names are `id2label` in `config.json`; the "
         f"preprocessing is that of {check['preprocessing']}.",
         "",
-        "Run it without PyTorch (only `onnxruntime`, numpy and Pillow are needed):",
+        "Run it with ONNX Runtime, in a process without PyTorch (`finetune/onnx_model.py` needs only "
+        "`onnxruntime`, numpy and Pillow):",
         "",
         "```bash",
         "finetune predict THIS_FOLDER images/        # add --int8 for model.int8.onnx",

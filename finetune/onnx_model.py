@@ -294,8 +294,11 @@ class OnnxClassifier:
 
 
 def class_names(folder: str | Path) -> list[str]:
-    """The class names of config.json's id2label, in index order."""
+    """The class names of config.json, in index order, as transformers reads them: a timm
+    model's ``label_names`` list (its config writes no id2label), else ``id2label``."""
     config = json.loads((Path(folder) / "config.json").read_text())
+    if config.get("model_type") == "timm_wrapper" and isinstance(config.get("label_names"), list):
+        return [str(name) for name in config["label_names"]]
     id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
     if not id2label:
         raise InferenceError(f"{folder}/config.json: no id2label; export the model again with `finetune export`")

@@ -3,7 +3,12 @@
 Convolutional models are quantized statically: weights int8 per output channel, and
 activations uint8 with ranges calibrated on a seeded sample of training images (a
 ``CalibrationDataReader``), in the QOperator format (QLinearConv and friends, the kernels
-that make int8 faster than fp32 on a CPU). Transformers are quantized dynamically (int8
+that make int8 faster than fp32 on a CPU). Two settings decide the accuracy, measured on
+the quickstart model (EfficientNet-Lite0 on digits, 360 held-out images, fp32 98.89%):
+``reduce_range`` (7-bit weights), because x86 CPUs without VNNI multiply uint8 by int8 in
+16-bit sums that saturate (98.89% → 91.11% without it, 97.78% with it); and percentile
+calibration (99.999th), which ignores the rare extreme activations that stretch a MinMax
+range over the depthwise convolutions' outputs (97.78% → 98.33%). Transformers are quantized dynamically (int8
 MatMul weights, activation ranges measured per batch at run time): their activations
 (softmax inputs, GELU, LayerNorm outputs) have outliers that one calibrated range per
 tensor clips, and their cost is in the MatMuls that dynamic quantization covers.
@@ -24,6 +29,8 @@ import numpy as np
 _ATTENTION_OPS = {"Softmax", "Attention", "MultiHeadAttention"}
 #: Calibration batch size: bounded memory for the calibrator's activation copies.
 CALIBRATION_BATCH = 16
+#: The activation range kept by calibration, in percent of the calibration values.
+PERCENTILE = 99.999
 
 
 @dataclass
@@ -65,9 +72,13 @@ class _Batches:
         return next(self._iter, None)
 
     def rewind(self) -> None:
+        # Batches of one size: ONNX Runtime's histogram calibrators stack the batches'
+        # activations into one array (onnxruntime 1.32), which fails on a shorter last batch.
+        size = max(d for d in range(1, CALIBRATION_BATCH + 1) if len(self.pixels) % d == 0)
+
         def batches() -> Iterator[dict[str, np.ndarray]]:
-            for start in range(0, len(self.pixels), CALIBRATION_BATCH):
-                yield {self.input_name: self.pixels[start : start + CALIBRATION_BATCH]}
+            for start in range(0, len(self.pixels), size):
+                yield {self.input_name: self.pixels[start : start + size]}
 
         self._iter = batches()
 
@@ -113,14 +124,15 @@ def quantize_int8(
             quant_format=QuantFormat.QOperator,
             op_types_to_quantize=ops,
             per_channel=True,
+            reduce_range=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"CalibTensorRangeSymmetric": False},
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"CalibPercentile": PERCENTILE},
         )
         return Quantization(
-            "static", "QOperator", True, "int8", "uint8", calibration_images=len(calibration),
-            calibration_method="MinMax", op_types=ops,
+            "static", "QOperator", True, "int8 (7-bit range)", "uint8", calibration_images=len(calibration),
+            calibration_method=f"percentile {PERCENTILE}", op_types=ops,
         )
 
 
