@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -140,7 +141,11 @@ def first_step_seconds(work: Path, n: int, log) -> float:
     env["FINETUNE_CACHE"] = str(work / "finetune-cache")
     command = [*ACCELERATE, "finetune/run.py", "--recipe", "recipes/quickstart.json", "--set", f"output_dir={out}"]
     start = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Its own process group, killed whole below: a SIGTERM to the launcher alone left the
+    # training process running on after the measurement.
+    proc = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     seen: list[str] = []
     seconds = float("nan")
     assert proc.stderr is not None
@@ -149,7 +154,7 @@ def first_step_seconds(work: Path, n: int, log) -> float:
         if "training: effective batch" in line:
             seconds = time.perf_counter() - start
             break
-    proc.terminate()
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     log.write(f"===== quickstart to first step #{n}: {seconds:.1f} s\n{''.join(seen)}\n")
     if seconds != seconds:  # NaN: the line never came

@@ -280,8 +280,10 @@ def ours_data(s: Scenario, work: Path) -> dict[str, Any]:
     trainer = FinetuneTrainer(
         model=torch.nn.Identity(),
         args=training_arguments(recipe),
-        train_dataset=prepared.train,
-        eval_dataset=prepared.validation,
+        # Wrapped as train() wraps them: batches gathered from the cache in one go (without
+        # it, the default collator stacks rows and a channels-last split has no pixel_values).
+        train_dataset=data.FastRows.wrap(prepared.train),
+        eval_dataset=None,
         data_collator=data.collate,
         batch_transform=transform,
     )

@@ -99,6 +99,22 @@ def loss_is_a_batch_mean(trainer: Any) -> None:
     trainer.model_accepts_loss_kwargs = False
 
 
+def train_sampler(sampler: Any, dataset: Any, upstream: Callable[[Any], Any]) -> Any:
+    """``Trainer._get_train_sampler(train_dataset=None)``: ``sampler`` when there is one, else
+    the Trainer's own (``upstream``).
+
+    Upstream behaviour: the Trainer builds the training sampler itself from
+    ``train_sampling_strategy`` (random, sequential, length-grouped); no argument or public
+    method takes another sampler, and ``get_train_dataloader``, the public override, would
+    have to rebuild the loader (workers' seeding, ``accelerator.prepare``) through the
+    private ``_get_dataloader`` anyway. The Trainer then shards the sampler's order over the
+    processes and calls ``set_epoch`` on it before each epoch (balance.BalancedSampler
+    relies on both). Checked with transformers 5.24.0 (``get_train_dataloader`` passes
+    ``sampler_fn=self._get_train_sampler``, called with the dataset).
+    """
+    return upstream(dataset) if sampler is None else sampler
+
+
 def reload_weights(trainer: Any, checkpoint: str) -> None:
     """Load a checkpoint's weights into ``trainer.model`` with every key converted and checked.
 
@@ -109,8 +125,16 @@ def reload_weights(trainer: Any, checkpoint: str) -> None:
     would go on from the base model's weights, and the "best" model would be the last one.
     ``from_pretrained`` applies the key conversion; copying its tensors with ``strict=True``
     makes any mismatch an error instead. Checked with transformers 5.24.0.
+
+    A peft-wrapped model (``strategy: lora``) has checkpoints of its adapters and head
+    alone, under peft's own names, which :func:`lora.load_checkpoint` loads just as strictly.
     """
+    from . import lora
+
     model = trainer.accelerator.unwrap_model(trainer.model)
+    if lora.is_adapted(model):
+        lora.load_checkpoint(model, checkpoint)
+        return
     fresh = type(model).from_pretrained(checkpoint, config=model.config)
     model.load_state_dict(fresh.state_dict(), strict=True)
     logger.info("loaded weights from %s", checkpoint)

@@ -3,7 +3,9 @@
 ``AutoModelForImageClassification`` loads HF-native models (ViT, DeiT, ResNet, ConvNeXt,
 Swin, BEiT, ...) and timm models through TimmWrapper; ``builtin:`` names resolve to local
 checkpoints (builtin.py). Only head parameters may be re-initialised: anything else
-missing from the checkpoint means the wrong model was named, and is an error.
+missing from the checkpoint means the wrong model was named, and is an error. With
+``model.from_scratch`` only the configuration is loaded, and every weight is drawn at random
+(the no-pretraining baseline of a study).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import builtin
+from . import builtin, lora
 from .errors import UserError
 from .recipe import ModelConfig
 from .util import first_line, looks_like_path
@@ -48,6 +50,13 @@ def model_path(cfg: ModelConfig) -> str:
             )
         return path
     return name
+
+
+def load_config(cfg: ModelConfig):
+    """The model's config (config.json alone: no weights)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_path(cfg), **_load_kwargs(cfg))
 
 
 def load_processor(cfg: ModelConfig, image_size: int | None):
@@ -128,6 +137,8 @@ class LoadedModel:
     head: list[str]
     trainable: int
     total: int
+    #: With ``strategy: lora``: the adapters' settings and sizes, for the log and the card.
+    lora: lora.Summary | None = None
 
 
 def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedModel:
@@ -153,6 +164,8 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
     if data_config is not None and hasattr(config, "pretrained_cfg"):
         # timm keeps its preprocessing in config.json: keep it equal to what we train with.
         config.pretrained_cfg = {**config.pretrained_cfg, "input_size": tuple(data_config["input_size"])}
+    if cfg.from_scratch:
+        return _from_scratch(cfg, config, class_names)
     try:
         # safetensors only: a pickled checkpoint can run code when loaded.
         model, info = AutoModelForImageClassification.from_pretrained(
@@ -175,10 +188,30 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
         )
     if reinit:
         logger.info("re-initialised for %d classes: %s", len(class_names), ", ".join(reinit))
+    if cfg.strategy == "lora":  # the model gets wrapped, so it is not frozen in place
+        total = sum(p.numel() for p in model.parameters())
+        model, adapters = lora.wrap(model, cfg, head)
+        keep_frozen_in_eval(model)
+        # What trains over the model as it is saved: the adapters and the head (peft's copy
+        # of the head, and the merged weights, are not counted twice).
+        trainable = adapters.adapter_parameters + adapters.head_parameters
+        return LoadedModel(model, reinit, head, trainable, total + adapters.adapter_parameters, adapters)
     apply_strategy(model, cfg, head)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return LoadedModel(model, reinit, head, trainable, total)
+
+
+def _from_scratch(cfg: ModelConfig, config, class_names: list[str]) -> LoadedModel:
+    """``model.from_scratch``: the architecture of ``config`` with every weight drawn at random
+    (the architecture's own initialisation, seeded by the caller), nothing loaded: the
+    baseline that shows what pretraining is worth. Only strategy "full" is allowed (recipe.py)."""
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    logger.info("model: %s's architecture from random initialisation (no pretrained weights)", cfg.name_or_path)
+    total = sum(p.numel() for p in model.parameters())
+    return LoadedModel(model, [], head_parameter_names(model, []), total, total)
 
 
 def head_parameter_names(model: nn.Module, reinitialised: list[str]) -> list[str]:
@@ -220,7 +253,7 @@ def find_blocks(model: nn.Module, head: list[str]) -> tuple[str, nn.ModuleList |
 def apply_strategy(model: nn.Module, cfg: ModelConfig, head: list[str]) -> None:
     """Freeze per strategy; frozen parts stay in eval mode while the rest trains, so
     batch-norm statistics of a frozen backbone do not drift (and dropout is off there)."""
-    if cfg.strategy == "full":
+    if cfg.strategy in ("full", "lp_ft"):  # lp_ft: its fine-tune phase trains everything (lp_ft.py)
         return
     params = list(model.named_parameters())
     if cfg.strategy == "linear_probe":
@@ -237,14 +270,20 @@ def apply_strategy(model: nn.Module, cfg: ModelConfig, head: list[str]) -> None:
         trainable = {n for n, _ in params[start:]} | set(head)
     for name, p in params:
         p.requires_grad_(name in trainable)
+    keep_frozen_in_eval(model)
+
+
+def keep_frozen_in_eval(model: nn.Module) -> None:
+    """Put the frozen parts of ``model`` in eval mode at each forward pass, whatever mode
+    the Trainer sets: their batch-norm statistics do not drift, and dropout is off there."""
     frozen = _frozen_modules(model)
 
-    def keep_frozen_in_eval(module: nn.Module, args):  # forward pre-hook
+    def hook(module: nn.Module, args):  # forward pre-hook
         if module.training:
             for m in frozen:
                 m.eval()
 
-    model.register_forward_pre_hook(keep_frozen_in_eval)
+    model.register_forward_pre_hook(hook)
     model.finetune_frozen_modules = frozen  # type: ignore[attr-defined] - for tests and logs
 
 
@@ -303,14 +342,32 @@ def use_channels_last(model: nn.Module, cfg: ModelConfig, args: Any = None) -> b
     weights (their flattening is not tested with it)."""
     if cfg.channels_last is not None:
         return cfg.channels_last
-    sharded = args is not None and (bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None)))
-    sharded = sharded or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-    sharded = sharded or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-    return torch.cuda.is_available() and is_convolutional(model) and not sharded
+    return torch.cuda.is_available() and is_convolutional(model) and not sharded(args)
+
+
+def sharded(args: Any = None) -> bool:
+    """Whether FSDP or DeepSpeed shard the weights (the training arguments, or accelerate's
+    launcher settings say so)."""
+    shards = args is not None and (bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None)))
+    shards = shards or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    return shards or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+def check_strategy_fits(cfg: ModelConfig, args: Any) -> None:
+    """Stop before any data is read when the strategy cannot run under these arguments."""
+    if cfg.strategy == "lora" and sharded(args):
+        # The merge on save needs the whole of each adapted weight in one process, and
+        # sharded peft models are not tested here.
+        raise ModelError(
+            "model.strategy 'lora' does not run under FSDP or DeepSpeed here; launch without them, "
+            "or use strategy 'full'"
+        )
 
 
 def describe_strategy(loaded: LoadedModel, cfg: ModelConfig) -> str:
     share = 100.0 * loaded.trainable / max(loaded.total, 1)
+    adapters = f"; {loaded.lora.describe()}" if loaded.lora is not None else ""
     return (
         f"strategy {cfg.strategy}: {loaded.trainable:,} of {loaded.total:,} parameters trainable ({share:.2f}%)"
+        f"{adapters}"
     )

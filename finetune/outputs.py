@@ -28,6 +28,9 @@ LOCK_NAME = ".finetune.lock"
 HOLDER_NAME = ".finetune.lock.json"
 _LOCK_FILES = {LOCK_NAME, HOLDER_NAME, HOLDER_NAME + ".tmp"}
 #: What a run writes before training starts; a folder holding only these has nothing to lose.
+#: LP-FT's probed head (lp_ft.py): kept between attempts of a recipe like the checkpoints,
+#: and removed with them by --overwrite.
+LP_HEAD = "lp_head.safetensors"
 _BEFORE_TRAINING = {"recipe.json", "data_report.json", "recipe.json.tmp", "data_report.json.tmp"} | _LOCK_FILES
 
 
@@ -205,6 +208,7 @@ def claim_output_dir(recipe: Recipe, overwrite: bool) -> tuple[OutputLock, str |
         if overwrite:
             for ckpt in out.glob("checkpoint-*"):
                 shutil.rmtree(ckpt, ignore_errors=True)
+            (out / LP_HEAD).unlink(missing_ok=True)
         lock.write_holder()
     except BaseException:
         lock.release()

@@ -107,6 +107,45 @@ def fit_logistic(
     return LogisticFit(l2, weight, bias, iterations, train_loss)
 
 
+# ------------------------------------------------------------- features across runs
+
+
+class SharedFeatures:
+    """Features kept across the runs of one process (a study's cells, study.py), so that runs
+    on the same decoded split with the same frozen backbone run it once between them.
+
+    A key is ``scope`` (what the features depend on besides the images: the backbone's name,
+    revision and input size, said by the caller, who must not share a randomly initialised
+    backbone) and the decoded split's fingerprint, which ``datasets`` derives from the source
+    data, every selection of rows and the decode pass with its processor: another k-shot
+    draw or seed is another split."""
+
+    def __init__(self) -> None:
+        self._store: dict[tuple, FeatureDataset] = {}
+        self.scope: tuple | None = None
+        self.hits = 0
+
+    def key(self, dataset: Any) -> tuple | None:
+        from .compat import dataset_fingerprint
+
+        return None if self.scope is None else (self.scope, dataset_fingerprint(dataset), len(dataset))
+
+    def get(self, dataset: Any) -> FeatureDataset | None:
+        key = self.key(dataset)
+        found = self._store.get(key) if key is not None else None
+        self.hits += found is not None
+        return found
+
+    def put(self, dataset: Any, features: FeatureDataset) -> None:
+        key = self.key(dataset)
+        if key is not None:
+            self._store[key] = features
+
+
+#: Set by a study while its cells run (study.py); None for a single run.
+SHARED: SharedFeatures | None = None
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -220,6 +259,12 @@ class FeatureProbeTrainer(Trainer):
         for known, features in self._cache:
             if known is dataset:
                 return features
+        shared = SHARED.get(dataset) if SHARED is not None else None
+        if shared is not None:
+            if self._feature_args.process_index == 0:
+                logger.info("feature cache: %d images' features from an earlier run of this study", len(shared))
+            self._cache.append((dataset, shared))
+            return shared
         start = time.perf_counter()
         features = compute_features(
             self.full_model,
@@ -240,6 +285,8 @@ class FeatureProbeTrainer(Trainer):
                 features.features.shape[-1],
             )
         self._cache.append((dataset, features))
+        if SHARED is not None:
+            SHARED.put(dataset, features)
         return features
 
     def train(self, *args: Any, **kwargs: Any):

@@ -1,29 +1,34 @@
 """Train: the HF Trainer (through accelerate) on the prepared data, then the outputs.
 
 recipe → TrainingArguments (args.py) → output folder locked and checked (outputs.py) →
-processor → data → model → Trainer (trainer.py) → train (resuming when the same recipe ran
+processor → data → model (and a frozen teacher to distil from, distill.py) → Trainer (trainer.py) → train (resuming when the same recipe ran
 here before; stopping cleanly on SIGTERM or Ctrl-C, interrupts.py) → final evaluation on the
 eval split → model, processor, metrics, recipe.json, report and card in the output folder.
 A full disk stops the run with one line saying where and how much (outputs.py).
+
+``train_trial`` is a search trial (search.py): the same data, model and Trainer, scored on
+the validation piece, without the eval split, the output folder's files or a saved model.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, set_seed
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, set_seed
 
-from . import card, data, metrics, model as model_lib, plots, threads
+from . import card, data, distill, eval_sets, lora, lp_ft, metrics, model as model_lib, plots, threads
 from .args import callbacks, data_seed, precision, training_arguments
 from .interrupts import InterruptCallback, Interrupted, StopNow, signal_name
 from .outputs import FollowUmaskCallback, OutputDirError, claim_output_dir, disk_full_is_a_user_error, what_a_rerun_does
 from .recipe import Recipe
-from .trainer import FinetuneTrainer
+from .reuse import Reuse
+from .trainer import FinetuneTrainer, trainer_options
 from .util import follow_umask, write_json
 
 logger = logging.getLogger("finetune")
@@ -36,9 +41,13 @@ class Prepared:
     validation: Any | None
     eval: Any
     data_report: dict[str, Any]
+    #: data.eval_sets, decoded and mapped onto the model's classes (eval_sets.py).
+    eval_sets: dict[str, eval_sets.EvalSet] = field(default_factory=dict)
 
 
-def prepare_data(recipe: Recipe, processor, seed: int) -> Prepared:
+def prepare_data(recipe: Recipe, processor, seed: int, with_eval: bool = True) -> Prepared:
+    """The decoded train, validation and eval pieces. ``with_eval`` false (a search trial):
+    the eval split is not decoded nor touched at all, and ``Prepared.eval`` is None."""
     cfg = recipe.data
     raw = data.load_raw(cfg)
     splits = data.make_splits(raw, cfg, seed)
@@ -55,9 +64,9 @@ def prepare_data(recipe: Recipe, processor, seed: int) -> Prepared:
         decoded["validation"] = data.decode(
             splits.validation, processor, splits.image_column, splits.label_column, workers, "decoding validation"
         )
-    if splits.eval is splits.validation and "validation" in decoded:
+    if with_eval and splits.eval is splits.validation and "validation" in decoded:
         decoded["eval"] = decoded["validation"]
-    else:
+    elif with_eval:
         decoded["eval"] = data.decode(
             splits.eval, processor, splits.image_column, splits.label_column, workers, "decoding eval"
         )
@@ -72,7 +81,8 @@ def prepare_data(recipe: Recipe, processor, seed: int) -> Prepared:
         "notes": splits.notes,
     }
     validation = decoded["validation"].dataset if "validation" in decoded else None
-    return Prepared(splits, decoded["train"].dataset, validation, decoded["eval"].dataset, report)
+    evaluation = decoded["eval"].dataset if "eval" in decoded else None
+    return Prepared(splits, decoded["train"].dataset, validation, evaluation, report)
 
 
 def check_prepared(prepared: Prepared, cfg) -> None:
@@ -114,11 +124,20 @@ def _set_find_unused_parameters(args, model, size, caches_features: bool) -> Non
         )
 
 
-def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> dict[str, Any]:
-    """Run a recipe end to end; returns the final eval metrics."""
+def train(
+    recipe: Recipe,
+    overwrite: bool = False,
+    source: str = "recipe",
+    *,
+    reuse: Reuse | None = None,
+    search: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run a recipe end to end; returns the final eval metrics. ``reuse``: what a search's
+    trials computed already; ``search``: the search that chose this recipe, for the card."""
     from accelerate import PartialState
 
     args = training_arguments(recipe, source)
+    model_lib.check_strategy_fits(recipe.model, args)
     state = PartialState()
     out = Path(recipe.output_dir)
     # The main process locks the folder (a second run into it stops at once) and decides
@@ -138,35 +157,149 @@ def train(recipe: Recipe, overwrite: bool = False, source: str = "recipe") -> di
     try:
         # Anything else that fills a disk (the recipe's own files, the decode cache).
         with disk_full_is_a_user_error(out, main_process=state.is_main_process):
-            return _run(recipe, args, state, out, resume)
+            return _run(recipe, args, state, out, resume, reuse, search)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str, Any]:
-    logger.info("threads: %s", threads.configure_threads().describe())  # again: accelerate may have changed it
+def train_trial(recipe: Recipe, callbacks: list[TrainerCallback], reuse: Reuse) -> dict[str, Any]:
+    """One trial of a search: train, then the metrics of the validation piece. The eval split
+    is never loaded; the output folder is neither locked nor written (the search holds its
+    own), no model is saved, and the Trainer prints no logs or bars (the search shows one
+    bar over the trials)."""
+    from accelerate import PartialState
+
+    args = training_arguments(recipe)
+    trainer = _build(recipe, args, PartialState(), Path(recipe.output_dir), reuse, for_trial=True).trainer
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    for callback in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(callback)
+    trainer.train()
+    # The last per-epoch evaluation scored the final weights already, unless the best ones
+    # were loaded back afterwards (or no loop ran: the L-BFGS head).
+    last = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
+    if last is not None and last.get("step") == trainer.state.global_step and not args.load_best_model_at_end:
+        return last
+    return trainer.evaluate()
+
+
+@dataclass
+class _Built:
+    """A run up to its first training step: data, model, transform, metrics and Trainer."""
+
+    prepared: Prepared
+    loaded: Any
+    transform: Any
+    accumulator: Any
+    trainer: Trainer
+    #: LP-FT's probe phase (lp_ft.py), or None.
+    lp_record: dict[str, Any] | None = None
+
+
+def _run(recipe: Recipe, args, state, out: Path, resume: str | None, reuse: Reuse | None, search) -> dict[str, Any]:
     if state.is_main_process:
         write_json(out / "recipe.json", recipe.to_dict())
     if resume:
         logger.info("resuming from %s (same recipe found in %s)", resume, out)
+    # From here on SIGTERM and Ctrl-C stop the run cleanly (in training: at a checkpoint).
+    interrupts = InterruptCallback()
+    try:
+        return _train(recipe, args, state, out, resume, reuse, search, interrupts)
+    finally:
+        interrupts.restore()
 
-    processor = model_lib.load_processor(recipe.model, recipe.data.image_size)
+
+def _train(recipe: Recipe, args, state, out: Path, resume, reuse, search, interrupts: InterruptCallback) -> dict[str, Any]:
+    """Build the run (for lp_ft: its probe phase first), train it (the fine-tune phase), then
+    the outputs (``_finish``); a signal stops it cleanly, with one line saying what is saved."""
+    built = _build(recipe, args, state, out, reuse, interrupts=interrupts)
+    prepared, loaded, transform, accumulator, trainer, lp_record = (
+        built.prepared, built.loaded, built.transform, built.accumulator, built.trainer, built.lp_record
+    )
+    if lp_record is not None:
+        logger.info("LP-FT: fine-tune phase: every parameter trains, starting from the probed head")
+    world = args.world_size
+    effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
+    if not (recipe.model.caches_features and recipe.model.probe_solver == "lbfgs"):  # no batches or learning rate (probe.py)
+        logger.info(
+            "training: effective batch %d = %d per device × %d process(es) × %d accumulation step(s); "
+            "learning rate %g (not rescaled for the batch size); augmentation %s",
+            effective, args.per_device_train_batch_size, world, args.gradient_accumulation_steps,
+            args.learning_rate, transform.describe(),
+        )
+    if isinstance(trainer, FinetuneTrainer):
+        logger.info("training: regularisers: %s", trainer.describe_regularisers())
+    trainer.add_callback(interrupts)
+    trainer.add_callback(FollowUmaskCallback())
+    weights, trainable = _parameter_bytes(loaded.model)
+    # A checkpoint holds the weights (a linear probe's: the head alone; lora's: the adapters
+    # and the head) and, for the Adam family, two optimizer tensors per trained weight.
+    trained_alone = recipe.model.caches_features or recipe.model.strategy == "lora"
+    checkpoint = 3 * trainable if trained_alone else weights + 2 * trainable
+    with disk_full_is_a_user_error(out, "a checkpoint", checkpoint, main_process=state.is_main_process):
+        result = trainer.train(resume_from_checkpoint=resume)
+    if lp_record is not None:
+        result.metrics.update(lp_ft.train_metrics(lp_record))
+    done: list[str] = []  # what _finish has done, for the message if a signal stops it
+    try:
+        # From here on a signal stops the run where it is (StopNow).
+        if interrupts.training_over() is not None:
+            raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), interrupts.signum)
+        return _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done, search, lp_record)
+    except StopNow as stop:
+        if interrupts.signum is not None:  # a second signal, while the first one's message was made
+            raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), stop.signum) from None
+        planned = [s for s in _AFTER_TRAINING if s != "push" or recipe.hub.push]
+        message = _stopped_after_training(out, stop.signum, trainer.state.global_step, planned, done)
+        raise Interrupted(message, stop.signum) from None
+
+
+def _build(
+    recipe: Recipe, args, state, out: Path, reuse: Reuse | None, for_trial: bool = False,
+    interrupts: InterruptCallback | None = None,
+) -> _Built:
+    """Data, model and Trainer. ``for_trial``: the eval split is not prepared, nothing is
+    written, and the decoded splits are kept in ``reuse`` for the next trial."""
+    logger.info("threads: %s", threads.configure_threads().describe())  # again: accelerate may have changed it
+    if reuse is not None:
+        processor = reuse.processor(recipe)
+    else:
+        processor = model_lib.load_processor(recipe.model, recipe.data.image_size)
+    # The teacher's config and processor now (cheap): a wrong name stops before the data pass.
+    opened_teacher = distill.open_teacher(recipe.model) if recipe.model.teacher else None
+    if recipe.model.layer_decay is not None:  # a model without a layer map fails before the data pass
+        from . import layer_decay
+
+        layer_decay.check_supported(model_lib.load_config(recipe.model))
     seed = data_seed(recipe)
     # Decoding runs on the main process first; the others then find it in the cache.
-    with args.main_process_first(desc="data preparation"):
-        prepared = prepare_data(recipe, processor, seed)
-    if state.is_main_process:
+    key = Reuse.data_key(recipe, seed) if for_trial and reuse is not None else None
+    prepared = reuse.prepared.get(key) if key is not None else None
+    if prepared is None:
+        with args.main_process_first(desc="data preparation"):
+            prepared = prepare_data(recipe, processor, seed, with_eval=not for_trial)
+        if key is not None:
+            reuse.prepared[key] = prepared
+    if state.is_main_process and not for_trial:
         write_json(out / "data_report.json", prepared.data_report)
     check_prepared(prepared, recipe.data)
     splits = prepared.splits
+    if recipe.data.eval_sets and not for_trial:
+        # Before training: a set with a class the model lacks, or unreadable, stops the run now.
+        with args.main_process_first(desc="eval sets"):
+            prepared.eval_sets = eval_sets.prepare(
+                recipe.data.eval_sets, splits.class_names, processor,
+                recipe.data.preprocessing_num_workers, recipe.data.max_bad_fraction,
+            )
     bad = prepared.data_report["bad_files"]
     logger.info(
-        "data: %d train, %s validation, %d eval images [%s], %d classes; %d unreadable file(s) set aside%s; "
+        "data: %d train, %s validation, %s eval images [%s], %d classes; %d unreadable file(s) set aside%s; "
         "%d junk file(s) ignored",
         len(prepared.train),
         len(prepared.validation) if prepared.validation is not None else "no",
-        len(prepared.eval),
+        len(prepared.eval) if prepared.eval is not None else "no",
         splits.eval_name,
         len(splits.class_names),
         len(bad),
@@ -182,14 +315,23 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
     # data pass, a launcher's setup): seed right before the model is made, as the Trainer
     # does for model_init, so 1 and N processes start from the same head.
     set_seed(args.seed)
-    loaded = model_lib.load_model(recipe.model, splits.class_names, processor)
+    if reuse is not None:
+        loaded = reuse.model(recipe, splits.class_names, processor, args.seed)
+    else:
+        loaded = model_lib.load_model(recipe.model, splits.class_names, processor)
     logger.info(model_lib.describe_strategy(loaded, recipe.model))
+    teacher = None
+    if opened_teacher is not None:  # its classes are checked against the data's before its weights load
+        teacher = distill.load_teacher(recipe.model, splits.class_names, processor, opened_teacher)
+        logger.info(teacher.describe())
     augment = recipe.data.augment
     # Channels-last for convolutional models on GPUs; attention is transformers' default
     # for the model (SDPA where the model has it).
     channels_last = model_lib.use_channels_last(loaded.model, recipe.model, args)
     if channels_last:
         loaded.model.to(memory_format=torch.channels_last)
+        if teacher is not None and model_lib.is_convolutional(teacher.model):
+            teacher.model.to(memory_format=torch.channels_last)
     has_attention = any("Attention" in type(m).__name__ for m in loaded.model.modules())
     logger.info(
         "model: memory format %s%s; %s",
@@ -202,63 +344,48 @@ def _run(recipe: Recipe, args, state, out: Path, resume: str | None) -> dict[str
     transform = data.BatchTransform.for_processor(processor, augment, channels_last=channels_last)
     size = transform.size
     accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
-    trainer_class: Callable[..., Trainer] = FinetuneTrainer
+    trainer_class: Callable[..., Trainer] = functools.partial(FinetuneTrainer, layer_decay=recipe.model.layer_decay)
     if recipe.model.caches_features:
         # The frozen backbone runs once; the head trains on cached features.
         from . import probe
 
         trainer_class, transform = probe.probe_setup(
-            loaded, transform, prepared.data_report, out / "data_report.json", recipe.model, recipe.training
+            loaded, transform, prepared.data_report, None if for_trial else out / "data_report.json",
+            recipe.model, recipe.training,
         )
+    lp_record = None
+    if recipe.model.strategy == "lp_ft":
+        # Before the fine-tune's Trainer exists: its set_seed then leaves the random state
+        # the same whether the probe was fitted now or loaded from an earlier attempt.
+        lp_record = lp_ft.probe_phase(recipe, loaded, transform, prepared, out, state)
+        if interrupts is not None and interrupts.requested:
+            raise Interrupted(lp_ft.stopped_after_probe(out, interrupts.signum), interrupts.signum)
     if "ddp_find_unused_parameters" not in recipe.training:
         _set_find_unused_parameters(args, loaded.model, size, recipe.model.caches_features)
-    # A decoded batch is one gather from the memory-mapped cache (data.FastRows).
-    rows = data.FastRows.wrap
+    # A decoded batch is one gather from the memory-mapped cache (data.FastRows); a probe
+    # whose features a trial of the same search computed starts from those.
+    training, validation = data.FastRows.wrap(prepared.train), data.FastRows.wrap(prepared.validation)
+    features = Reuse.features_key(recipe, seed) if reuse is not None and recipe.model.caches_features else None
+    if features in (reuse.features if reuse is not None else {}):
+        training, validation = reuse.features[features]
     trainer = trainer_class(
         model=loaded.model,
         args=args,
-        train_dataset=rows(prepared.train),
-        eval_dataset=rows(prepared.validation),
+        train_dataset=training,
+        eval_dataset=validation,
         processing_class=processor,
         data_collator=data.collate,
         compute_metrics=accumulator,
         batch_transform=transform,
         callbacks=callbacks(recipe),
+        # A teacher never comes with cached features (recipe.py refuses the pair).
+        **({"teacher": teacher} if teacher is not None else {}),
+        # Class weights, the balanced sampler and the EMA (recipe.py refuses them with the probe).
+        **({} if recipe.model.caches_features else trainer_options(recipe)),
     )
-    world = args.world_size
-    effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
-    if recipe.model.probe_solver != "lbfgs":  # an L-BFGS head has no batches or learning rate (probe.py)
-        logger.info(
-            "training: effective batch %d = %d per device × %d process(es) × %d accumulation step(s); "
-            "learning rate %g (not rescaled for the batch size); augmentation %s",
-            effective, args.per_device_train_batch_size, world, args.gradient_accumulation_steps,
-            args.learning_rate, transform.describe(),
-        )
-    interrupts = InterruptCallback()
-    trainer.add_callback(interrupts)
-    trainer.add_callback(FollowUmaskCallback())
-    weights, trainable = _parameter_bytes(loaded.model)
-    # A checkpoint holds the weights (a linear probe's: the head alone) and, for the
-    # Adam family, two optimizer tensors per trained weight.
-    checkpoint = 3 * trainable if recipe.model.caches_features else weights + 2 * trainable
-    try:
-        with disk_full_is_a_user_error(out, "a checkpoint", checkpoint, main_process=state.is_main_process):
-            result = trainer.train(resume_from_checkpoint=resume)
-        done: list[str] = []  # what _finish has done, for the message if a signal stops it
-        try:
-            # From here on a signal stops the run where it is (StopNow).
-            if interrupts.training_over() is not None:
-                raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), interrupts.signum)
-            final = _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done)
-        except StopNow as stop:
-            if interrupts.signum is not None:  # a second signal, while the first one's message was made
-                raise Interrupted(_stopped_in_training(out, interrupts.signum, trainer.state), stop.signum) from None
-            planned = [s for s in _AFTER_TRAINING if s != "push" or recipe.hub.push]
-            message = _stopped_after_training(out, stop.signum, trainer.state.global_step, planned, done)
-            raise Interrupted(message, stop.signum) from None
-    finally:
-        interrupts.restore()
-    return final
+    if features is not None:
+        reuse.features[features] = (trainer.train_dataset, trainer.eval_dataset)
+    return _Built(prepared, loaded, transform, accumulator, trainer, lp_record)
 
 
 def _parameter_bytes(model: torch.nn.Module) -> tuple[int, int]:
@@ -291,9 +418,10 @@ def _stopped_after_training(out: Path, signum: int, step: int, planned: list[str
     )
 
 
-def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done) -> dict[str, Any]:
+def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transform, result, done, search, lp_record=None) -> dict[str, Any]:
     """After training: the final model, metrics, evaluation, report, card and push (the
-    stages of ``_AFTER_TRAINING``, each added to ``done`` when it is)."""
+    stages of ``_AFTER_TRAINING``, each added to ``done`` when it is). ``search``: the search
+    that chose the recipe, for the card."""
     args = trainer.args
     splits = prepared.splits
     rows = data.FastRows.wrap
@@ -307,6 +435,8 @@ def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transfor
     with disk_full_is_a_user_error(out, "the model", weights, final_step, main_process=state.is_main_process):
         if recipe.model.caches_features:
             trainer.save_full_model()  # the checkpoints hold the head alone (probe.py)
+        elif lora.is_adapted(loaded.model):
+            lora.save_merged(trainer)  # the checkpoints hold the adapters; the output, plain weights
         else:
             trainer.save_model()
     if trainer.args.should_save:
@@ -320,10 +450,12 @@ def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transfor
     # best checkpoint by validation score when the recipe asks for it).
     final = trainer.evaluate(eval_dataset=rows(prepared.eval), metric_key_prefix="eval")
     trainer.log_metrics("eval", final)
-    trainer.save_metrics("eval", final)
+    predictions = accumulator.last
+    # The other domains, each once too; their NAME_* metrics join eval_results.json.
+    set_scores, set_reports = eval_sets.score(trainer, accumulator, prepared.eval_sets, out, splits.class_names)
+    trainer.save_metrics("eval", {**final, **set_scores})
     done.append("final evaluation")
     if trainer.is_world_process_zero():
-        predictions = accumulator.last
         report = metrics.per_class_report(predictions, splits.class_names) if predictions is not None else None
         if report is not None:
             report["split"] = splits.eval_name
@@ -340,9 +472,13 @@ def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transfor
             num_validation=len(prepared.validation) if prepared.validation is not None else 0,
             report=report,
             loaded=loaded,
-            image_size=int(size[0]),
+            image_size=int(transform.size[0]),
             # What really ran: a linear probe on cached features applies no augmentation.
             augmentation=transform.describe(),
+            eval_set_metrics=set_scores,
+            eval_set_reports=set_reports,
+            search=search,
+            lp_phase=lp_ft.card_lines(lp_record) if lp_record is not None else None,
         )
     done.append("report and card")
     push_error = None

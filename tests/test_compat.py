@@ -168,3 +168,55 @@ def test_model_accepts_loss_kwargs_still_decides_what_the_loss_is_given(tmp_path
 def test_trainer_still_has_the_attributes_compat_reads(name: str, tmp_path: Path) -> None:
     trainer = Trainer(model=_Recorder(), args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
     assert hasattr(trainer, name), f"{TF}: Trainer has no '{name}' any more; see compat.py"
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __len__(self) -> int:
+        return 4
+
+    def __iter__(self):
+        return iter([3, 2, 1, 0])
+
+
+def test_trainer_still_takes_its_train_sampler_from_get_train_sampler(tmp_path: Path) -> None:
+    """compat.train_sampler: the Trainer asks ``_get_train_sampler(dataset)`` for the
+    sampler, loads batches in its order, and the loader passes ``set_epoch`` on to it
+    (what makes balance.BalancedSampler's epochs resume exactly)."""
+    sampler = _EpochSampler()
+
+    class Sampled(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return compat.train_sampler(sampler, train_dataset, super()._get_train_sampler)
+
+    assert _parameters(Trainer._get_train_sampler) == ["self", "train_dataset"], (
+        f"{TF} changed Trainer._get_train_sampler's parameters; see compat.train_sampler"
+    )
+    dataset = [{"pixel_values": torch.tensor([float(i), 0.0])} for i in range(4)]
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=2)
+    loader = Sampled(model=_Recorder(), args=args, train_dataset=dataset).get_train_dataloader()
+    assert [b["pixel_values"][:, 0].tolist() for b in loader] == [[3.0, 2.0], [1.0, 0.0]], (
+        f"{TF} no longer builds the training loader from Trainer._get_train_sampler; see compat.train_sampler"
+    )
+    loader.set_epoch(5)
+    assert sampler.epochs and sampler.epochs[-1] == 5, (
+        f"{TF} / accelerate no longer pass set_epoch on to the training sampler; see compat.train_sampler"
+    )
+    plain = Trainer(model=_Recorder(), args=args, train_dataset=dataset)
+    assert compat.train_sampler(None, dataset, plain._get_train_sampler) is not None
+
+
+def test_checkpoints_still_save_the_model_before_the_trainer_state() -> None:
+    """FinetuneTrainer.save_model writes the EMA beside a checkpoint's weights; it counts on
+    trainer_state.json, which outputs.checkpoint_is_complete looks for, coming after it."""
+    source = inspect.getsource(Trainer._save_checkpoint)
+    model, state = source.find("self.save_model(output_dir"), source.find("TRAINER_STATE_NAME")
+    assert 0 <= model < state, (
+        f"{TF} no longer saves a checkpoint's model (save_model) before trainer_state.json; the EMA could "
+        "be missing from a checkpoint that looks complete; see FinetuneTrainer.save_model"
+    )

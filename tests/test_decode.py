@@ -188,6 +188,7 @@ def test_the_decode_pass_logs_its_cache_size_and_place(tiny_vit: Path, tmp_path:
     assert "4 images at their own 10×10" in line and "32×32" in line
 
 
+@pytest.mark.e2e
 def test_decode_workers_finish_after_the_parent_ran_threaded_torch_ops(tmp_path: Path) -> None:
     # Forked map workers used to wait forever in their first multi-threaded torch op (the
     # processor's torch.stack of 64 images at 224 px) once the parent had started OpenMP

@@ -177,3 +177,32 @@ def test_accelerate_launch_and_plain_python_train_the_same_weights(tmp_path: Pat
     plain = (tmp_path / "plain" / "model.safetensors").read_bytes()
     assert plain != (tiny_vit / "model.safetensors").read_bytes()  # it trained
     assert plain == (tmp_path / "launched" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("data_keys", [{"sampler": "balanced"}, {"class_weights": "balanced"}], ids=["sampler", "weights"])
+def test_class_imbalance_keys_give_the_single_process_answer(tmp_path: Path, tiny_resnet: Path, data_keys: dict) -> None:
+    """The balanced sampler draws one order that the processes share out (seeded by epoch, not
+    by rank), and the weighted loss stays a mean over images, so two processes at half the
+    batch train what one does; the EMA of the weights, which the saved model is, too."""
+    images = make_image_folder(tmp_path / "images", per_class=16)
+    # 16 / 16 / 8: imbalanced, and 40 images: 5 full global batches (no batch wraps round on 2 processes).
+    for extra in sorted((images / "train" / "blue").glob("*.png"))[8:]:
+        extra.unlink()
+    runs = {}
+    for name, batch, launcher in (("one", 8, None), ("two", 4, TWO_PROC)):
+        recipe = write_recipe(
+            tmp_path / f"{name}.json", tiny_resnet, images, tmp_path / name,
+            data={"dataset": str(images), "validation_fraction": 0.0, "augment": {"crop_scale": None, "hflip": False},
+                  **data_keys},
+            model={"name_or_path": str(tiny_resnet), "strategy": "linear_probe", "feature_cache": False},
+            training={"num_train_epochs": 2, "learning_rate": 0.05, "optim": "sgd", "per_device_train_batch_size": batch,
+                      "per_device_eval_batch_size": 5, "seed": 0, "eval_strategy": "no", "disable_tqdm": True,
+                      "ema_decay": 0.5},
+        )
+        runs[name] = run_cli("--recipe", str(recipe), launcher=launcher)
+        assert runs[name].returncode == 0, f"{name}: {runs[name].stderr[-3000:]}"
+    assert "class-balanced sampling" in runs["two"].stderr or "balanced class weights" in runs["two"].stderr
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)

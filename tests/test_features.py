@@ -55,7 +55,7 @@ def test_head_on_cached_features_reproduces_the_models_logits(fixture: str, requ
 def test_feature_pass_shows_a_bar_in_images_unless_disable_tqdm(disable_tqdm: bool, tiny_resnet: Path, tmp_path: Path, capsys) -> None:
     loaded, processor = _loaded(tiny_resnet)
     decoded = _decoded(make_image_folder(tmp_path / "images", per_class=3, splits=("train",)), processor)
-    transform = _transform(processor, tuple(decoded[0]["pixel_values"].shape[-2:]))
+    transform = _transform(processor)
     capsys.readouterr()
     args = SimpleNamespace(disable_tqdm=disable_tqdm, process_index=0, dataloader_num_workers=0)
     features.compute_features(loaded.model, decoded, transform, device="cpu", batch_size=4, args=args)
@@ -146,7 +146,7 @@ def test_features_from_three_processes_are_the_direct_forward_pass_in_dataset_or
     captured = {}
     _, head = features.find_head(loaded.model)
     handle = head.register_forward_hook(lambda m, args, output: captured.update(x=args[0]))
-    transform = _transform(processor, data.image_size(decoded))
+    transform = _transform(processor)
     loaded.model.eval()
     with torch.inference_mode():
         loaded.model(pixel_values=transform(decoded[:]["pixel_values"], train=False))

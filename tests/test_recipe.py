@@ -59,7 +59,8 @@ def test_defaults_are_filled_in() -> None:
     assert recipe.model.strategy == "full"
     assert recipe.data.validation_fraction == 0.1 and recipe.data.eval_split == "test"
     assert recipe.to_dict()["data"]["augment"] == {
-        "crop_scale": [0.5, 1.0], "hflip": True, "preset": None, "random_erasing": 0.0
+        "crop_scale": [0.5, 1.0], "hflip": True, "preset": None, "random_erasing": 0.0,
+        "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_prob": 1.0,
     }
 
 

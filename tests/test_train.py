@@ -218,7 +218,8 @@ def test_trainer_reads_fastrows_through_its_public_loaders(tiny_vit: Path, tmp_p
     for loader in (trainer.get_train_dataloader(), trainer.get_eval_dataloader(rows)):
         assert loader.dataset is rows
         batch = next(iter(loader))
-        assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (4, 3, 32, 32)
+        # The fixture's 24-px images are cached at their own size, below the model's 32 px.
+        assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (4, 3, 24, 24)
         assert batch["labels"].shape == (4,)
 
 
@@ -268,14 +269,19 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def resumable(tmp_path_factory, tiny_vit) -> tuple[Path, Path]:
     """A recipe of 3 epochs × 27 steps, and its uninterrupted result. Every kind of random
-    augmentation is on, so resuming exactly also shows that each of them is seeded."""
+    augmentation is on, and every regulariser (mixup and CutMix, the class-balanced sampler,
+    label smoothing, the EMA of the weights, which the saved model is), so resuming exactly
+    also shows that each of them is seeded or checkpointed."""
     root = tmp_path_factory.mktemp("resume")
     images = make_image_folder(root / "images", per_class=40, splits=("train", "test"))
     recipe = write_recipe(
         root / "recipe.json", tiny_vit, images, root / "reference",
-        data__augment={"crop_scale": [0.5, 1.0], "hflip": True, "preset": "trivial_augment", "random_erasing": 0.25},
+        data__augment={"crop_scale": [0.5, 1.0], "hflip": True, "preset": "trivial_augment", "random_erasing": 0.25,
+                       "mixup_alpha": 0.4, "cutmix_alpha": 1.0, "mix_prob": 0.8},
+        data__sampler="balanced",
         training={"num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 4, "seed": 0,
-                  "use_cpu": True, "disable_tqdm": True, "save_total_limit": 2},
+                  "use_cpu": True, "disable_tqdm": True, "save_total_limit": 2,
+                  "label_smoothing_factor": 0.1, "ema_decay": 0.9},
     )
     result = run_cli("--recipe", str(recipe))
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""uint8 batches to normalised float batches on their device, augmented per image in training."""
+"""uint8 batches to normalised float batches on their device, augmented per image (and mixed per batch) in training."""
 
 from __future__ import annotations
 
@@ -60,6 +60,63 @@ def _presets() -> dict[str, Any]:
     }
 
 
+class BatchMix:
+    """Mixup and CutMix of a normalised training batch with torchvision.transforms.v2 ``MixUp``
+    and ``CutMix``: images are mixed with their neighbour in the (shuffled) batch, and the
+    targets become soft rows, one-hot rows mixed in the same proportion (each sums to 1).
+
+    With both on, each mixed batch gets one of the two with equal chance (``v2.RandomChoice``,
+    timm's default switch probability 0.5); ``prob`` < 1 leaves a batch as it is with
+    probability 1 − prob (``v2.RandomApply``; its targets are one-hot rows then). Given a
+    ``seed``, the draws depend on it alone, as the per-image augmentation's do.
+    """
+
+    #: Added to the batch's seed: the mix draws from a stream of its own, not from the same
+    #: numbers as the first image's crop.
+    SALT = 0x6D6978
+
+    def __init__(self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0):
+        from torchvision.transforms import v2
+
+        if mixup_alpha <= 0 and cutmix_alpha <= 0:
+            raise ValueError("BatchMix needs mixup_alpha or cutmix_alpha > 0")
+        self.mixup_alpha, self.cutmix_alpha, self.prob = mixup_alpha, cutmix_alpha, prob
+        # num_classes None: the targets come in one-hot already (see __call__).
+        mixers = ([v2.MixUp(alpha=mixup_alpha)] if mixup_alpha > 0 else []) + (
+            [v2.CutMix(alpha=cutmix_alpha)] if cutmix_alpha > 0 else []
+        )
+        mix = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+        self.transform = mix if prob >= 1 else v2.RandomApply([mix], p=prob)
+
+    @classmethod
+    def from_config(cls, augment: AugmentConfig | None) -> BatchMix | None:
+        """The mix the recipe's ``data.augment`` asks for; None when it asks for none."""
+        if augment is None or not augment.mixes:
+            return None
+        return cls(augment.mixup_alpha, augment.cutmix_alpha, augment.mix_prob)
+
+    def __call__(
+        self, pixels: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mixed images, soft targets of shape (N, num_classes)) for float ``pixels`` (N×3×H×W)
+        and class indices ``labels`` (N,). The images keep their memory format."""
+        targets = torch.nn.functional.one_hot(labels.long(), num_classes).float()
+        devices = [pixels.device] if pixels.device.type == "cuda" else []
+        rng = torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext()
+        with rng:
+            if seed is not None:
+                torch.manual_seed((seed + self.SALT) % 2**63)
+            mixed, targets = self.transform(pixels, targets)
+        if pixels.is_contiguous(memory_format=torch.channels_last) and not pixels.is_contiguous():
+            mixed = mixed.contiguous(memory_format=torch.channels_last)
+        return mixed, targets
+
+    def describe(self) -> str:
+        kinds = [f"{name} (α={alpha:g})" for name, alpha in (("mixup", self.mixup_alpha), ("CutMix", self.cutmix_alpha)) if alpha > 0]
+        how = " or ".join(kinds) + (", one of the two per batch" if len(kinds) > 1 else "")
+        return how + (f", on {self.prob:.0%} of the batches" if self.prob < 1 else "") + " (soft targets)"
+
+
 class BatchTransform:
     """uint8 batches → normalised float batches on the batch's device; augments in training.
 
@@ -118,6 +175,9 @@ class BatchTransform:
             if augment is not None and augment.random_erasing > 0
             else None
         )
+        #: Mixup / CutMix of training batches (applied by the Trainer, which holds the labels);
+        #: None: off.
+        self.mix = BatchMix.from_config(augment)
         self._buffers: dict[bool, list[torch.Tensor]] = {}
 
     @classmethod
@@ -129,13 +189,14 @@ class BatchTransform:
 
     @property
     def augments(self) -> bool:
-        """Whether training batches are augmented at all."""
+        """Whether training images are augmented one by one (crop, flip, policy, erasing);
+        mixing whole batches is :attr:`mix`."""
         return self.augment is not None or self.erase is not None
 
     def without_augmentation(self) -> BatchTransform:
         """A copy that only normalises (sharing this one's buffers)."""
         plain = copy.copy(self)
-        plain.augment, plain.erase, plain.crop_size = None, None, None
+        plain.augment, plain.erase, plain.crop_size, plain.mix = None, None, None, None
         return plain
 
     def __call__(self, pixels: torch.Tensor, train: bool, seed: int | None = None) -> torch.Tensor:
@@ -243,7 +304,7 @@ class BatchTransform:
 
     def describe(self) -> str:
         if not self.augments:
-            return "none"
+            return self.mix.describe() if self.mix is not None else "none"
         from torchvision.transforms import v2
 
         parts = []
@@ -256,4 +317,5 @@ class BatchTransform:
                 parts.append(type(t).__name__)
         if self.erase is not None:
             parts.append(f"random erasing (p={self.erase.p:g})")
-        return ", ".join(parts) + " (per image, batch-wise)"
+        text = ", ".join(parts) + " (per image, batch-wise)"
+        return text + (f"; then {self.mix.describe()}" if self.mix is not None else "")
