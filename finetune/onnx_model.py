@@ -31,8 +31,13 @@ from .saved import InferenceError
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 REPORT_FILE = "export_report.json"
-#: What to install when onnxruntime is missing.
-EXTRA_HINT = "install the export extra: pip install -e '.[export]' (or pip install onnx onnxruntime onnxscript)"
+#: The optional extra (pyproject.toml) with onnx, onnxruntime and onnxscript.
+EXPORT_EXTRA = "export"
+#: What to install when one of them is missing.
+EXTRA_HINT = (
+    f"it comes with the optional extra '{EXPORT_EXTRA}': pip install -e \".[{EXPORT_EXTRA}]\" in a checkout, "
+    f"or pip install \"finetune[{EXPORT_EXTRA}]\""
+)
 
 # PIL's resampling filters by the names timm uses.
 _TIMM_INTERPOLATION = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}

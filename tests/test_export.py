@@ -272,8 +272,19 @@ def test_missing_extra_names_it(tmp_path, images, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     capsys.readouterr()
     assert main(["export", str(run)]) == 2
-    _one_line_error(capsys, "onnxruntime is not installed", ".[export]")
+    _one_line_error(capsys, "onnxruntime is not installed", "optional extra 'export'", 'pip install -e ".[export]"')
     assert not (run / "onnx").exists()
+
+
+def test_the_export_extra_is_declared_and_installed_by_ci():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extra = project["optional-dependencies"][onnx_model.EXPORT_EXTRA]
+    for package in ("onnx", "onnxruntime", "onnxscript"):
+        assert any(req.split(">")[0].split("=")[0] == package for req in extra), package
+    install = (ROOT / ".ci" / "run").read_text().split("pip install", 1)[1].splitlines()[0]
+    assert onnx_model.EXPORT_EXTRA in install.split("[", 1)[1].split("]")[0].split(",")
 
 
 def test_a_model_that_cannot_be_traced(tmp_path, images, capsys, monkeypatch):
