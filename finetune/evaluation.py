@@ -24,7 +24,7 @@ from typing import Any
 from . import onnx_model
 from .errors import report
 from .saved import InferenceError, load_saved
-from .util import has_accelerator, is_hub_id, positive_int, write_json
+from .util import first_line, has_accelerator, is_hub_id, positive_int, write_json
 
 #: Recipe keys named in the data package's messages → the options of `finetune eval` that set them.
 _CLI_NAMES = {

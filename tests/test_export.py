@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -205,6 +206,14 @@ def test_predict_and_eval_run_the_exported_folder(resnet_int8, images, capsys, t
     assert fp32["accuracy"] == report["accuracy"]["onnx_fp32"] and int8["accuracy"] == report["accuracy"]["onnx_int8"]
     assert fp32["runtime"] == "ONNX Runtime (model.onnx)" and int8["runtime"] == "ONNX Runtime (model.int8.onnx)"
     assert (tmp_path / "r8" / "misclassified.png").is_file()
+    # An unreadable file is left out and named, as the PyTorch path does.
+    broken = tmp_path / "with-broken"
+    shutil.copytree(images, broken)
+    (broken / "test" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    assert main(["eval", str(folder), "--data", str(broken), "--report-dir", str(tmp_path / "rb")]) == 0
+    with_broken = json.loads((tmp_path / "rb" / "eval_report.json").read_text())
+    assert with_broken["num_images"] == 18 and [Path(b["path"]).name for b in with_broken["bad_files"]] == ["broken.png"]
+    assert "broken.png" in capsys.readouterr().err
 
 
 def test_a_second_export_needs_overwrite(resnet_int8, capsys):
@@ -253,8 +262,6 @@ def test_no_images_for_the_check_or_calibration(tmp_path, capsys):
     """The recipe's data set is gone: a clear error naming --calibration-data, before any export."""
     images = make_image_folder(tmp_path / "gone")
     run = fake_run(tmp_path, make_tiny_resnet, images)
-    import shutil
-
     shutil.rmtree(images)
     before = file_hashes(run)
     capsys.readouterr()
