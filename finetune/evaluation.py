@@ -4,7 +4,9 @@
 accepts, decodes it as training does, and scores it with the same ``FinetuneTrainer``
 evaluation (uint8 batches normalised on the device, metrics accumulated batch by batch)
 that produced the run's own numbers. The report (``eval_report.json`` + PNGs) goes into a
-folder of its own; the run's files are only read.
+folder of its own; the run's files are only read. A folder written by ``finetune export``
+is scored with ONNX Runtime instead (``model.onnx``, or ``model.int8.onnx`` with
+``--int8``), on the images as the exported model's own preprocessing makes them.
 
 Heavy libraries are imported inside the functions so that ``--help`` stays fast.
 """
@@ -19,9 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from . import onnx_model
 from .errors import report
 from .saved import InferenceError, load_saved
-from .util import has_accelerator, is_hub_id, positive_int, write_json
+from .util import first_line, has_accelerator, is_hub_id, positive_int, write_json
 
 #: Recipe keys named in the data package's messages → the options of `finetune eval` that set them.
 _CLI_NAMES = {
@@ -48,6 +51,7 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
         "--report-dir", default=None,
         help="where eval_report.json and the PNGs go (default: OUTPUT_DIR/eval-<dataset>-<split>/)",
     )
+    parser.add_argument("--int8", action="store_true", help="with a folder from `finetune export --quantize int8`: score model.int8.onnx")
 
 
 # ----------------------------------------------------------------------- report folder
@@ -162,6 +166,53 @@ def trainer_scores(saved, images, batch_size: int, output_dir: str):
     return scores, accumulator.last
 
 
+class _ExportedImages:
+    """The eval rows as the exported model saw them (resized and cropped uint8), read again
+    one row at a time for the mistakes picture."""
+
+    def __init__(self, classifier, rows, image_column: str, kept: list[int]) -> None:
+        self.classifier, self.rows, self.image_column, self.kept = classifier, rows, image_column, kept
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import numpy as np
+
+        image = onnx_model.read_image(self.rows[self.kept[index]][self.image_column])
+        return {"pixel_values": np.asarray(self.classifier.preprocessor.geometry(image)).transpose(2, 0, 1)}
+
+
+def onnx_scores(classifier, rows, image_col: str, label_col: str, batch_size: int):
+    """An exported model's predictions on raw rows (labels in the model's classes) with ONNX
+    Runtime: (Predictions, mean cross-entropy, the images for the plots, unreadable files)."""
+    import numpy as np
+    from datasets import Image
+
+    from .metrics import TOP_K, Predictions
+
+    rows = rows.cast_column(image_col, Image(decode=False))
+    probs, labels, kept, bad = [], [], [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows.select(range(start, min(start + batch_size, len(rows))))
+        pixels = []
+        for offset, (value, label) in enumerate(zip(chunk[image_col], chunk[label_col])):
+            try:
+                pixels.append(classifier.preprocessor([onnx_model.read_image(value)]))
+            except Exception as err:  # noqa: BLE001 - an unreadable file is left out and reported, as in training
+                bad.append({"path": value.get("path") or f"row {start + offset}", "reason": f"{type(err).__name__}: {first_line(err)}"})
+                continue
+            labels.append(int(label))
+            kept.append(start + offset)
+        if pixels:
+            probs.append(classifier.probabilities(np.concatenate(pixels)))
+    if not kept:
+        return None, 0.0, None, bad
+    p, y = np.concatenate(probs), np.asarray(labels, dtype=np.int64)
+    topk = np.argsort(-p, axis=-1, kind="stable")[:, : min(TOP_K, p.shape[-1])]
+    rows_idx = np.arange(len(y))
+    predictions = Predictions(y, topk[:, 0], topk, p[rows_idx, topk[:, 0]], p[rows_idx, y])
+    loss = float(-np.log(np.clip(predictions.true_prob, 1e-12, None)).mean())
+    return predictions, loss, _ExportedImages(classifier, rows, image_col, kept), bad
+
+
 def evaluate_saved(
     output_dir: str | Path,
     dataset: str,
@@ -173,13 +224,19 @@ def evaluate_saved(
     label_column: str | None = None,
     batch_size: int = 32,
     report_dir: str | Path | None = None,
+    int8: bool = False,
 ) -> tuple[dict[str, Any], Path]:
-    """Score the saved model on ``dataset[split]``; returns the report and where it went."""
-    from . import data, metrics, plots
+    """Score the saved (or exported) model on ``dataset[split]``; returns the report and where it went."""
+    from . import data
     from .recipe import DataConfig
 
     out = Path(output_dir)
-    saved = load_saved(out)
+    exported = onnx_model.is_export(out)
+    if int8 and not exported:
+        raise InferenceError(
+            f"--int8: '{output_dir}' is not an exported folder; run `finetune export OUTPUT_DIR --quantize int8` and pass its folder"
+        )
+    saved = onnx_model.load_export(out, int8=int8) if exported else load_saved(out)
     target = Path(report_dir) if report_dir else default_report_dir(out, dataset, split)
     if target.resolve() == out.resolve():
         raise InferenceError(
@@ -197,6 +254,11 @@ def evaluate_saved(
         rows = raw[split]
         image_col, label_col = data.find_columns(rows, cfg)
         rows = map_to_model_classes(rows, label_col, saved.class_names, f"--data '{dataset}' split '{split}'")
+        if exported:
+            return _write_report(
+                out, target, dataset, config, split, saved.class_names,
+                *onnx_scores(saved, rows, image_col, label_col, batch_size), model_file=saved.model_file.name,
+            )
         decoded = data.decode(rows, saved.processor, image_col, label_col, None, f"decoding {split}")
     except data.DataError as err:
         raise InferenceError(_cli_message(err)) from None
@@ -211,20 +273,31 @@ def evaluate_saved(
 
     with tempfile.TemporaryDirectory(prefix="finetune-eval-") as scratch:  # the Trainer's output_dir
         scores, predictions = trainer_scores(saved, images, batch_size, scratch)
-    result = metrics.per_class_report(predictions, saved.class_names)
-    result.update(
-        {
-            "loss": float(scores["eval_loss"]),
-            "dataset": dataset,
-            "config": config,
-            "split": split,
-            "model": str(out),
-            "bad_files": decoded.bad,
-        }
+    return _write_report(
+        out, target, dataset, config, split, saved.class_names, predictions, float(scores["eval_loss"]), images, decoded.bad
     )
+
+
+def _write_report(
+    out: Path, target: Path, dataset: str, config: str | None, split: str, class_names: list[str],
+    predictions, loss: float, images, bad: list[dict], model_file: str | None = None,
+) -> tuple[dict[str, Any], Path]:
+    from . import metrics, plots
+
+    if predictions is None:
+        first = bad[0] if bad else {"path": dataset, "reason": "no rows"}
+        raise InferenceError(
+            f"--data '{dataset}' split '{split}': no image could be read (e.g. {first['path']}: {first['reason']})"
+        )
+    for item in bad if model_file else []:  # the PyTorch path warned while decoding
+        print(f"finetune: warning: cannot read {item['path']} ({item['reason']}); left out", file=sys.stderr)
+    result = metrics.per_class_report(predictions, class_names)
+    result.update({"loss": loss, "dataset": dataset, "config": config, "split": split, "model": str(out), "bad_files": bad})
+    if model_file:
+        result["runtime"] = f"ONNX Runtime ({model_file})"
     target.mkdir(parents=True, exist_ok=True)
     write_json(target / "eval_report.json", result)
-    plots.write_plots(target, predictions, saved.class_names, images, _read_log_history(out))
+    plots.write_plots(target, predictions, class_names, images, _read_log_history(out))
     return result, target
 
 
@@ -233,7 +306,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result, target = evaluate_saved(
             args.output_dir, args.data, args.split, config=args.config, revision=args.revision,
             image_column=args.image_column, label_column=args.label_column,
-            batch_size=args.batch_size, report_dir=args.report_dir,
+            batch_size=args.batch_size, report_dir=args.report_dir, int8=args.int8,
         )
     except InferenceError as err:
         return report(str(err))

@@ -3,6 +3,8 @@
 ``finetune predict OUTPUT_DIR IMAGE_OR_FOLDER...`` runs the saved image processor, then
 softmax, after the same EXIF rotation and RGB conversion as training, and streams one
 CSV or JSON-lines row per file (the top-k classes, or why the file could not be read).
+On a folder written by ``finetune export`` it runs ``model.onnx`` (or ``model.int8.onnx``)
+with ONNX Runtime instead (onnx_model.py), without importing torch.
 
 Heavy libraries are imported inside the functions so that ``--help`` stays fast.
 """
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from . import onnx_model
 from .errors import report
 from .saved import InferenceError, Saved, load_saved
 from .util import first_line, positive_int
@@ -32,15 +35,18 @@ def add_predict_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", default=None, help="write here instead of to stdout")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    parser.add_argument("--int8", action="store_true", help="with a folder from `finetune export --quantize int8`: run model.int8.onnx")
 
 
-def collect_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
+def collect_inputs(inputs: list[str], is_junk=None) -> list[tuple[str, str | None]]:
     """(path, problem) for every file to label, in a deterministic order.
 
     Folders are walked recursively, sorted by path components; junk files and folders
     are skipped silently; a named path that does not exist is a problem, not an error.
+    ``is_junk``: the junk rule, by default the data package's (which imports torch).
     """
-    from . import data  # the one definition of junk, shared with the training data report
+    if is_junk is None:
+        from .data import is_junk  # the one definition of junk, shared with the training data report
 
     found: list[tuple[str, str | None]] = []
     seen: set[str] = set()
@@ -55,8 +61,8 @@ def collect_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
         if os.path.isdir(item):
             files = []
             for root, dirs, names in os.walk(item):
-                dirs[:] = [d for d in dirs if not data.is_junk(d, folder=True)]
-                files += [os.path.join(root, n) for n in names if not data.is_junk(n)]
+                dirs[:] = [d for d in dirs if not is_junk(d, folder=True)]
+                files += [os.path.join(root, n) for n in names if not is_junk(n)]
             for path in sorted(files, key=lambda p: Path(os.path.relpath(p, item)).parts):
                 add(path)
         elif os.path.exists(item):
@@ -95,8 +101,10 @@ class _Writer:
         self.stream.flush()
 
 
-def preprocess(saved: Saved, path: str):
+def preprocess(saved: Saved | onnx_model.OnnxClassifier, path: str):
     """One image file → the model's input tensor (1×3×H×W), as the pipeline would make it."""
+    if isinstance(saved, onnx_model.OnnxClassifier):
+        return saved.preprocessor([onnx_model.read_image(path)])
     from .data import open_image, to_rgb
 
     image = to_rgb(open_image(path))
@@ -105,10 +113,18 @@ def preprocess(saved: Saved, path: str):
     return saved.processor(images=[image], return_tensors="pt")["pixel_values"]
 
 
-def label_pixels(saved: Saved, pixels, k: int) -> list[list[tuple[str, float]]]:
-    """Top-k (class name, probability) for each row of a processed batch."""
+def label_pixels(saved: Saved | onnx_model.OnnxClassifier, pixels, k: int) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for each image of a batch (a list of 1×3×H×W inputs)."""
+    if isinstance(saved, onnx_model.OnnxClassifier):
+        import numpy as np
+
+        probs = saved.probabilities(np.concatenate(pixels))
+        # Stable sort of the negated probabilities: ties keep the lower index first, as topk does.
+        best = np.argsort(-probs, axis=-1, kind="stable")[:, : min(k, probs.shape[-1])]
+        return [[(saved.class_names[int(i)], float(p[i])) for i in row] for p, row in zip(probs, best)]
     import torch
 
+    pixels = torch.cat(pixels)
     with torch.inference_mode():
         dtype = next(saved.model.parameters()).dtype
         logits = saved.model(pixel_values=pixels.to(saved.device, dtype)).logits.float()
@@ -125,14 +141,15 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
     fmt = args.format or ("jsonl" if (args.output or "").endswith(".jsonl") else "csv")
+    exported = onnx_model.is_export(args.output_dir)
+    if args.int8 and not exported:
+        return report(f"--int8: '{args.output_dir}' is not an exported folder; run `finetune export OUTPUT_DIR --quantize int8` and pass its folder")
     try:
-        saved = load_saved(args.output_dir)
+        saved = onnx_model.load_export(args.output_dir, int8=args.int8) if exported else load_saved(args.output_dir)
     except InferenceError as err:
         return report(str(err))
-    items = collect_inputs(args.inputs)
+    items = collect_inputs(args.inputs, onnx_model.is_junk if exported else None)
     if not items:
         return report(f"no files found in {', '.join(args.inputs)}; name image files or folders that hold some")
     k = min(args.top_k, len(saved.class_names))
@@ -158,7 +175,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 tensors.append(tensor)
                 problems.append(problem)
             ok = [t for t in tensors if t is not None]
-            tops = iter(label_pixels(saved, torch.cat(ok), k) if ok else [])
+            tops = iter(label_pixels(saved, ok, k) if ok else [])
             # Rows in input order, good and bad interleaved as they were named.
             for (path, _), tensor, problem in zip(chunk, tensors, problems):
                 if tensor is None:

@@ -9,6 +9,7 @@ Also installed as the ``finetune`` console script, with subcommands:
     finetune push OUTPUT_DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--dry-run]
     finetune study R.json [--grid KEY=V1,V2,...] [--seeds K] [--scratch] [--set KEY=VALUE ...]
     finetune search R.json --trials N [--timeout S] [--sampler tpe|random|grid] [--no-final]
+    finetune export OUTPUT_DIR [--quantize int8] [--opset N] [--out DIR]
 
 Exit codes (errors.py): 0 success; 2 a problem with the recipe, data, model or output
 folder (a one-line message per problem says which file or key, and how to fix it; nothing
@@ -34,7 +35,7 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     sys.path.insert(0, os.path.dirname(here))
 
-COMMANDS = ("train", "validate", "eval", "predict", "push", "study", "search")
+COMMANDS = ("train", "validate", "eval", "predict", "push", "study", "search", "export")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,11 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check recipes without loading anything")
     validate.add_argument("recipes", nargs="+", help="recipe JSON files")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    from . import evaluation, hub, predict
+    from . import evaluation, export, hub, predict
 
     evaluation.add_eval_args(sub.add_parser("eval", help="score a saved model on a data set and write the report"))
     predict.add_predict_args(sub.add_parser("predict", help="label images with a saved model"))
     hub.add_push_args(sub.add_parser("push", help="upload an output folder to the Hugging Face Hub"))
+    export.add_export_args(sub.add_parser("export", help="export a saved model to ONNX (optionally int8), checked against PyTorch"))
     _add_study_args(sub.add_parser("study", help="run a recipe over a grid of values and seeds, and report each cell"))
     from . import search
 
@@ -293,10 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_study(args)
     if args.command == "search":
         return cmd_search(args)
-    if args.command in ("eval", "predict", "push"):
-        from . import evaluation, hub, predict
+    if args.command in ("eval", "predict", "push", "export"):
+        from . import evaluation, export, hub, predict
 
-        handler = {"eval": evaluation.cmd_eval, "predict": predict.cmd_predict, "push": hub.cmd_push}[args.command]
+        handler = {
+            "eval": evaluation.cmd_eval, "predict": predict.cmd_predict, "push": hub.cmd_push, "export": export.cmd_export,
+        }[args.command]
         return handler(args)
     return cmd_train(args)
 
