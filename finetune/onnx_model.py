@@ -16,10 +16,8 @@ processors themselves.
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -69,39 +67,12 @@ def is_junk(name: str, folder: bool = False) -> bool:
 
 
 def read_image(value: str | dict[str, Any]):
-    """A path or an undecoded ``datasets`` Image value → upright 8-bit RGB PIL image, as
-    training reads it (``data.open_image`` then ``data.to_rgb``: EXIF rotation, first
-    frame, transparency on white, 16-bit rescaled). The data package imports torch, which
-    an exported model must run without; tests/test_export.py keeps the two equal."""
-    from PIL import Image, ImageOps
+    """A path or an undecoded ``datasets`` Image value → upright 8-bit RGB PIL image, exactly
+    as training reads it (``images.open_image`` then ``images.to_rgb``; that module imports
+    no torch, which an exported model must run without)."""
+    from .images import open_image, to_rgb
 
-    source: Any = value
-    if isinstance(value, dict):
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = Image.open(source)
-        image.load()
-    if getattr(image, "is_animated", False):
-        image.seek(0)
-    image = ImageOps.exif_transpose(image)
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = (0.0, 65535.0) if mode.startswith("I;16") else (float(arr.min()), float(arr.max()))
-        if mode == "I" and arr.max() <= 65535 and arr.min() >= 0:
-            lo, hi = 0.0, 65535.0 if arr.max() > 255 else 255.0
-        scaled = (arr - lo) / max(hi - lo, 1e-12) * 255.0
-        image = Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8), mode="L")
-        mode = "L"
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA", "La", "RGBa", "PA"):
-        image = image.convert("RGBA")
-        canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        canvas.alpha_composite(image)
-        return canvas.convert("RGB")
-    return image if mode == "RGB" else image.convert("RGB")
+    return to_rgb(open_image(value))
 
 
 # ---------------------------------------------------------------------- preprocessing

@@ -97,7 +97,7 @@ def test_preprocessing_equals_the_processors_pil_implementation(make, tmp_path):
 
 
 def test_read_image_and_junk_rule_equal_the_data_package(tmp_path):
-    """The torch-free copies in onnx_model.py give what training reads."""
+    """onnx_model.py reads images as training does (the same torch-free module), and its copy of the junk rule equals the data package's."""
     from finetune import data
 
     rng = np.random.default_rng(0)

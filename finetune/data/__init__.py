@@ -10,7 +10,7 @@ The path, a module per step:
    Pure functions of the labels and the seed, so identical on every process and every re-run.
 4. ``decode.decode``: one batched ``datasets.map`` pass turns every image into a uint8
    tensor of the model's input size, exactly as the model's image processor would (EXIF
-   rotation first, any mode to RGB, bad files set aside, not fatal: ``images``), or keeps
+   rotation first, any mode to RGB, bad files set aside, not fatal: ``finetune.images``), or keeps
    it at its own size when a split's images all share one smaller size;
    fingerprinted so a re-run reuses the cache; channels-last for a split that is randomly
    cropped. ``rows.FastRows`` gathers a batch from the memory-mapped cache in one copy per
@@ -35,7 +35,7 @@ from .decode import (
     pixel_column,
     processor_normalization,
 )
-from .images import image_source, open_image, to_rgb
+from ..images import image_source, open_image, to_rgb
 from .resize import ProcessorResize
 from .rows import FastRows, RowBatch, collate
 from .sources import IMAGE_EXTENSIONS, JUNK_DIRS, JUNK_FILES, DataError, count_junk, is_junk, load_raw

@@ -13,7 +13,7 @@ import torch
 
 from .. import compat
 from ..util import first_line
-from .images import image_source, open_image, to_rgb, upright_size
+from ..images import image_source, open_image, to_rgb, upright_size
 from .resize import ProcessorResize, before_to_tensor
 
 logger = logging.getLogger(__name__)
