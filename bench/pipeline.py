@@ -4,7 +4,7 @@
 
 OURS is the real finetune code: ``finetune.train.train`` on a recipe built with
 ``recipe.recipe_from_dict``, or, for the data-only rows, the functions ``train()`` itself uses
-(``train.prepare_data``, ``data.FastRows``, ``data.BatchTransform``). The data is decoded
+(``prepare.prepare_data``, ``data.FastRows``, ``data.BatchTransform``). The data is decoded
 once into a uint8 cache at the smaller of the images' size and the model's input size
 (CIFAR-10's 32 px); each batch is gathered from the memory-mapped cache straight into one
 tensor; the batch transform resizes (for the model), augments and normalises whole batches
@@ -265,8 +265,9 @@ def ours_data(s: Scenario, work: Path) -> dict[str, Any]:
     import torch
 
     from finetune import data
+    from finetune.prepare import prepare_data
     from finetune.recipe import recipe_from_dict
-    from finetune.train import FinetuneTrainer, prepare_data, training_arguments
+    from finetune.train import FinetuneTrainer, training_arguments
 
     recipe = recipe_from_dict(recipe_dict(s, work, work / f"ours-{s.key}"))
     start = time.perf_counter()

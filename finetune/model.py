@@ -206,7 +206,7 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
 def _from_scratch(cfg: ModelConfig, config, class_names: list[str]) -> LoadedModel:
     """``model.from_scratch``: the architecture of ``config`` with every weight drawn at random
     (the architecture's own initialisation, seeded by the caller), nothing loaded: the
-    baseline that shows what pretraining is worth. Only strategy "full" is allowed (recipe.py)."""
+    baseline that shows what pretraining is worth. Only strategy "full" is allowed (recipe_checks.py)."""
     from transformers import AutoModelForImageClassification
 
     model = AutoModelForImageClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)

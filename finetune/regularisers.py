@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # recipe.py imports this module
+if TYPE_CHECKING:  # recipe_checks.py imports this module
     from .recipe import Recipe
 
 

@@ -1,7 +1,7 @@
 """Train: the HF Trainer (through accelerate) on the prepared data, then the outputs.
 
 recipe → TrainingArguments (args.py) → output folder locked and checked (outputs.py) →
-processor → data → model (and a frozen teacher to distil from, distill.py) → Trainer (trainer.py) → train (resuming when the same recipe ran
+processor → data (prepare.py) → model (and a frozen teacher to distil from, distill.py) → Trainer (trainer.py) → train (resuming when the same recipe ran
 here before; stopping cleanly on SIGTERM or Ctrl-C, interrupts.py) → final evaluation on the
 eval split → model, processor, metrics, recipe.json, report and card in the output folder.
 A full disk stops the run with one line saying where and how much (outputs.py).
@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,85 +26,13 @@ from . import card, data, distill, eval_sets, lora, lp_ft, metrics, model as mod
 from .args import callbacks, data_seed, precision, training_arguments
 from .interrupts import InterruptCallback, Interrupted, StopNow, signal_name
 from .outputs import FollowUmaskCallback, OutputDirError, claim_output_dir, disk_full_is_a_user_error, what_a_rerun_does
+from .prepare import Prepared, check_prepared, prepare_data
 from .recipe import Recipe
 from .reuse import Reuse
 from .trainer import FinetuneTrainer, trainer_options
 from .util import follow_umask, write_json
 
 logger = logging.getLogger("finetune")
-
-
-@dataclass
-class Prepared:
-    splits: data.Splits
-    train: Any
-    validation: Any | None
-    eval: Any
-    data_report: dict[str, Any]
-    #: data.eval_sets, decoded and mapped onto the model's classes (eval_sets.py).
-    eval_sets: dict[str, eval_sets.EvalSet] = field(default_factory=dict)
-
-
-def prepare_data(recipe: Recipe, processor, seed: int, with_eval: bool = True) -> Prepared:
-    """The decoded train, validation and eval pieces. ``with_eval`` false (a search trial):
-    the eval split is not decoded nor touched at all, and ``Prepared.eval`` is None."""
-    cfg = recipe.data
-    raw = data.load_raw(cfg)
-    splits = data.make_splits(raw, cfg, seed)
-    workers = cfg.preprocessing_num_workers
-    # A split that is randomly cropped every step is stored channels-last, the layout
-    # torch's uint8 resize works in (data.decode); the others as the model takes them.
-    crops = cfg.augment.crop_scale is not None and not recipe.model.caches_features
-    decoded = {
-        "train": data.decode(
-            splits.train, processor, splits.image_column, splits.label_column, workers, "decoding train", channels_last=crops
-        ),
-    }
-    if splits.validation is not None:
-        decoded["validation"] = data.decode(
-            splits.validation, processor, splits.image_column, splits.label_column, workers, "decoding validation"
-        )
-    if with_eval and splits.eval is splits.validation and "validation" in decoded:
-        decoded["eval"] = decoded["validation"]
-    elif with_eval:
-        decoded["eval"] = data.decode(
-            splits.eval, processor, splits.image_column, splits.label_column, workers, "decoding eval"
-        )
-    # With eval_split null the eval piece is the validation piece: count it once.
-    pieces = {name: d for name, d in decoded.items() if not (name == "eval" and d is decoded.get("validation"))}
-    report = {
-        "dataset": cfg.dataset,
-        "splits": {name: {"images": len(d.dataset) + len(d.bad), "bad": len(d.bad)} for name, d in pieces.items()},
-        "bad_files": [dict(item, split=name) for name, d in pieces.items() for item in d.bad],
-        "junk_files_ignored": data.count_junk(cfg.dataset),
-        "max_bad_fraction": cfg.max_bad_fraction,
-        "notes": splits.notes,
-    }
-    validation = decoded["validation"].dataset if "validation" in decoded else None
-    evaluation = decoded["eval"].dataset if "eval" in decoded else None
-    return Prepared(splits, decoded["train"].dataset, validation, evaluation, report)
-
-
-def check_prepared(prepared: Prepared, cfg) -> None:
-    """Stop before training when too many images are unreadable or a class lost them all."""
-    # The share is taken per source split: the validation piece is part of train.
-    groups = {cfg.train_split: ("train", "validation"), cfg.eval_split or "eval": ("eval",)}
-    counts = prepared.data_report["splits"]
-    for name, pieces in groups.items():
-        total = sum(counts[p]["images"] for p in pieces if p in counts)
-        bad = sum(counts[p]["bad"] for p in pieces if p in counts)
-        if total and bad / total > cfg.max_bad_fraction:
-            first = next(b for b in prepared.data_report["bad_files"] if b["split"] in pieces)
-            raise data.DataError(
-                f"data: {bad} of {total} images in '{name}' cannot be read ({100 * bad / total:.1f}% > "
-                f"data.max_bad_fraction {cfg.max_bad_fraction:g}), e.g. {first['path']}: {first['reason']}; "
-                "fix or remove them (all are listed in data_report.json), or raise data.max_bad_fraction"
-            )
-    # The real cause when a class has no training image left: all of its files unreadable,
-    # or none in the split at all.
-    reason = data.empty_class_reason(prepared.splits, prepared.train["labels"][:])
-    if reason is not None:
-        raise data.DataError(reason)
 
 
 def _set_find_unused_parameters(args, model, size, caches_features: bool) -> None:
@@ -378,9 +306,9 @@ def _build(
         compute_metrics=accumulator,
         batch_transform=transform,
         callbacks=callbacks(recipe),
-        # A teacher never comes with cached features (recipe.py refuses the pair).
+        # A teacher never comes with cached features (recipe_checks.py refuses the pair).
         **({"teacher": teacher} if teacher is not None else {}),
-        # Class weights, the balanced sampler and the EMA (recipe.py refuses them with the probe).
+        # Class weights, the balanced sampler and the EMA (recipe_checks.py and regularisers.py refuse them with the probe).
         **({} if recipe.model.caches_features else trainer_options(recipe)),
     )
     if features is not None:

@@ -86,7 +86,7 @@ sys.path.insert(0, {root!r})
 import torch
 from accelerate import PartialState
 from datasets import load_from_disk
-from transformers import AutoModelForImageClassification
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from finetune import data, features
 
@@ -94,8 +94,8 @@ state = PartialState(cpu=True)
 assert state.num_processes == 3, state
 model = AutoModelForImageClassification.from_pretrained({model!r})
 decoded = load_from_disk({decoded!r})
-mean, std = {norm!r}
-transform = data.BatchTransform(mean, std, data.image_size(decoded), None)
+# As the pipeline builds it: images stored smaller than the model's input are resized per batch.
+transform = data.BatchTransform.for_processor(AutoImageProcessor.from_pretrained({model!r}), None)
 cached = features.compute_features(model, decoded, transform, device="cpu", batch_size=2)
 if state.is_main_process:
     torch.save({{"features": cached.features, "labels": cached.labels}}, {out!r})
@@ -119,14 +119,14 @@ def test_features_from_three_processes_are_the_direct_forward_pass_in_dataset_or
     loaded, processor = _loaded(tiny_vit)
     model_dir = tmp_path / "probe-model"
     loaded.model.save_pretrained(model_dir)  # the same random head on both ranks
+    processor.save_pretrained(model_dir)
     decoded = _decoded(make_image_folder(tmp_path / "images", per_class=3, splits=("train",)), processor)
     decoded = decoded.select([8, 0, 4, 2, 6, 1, 7])  # 7 rows, classes interleaved
     decoded.save_to_disk(tmp_path / "decoded")
     out = tmp_path / "features.pt"
     script = tmp_path / "sharded.py"
     script.write_text(_SHARDED.format(
-        root=str(ROOT), model=str(model_dir), decoded=str(tmp_path / "decoded"),
-        norm=tuple(map(list, data.processor_normalization(processor))), out=str(out),
+        root=str(ROOT), model=str(model_dir), decoded=str(tmp_path / "decoded"), out=str(out),
     ))
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3", "--master_port", "29537"]

@@ -1,0 +1,268 @@
+"""The checks between a recipe's keys that their types alone cannot express (ranges,
+strategies and the keys that go with them, eval sets, LoRA, distillation, the training
+block against TrainingArguments), each problem one line naming the file, the key and the fix."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from typing import Any
+
+from . import builtin, regularisers, training_fields
+from .metric_names import KNOWN_METRICS
+from .recipe_schema import (
+    EVAL_SET_NAME,
+    FINETUNE_TRAINING_KEYS,
+    LORA_KEYS,
+    RESERVED_EVAL_SET_NAMES,
+    TRAINING_KEYS_ELSEWHERE,
+    EvalSetConfig,
+    ModelConfig,
+    Recipe,
+    check_type,
+    describe,
+    suggest,
+)
+
+
+def validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) -> None:
+    """Checks between keys, which the types alone cannot express; adds a line per problem.
+
+    A required key is not reported missing when its value (or its section) was already
+    reported as the wrong type (its path is in ``bad``)."""
+    required = {
+        "description": recipe.description,
+        "model.name_or_path": recipe.model.name_or_path,
+        "data.dataset": recipe.data.dataset,
+        "output_dir": recipe.output_dir,
+    }
+    for key, value in required.items():
+        if not value and not ({key, key.split(".")[0]} & bad):
+            problems.append(f"{source}: '{key}' is required; add it to the recipe or pass --set {key}=...")
+    d, m = recipe.data, recipe.model
+    if not 0 <= d.validation_fraction < 1:
+        problems.append(f"{source}: 'data.validation_fraction' must be in [0, 1), got {d.validation_fraction}")
+    if d.eval_split is None and d.validation_fraction == 0:
+        problems.append(
+            f"{source}: with 'data.eval_split' null the validation piece is what gets reported, "
+            "so 'data.validation_fraction' must be > 0"
+        )
+    for key in ("max_train_samples", "max_eval_samples", "samples_per_class", "image_size"):
+        value = getattr(d, key)
+        if value is not None and value < 1:
+            problems.append(f"{source}: 'data.{key}' must be a positive integer or null, got {value}")
+    if d.samples_per_class is not None and d.max_train_samples is not None:
+        problems.append(
+            f"{source}: set only one of 'data.samples_per_class' and 'data.max_train_samples'"
+        )
+    if not 0 <= d.max_bad_fraction <= 1:
+        problems.append(f"{source}: 'data.max_bad_fraction' must be in [0, 1], got {d.max_bad_fraction}")
+    scale = d.augment.crop_scale
+    if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+        problems.append(
+            f"{source}: 'data.augment.crop_scale' must be [min, max] with 0 < min <= max <= 1, got {scale}"
+        )
+    if not 0 <= d.augment.random_erasing <= 1:
+        problems.append(
+            f"{source}: 'data.augment.random_erasing' is a probability: use a number in [0, 1], "
+            f"got {d.augment.random_erasing}"
+        )
+    if m.from_scratch and m.strategy != "full":
+        problems.append(
+            f"{source}: 'model.from_scratch' trains a randomly initialised network, so 'model.strategy' must be "
+            f"'full' (a frozen random backbone learns nothing), got '{m.strategy}'"
+        )
+    _check_eval_sets(d.eval_sets, source, problems)
+    problems += regularisers.check(recipe, source)
+    if m.strategy == "partial" and m.unfreeze_last_n < 1:
+        problems.append(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
+    problems += _check_lora(m, source)
+    _check_strategy_keys(recipe, source, problems)
+    if m.probe_solver == "lbfgs":
+        if not (m.caches_features or m.strategy == "lp_ft"):
+            problems.append(
+                f"{source}: 'model.probe_solver' 'lbfgs' fits the head on cached features, so it needs "
+                "'model.strategy' 'linear_probe' and 'model.feature_cache' true, or 'model.strategy' 'lp_ft'"
+            )
+        if not m.probe_l2 or any(v < 0 for v in m.probe_l2):
+            problems.append(f"{source}: 'model.probe_l2' must list one or more strengths >= 0, got {m.probe_l2}")
+        if len(m.probe_l2) > 1 and (d.validation_fraction == 0 or d.eval_split is None):
+            problems.append(
+                f"{source}: 'model.probe_l2' lists {len(m.probe_l2)} strengths to choose from on the validation "
+                "piece, which needs 'data.validation_fraction' > 0 and a separate 'data.eval_split' (the reported "
+                "split must not pick them); give one value, e.g. --set model.probe_l2=[0.001]"
+            )
+        if m.probe_max_iter < 1:
+            problems.append(f"{source}: 'model.probe_max_iter' must be >= 1, got {m.probe_max_iter}")
+    problems += [f"{source}: {p}" for p in _model_problems(m)]
+    if m.trust_remote_code and not (m.revision and len(m.revision) == 40 and _is_hex(m.revision)):
+        problems.append(
+            f"{source}: 'model.trust_remote_code' runs code from the Hub, so 'model.revision' must pin "
+            "a 40-character commit hash"
+        )
+    for name in recipe.metrics:
+        if name not in KNOWN_METRICS:
+            problems.append(f"{source}: unknown metric '{name}' in 'metrics'; {suggest(name, KNOWN_METRICS)}")
+    if not recipe.metrics:
+        problems.append(f"{source}: 'metrics' must list at least one of {', '.join(KNOWN_METRICS)}")
+    if recipe.expected is not None and recipe.expected.metric not in recipe.metrics:
+        problems.append(
+            f"{source}: 'expected.metric' is '{recipe.expected.metric}' but 'metrics' does not compute it; "
+            f"use one of {', '.join(recipe.metrics)}"
+        )
+    if recipe.hub.push and not recipe.hub.repo_id:
+        problems.append(f"{source}: 'hub.push' is true but 'hub.repo_id' is missing; set it to USER/NAME")
+    _check_training(recipe.training, source, problems)
+    problems += training_fields.check_ranges(recipe.training, source)
+    problems += training_fields.check_best_metric(recipe.training, recipe.metrics, source)
+    has_validation = d.validation_fraction > 0
+    early = training_fields.check_early_stopping(recipe.training, recipe.metrics, has_validation, source)
+    problems += early
+    # With early stopping on, its defaults (load_best_model_at_end) join the consistency checks.
+    stops_early = recipe.training.get("early_stopping_patience") is not None and not early
+    implied = training_fields.early_stopping_defaults() if stops_early else {}
+    problems += training_fields.check_consistency(recipe.training, source, has_validation, implied)
+
+
+def _check_training(training: dict[str, Any], source: str, problems: list[str]) -> None:
+    """Every key must be a TrainingArguments field (or one of finetune's own), of the field's
+    type; adds a line per problem."""
+    # Read from transformers' source without importing it (that would import torch: seconds).
+    fields = {name: f.type for name, f in training_fields.fields().items()} | FINETUNE_TRAINING_KEYS
+    for key, value in training.items():
+        path = f"training.{key}"
+        if key in TRAINING_KEYS_ELSEWHERE:
+            problems.append(f"{source}: '{path}' is not set here; {TRAINING_KEYS_ELSEWHERE[key]}")
+            continue
+        if key not in fields:
+            problems.append(
+                f"{source}: unknown key '{path}' (not a transformers.TrainingArguments field); "
+                f"{suggest(key, fields)}"
+            )
+            continue
+        tp = fields[key]
+        if isinstance(tp, str):  # postponed annotations in some releases
+            tp = Any
+        if not check_type(value, tp):
+            problems.append(f"{source}: '{path}' must be {describe(tp)}, got {json.dumps(value)}")
+
+
+def _check_eval_sets(sets: dict[str, EvalSetConfig], source: str, problems: list[str]) -> None:
+    """Names that work as metric prefixes and folder names, none hiding another; a data set each."""
+    folded: dict[str, str] = {}
+    for name, cfg in sets.items():
+        where = f"data.eval_sets.{name}"
+        if not EVAL_SET_NAME.match(name):
+            problems.append(
+                f"{source}: '{where}': an eval set's name must be 1-64 letters, digits, '-' or '_', starting "
+                "with a letter or digit (it names metrics and a folder)"
+            )
+        elif name.lower() in RESERVED_EVAL_SET_NAMES:
+            problems.append(
+                f"{source}: '{where}': '{name}' is taken by the run's own metrics ({name.lower()}_*); name the set "
+                "after its domain, e.g. 'night' or 'site-b'"
+            )
+        elif name.lower() in folded:
+            # eval-Night/ and eval-night/ are one folder on macOS and Windows.
+            problems.append(f"{source}: '{where}' and 'data.eval_sets.{folded[name.lower()]}' differ only in case; rename one")
+        folded.setdefault(name.lower(), name)
+        if not cfg.dataset:
+            problems.append(f"{source}: '{where}.dataset' is required: a Hub id, a local folder or file, or builtin:NAME")
+        if not cfg.split:
+            problems.append(f"{source}: '{where}.split' must name a split of the data set, e.g. 'test'")
+    for a in sets:
+        for b in sets:
+            # Set 'a' has the metric a_f1; a set named 'a_f1' would make a_f1_accuracy next to it.
+            if a != b and b.startswith(a + "_"):
+                problems.append(
+                    f"{source}: 'data.eval_sets': '{b}' starts with '{a}_', so its metric names would mix with those "
+                    f"of '{a}' ({b}_accuracy beside {a}_f1); rename one"
+                )
+
+
+def _check_lora(m: ModelConfig, source: str) -> list[str]:
+    """The ``lora_*`` keys: only with ``strategy: lora``, in range, and peft installed."""
+    if m.strategy != "lora":
+        return [
+            f"{source}: 'model.{key}' applies only with 'model.strategy' 'lora' (it is '{m.strategy}'); "
+            "remove it, or set model.strategy to lora"
+            for key in LORA_KEYS
+            if getattr(m, key) is not None
+        ]
+    problems = []
+    if importlib.util.find_spec("peft") is None:
+        problems.append(
+            f"{source}: 'model.strategy' 'lora' needs the peft library, which is not installed; install "
+            "finetune's 'transfer' extra: pip install -e '.[transfer]' in the finetune folder (or pip install 'peft>=0.21')"
+        )
+    if m.lora_rank is not None and m.lora_rank < 1:
+        problems.append(f"{source}: 'model.lora_rank' must be >= 1 (e.g. 8 or 16), got {m.lora_rank}")
+    if m.lora_alpha is not None and m.lora_alpha <= 0:
+        problems.append(f"{source}: 'model.lora_alpha' must be > 0 (null: equal to lora_rank), got {m.lora_alpha}")
+    if m.lora_dropout is not None and not 0 <= m.lora_dropout < 1:
+        problems.append(f"{source}: 'model.lora_dropout' must be in [0, 1), got {m.lora_dropout}")
+    targets = m.lora_target_modules
+    if targets is not None and (not targets or any(not t.strip() for t in targets)):
+        problems.append(
+            f"{source}: 'model.lora_target_modules' must list one or more layer names (e.g. [\"q_proj\", "
+            f"\"v_proj\"]), or be null for the model's default, got {json.dumps(targets)}"
+        )
+    return problems
+
+
+def _model_problems(m: ModelConfig) -> list[str]:
+    """Built-in model names, and the distillation keys (distill.py)."""
+    problems = []
+    for key, name in (("model.name_or_path", m.name_or_path), ("model.teacher", m.teacher)):
+        if name and builtin.is_builtin(name):
+            problem = builtin.model_problem(name, key)
+            if problem is not None:
+                problems.append(problem)
+    if m.teacher is None:
+        for key in ("distill_alpha", "distill_temperature"):
+            if getattr(m, key) is not None:
+                problems.append(f"'model.{key}' only applies with 'model.teacher'; set the teacher or remove the key")
+        return problems
+    if not m.teacher:
+        problems.append("'model.teacher' is empty; name a fine-tuned classifier (an output folder or a Hub id), or null")
+    if not 0 <= m.alpha <= 1:
+        problems.append(f"'model.distill_alpha' weighs the teacher's term: use a number in [0, 1], got {m.alpha}")
+    if not m.temperature > 0:
+        problems.append(f"'model.distill_temperature' must be > 0, got {m.temperature}")
+    if m.caches_features:
+        problems.append(
+            "'model.teacher' needs the backbone to run on every augmented batch, but a linear probe on cached "
+            "features runs it once; set 'model.feature_cache' false (or strategy 'partial'), or remove the teacher"
+        )
+    return problems
+def _check_strategy_keys(recipe: Recipe, source: str, problems: list[str]) -> None:
+    """``model.layer_decay`` and the LP-FT keys against the strategy and the optimizer."""
+    m = recipe.model
+    if m.layer_decay is not None:
+        if not 0 < m.layer_decay <= 1:
+            problems.append(
+                f"{source}: 'model.layer_decay' must be in (0, 1] (e.g. 0.75; 1 is no decay), got {m.layer_decay}"
+            )
+        if m.strategy == "linear_probe":
+            problems.append(
+                f"{source}: 'model.layer_decay' scales the learning rate of the backbone's layers, which "
+                "'linear_probe' does not train; remove it, or use 'full', 'partial' or 'lp_ft'"
+            )
+        optim = str(recipe.training.get("optim", ""))
+        if any(name in optim for name in ("galore", "apollo", "lomo")):
+            problems.append(
+                f"{source}: 'training.optim' '{optim}' builds its own parameter groups, so 'model.layer_decay' "
+                "cannot apply; use e.g. adamw_torch or sgd, or remove model.layer_decay"
+            )
+    if m.strategy == "lp_ft":
+        if not m.feature_cache:
+            problems.append(
+                f"{source}: 'model.strategy' 'lp_ft' fits its linear probe on cached features (the fine-tune "
+                "phase then augments); remove 'model.feature_cache' false"
+            )
+        if m.probe_solver == "trainer" and not m.lp_epochs > 0:
+            problems.append(f"{source}: 'model.lp_epochs' must be > 0, got {m.lp_epochs}")
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text.lower())
