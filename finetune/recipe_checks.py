@@ -8,7 +8,7 @@ import importlib.util
 import json
 from typing import Any
 
-from . import builtin, regularisers, training_fields
+from . import builtin, regularisers, reporting, training_fields
 from .metric_names import KNOWN_METRICS
 from .recipe_schema import (
     EVAL_SET_NAME,
@@ -114,6 +114,7 @@ def validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) ->
         problems.append(f"{source}: 'hub.push' is true but 'hub.repo_id' is missing; set it to USER/NAME")
     _check_training(recipe.training, source, problems)
     problems += training_fields.check_ranges(recipe.training, source)
+    problems += reporting.check(recipe.training, source)
     problems += training_fields.check_best_metric(recipe.training, recipe.metrics, source)
     has_validation = d.validation_fraction > 0
     early = training_fields.check_early_stopping(recipe.training, recipe.metrics, has_validation, source)
