@@ -58,6 +58,16 @@ def _comparable(recipe_dict: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in recipe_dict.items() if k not in ("hub", "output_dir")}
 
 
+def _with_new_defaults(old: Any, defaults: Any) -> Any:
+    """``old`` (a recipe.json written by an earlier finetune) with each key it lacks taken from
+    ``defaults``: a key added since then has the default that keeps the old behaviour, so a
+    run started before an upgrade still resumes when the recipe did not change."""
+    if not isinstance(old, dict) or not isinstance(defaults, dict):
+        return old
+    filled = {k: _with_new_defaults(v, defaults.get(k)) for k, v in old.items()}
+    return {**{k: v for k, v in defaults.items() if k not in old}, **filled}
+
+
 def check_output_dir(recipe: Recipe, overwrite: bool) -> str | None:
     """Decide what to do with the output folder; returns the checkpoint to resume from.
 
@@ -95,7 +105,8 @@ def _holds_this_recipe(out: Path, recipe: Recipe, overwrite: bool) -> bool:
         raise OutputDirError(
             f"output_dir: '{previous}' is unreadable; choose another output_dir or pass --overwrite"
         ) from None
-    differences = _diff(_comparable(old), _comparable(recipe.to_dict()))
+    defaults = type(recipe)().to_dict()
+    differences = _diff(_comparable(_with_new_defaults(old, defaults)), _comparable(recipe.to_dict()))
     if differences:
         shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
         raise OutputDirError(

@@ -136,6 +136,28 @@ def test_a_refused_run_leaves_a_locked_once_folder_as_it_was(tmp_path: Path) -> 
     assert resume is None and not list(out.glob("checkpoint-*"))  # removed under the lock
 
 
+def test_a_run_from_before_new_recipe_keys_still_resumes(tmp_path: Path) -> None:
+    """recipe.json written by an earlier finetune lacks the keys added since (their defaults
+    keep the old behaviour): the same recipe resumes; a key set away from its default, or a
+    changed old key, is still a different recipe."""
+    out = tmp_path / "out"
+    lock, _ = claim_output_dir(_recipe(out), overwrite=False)
+    old = _recipe(out).to_dict()
+    del old["model"]["layer_decay"], old["data"]["augment"]["mixup_alpha"], old["search"]
+    (out / "recipe.json").write_text(json.dumps(old))
+    _fake_checkpoint(out, 3)
+    lock.release()
+    lock, resume = claim_output_dir(_recipe(out), overwrite=False)
+    lock.release()
+    assert resume == str(out / "checkpoint-3")
+    changed = _recipe(out)
+    changed.model.layer_decay = 0.75
+    with pytest.raises(OutputDirError, match=r"different recipe \(model.layer_decay: null → 0.75\)"):
+        check_output_dir(changed, overwrite=False)
+    with pytest.raises(OutputDirError, match="training.learning_rate"):
+        check_output_dir(_recipe(out, learning_rate=0.5), overwrite=False)
+
+
 def test_lock_files_are_never_uploaded(tmp_path: Path) -> None:
     from finetune.hub import planned_files
 
