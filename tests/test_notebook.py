@@ -26,6 +26,9 @@ from conftest import ROOT, run_cli
 NOTEBOOK = ROOT / "notebooks" / "finetune_colab.ipynb"
 #: The tags of the cells CI leaves out.
 SKIP = {"needs-gpu", "needs-network", "colab-only"}
+#: The tag of the cell that holds the notebook's settings (papermill's convention); CI runs
+#: it with ``QUICK = True``, the shorter quickstart, to stay within about 4 minutes.
+PARAMETERS = "parameters"
 #: What a Python expression inside a command's f-string stands for when the command is
 #: checked without running the notebook (a path, a repo id).
 PLACEHOLDER = "NOTEBOOK-VALUE"
@@ -88,7 +91,7 @@ def test_notebook_cells_that_cannot_run_in_ci_are_tagged() -> None:
     nbformat.validate(notebook)
     for index, cell in enumerate(c for c in notebook.cells if c.cell_type == "code"):
         source, tags = cell.source, _tags(cell)
-        assert tags <= SKIP, f"code cell {index}: unknown tags {sorted(tags - SKIP)}"
+        assert tags <= SKIP | {PARAMETERS}, f"code cell {index}: unknown tags {sorted(tags - SKIP - {PARAMETERS})}"
         if "google.colab" in source or "%tensorboard" in source:
             assert "colab-only" in tags, f"code cell {index} needs Colab or a browser: tag it colab-only"
         if "pip install" in source or "notebook_login" in source:
@@ -151,6 +154,9 @@ def test_notebook_runs_offline_on_cpu(tmp_path: Path, monkeypatch: pytest.Monkey
 
     notebook = _notebook()
     notebook.cells = [c for c in notebook.cells if not _tags(c) & SKIP]
+    settings = [c for c in notebook.cells if PARAMETERS in _tags(c)]
+    assert len(settings) == 1 and "QUICK = False" in settings[0].source, "the notebook's settings cell has changed"
+    settings[0].source = settings[0].source.replace("QUICK = False", "QUICK = True")
     # The kernel (and the finetune commands it starts) import this checkout, offline, with the
     # console scripts of the interpreter running the tests.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -168,7 +174,7 @@ def test_notebook_runs_offline_on_cpu(tmp_path: Path, monkeypatch: pytest.Monkey
     printed = [text(c) for c in notebook.cells if c.cell_type == "code"]
     assert "No GPU: finetune trains in fp32" in printed[0] or "mixed precision" in printed[0], printed[0]
     quickstart = json.loads((tmp_path / "outputs" / "quickstart" / "eval_results.json").read_text())
-    assert quickstart["eval_accuracy"] > 0.9, quickstart  # the README states 0.986
+    assert quickstart["eval_accuracy"] > 0.3, quickstart  # the short quickstart (0.48 measured); chance is 0.1
     report_cells = [c for c in notebook.cells if "show_report(" in c.source and c.cell_type == "code"]
     for cell in report_cells:  # the metrics, three pictures and the card, inline
         shown = [set(o.data) for o in cell.outputs if o.output_type == "display_data"]
