@@ -245,6 +245,7 @@ def test_the_teacher_runs_frozen_in_eval_mode_on_every_training_step(distilled, 
     assert load_file(out / "model.safetensors").keys() == load_file(tiny_vit / "model.safetensors").keys()
 
 
+@pytest.mark.e2e
 def test_the_card_names_the_teacher_and_both_settings(distilled, teachers) -> None:
     _, out, _, _ = distilled
     card = (out / "README.md").read_text()

@@ -142,6 +142,7 @@ def test_class_names_read_as_transformers_reads_them(make, tmp_path):
 # ------------------------------------------------------------------------------ export
 
 
+@pytest.mark.e2e
 def test_static_int8_export_of_a_convolutional_model(resnet_int8):
     run, before, report = resnet_int8
     assert {k: v for k, v in file_hashes(run).items() if not k.startswith("onnx/")} == before
@@ -167,6 +168,7 @@ def test_static_int8_export_of_a_convolutional_model(resnet_int8):
     assert "| ONNX int8 |" in card and f"{acc['onnx_int8']:.4f}" in card and "static int8" in card
 
 
+@pytest.mark.e2e
 def test_exported_batch_dimension_is_dynamic(resnet_int8):
     run, _, _ = resnet_int8
     for int8 in (False, True):
@@ -177,6 +179,7 @@ def test_exported_batch_dimension_is_dynamic(resnet_int8):
         np.testing.assert_allclose(model.logits(pixels), one, atol=1e-4)
 
 
+@pytest.mark.e2e
 def test_dynamic_int8_export_of_a_transformer(vit_int8):
     run, before, report = vit_int8
     assert report["quantization"]["mode"] == "dynamic" and "attention" in report["quantization"]["why"]
@@ -186,6 +189,7 @@ def test_dynamic_int8_export_of_a_transformer(vit_int8):
     assert {k: v for k, v in file_hashes(run).items() if not k.startswith("onnx/")} == before
 
 
+@pytest.mark.e2e
 def test_predict_and_eval_run_the_exported_folder(resnet_int8, images, capsys, tmp_path):
     run, _, report = resnet_int8
     folder = run / "onnx"
@@ -216,6 +220,7 @@ def test_predict_and_eval_run_the_exported_folder(resnet_int8, images, capsys, t
     assert "broken.png" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_a_second_export_needs_overwrite(resnet_int8, capsys):
     run, _, _ = resnet_int8
     before = file_hashes(run)
@@ -311,6 +316,7 @@ def test_a_model_that_cannot_be_traced(tmp_path, images, capsys, monkeypatch):
     assert file_hashes(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json", "run"]
 
 
+@pytest.mark.e2e
 def test_broken_bound_fails_and_writes_nothing(tmp_path, images, capsys, monkeypatch):
     """ONNX Runtime's logits off by 0.5: the check fails the export."""
     run = fake_run(tmp_path, make_tiny_resnet, images)

@@ -172,6 +172,7 @@ def _train(tmp_path: Path, raw: dict) -> str:
     return result.stderr + result.stdout
 
 
+@pytest.mark.e2e
 def test_backbone_runs_once_per_image_and_matches_the_per_step_path(tiny_vit: Path, tmp_path: Path, monkeypatch) -> None:
     """One backbone forward per image in all; the head then learns what the per-step path learns."""
     from finetune import train as train_lib

@@ -275,18 +275,21 @@ def test_trials_never_touch_the_eval_split_and_the_final_run_reads_it_once(searc
     assert not (searched.out / "trials").exists()
 
 
+@pytest.mark.e2e
 def test_probe_trials_share_one_backbone_pass(searched) -> None:
     """Train and validation pieces once for the whole search (trials and final run), the eval split once at the end."""
     passes = [e for e in searched.events if e.startswith("features of")]
     assert passes == ["features of 27 images", "features of 9 images", "features of 18 images"]
 
 
+@pytest.mark.e2e
 def test_a_finished_search_run_again_reads_nothing_again(searched) -> None:
     assert searched.again == 0
     assert searched.later == []
     assert len(_rows(searched.out)) == 3
 
 
+@pytest.mark.e2e
 def test_the_outputs_list_every_trial_and_the_card_tells_how_the_recipe_was_chosen(searched) -> None:
     out = searched.out
     rows = _rows(out)
@@ -317,6 +320,7 @@ def test_the_best_recipe_validates_and_trains(searched, tmp_path: Path) -> None:
     assert metrics["eval_num_images"] == 18 and (tmp_path / "again" / "model.safetensors").is_file()
 
 
+@pytest.mark.e2e
 def test_a_different_recipe_in_the_same_folder_is_refused(searched, capsys) -> None:
     code = main(["search", str(searched.recipe), "--trials", "3", "--set", "training.num_train_epochs=3"])
     assert code == 2
