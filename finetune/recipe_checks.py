@@ -249,6 +249,13 @@ def _check_strategy_keys(recipe: Recipe, source: str, problems: list[str]) -> No
                 f"{source}: 'model.layer_decay' scales the learning rate of the backbone's layers, which "
                 "'linear_probe' does not train; remove it, or use 'full', 'partial' or 'lp_ft'"
             )
+        if m.strategy == "lora":
+            # The adapters live under peft's own names, which no layer map matches: every
+            # adapter would silently train at the head's rate.
+            problems.append(
+                f"{source}: 'model.layer_decay' scales the learning rate of the backbone's own layers, which "
+                "'lora' keeps frozen (its adapters train at one rate); remove it, or use 'full', 'partial' or 'lp_ft'"
+            )
         optim = str(recipe.training.get("optim", ""))
         if any(name in optim for name in ("galore", "apollo", "lomo")):
             problems.append(

@@ -169,6 +169,7 @@ def _recipe(**model) -> dict:
         ({"layer_decay": -0.5}, "'model.layer_decay' must be in (0, 1]"),
         ({"layer_decay": 0.75, "strategy": "linear_probe"}, "which 'linear_probe' does not train"),
         ({"layer_decay": 0.75, "feature_cache": False, "strategy": "linear_probe"}, "which 'linear_probe' does not train"),
+        ({"layer_decay": 0.75, "strategy": "lora"}, "which 'lora' keeps frozen (its adapters train at one rate)"),
     ],
 )
 def test_bad_layer_decay_is_a_recipe_error(model: dict, message: str) -> None:
