@@ -338,12 +338,17 @@ def is_convolutional(model: nn.Module) -> bool:
 
 
 def use_channels_last(model: nn.Module, cfg: ModelConfig, args: Any = None) -> bool:
-    """``model.channels_last``, or when null: a convolutional model on a CUDA GPU (where
-    cuDNN's convolutions run faster on NHWC tensors), unless FSDP or DeepSpeed shard the
-    weights (their flattening is not tested with it)."""
+    """``model.channels_last``, or when null: a convolutional model on a CUDA GPU or on the
+    CPU, unless FSDP or DeepSpeed shard the weights (their flattening is not tested with it).
+
+    cuDNN's convolutions run faster on NHWC tensors, and so do oneDNN's on the CPU, the
+    depthwise ones of EfficientNet and MobileNet most (MEASURED_ON_CPU). Other accelerators
+    (MPS, XPU) keep the default layout: not measured there."""
     if cfg.channels_last is not None:
         return cfg.channels_last
-    return torch.cuda.is_available() and is_convolutional(model) and not sharded(args)
+    other = torch.backends.mps.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    device_ok = torch.cuda.is_available() or not other
+    return device_ok and is_convolutional(model) and not sharded(args)
 
 
 def sharded(args: Any = None) -> bool:

@@ -88,8 +88,9 @@ class ModelConfig:
     #: With "lbfgs": the most L-BFGS iterations for each λ.
     probe_max_iter: int = 1000
     #: Channels-last memory format for the model and its input batches, which convolutions on
-    #: GPUs run faster in. null: on for convolutional models (more than one Conv2d: ResNet,
-    #: ConvNeXt, EfficientNet; not ViT-like models) on CUDA, without FSDP or DeepSpeed.
+    #: GPUs and CPUs run faster in. null: on for convolutional models (more than one Conv2d:
+    #: ResNet, ConvNeXt, EfficientNet; not ViT-like models) on CUDA or the CPU, without FSDP
+    #: or DeepSpeed (model.use_channels_last).
     channels_last: bool | None = None
     #: The architecture only: its config is loaded and every weight initialised at random (the
     #: no-pretraining baseline that ``finetune study --scratch`` adds). Needs strategy "full".

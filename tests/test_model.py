@@ -204,13 +204,15 @@ def test_other_hf_families(kind: str, strategy: str, tmp_path: Path) -> None:
     assert loaded.model(pixel_values=pixels).logits.shape == (1, 4)
 
 
-def test_channels_last_is_automatic_only_for_cnns_on_cuda_without_sharding(tiny_resnet: Path, tiny_vit: Path, monkeypatch) -> None:
+def test_channels_last_is_automatic_only_for_cnns_on_cuda_or_cpu_without_sharding(tiny_resnet: Path, tiny_vit: Path, monkeypatch) -> None:
     from types import SimpleNamespace
 
     resnet, vit = load(tiny_resnet)[0].model, load(tiny_vit)[0].model
     assert model_lib.is_convolutional(resnet) and not model_lib.is_convolutional(vit)
     auto = ModelConfig(name_or_path="x")
-    assert not model_lib.use_channels_last(resnet, auto)  # no GPU here
+    assert model_lib.use_channels_last(resnet, auto) and not model_lib.use_channels_last(vit, auto)  # the CPU
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert not model_lib.use_channels_last(resnet, auto)  # another accelerator: not measured there
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert model_lib.use_channels_last(resnet, auto) and not model_lib.use_channels_last(vit, auto)
     assert not model_lib.use_channels_last(resnet, auto, SimpleNamespace(fsdp="full_shard", deepspeed=None))
