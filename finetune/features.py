@@ -84,6 +84,12 @@ class HeadModel(nn.Module):
         # A plain attribute, not a submodule: the Trainer must see only the head's parameters.
         self.__dict__["_full_model"] = full_model
 
+    @property
+    def config(self) -> Any:
+        """The full model's config: the Trainer reads it (``problem_type``, when label smoothing
+        is on) from the model it is given, which here stands in for the full model."""
+        return getattr(self._full_model, "config", None)
+
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
         logits = self.linear(features)
         loss = None

@@ -256,3 +256,18 @@ def test_a_model_with_work_after_its_head_is_refused_with_lp_fts_own_fix(tmp_pat
     assert str(refused.value).startswith("model.strategy 'lp_ft': this model's logits are not the output of its last Linear")
     assert str(refused.value).endswith("use strategy 'full'") and "feature_cache" not in str(refused.value)
     assert not (tmp_path / LP_HEAD).exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("strategy", "solver"), [("lp_ft", "lbfgs"), ("lp_ft", "trainer"), ("linear_probe", "trainer")])
+def test_label_smoothing_trains_with_a_probe_on_cached_features(
+    tiny_resnet: Path, tmp_path: Path, strategy: str, solver: str
+) -> None:
+    """The Trainer reads the model's config when label smoothing is on; the head-only model
+    of a cached-feature probe must answer with the full model's (it once raised there)."""
+    images = make_image_folder(tmp_path / "images")
+    raw = _recipe(tmp_path, tiny_resnet, images, "smooth", probe_solver=solver, probe_l2=[1e-3])
+    raw["model"]["strategy"] = strategy
+    raw["training"].update(label_smoothing_factor=0.1, num_train_epochs=1)
+    train_lib.train(recipe_from_dict(raw))
+    assert (tmp_path / "smooth" / "model.safetensors").is_file()
