@@ -12,8 +12,9 @@ import ast
 import difflib
 import functools
 import importlib.util
-from pathlib import Path
 from typing import Any
+
+from . import training_fields
 
 #: Values that are not trackers: "none" turns reporting off, "all" means every installed one.
 _SPECIAL = ("none", "all")
@@ -23,13 +24,10 @@ _SPECIAL = ("none", "all")
 def integrations() -> tuple[str, ...] | None:
     """The keys of transformers' ``INTEGRATION_TO_CALLBACK``; None when its source cannot be
     read that way (then the Trainer's own check is the only one)."""
-    spec = importlib.util.find_spec("transformers")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "integrations" / "integration_utils.py"
     try:
+        path = training_fields.package_dir() / "integrations" / "integration_utils.py"
         tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError):
+    except (training_fields.SourceLayout, OSError, SyntaxError):
         return None
     for node in tree.body:
         if (

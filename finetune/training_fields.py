@@ -30,7 +30,7 @@ class Field:
     default: Any = dataclasses.MISSING
 
 
-class _SourceLayout(Exception):
+class SourceLayout(Exception):
     """transformers' source is missing or no longer has the shape this module reads."""
 
 
@@ -56,29 +56,30 @@ def _from_import() -> dict[str, Field]:
     return out
 
 
-def _package_dir() -> Path:
+def package_dir() -> Path:
+    """transformers' package folder, found without importing it (reporting.py reads it too)."""
     # A top-level find_spec locates the package without running its __init__.
     spec = importlib.util.find_spec("transformers")
     if spec is None or not spec.submodule_search_locations:
-        raise _SourceLayout("transformers is not installed as a package folder")
+        raise SourceLayout("transformers is not installed as a package folder")
     return Path(list(spec.submodule_search_locations)[0])
 
 
 def _parse(path: Path) -> ast.Module:
     if not path.is_file():
-        raise _SourceLayout(f"{path} is missing")
+        raise SourceLayout(f"{path} is missing")
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
 def _from_source() -> dict[str, Field]:
-    pkg = _package_dir()
+    pkg = package_dir()
     tree = _parse(pkg / "training_args.py")
     classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainingArguments"]
     if len(classes) != 1 or classes[0].bases:
-        raise _SourceLayout("TrainingArguments is not one base-less class in training_args.py")
+        raise SourceLayout("TrainingArguments is not one base-less class in training_args.py")
     body = classes[0].body
     if any(_declares_in_block(stmt) for stmt in body):
-        raise _SourceLayout("a TrainingArguments field is declared inside an if/try block")
+        raise SourceLayout("a TrainingArguments field is declared inside an if/try block")
     annotated = [s for s in body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)]
     used = {n.id for s in annotated for n in ast.walk(_annotation_expr(s.annotation)) if isinstance(n, ast.Name)}
     namespace = _namespace(tree, pkg, used)
@@ -90,7 +91,7 @@ def _from_source() -> dict[str, Field]:
         name = stmt.target.id
         out[name] = Field(name, _resolve(expr, namespace), _default(stmt.value))
     if not out:
-        raise _SourceLayout("no fields found in TrainingArguments")
+        raise SourceLayout("no fields found in TrainingArguments")
     return out
 
 

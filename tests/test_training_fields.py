@@ -83,7 +83,7 @@ def test_unknown_names_become_any_and_enums_keep_their_values() -> None:
     import ast
 
     enums = training_fields._enums(ast.parse("class Color(ExplicitEnum):\n    RED = 'red'\n    _hidden = 'x'\n"))
-    namespace = {**training_fields._namespace(ast.parse(""), training_fields._package_dir(), set()), **enums}
+    namespace = {**training_fields._namespace(ast.parse(""), training_fields.package_dir(), set()), **enums}
     resolve = lambda text: training_fields._resolve(ast.parse(text, mode="eval").body, namespace)  # noqa: E731
     assert {m.value for m in resolve("Color")} == {"red"}
     assert resolve("SomeClass | None") == typing.Optional[Any]
