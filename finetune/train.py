@@ -30,7 +30,7 @@ from .prepare import Prepared, check_prepared, prepare_data
 from .recipe import Recipe
 from .reuse import Reuse
 from .trainer import FinetuneTrainer, trainer_options
-from .util import follow_umask, write_json
+from .util import follow_umask, save_metrics, write_json
 
 logger = logging.getLogger("finetune")
 
@@ -371,7 +371,8 @@ def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transfor
         follow_umask(out)
     done.append("model")
     trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
+    if trainer.is_world_process_zero():
+        save_metrics(out, "train", result.metrics)
     trainer.save_state()
 
     # The reported numbers: the eval split, once, after training (and after loading the
@@ -381,7 +382,8 @@ def _finish(recipe, state, trainer, out, prepared, loaded, accumulator, transfor
     predictions = accumulator.last
     # The other domains, each once too; their NAME_* metrics join eval_results.json.
     set_scores, set_reports = eval_sets.score(trainer, accumulator, prepared.eval_sets, out, splits.class_names)
-    trainer.save_metrics("eval", {**final, **set_scores})
+    if trainer.is_world_process_zero():
+        save_metrics(out, "eval", {**final, **set_scores})
     done.append("final evaluation")
     if trainer.is_world_process_zero():
         report = metrics.per_class_report(predictions, splits.class_names) if predictions is not None else None

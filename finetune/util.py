@@ -28,6 +28,25 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def save_metrics(out: Path, split: str, metrics: dict[str, Any]) -> None:
+    """What ``Trainer.save_metrics`` writes (``SPLIT_results.json``, merged into
+    ``all_results.json``), each file through :func:`write_json`. The Trainer opens
+    ``all_results.json`` for writing before it dumps: a signal in between left it empty,
+    and the rerun that finishes the run then failed reading it. An unreadable one left
+    by an older version starts afresh: every key in it is written again by this run."""
+    out = Path(out)
+    write_json(out / f"{split}_results.json", dict(sorted(metrics.items())))
+    merged: dict[str, Any] = {}
+    try:
+        previous = json.loads((out / "all_results.json").read_text(encoding="utf-8"))
+        if isinstance(previous, dict):
+            merged = previous
+    except (OSError, ValueError):
+        pass
+    merged.update(metrics)
+    write_json(out / "all_results.json", dict(sorted(merged.items())))
+
+
 def current_umask() -> int:
     """The process's umask. Read from /proc where Linux has it: the portable way (set it,
     then set it back) would give any file another thread creates meanwhile the wrong mode."""

@@ -1,7 +1,8 @@
-"""util.py: file modes of written weights follow the umask."""
+"""util.py: file modes of written weights follow the umask; metrics files are never left half-written."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -60,3 +61,33 @@ def test_safetensors_writes_private_files(umask, tmp_path: Path) -> None:
         f"safetensors {safetensors.__version__} now writes files with the umask's mode; util.follow_umask "
         "and its calls in train.py can go"
     )
+
+
+def test_save_metrics_merges_into_all_results_like_the_trainer(tmp_path: Path) -> None:
+    util.save_metrics(tmp_path, "train", {"train_loss": 0.5, "epoch": 3.0})
+    util.save_metrics(tmp_path, "eval", {"eval_accuracy": 0.9, "epoch": 3.0})
+    assert json.loads((tmp_path / "train_results.json").read_text()) == {"epoch": 3.0, "train_loss": 0.5}
+    assert json.loads((tmp_path / "eval_results.json").read_text()) == {"epoch": 3.0, "eval_accuracy": 0.9}
+    assert json.loads((tmp_path / "all_results.json").read_text()) == {"epoch": 3.0, "eval_accuracy": 0.9, "train_loss": 0.5}
+
+
+def test_save_metrics_starts_afresh_over_an_empty_all_results(tmp_path: Path) -> None:
+    """What a signal during the Trainer's own save_metrics left behind: the rerun that
+    finishes the run must not fail reading it."""
+    (tmp_path / "all_results.json").write_text("")
+    util.save_metrics(tmp_path, "train", {"train_loss": 0.5})
+    assert json.loads((tmp_path / "all_results.json").read_text()) == {"train_loss": 0.5}
+
+
+def test_save_metrics_interrupted_mid_write_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    util.save_metrics(tmp_path, "train", {"train_loss": 0.5})
+    before = (tmp_path / "all_results.json").read_text()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # a signal handler raising in the middle of the write
+
+    monkeypatch.setattr(util.os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        util.save_metrics(tmp_path, "eval", {"eval_accuracy": 0.9})
+    assert (tmp_path / "all_results.json").read_text() == before
+    assert not (tmp_path / "eval_results.json").exists()
