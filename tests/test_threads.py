@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, _pin_xdist_worker
 from finetune import threads
 from finetune.threads import Threads, ThreadsError, available_cores, decide, launcher_set_omp
 
@@ -175,3 +175,27 @@ def test_accelerate_launch_uses_every_core(tmp_path: Path) -> None:
     # torchrun with two processes: each gets half (torchrun alone would give each one thread).
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     assert _run(torchrun, script) == [(max(1, cores // 2), "cores/processes")] * 2
+
+
+# ------------------------------------------------------ the test suite's own workers
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+@pytest.mark.parametrize(
+    "worker, workers, cpus, mine",
+    [("gw0", "2", [0, 1], [0]), ("gw1", "2", [0, 1, 2, 3], [1, 3]), ("gw2", "3", [0, 1], [0]), ("gw0", "1", [0, 1], [0, 1])],
+)
+def test_each_xdist_worker_is_pinned_to_its_own_cpus(monkeypatch, worker, workers, cpus, mine) -> None:
+    """Under ``pytest -n N`` the workers share the CPUs out (round robin when there are more
+    workers than CPUs), so the jobs one worker starts never size their threads to the
+    whole machine while another worker's jobs run."""
+    pinned = []
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", workers)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(cpus))
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, chosen: pinned.append(sorted(chosen)))
+    _pin_xdist_worker()
+    assert pinned == [mine]
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    _pin_xdist_worker()  # not under xdist: nothing is pinned
+    assert pinned == [mine]
