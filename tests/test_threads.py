@@ -148,7 +148,10 @@ sys.path.insert(0, {root!r})
 from finetune.threads import configure_threads
 import torch
 record = configure_threads()
-print("threads", torch.get_num_threads(), record.why, flush=True)
+# One write per line: under PYTHONUNBUFFERED (as CI runs) print() writes each piece on its
+# own, and the two torchrun ranks' pieces interleaved ("threadsthreads 1 ...").
+sys.stdout.write(f"threads {{torch.get_num_threads()}} {{record.why}}\\n")
+sys.stdout.flush()
 """
 
 
