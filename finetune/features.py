@@ -49,6 +49,7 @@ from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from . import data, progress
+from .feature_runtime import FeatureRuntime
 from .model import ModelError, head_parameter_names
 
 logger = logging.getLogger("finetune")
@@ -165,9 +166,16 @@ def _features_of(
     args: Any = None,
     process_index: int = 0,
     desc: str = "feature pass",
+    runtime: FeatureRuntime | None = None,
+    total: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) of every row of a decoded split, in order, on this process; with a
-    progress bar in images on the main process (the Trainer's rule, progress.py)."""
+    progress bar in images on the main process (the Trainer's rule, progress.py).
+
+    PyTorch runs the first batch (it checks that the logits are the head's output); the
+    ``runtime`` may then hand the rest to ONNX Runtime (feature_runtime.py). ``total``: the
+    split's rows over all processes, which every rank's choice is based on.
+    """
     capture = _Capture()
     handle = head.register_forward_hook(capture)
     loader = torch.utils.data.DataLoader(
@@ -178,19 +186,35 @@ def _features_of(
         num_workers=getattr(args, "dataloader_num_workers", 0) if args is not None else 0,
         pin_memory=device.type == "cuda",
     )
+    lower_precision = args is not None and (getattr(args, "bf16", False) or getattr(args, "fp16", False))
+    try_onnx = (
+        runtime is not None and runtime.runner is None
+        and runtime.wants_onnx(device, len(dataset) if total is None else total, lower_precision)
+    )
     feats, labels = [], []
     bar = progress.bar(args, total=len(dataset), desc=desc, process_index=process_index)
     try:
         for batch in loader:
             pixels = transform(batch["pixel_values"].to(device, non_blocking=True), train=False)
-            with _autocast(device, args):
-                logits = model(pixel_values=pixels).logits
-            if capture.output is None or capture.inputs is None or not torch.equal(capture.output, logits):
-                raise ModelError(
-                    "model.feature_cache: this model's logits are not the output of its last Linear layer "
-                    f"(something runs after the head), so cached features cannot reproduce them; {_FALSE_HINT}"
-                )
-            feats.append(capture.inputs.detach().float().cpu())
+            if runtime is not None and runtime.runner is not None:
+                features = runtime.runner(pixels)
+            else:
+                with _autocast(device, args):
+                    logits = model(pixel_values=pixels).logits
+                if capture.output is None or capture.inputs is None or not torch.equal(capture.output, logits):
+                    raise ModelError(
+                        "model.feature_cache: this model's logits are not the output of its last Linear layer "
+                        f"(something runs after the head), so cached features cannot reproduce them; {_FALSE_HINT}"
+                    )
+                features = capture.inputs.detach().float().cpu()
+                if try_onnx:
+                    try_onnx = False
+                    handle.remove()  # the export traces the model: keep this hook out of it
+                    checked = runtime.start(model, head, pixels, features, batch_size)
+                    handle = head.register_forward_hook(capture)
+                    if checked is not None:
+                        features = checked
+            feats.append(features)
             labels.append(batch["labels"].cpu())
             capture.inputs = capture.output = None
             bar.update(len(batch["labels"]))
@@ -210,13 +234,14 @@ def compute_features(
     device: torch.device | str | None = None,
     batch_size: int = 64,
     args: Any = None,
+    runtime: FeatureRuntime | None = None,
 ) -> FeatureDataset:
     """Run the frozen backbone once over a decoded split: its head's input features and labels.
 
     Across several processes each rank runs its share of the rows
     (``split_between_processes``, padded so every share has the same length) and the shares
     are all-gathered, then the padding is dropped, so every rank ends up with all features in
-    dataset order.
+    dataset order. ``runtime`` (feature_runtime.py) chooses the engine; None: PyTorch.
     """
     from accelerate import PartialState
     from accelerate.utils import gather
@@ -230,13 +255,17 @@ def compute_features(
         n = len(dataset)
         world = state.num_processes
         if world == 1 or n == 0:
-            feats, labels = _features_of(model, head, dataset, transform, device, batch_size, args, state.process_index)
+            feats, labels = _features_of(
+                model, head, dataset, transform, device, batch_size, args, state.process_index, runtime=runtime
+            )
             return FeatureDataset(feats, labels)
         with state.split_between_processes(list(range(n)), apply_padding=True) as shard:
             mine = dataset.select(shard) if len(shard) else dataset.select([])
             # The bar (rank 0's) counts rank 0's share; the others run theirs alongside.
             desc = f"feature pass (rank 0's share of {world})"
-            feats, labels = _features_of(model, head, mine, transform, device, batch_size, args, state.process_index, desc)
+            feats, labels = _features_of(
+                model, head, mine, transform, device, batch_size, args, state.process_index, desc, runtime, total=n
+            )
         # Every share has `per` rows after padding; rank r's real rows are the first
         # `base + (r < extra)` of its share (split_between_processes' own arithmetic).
         base, extra = divmod(n, world)

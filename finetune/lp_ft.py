@@ -187,6 +187,7 @@ def _fit(recipe: Recipe, loaded: Any, transform: data.BatchTransform, prepared: 
         solver=recipe.model.probe_solver,
         l2=list(recipe.model.probe_l2),
         max_iter=recipe.model.probe_max_iter,
+        runtime=recipe.model.feature_runtime,
     )
     result = trainer.train()
     scores = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}

@@ -25,6 +25,7 @@ from transformers import Trainer, default_data_collator
 from transformers.trainer_utils import TrainOutput
 
 from . import data, progress
+from .feature_runtime import FeatureRuntime
 from .features import _FALSE_HINT, FeatureDataset, FeatureStats, HeadModel, compute_features, find_head
 from .model import LoadedModel, ModelError
 from .recipe import ModelConfig
@@ -203,6 +204,7 @@ def probe_setup(
         solver=model_cfg.probe_solver,
         l2=list(model_cfg.probe_l2),
         max_iter=model_cfg.probe_max_iter,
+        runtime=model_cfg.feature_runtime,
     )
     return trainer_class, transform
 
@@ -231,9 +233,11 @@ class FeatureProbeTrainer(Trainer):
         solver: str = "trainer",
         l2: list[float] | None = None,
         max_iter: int = 1000,
+        runtime: str = "auto",
         **kwargs: Any,
     ) -> None:
         self.solver, self.l2, self.max_iter = solver, list(l2 or [0.0]), max_iter
+        self.feature_runtime = FeatureRuntime(runtime)
         self.full_model = model
         self.batch_transform = batch_transform
         self.feature_stats = FeatureStats()
@@ -273,6 +277,7 @@ class FeatureProbeTrainer(Trainer):
             device=self._device,
             batch_size=self._feature_args.per_device_eval_batch_size,
             args=self._feature_args,
+            runtime=self.feature_runtime,
         )
         seconds = time.perf_counter() - start
         self.feature_stats.images += len(features)
@@ -280,9 +285,9 @@ class FeatureProbeTrainer(Trainer):
         if self._feature_args.process_index == 0:
             logger.info(
                 "feature cache: the frozen backbone ran once over %d images in %.1f s (%.0f images/s, %d "
-                "process(es)); the head trains on %d-dim features",
+                "process(es); %s); the head trains on %d-dim features",
                 len(features), seconds, len(features) / max(seconds, 1e-9), self._feature_args.world_size,
-                features.features.shape[-1],
+                self.feature_runtime.chosen, features.features.shape[-1],
             )
         self._cache.append((dataset, features))
         if SHARED is not None:

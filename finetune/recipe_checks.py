@@ -8,7 +8,7 @@ import importlib.util
 import json
 from typing import Any
 
-from . import builtin, regularisers, reporting, training_fields
+from . import builtin, feature_runtime, regularisers, reporting, training_fields
 from .metric_names import KNOWN_METRICS
 from .recipe_schema import (
     EVAL_SET_NAME,
@@ -78,6 +78,15 @@ def validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) ->
         problems.append(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
     problems += _check_lora(m, source)
     _check_strategy_keys(recipe, source, problems)
+    if m.feature_runtime != "auto":
+        if not (m.caches_features or m.strategy == "lp_ft"):
+            problems.append(
+                f"{source}: 'model.feature_runtime' chooses what runs the cached-feature pass, which this run does "
+                "not have (it needs 'model.strategy' 'linear_probe' with 'model.feature_cache' true, or 'lp_ft'); "
+                "remove the key"
+            )
+        elif m.feature_runtime == "onnxruntime" and feature_runtime.missing():
+            problems.append(f"{source}: 'model.feature_runtime' 'onnxruntime': {feature_runtime.missing()}, or set it to 'auto'")
     if m.probe_solver == "lbfgs":
         if not (m.caches_features or m.strategy == "lp_ft"):
             problems.append(

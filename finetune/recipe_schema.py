@@ -82,6 +82,10 @@ class ModelConfig:
     #: schedule and epochs) or "lbfgs": L2-regularised multinomial logistic regression by
     #: full-batch L-BFGS, the usual linear-probe protocol (CLIP, Radford et al. 2021, §3.2).
     probe_solver: Literal["trainer", "lbfgs"] = "trainer"
+    #: What runs the frozen backbone's one feature pass (feature_runtime.py): "torch", or
+    #: "onnxruntime" (on a CPU; the ``export`` extra), or "auto": ONNX Runtime on a CPU in
+    #: fp32 for a split of 1,000 images or more when it is installed, else PyTorch.
+    feature_runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
     #: With "lbfgs": the L2 strengths λ to try (loss = mean cross-entropy + λ/2·‖W‖²). With
     #: several, the best validation-piece accuracy wins (ties: the lower validation loss).
     probe_l2: list[float] = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])

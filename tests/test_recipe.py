@@ -126,6 +126,12 @@ def test_wrong_types_name_the_key(patch: dict, key: str) -> None:
             "the reported split must not pick them",
         ),
         ({"model": {"name_or_path": "m", "strategy": "linear_probe", "probe_solver": "lbfgs", "probe_max_iter": 0}}, ">= 1"),
+        ({"model": {"name_or_path": "m", "feature_runtime": "torch"}}, "'model.feature_runtime' chooses"),
+        (
+            {"model": {"name_or_path": "m", "strategy": "linear_probe", "feature_cache": False, "feature_runtime": "onnxruntime"}},
+            "'model.feature_runtime' chooses",
+        ),
+        ({"model": {"name_or_path": "m", "feature_runtime": "tensorrt"}}, "feature_runtime"),
         ({"data": {"dataset": "x", "augment": {"random_erasing": 1.5}}}, "'data.augment.random_erasing' is a probability"),
     ],
 )

@@ -56,3 +56,43 @@ def test_help_validate_and_a_bad_recipe_import_no_heavy_library(tmp_path: Path) 
     assert "did you mean 'learning_rate'?" in result.stderr
     assert "'training.early_stopping_patience' needs evaluations" in result.stderr
     assert report["loaded"] == []
+
+
+_CLI = """
+import logging, sys
+import finetune.run as run
+
+def main():
+    import atexit
+    atexit.register(lambda: open(sys.argv[2], "w").write("ran"))  # like a library's cleanup
+    logging.getLogger("finetune").addHandler(logging.StreamHandler(sys.stderr))
+    logging.getLogger("finetune").warning("last log line")
+    sys.stdout.write("x" * 200_000)  # more than a pipe holds: must all arrive before the exit
+    if sys.argv[1] == "raise":
+        raise RuntimeError("boom")
+    return int(sys.argv[1])
+
+run.main = main
+run.cli()
+"""
+
+
+def test_the_quick_exit_keeps_the_code_the_output_and_a_raised_error(tmp_path: Path) -> None:
+    """cli() ends with os._exit after main returns: nothing written may be lost, the code is
+    main's, exit handlers still run, and an exception takes the normal exit with its traceback."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for arg, code in (("0", 0), ("2", 2), ("raise", 1)):
+        marker = tmp_path / f"handler-{arg}"
+        result = subprocess.run([sys.executable, "-c", _CLI, arg, str(marker)], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == code, result.stderr[-2000:]
+        assert marker.read_text() == "ran"
+        assert result.stdout == "x" * 200_000
+        assert "last log line" in result.stderr
+        assert ("RuntimeError: boom" in result.stderr) == (arg == "raise")
+    # The real entry point: a bad recipe is exit code 2 with its one-line message.
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    result = subprocess.run(
+        [sys.executable, "finetune/run.py", "validate", str(bad)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "'description' is required" in result.stderr
