@@ -31,6 +31,9 @@ Two limits, reported in the log and in data_report.json's notes:
   features are taken in eval mode. None of the supported families (HF ViT/DeiT/ResNet/
   ConvNeXt/Swin, timm with the default drop rate) has such dropout.
 
+What runs the pass: PyTorch for the first batch (where the check above happens), then, as
+``model.feature_runtime`` chooses, PyTorch or ONNX Runtime on a CPU (feature_runtime.py).
+
 With several processes (``accelerate launch``), every rank computes the features of its
 own share of the images (``PartialState.split_between_processes``), and the shares are
 gathered, so the work is split across ranks instead of repeated on each one.
