@@ -10,11 +10,13 @@ Lite0, where the dynamo exporter took 9 s, more than the pass it would speed up.
 ``model.feature_runtime`` chooses:
 
 - ``torch``: PyTorch, as training would run the model (and with its autocast, if any);
-- ``onnxruntime``: ONNX Runtime; a run on another device, a missing ``onnxruntime``
-  (the ``export`` extra) or an export that fails stops the run with the reason;
+- ``onnxruntime``: ONNX Runtime, in fp32; a run on another device, a missing
+  ``onnxruntime`` (the ``export`` extra) or an export that fails stops the run with the
+  reason;
 - ``auto`` (default): ONNX Runtime on a CPU in fp32 when it is installed and the split
   has at least :data:`AUTO_MIN_IMAGES` images, otherwise PyTorch; when the export fails or
-  the check below fails, the log says why and PyTorch runs the pass.
+  the check below fails, the log says why and PyTorch runs the pass (so for a model of 2 GiB
+  or more, which an in-memory graph cannot hold: protobuf's limit).
 
 Every ONNX Runtime session is checked before it is used: on the first batch of the first
 split it runs, its features must match PyTorch's within ``rtol`` 1e-3 / ``atol`` 1e-4.
@@ -48,6 +50,8 @@ RUNTIMES = ("auto", "torch", "onnxruntime")
 AUTO_MIN_IMAGES = 1000
 #: The agreement asked of ONNX Runtime's features with PyTorch's on the first batch.
 RTOL, ATOL = 1e-3, 1e-4
+#: Protobuf's limit on one serialised message: the largest graph exported to memory.
+PROTOBUF_LIMIT = 2**31
 #: Opset of the exported graph (the one ``finetune export`` uses by default).
 OPSET = 18
 
@@ -92,6 +96,10 @@ def build(model: nn.Module, head: nn.Linear, example: torch.Tensor, batch_size: 
         raise RuntimeProblem(problem)
     import onnxruntime as ort
     import torch
+
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if size >= PROTOBUF_LIMIT:
+        raise RuntimeProblem(f"the model's {size / 2**30:.1f} GiB exceed the 2 GiB that an ONNX graph held in memory can hold")
 
     class Features(torch.nn.Module):
         """The model, returning its head's input (the features) instead of its logits."""
@@ -158,6 +166,7 @@ class FeatureRuntime:
         self.runner: OnnxFeatures | None = None
         self.decided = setting == "torch"
         self.chosen = "torch (model.feature_runtime torch)" if self.decided else ""
+        self.note = ""
 
     def wants_onnx(self, device: torch.device, images: int, autocast: bool) -> bool:
         """Whether to try ONNX Runtime for a split of ``images`` rows (before its first batch)."""
@@ -171,6 +180,8 @@ class FeatureRuntime:
                     f"model.feature_runtime 'onnxruntime' runs the feature pass on the CPU, but this run is on "
                     f"{device.type}; set it to 'auto' or 'torch'"
                 )
+            if autocast:
+                self.note = "; fp32, where training.bf16/fp16 would have run the backbone in lower precision"
             return True
         if device.type != "cpu":
             return self._settle(f"torch (auto: the run is on {device.type})")
@@ -215,6 +226,6 @@ class FeatureRuntime:
         self.runner, self.decided = runner, True
         self.chosen = (
             f"onnxruntime ({'model.feature_runtime onnxruntime' if self.setting == 'onnxruntime' else 'auto'}; "
-            f"exported in {runner.export_seconds:.1f} s, checked against PyTorch)"
+            f"exported in {runner.export_seconds:.1f} s, checked against PyTorch{self.note})"
         )
         return got

@@ -75,6 +75,8 @@ def test_auto_keeps_pytorch_off_the_cpu_in_lower_precision_or_without_onnxruntim
     assert not FeatureRuntime("torch").wants_onnx(cpu, big, False)
     with pytest.raises(ModelError, match="runs the feature pass on the CPU, but this run is on cuda"):
         FeatureRuntime("onnxruntime").wants_onnx(torch.device("cuda"), 1, False)
+    asked = FeatureRuntime("onnxruntime")
+    assert asked.wants_onnx(cpu, 1, True) and "fp32, where training.bf16/fp16" in asked.note
 
 
 def test_a_failed_export_falls_back_under_auto_and_stops_a_run_that_asked_for_it(
@@ -117,3 +119,10 @@ def test_recipe_asking_for_onnxruntime_without_it_installed_is_refused(monkeypat
         recipe_from_dict(raw, "r.json")
     raw["model"]["feature_runtime"] = "auto"
     assert recipe_from_dict(raw, "r.json").model.feature_runtime == "auto"
+
+
+def test_a_model_too_big_for_an_in_memory_graph_is_not_exported(tiny_resnet: Path, tmp_path: Path, monkeypatch) -> None:
+    model, decoded, transform = _setup(tiny_resnet, tmp_path)
+    monkeypatch.setattr(feature_runtime, "PROTOBUF_LIMIT", 1000)  # bytes: the tiny model is larger
+    with pytest.raises(feature_runtime.RuntimeProblem, match="exceed the 2 GiB"):
+        feature_runtime.build(model, features.find_head(model)[1], torch.zeros(1, 3, 32, 32), 4)

@@ -217,8 +217,10 @@ def test_cli_linear_probe_with_feature_cache_gives_a_normal_checkpoint(tiny_resn
     out = tmp_path / "probe"
     raw = _recipe(tmp_path, tiny_resnet, images, "probe")
     raw["training"]["save_strategy"] = "epoch"
+    raw["model"]["feature_runtime"] = "onnxruntime"  # the other engine, through the whole run
     log = _train(tmp_path, raw)
     assert "feature cache: the frozen backbone ran once" in log
+    assert "onnxruntime (model.feature_runtime onnxruntime; exported in" in log
     # Augmentation was requested: one line says it does not apply, and the report notes it.
     assert sum("does not apply" in line for line in log.splitlines()) == 1
     notes = json.loads((out / "data_report.json").read_text())["notes"]
