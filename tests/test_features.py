@@ -89,6 +89,7 @@ from datasets import load_from_disk
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from finetune import data, features
+from finetune.feature_runtime import FeatureRuntime
 
 state = PartialState(cpu=True)
 assert state.num_processes == 3, state
@@ -97,8 +98,12 @@ decoded = load_from_disk({decoded!r})
 # As the pipeline builds it: images stored smaller than the model's input are resized per batch.
 transform = data.BatchTransform.for_processor(AutoImageProcessor.from_pretrained({model!r}), None)
 cached = features.compute_features(model, decoded, transform, device="cpu", batch_size=2)
+# The same pass by ONNX Runtime: every rank exports and checks its own session.
+runtime = FeatureRuntime("onnxruntime")
+onnx = features.compute_features(model, decoded, transform, device="cpu", batch_size=2, runtime=runtime)
+assert runtime.runner is not None, runtime.chosen
 if state.is_main_process:
-    torch.save({{"features": cached.features, "labels": cached.labels}}, {out!r})
+    torch.save({{"features": cached.features, "labels": cached.labels, "onnx": onnx.features, "onnx_labels": onnx.labels}}, {out!r})
 """
 
 
@@ -109,7 +114,8 @@ def test_features_from_three_processes_are_the_direct_forward_pass_in_dataset_or
     """Three ranks (torchrun, gloo) share 7 images: 3 + 2 + 2 real rows, the last two
     shares padded by one row each (so padding sits between real rows once gathered), in
     batches of 2; rank 0 gets back the features that a single forward pass over the whole
-    split gives, in dataset order, padding dropped."""
+    split gives, in dataset order, padding dropped; by PyTorch, and by ONNX Runtime (whose
+    fixed batch pads rank 0's last batch of 1 once more)."""
     import os
     import subprocess
     import sys
@@ -146,6 +152,8 @@ def test_features_from_three_processes_are_the_direct_forward_pass_in_dataset_or
     assert sharded["labels"].tolist() == list(decoded["labels"][:])
     assert sharded["features"].shape == captured["x"].shape == (7, head.in_features)
     torch.testing.assert_close(sharded["features"], captured["x"], rtol=1e-5, atol=1e-5)
+    assert sharded["onnx_labels"].tolist() == list(decoded["labels"][:])
+    torch.testing.assert_close(sharded["onnx"], captured["x"], rtol=1e-3, atol=1e-4)
 
 
 def _recipe(tmp_path: Path, model: Path, images: Path, name: str, **extra) -> dict:
