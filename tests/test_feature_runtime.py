@@ -126,3 +126,21 @@ def test_a_model_too_big_for_an_in_memory_graph_is_not_exported(tiny_resnet: Pat
     monkeypatch.setattr(feature_runtime, "PROTOBUF_LIMIT", 1000)  # bytes: the tiny model is larger
     with pytest.raises(feature_runtime.RuntimeProblem, match="exceed the 2 GiB"):
         feature_runtime.build(model, features.find_head(model)[1], torch.zeros(1, 3, 32, 32), 4)
+
+
+def test_sessions_agree_bitwise_across_builds_threads_and_padding(tiny_resnet: Path, tmp_path: Path) -> None:
+    """What a resumed run and a run on more processes rely on: a rerun's features are the
+    first attempt's, bit for bit, whatever the thread count, and a row's features do not
+    depend on the padding around it."""
+    model, decoded, transform = _setup(tiny_resnet, tmp_path)
+    _, head = features.find_head(model)
+    pixels = transform(decoded[:8]["pixel_values"], train=False)
+    threads = torch.get_num_threads()
+    try:
+        first = feature_runtime.build(model, head, pixels, 8)(pixels)
+        torch.set_num_threads(1)
+        again = feature_runtime.build(model, head, pixels, 8)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(again(pixels), first)
+    assert torch.equal(again(pixels[:3]), first[:3])  # 3 real rows, 5 of padding
