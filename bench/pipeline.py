@@ -57,6 +57,8 @@ is printed before and after each run, because the machine may be shared.
 
 from __future__ import annotations
 
+import dataclasses
+
 import argparse
 import json
 import os
@@ -280,7 +282,8 @@ def ours_data(s: Scenario, work: Path) -> dict[str, Any]:
     # wrapper, worker settings), from a FinetuneTrainer around a model-less stand-in.
     trainer = FinetuneTrainer(
         model=torch.nn.Identity(),
-        args=training_arguments(recipe),
+        # No evaluation: the Trainer refuses a per-epoch evaluation without an eval split.
+        args=dataclasses.replace(training_arguments(recipe), eval_strategy="no"),
         # Wrapped as train() wraps them: batches gathered from the cache in one go (without
         # it, the default collator stacks rows and a channels-last split has no pixel_values).
         train_dataset=data.FastRows.wrap(prepared.train),
