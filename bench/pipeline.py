@@ -57,9 +57,8 @@ is printed before and after each run, because the machine may be shared.
 
 from __future__ import annotations
 
-import dataclasses
-
 import argparse
+import dataclasses
 import json
 import os
 import subprocess

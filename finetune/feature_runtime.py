@@ -37,6 +37,8 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
+from .util import first_line
+
 if TYPE_CHECKING:  # torch is imported where it is used: recipe checks import this module
     import torch
     from torch import nn
@@ -67,7 +69,9 @@ def missing() -> str | None:
     """What is missing for ONNX Runtime, or None when ``onnxruntime`` and ``onnx`` import."""
     absent = [name for name in ("onnxruntime", "onnx") if importlib.util.find_spec(name) is None]
     if absent:
-        return f"{' and '.join(absent)} not installed (pip install 'finetune[export]')"
+        from .onnx_model import EXTRA_HINT  # the same words as finetune export's
+
+        return f"{' and '.join(absent)} not installed; {EXTRA_HINT}"
     return None
 
 
@@ -140,8 +144,7 @@ def build(model: nn.Module, head: nn.Linear, example: torch.Tensor, batch_size: 
                 input_names=["pixel_values"], output_names=["features"],
             )
     except Exception as err:  # noqa: BLE001 - any tracing or export failure is a reason to fall back
-        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise RuntimeProblem(f"export failed: {type(err).__name__}: {message}"[:300]) from err
+        raise RuntimeProblem(f"export failed: {type(err).__name__}: {first_line(err)}"[:300]) from err
     finally:
         model.train(was_training)
     options = ort.SessionOptions()
@@ -151,7 +154,7 @@ def build(model: nn.Module, head: nn.Linear, example: torch.Tensor, batch_size: 
     try:
         session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001
-        raise RuntimeProblem(f"ONNX Runtime cannot load the export: {type(err).__name__}: {err}"[:300]) from err
+        raise RuntimeProblem(f"ONNX Runtime cannot load the export: {type(err).__name__}: {first_line(err)}"[:300]) from err
     return OnnxFeatures(session, batch_size, time.perf_counter() - start)
 
 
@@ -211,9 +214,9 @@ class FeatureRuntime:
 
         try:
             runner = build(model, head, pixels, batch_size)
-            got = runner(pixels)
-            if not torch.allclose(got, expected.float().cpu(), rtol=RTOL, atol=ATOL):
-                worst = (got - expected.float().cpu()).abs().max().item()
+            got, expected = runner(pixels), expected.float().cpu()
+            if not torch.allclose(got, expected, rtol=RTOL, atol=ATOL):
+                worst = (got - expected).abs().max().item()
                 raise RuntimeProblem(
                     f"its features differ from PyTorch's by up to {worst:.2e} on the first batch "
                     f"(allowed: rtol {RTOL:g}, atol {ATOL:g})"

@@ -85,8 +85,8 @@ def validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) ->
                 "not have (it needs 'model.strategy' 'linear_probe' with 'model.feature_cache' true, or 'lp_ft'); "
                 "remove the key"
             )
-        elif m.feature_runtime == "onnxruntime" and feature_runtime.missing():
-            problems.append(f"{source}: 'model.feature_runtime' 'onnxruntime': {feature_runtime.missing()}, or set it to 'auto'")
+        elif m.feature_runtime == "onnxruntime" and (absent := feature_runtime.missing()):
+            problems.append(f"{source}: 'model.feature_runtime' 'onnxruntime': {absent}; or set it to 'auto'")
     if m.probe_solver == "lbfgs":
         if not (m.caches_features or m.strategy == "lp_ft"):
             problems.append(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from finetune import feature_runtime, features
+from finetune import feature_runtime, features, onnx_model
 from finetune.feature_runtime import FeatureRuntime
 from finetune.model import ModelError
 from finetune.recipe import RecipeError, recipe_from_dict
@@ -69,7 +69,7 @@ def test_auto_keeps_pytorch_off_the_cpu_in_lower_precision_or_without_onnxruntim
     runtime = FeatureRuntime("auto")
     assert not runtime.wants_onnx(cpu, big, True) and "lower precision" in runtime.chosen
     monkeypatch.setattr(feature_runtime.importlib.util, "find_spec", lambda name: None)
-    assert feature_runtime.missing() == "onnxruntime and onnx not installed (pip install 'finetune[export]')"
+    assert feature_runtime.missing() == f"onnxruntime and onnx not installed; {onnx_model.EXTRA_HINT}"
     runtime = FeatureRuntime("auto")
     assert not runtime.wants_onnx(cpu, big, False) and "finetune[export]" in runtime.chosen
     assert not FeatureRuntime("torch").wants_onnx(cpu, big, False)
