@@ -179,7 +179,7 @@ def startup(work: Path, repeats: int, log) -> list[tuple[str, float]]:
         rows.append((name, statistics.median(times)))
     # The one-off conversion of the built-in model is not part of a start: do it first.
     env["FINETUNE_CACHE"] = str(work / "finetune-cache")
-    subprocess.run([sys.executable, "-c", "from finetune import builtin; builtin.resolve_model('builtin:efficientnet-lite0')"],
+    subprocess.run([sys.executable, "-c", "from finetune.models import builtin; builtin.resolve_model('builtin:efficientnet-lite0')"],
                    env=env, cwd=ROOT, check=True)
     firsts = [first_step_seconds(work, n, log) for n in range(repeats)]
     rows.append(("quickstart: command to first training step", statistics.median(firsts)))

@@ -135,8 +135,8 @@ def recipes(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
 
 def run(raw: dict[str, Any]) -> float:
     """Train one recipe into a fresh folder; its wall time in seconds."""
-    from finetune import train as train_lib
     from finetune.recipe import recipe_from_dict
+    from finetune.training import train as train_lib
 
     start = time.perf_counter()
     train_lib.train(recipe_from_dict(raw, "bench/distill.py"), overwrite=True)

@@ -94,7 +94,7 @@ def train_flops_per_image(model, size: int, device, dtype) -> float:
 def run_ours(model_dir: Path, work: Path, args) -> dict[str, Any]:
     """Our pipeline end to end; images/s from the Trainer's train_runtime."""
     from finetune.recipe import recipe_from_dict
-    from finetune.train import train
+    from finetune.training.train import train
 
     out = work / "ours"
     recipe = recipe_from_dict(

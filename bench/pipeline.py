@@ -228,7 +228,7 @@ def same_splits(s: Scenario):
 
 
 def processor_for(s: Scenario, work: Path):
-    from finetune import model as model_lib
+    from finetune.models import classifier as model_lib
     from finetune.recipe import ModelConfig
 
     return model_lib.load_processor(ModelConfig(name_or_path=model_path(s, work)), s.image_size)
@@ -241,7 +241,7 @@ def ours_train(s: Scenario, work: Path) -> dict[str, Any]:
     from transformers import set_seed
 
     from finetune.recipe import recipe_from_dict
-    from finetune.train import train
+    from finetune.training.train import train
 
     out = work / f"ours-{s.key}"
     recipe = recipe_from_dict(recipe_dict(s, work, out))
@@ -266,9 +266,9 @@ def ours_data(s: Scenario, work: Path) -> dict[str, Any]:
     import torch
 
     from finetune import data
-    from finetune.prepare import prepare_data
     from finetune.recipe import recipe_from_dict
-    from finetune.train import FinetuneTrainer, training_arguments
+    from finetune.training.prepare import prepare_data
+    from finetune.training.train import FinetuneTrainer, training_arguments
 
     recipe = recipe_from_dict(recipe_dict(s, work, work / f"ours-{s.key}"))
     start = time.perf_counter()
@@ -308,7 +308,6 @@ def ours_data(s: Scenario, work: Path) -> dict[str, Any]:
 
 def reference_data(s: Scenario, work: Path) -> dict[str, Any]:
     import torch
-
     from reference import _with_transforms
 
     splits = same_splits(s)
@@ -349,7 +348,6 @@ def _epochs(run_epoch, count: int = 2) -> dict[str, Any]:
 def worker(side: str, s: Scenario, work: Path, threads: int) -> None:
     import datasets
     import torch
-
     from reference import reference_train
 
     if threads > 0:
@@ -400,7 +398,7 @@ def warm_up(work: Path, todo: list[Scenario]) -> None:
     os.environ["HF_DATASETS_CACHE"] = str(work / "hf-datasets")
     from datasets import load_dataset
 
-    from finetune import builtin
+    from finetune.models import builtin
 
     load_dataset(str(CIFAR10))
     if any(s.model == LITE0 for s in todo):

@@ -89,7 +89,7 @@ def reference_train(s: Scenario, work: Path) -> dict[str, Any]:
     train, validation, evaluation, collate_fn = _with_transforms(s, processor, splits)
     names = splits.class_names
     set_seed(s.seed)
-    from finetune import builtin
+    from finetune.models import builtin
 
     model = AutoModelForImageClassification.from_pretrained(
         builtin.resolve_model(model_path(s, work)),

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, make_image_folder, make_tiny_vit, run_cli, write_recipe
 
 FAKE_TOKEN = "hf_FAKEtoken1234567890"
@@ -51,7 +50,7 @@ def _recipe(base: Path) -> tuple[Path, Path]:
 
 def trained_run(tmp_path_factory) -> TrainedRun:
     """A finished run of the tiny ViT on generated colour images (trained once, in this process)."""
-    from finetune.run import main
+    from finetune.cli.main import main
 
     if "run" not in _RUNS:
         base = tmp_path_factory.mktemp("report-run")
@@ -97,7 +96,7 @@ def fake_eval(num_classes: int, num_images: int, wrong: float, seed: int = 0, si
     (uint8 3×size×size pixels in numpy format, like data.decode's)."""
     from datasets import Array3D, Dataset, Features, Value
 
-    from finetune.metrics import Predictions
+    from finetune.evaluation.metrics import Predictions
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, num_images)

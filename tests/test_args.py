@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import run_cli
 from transformers import EarlyStoppingCallback
 
-from conftest import run_cli
-from finetune.args import callbacks, device_defaults, precision, training_arguments
 from finetune.recipe import RecipeError, recipe_from_dict
+from finetune.training.arguments import callbacks, device_defaults, precision, training_arguments
 
 
 def recipe(training: dict | None = None, **data) -> object:

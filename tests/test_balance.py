@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from finetune.balance import BalancedSampler, class_weights, train_labels
+from finetune.training.balance import BalancedSampler, class_weights, train_labels
 
 LABELS = np.array([0] * 90 + [1] * 30 + [2] * 6)
 
@@ -54,10 +54,10 @@ def test_sampler_order_is_a_function_of_seed_and_epoch() -> None:
 
 
 def _rows(tmp_path: Path, tiny_vit: Path, per_class: dict[str, int]):
+    from conftest import make_image_folder
     from datasets import load_dataset
     from transformers import AutoImageProcessor
 
-    from conftest import make_image_folder
     from finetune import data
 
     images = make_image_folder(tmp_path / "images", per_class=max(per_class.values()), splits=("train",))
@@ -73,9 +73,9 @@ def _trainer(tiny_vit: Path, tmp_path: Path, rows, **data_keys):
     from transformers import AutoModelForImageClassification
 
     from finetune import data
-    from finetune.args import training_arguments
     from finetune.recipe import recipe_from_dict
-    from finetune.trainer import FinetuneTrainer, trainer_options
+    from finetune.training.arguments import training_arguments
+    from finetune.training.trainer import FinetuneTrainer, trainer_options
 
     recipe = recipe_from_dict({"description": "d", "model": {"name_or_path": str(tiny_vit)},
                                "data": {"dataset": "x", **data_keys}, "output_dir": str(tmp_path / "o"),

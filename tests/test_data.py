@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature, Value
+from conftest import CLASSES, class_image, make_image_folder
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import Image as ImageFeature
 from PIL import Image
 
-from conftest import CLASSES, class_image, make_image_folder
 from finetune import data
 from finetune.data import sources
 from finetune.recipe import AugmentConfig, DataConfig

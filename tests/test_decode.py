@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+from conftest import ROOT, make_tiny_vit
+from datasets import ClassLabel, Dataset, Features
+from datasets import Image as ImageFeature
 from PIL import Image
 
-from conftest import ROOT, make_tiny_vit
 from finetune import data
 from finetune.recipe import AugmentConfig
 

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CLASSES, make_image_folder, make_tiny_resnet, make_tiny_vit
 from safetensors.torch import load_file
 
-from conftest import CLASSES, make_image_folder, make_tiny_resnet, make_tiny_vit
-from finetune import distill
 from finetune.data import BatchTransform
 from finetune.recipe import ModelConfig, RecipeError, recipe_from_dict
-
+from finetune.training import distill
 
 # ------------------------------------------------------------------------------ the loss
 
@@ -112,7 +111,7 @@ def _raw(model: Path, images: Path, out: Path, **model_keys) -> dict:
 
 
 def _train(raw: dict) -> dict:
-    from finetune import train as train_lib
+    from finetune.training import train as train_lib
 
     return train_lib.train(recipe_from_dict(raw))
 
@@ -306,7 +305,7 @@ def test_a_missing_teacher_folder_stops_before_the_data_pass(tiny_vit, images, t
 @pytest.mark.e2e
 def test_the_teacher_runs_in_the_students_autocast(tiny_vit, teachers, images, tmp_path: Path, monkeypatch) -> None:
     """bf16 mixed precision on CPU: the teacher's forward runs under the same autocast."""
-    from finetune import model as model_lib
+    from finetune.models import classifier as model_lib
 
     states: dict[str, set] = {"student": set(), "teacher": set()}
     real_teacher, real_load = distill.load_teacher, model_lib.load_model

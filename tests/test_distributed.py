@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, make_image_folder, run_cli, write_recipe
 
 CONFIGS = ROOT / "recipes" / "accelerate"
@@ -120,9 +119,10 @@ def test_validation_piece_is_the_same_on_every_rank(tmp_path: Path) -> None:
     script.write_text(
         "import json, os, sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from finetune import builtin, data\n"
+        "from finetune import data\n"
+        "from finetune.data import digits\n"
         "from finetune.recipe import DataConfig\n"
-        "raw = builtin.load_dataset('builtin:digits')\n"
+        "raw = digits.load_dataset('builtin:digits')\n"
         "raw['train'] = raw['train'].add_column('row', list(range(len(raw['train']))))\n"
         "s = data.make_splits(raw, DataConfig(dataset='builtin:digits', eval_split=None, validation_fraction=0.2,\n"
         "                                     samples_per_class=20), seed=42)\n"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_image_folder
-from finetune.ema import EMA_NAME, WeightEma
+
+from finetune.training.ema import EMA_NAME, WeightEma
 
 
 def _net() -> torch.nn.Module:
@@ -105,9 +105,9 @@ def _trainer(tiny_vit: Path, rows, out: Path, **training):
     from transformers import AutoModelForImageClassification
 
     from finetune import data
-    from finetune.args import training_arguments
     from finetune.recipe import recipe_from_dict
-    from finetune.trainer import FinetuneTrainer, trainer_options
+    from finetune.training.arguments import training_arguments
+    from finetune.training.trainer import FinetuneTrainer, trainer_options
 
     processor, split = rows
     recipe = recipe_from_dict({

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CLASSES, class_image, make_image_folder, write_recipe
 from PIL import Image
 
-from conftest import CLASSES, class_image, make_image_folder, write_recipe
 from finetune.recipe import RecipeError, recipe_from_dict
 
 
@@ -92,7 +92,7 @@ def _recipe(tmp_path: Path, tiny_vit: Path, eval_sets: dict) -> Path:
 def test_a_set_with_some_classes_is_scored_with_its_own_report_and_card_rows(tmp_path: Path, tiny_vit: Path) -> None:
     from huggingface_hub import ModelCard
 
-    from finetune.run import main
+    from finetune.cli.main import main
 
     night = _domain_folder(tmp_path / "night", ["red", "green"])
     recipe = _recipe(tmp_path, tiny_vit, {"night": {"dataset": str(night), "split": "test"}})
@@ -125,7 +125,7 @@ def test_a_set_with_some_classes_is_scored_with_its_own_report_and_card_rows(tmp
 
 
 def test_a_set_with_a_class_the_model_lacks_stops_before_training(tmp_path: Path, tiny_vit: Path, capsys) -> None:
-    from finetune.run import main
+    from finetune.cli.main import main
 
     odd = _domain_folder(tmp_path / "odd", ["red", "purple"])
     recipe = _recipe(tmp_path, tiny_vit, {"odd": {"dataset": str(odd)}})
@@ -137,7 +137,7 @@ def test_a_set_with_a_class_the_model_lacks_stops_before_training(tmp_path: Path
 
 
 def test_a_set_naming_a_missing_split_stops_before_training(tmp_path: Path, tiny_vit: Path, capsys) -> None:
-    from finetune.run import main
+    from finetune.cli.main import main
 
     night = _domain_folder(tmp_path / "night", ["red"])
     recipe = _recipe(tmp_path, tiny_vit, {"night": {"dataset": str(night), "split": "validation"}})

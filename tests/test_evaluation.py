@@ -7,12 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from _report_fixtures import file_hashes, trained_run
 from conftest import CLASSES, class_image
-from finetune import evaluation
-from finetune.run import main
+from PIL import Image
+
+from finetune.cli.main import main
+from finetune.deploy import score as evaluation
 
 PNGS = ("confusion_matrix.png", "misclassified.png", "training_curves.png")
 

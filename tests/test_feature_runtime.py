@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_image_folder
-from finetune import feature_runtime, features, onnx_model
-from finetune.feature_runtime import FeatureRuntime
-from finetune.model import ModelError
-from finetune.recipe import RecipeError, recipe_from_dict
 from test_features import _decoded, _loaded, _transform
 from test_recipe import base
+
+from finetune.models.classifier import ModelError
+from finetune.probe import engine as feature_runtime
+from finetune.probe import features
+from finetune.probe.engine import FeatureRuntime
+from finetune.recipe import RecipeError, recipe_from_dict
+from finetune.utils import extras
 
 
 def _setup(model_path: Path, tmp_path: Path):
@@ -68,8 +70,8 @@ def test_auto_keeps_pytorch_off_the_cpu_in_lower_precision_or_without_onnxruntim
     assert not runtime.wants_onnx(cpu, big, False)  # settled for the run
     runtime = FeatureRuntime("auto")
     assert not runtime.wants_onnx(cpu, big, True) and "lower precision" in runtime.chosen
-    monkeypatch.setattr(feature_runtime.importlib.util, "find_spec", lambda name: None)
-    assert feature_runtime.missing() == f"onnxruntime and onnx not installed; {onnx_model.EXTRA_HINT}"
+    monkeypatch.setattr(extras.importlib.util, "find_spec", lambda name: None)
+    assert extras.problem("export", ("onnxruntime", "onnx")) == f"onnxruntime and onnx not installed; {extras.hint('export')}"
     runtime = FeatureRuntime("auto")
     assert not runtime.wants_onnx(cpu, big, False) and "finetune[export]" in runtime.chosen
     assert not FeatureRuntime("torch").wants_onnx(cpu, big, False)
@@ -113,7 +115,7 @@ def test_a_session_whose_features_disagree_with_pytorch_is_not_used(tiny_resnet:
 
 
 def test_recipe_asking_for_onnxruntime_without_it_installed_is_refused(monkeypatch) -> None:
-    monkeypatch.setattr(feature_runtime, "missing", lambda: "onnxruntime not installed (pip install 'finetune[export]')")
+    monkeypatch.setattr(extras, "problem", lambda extra, modules=None: "onnxruntime not installed (pip install 'finetune[export]')")
     raw = {**base(), "model": {"name_or_path": "m", "strategy": "linear_probe", "feature_runtime": "onnxruntime"}}
     with pytest.raises(RecipeError, match=r"'model.feature_runtime' 'onnxruntime': onnxruntime not installed \(pip install"):
         recipe_from_dict(raw, "r.json")

@@ -9,10 +9,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import doubled_head, make_image_folder, run_cli, write_recipe
 from safetensors.torch import load_file
 
-from conftest import doubled_head, make_image_folder, run_cli, write_recipe
-from finetune import data, features, model as model_lib, probe
+from finetune import data
+from finetune.models import classifier as model_lib
+from finetune.probe import features
+from finetune.probe import head as probe
 from finetune.recipe import ModelConfig, recipe_from_dict
 
 NAMES = ["red", "green", "blue"]
@@ -88,8 +91,9 @@ from accelerate import PartialState
 from datasets import load_from_disk
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from finetune import data, features
-from finetune.feature_runtime import FeatureRuntime
+from finetune import data
+from finetune.probe import features
+from finetune.probe.engine import FeatureRuntime
 
 state = PartialState(cpu=True)
 assert state.num_processes == 3, state
@@ -183,7 +187,7 @@ def _train(tmp_path: Path, raw: dict) -> str:
 @pytest.mark.e2e
 def test_backbone_runs_once_per_image_and_matches_the_per_step_path(tiny_vit: Path, tmp_path: Path, monkeypatch) -> None:
     """One backbone forward per image in all; the head then learns what the per-step path learns."""
-    from finetune import train as train_lib
+    from finetune.training import train as train_lib
 
     images = make_image_folder(tmp_path / "images")
     seen: list[int] = []
@@ -337,9 +341,9 @@ def test_fast_rows_give_the_same_batches_as_the_dataset(tiny_resnet: Path, tmp_p
 def test_fast_rows_skip_bad_images_left_in_the_arrow_table(tiny_vit: Path, tmp_path: Path) -> None:
     import pickle
 
-    from datasets import Dataset, Image as ImageFeature
-
     from conftest import class_image
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
 
     _, processor = _loaded(tiny_vit)
     rng = np.random.default_rng(0)

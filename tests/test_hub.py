@@ -9,11 +9,11 @@ import json
 import shutil
 
 import pytest
+from _report_fixtures import FAKE_TOKEN, REPO_ID, file_hashes, run_cli_env, trained_run, trained_run_in_subprocess
 from huggingface_hub import HfApi, ModelCard
 
-from _report_fixtures import FAKE_TOKEN, REPO_ID, file_hashes, run_cli_env, trained_run, trained_run_in_subprocess
-from finetune import hub
-from finetune.run import main
+from finetune.cli.main import main
+from finetune.publish import hub
 
 EXPECTED_FILES = {
     "README.md",

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from conftest import ROOT
-from finetune.interrupts import InterruptCallback, Interrupted, StopNow
+from finetune.training.interrupts import InterruptCallback, Interrupted, StopNow
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_second_signal_stops_at_once(first, signum) -> None:
     ends the process by that signal, so a calling shell script sees it, with one line."""
     script = (
         "import os, signal, time\n"
-        "from finetune.interrupts import InterruptCallback\n"
+        "from finetune.training.interrupts import InterruptCallback\n"
         "cb = InterruptCallback()\n"
         f"os.kill(os.getpid(), {int(first)})\n"
         "time.sleep(0.1)\n"

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from finetune import data, layer_decay
+from finetune import data
+from finetune.models import layer_decay
 from finetune.recipe import ModelConfig, RecipeError, recipe_from_dict
-from finetune.trainer import FinetuneTrainer
+from finetune.training.trainer import FinetuneTrainer
 
 
 def _saved(path: Path) -> nn.Module:
@@ -123,7 +124,7 @@ def test_the_recipes_optimizer_gets_the_groups_and_the_log_names_three(tiny_resn
 
 
 def test_partial_trains_its_blocks_at_the_full_fine_tunes_rates(tiny_vit: Path) -> None:
-    from finetune import model as model_lib
+    from finetune.models import classifier as model_lib
 
     full = _saved(tiny_vit)
     partial = _saved(tiny_vit)

@@ -11,12 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CLASSES, ROOT, make_image_folder, run_cli, write_recipe
+from test_model import _save_tiny
 from torch import nn
 
-from conftest import CLASSES, ROOT, make_image_folder, run_cli, write_recipe
-from finetune import lora, model as model_lib
+from finetune.models import classifier as model_lib
+from finetune.models import lora
 from finetune.recipe import ModelConfig, RecipeError, recipe_from_dict
-from test_model import _save_tiny
 
 NAMES = ["a", "b", "c", "d"]
 ATTENTION = {"q_proj", "k_proj", "v_proj"}
@@ -154,16 +155,16 @@ def test_a_checkpoint_restores_every_trained_tensor_and_a_foreign_one_is_refused
 
 def test_resume_and_best_model_loads_go_through_the_strict_adapter_loader(tiny_vit: Path, tmp_path: Path) -> None:
     """The Trainer's loads of a checkpoint (resume, load_best_model_at_end) reach
-    compat.reload_weights, which must hand a peft model to lora.load_checkpoint: the
+    compat.reload_weights, which the trainer gives lora.load_if_adapted for a peft model: the
     transformers loader would look for model.safetensors, which these checkpoints lack."""
-    from finetune import compat
+    from finetune.utils import compat
 
     trained = load(tiny_vit, lora_rank=4).model
     _perturb(trained)
     trained.save_pretrained(tmp_path / "checkpoint")
     fresh = load(tiny_vit, lora_rank=4).model
     trainer = SimpleNamespace(model=fresh, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
-    compat.reload_weights(trainer, str(tmp_path / "checkpoint"))
+    compat.reload_weights(trainer, str(tmp_path / "checkpoint"), lora.load_if_adapted)
     theirs = dict(trained.named_parameters())
     assert all(torch.equal(p, theirs[n]) for n, p in fresh.named_parameters() if p.requires_grad)
 
@@ -232,7 +233,7 @@ def test_lora_without_peft_installed_names_the_extra(monkeypatch) -> None:
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
-    with pytest.raises(RecipeError, match=r"needs the peft library, which is not installed; install finetune's 'transfer' extra: pip install -e '\.\[transfer\]'"):
+    with pytest.raises(RecipeError, match=r"needs the peft library: peft not installed; it comes with the optional extra 'transfer': pip install -e \"\.\[transfer\]\""):
         recipe_from_dict(recipe(strategy="lora"), "r.json")
     recipe_from_dict(recipe(strategy="full"), "r.json")  # the other strategies do not need it
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from finetune.losses import classification_loss, evaluation_loss
+from finetune.training.losses import classification_loss, evaluation_loss
 
 C = 4
 

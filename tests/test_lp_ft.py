@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, doubled_head, make_image_folder, run_cli, write_recipe
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import ROOT, doubled_head, make_image_folder, run_cli, write_recipe
-from finetune import lp_ft, probe
-from finetune import train as train_lib
-from finetune.interrupts import Interrupted
-from finetune.outputs import LP_HEAD
+from finetune.probe import head as probe
 from finetune.recipe import RecipeError, recipe_from_dict
+from finetune.training import lp_ft
+from finetune.training import train as train_lib
+from finetune.training.interrupts import Interrupted
+from finetune.training.output_dir import LP_HEAD
 
 HEAD = ("classifier.1.weight", "classifier.1.bias")  # the tiny ResNet's
 
@@ -219,8 +220,8 @@ def test_lp_ft_takes_the_lbfgs_probe_and_its_l2_choice_needs_a_separate_eval_spl
 
 
 def test_overwrite_removes_the_probed_head_and_the_same_recipe_keeps_it(tmp_path: Path) -> None:
-    from finetune.outputs import claim_output_dir
-    from finetune.util import write_json
+    from finetune.training.output_dir import claim_output_dir
+    from finetune.utils.files import write_json
 
     def recipe(lr: float):
         return recipe_from_dict(_raw(strategy="lp_ft") | {"output_dir": str(tmp_path / "run"), "training": {"learning_rate": lr}})
@@ -241,7 +242,7 @@ def test_a_model_with_work_after_its_head_is_refused_with_lp_fts_own_fix(tmp_pat
     from types import SimpleNamespace
 
     from finetune import data
-    from finetune.model import ModelError
+    from finetune.models.classifier import ModelError
 
     rows = [{"pixel_values": torch.zeros(3, 4, 4, dtype=torch.uint8), "labels": torch.tensor(0)}] * 2
     prepared = SimpleNamespace(train=rows, validation=None, splits=SimpleNamespace(class_names=["a", "b"]))

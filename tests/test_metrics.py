@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, top_k_accuracy_score
 from transformers import EvalPrediction
 
-from finetune import metrics
+from finetune.evaluation import metrics
 
 
 def random_eval(n: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +87,7 @@ def test_classes_absent_from_the_eval_set_are_left_out_of_macro_scores(caplog) -
     acc = metrics.MetricAccumulator(["accuracy", "f1", "precision", "recall"], 3)
     out = acc(_one_hot_eval([0, 0, 1, 1, 1], [0, 0, 1, 1, 1], 3), compute_result=True)
     assert out["accuracy"] == out["f1"] == out["precision"] == out["recall"] == 1.0
-    with caplog.at_level("WARNING", logger="finetune.metrics"):
+    with caplog.at_level("WARNING", logger="finetune.evaluation.metrics"):
         report = metrics.per_class_report(acc.last, names)
     assert report["macro_f1"] == report["macro_precision"] == report["macro_recall"] == 1.0
     assert report["weighted_f1"] == 1.0
@@ -101,7 +101,7 @@ def test_a_present_class_that_is_never_predicted_still_counts_as_zero(caplog) ->
     labels, preds = [0, 0, 1, 1, 2], [0, 0, 1, 1, 0]
     acc = metrics.MetricAccumulator(["f1", "precision", "recall"], 3)
     out = acc(_one_hot_eval(labels, preds, 3), compute_result=True)
-    with caplog.at_level("WARNING", logger="finetune.metrics"):
+    with caplog.at_level("WARNING", logger="finetune.evaluation.metrics"):
         report = metrics.per_class_report(acc.last, ["a", "b", "c"])
     expected = f1_score(labels, preds, labels=[0, 1, 2], average="macro", zero_division=0)
     assert out["f1"] == pytest.approx(expected) == pytest.approx((0.8 + 1.0 + 0.0) / 3)

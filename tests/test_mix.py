@@ -103,10 +103,10 @@ def test_trainer_mixes_in_training_only(tiny_vit: Path, tmp_path: Path) -> None:
     images and scores plain cross-entropy with the true classes."""
     from transformers import AutoModelForImageClassification
 
-    from finetune.args import training_arguments
-    from finetune.losses import classification_loss
     from finetune.recipe import recipe_from_dict
-    from finetune.trainer import FinetuneTrainer
+    from finetune.training.arguments import training_arguments
+    from finetune.training.losses import classification_loss
+    from finetune.training.trainer import FinetuneTrainer
 
     model = AutoModelForImageClassification.from_pretrained(tiny_vit)
     seen: list[torch.Tensor] = []

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune import model as model_lib
+from finetune.models import classifier as model_lib
 from finetune.recipe import ModelConfig
-from finetune.util import looks_like_path
+from finetune.utils.locations import looks_like_path
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -100,10 +100,9 @@ def test_image_size_resizes_processors(tiny_resnet: Path, tiny_timm: Path, tiny_
 
 def test_checkpoint_without_backbone_weights_is_refused(tmp_path: Path) -> None:
     """A checkpoint whose backbone weights are missing is the wrong model, not a new head."""
+    from conftest import make_tiny_vit
     from safetensors.torch import load_file, save_file
     from transformers import ViTImageProcessor
-
-    from conftest import make_tiny_vit
 
     path = make_tiny_vit(tmp_path / "vit")
     weights = load_file(path / "model.safetensors")

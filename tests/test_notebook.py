@@ -19,9 +19,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from IPython.core.inputtransformer2 import TransformerManager
-
 from conftest import ROOT, run_cli
+from IPython.core.inputtransformer2 import TransformerManager
 
 NOTEBOOK = ROOT / "notebooks" / "finetune_colab.ipynb"
 #: The tags of the cells CI leaves out.
@@ -109,13 +108,13 @@ def test_notebook_cells_that_cannot_run_in_ci_are_tagged() -> None:
 
 def test_notebook_commands_exist() -> None:
     """Every command line parses with finetune's own parser: the subcommands and options exist."""
-    from finetune.run import COMMANDS, _parser
+    from finetune.cli.main import COMMANDS, build_parser
 
     for argv, _ in _commands():
         assert argv[0] == "finetune", f"the notebook runs something other than finetune: {shlex.join(argv)}"
         assert len(argv) > 1 and argv[1] in COMMANDS, f"unknown finetune command: {shlex.join(argv)}"
         try:
-            _parser().parse_args(argv[1:])
+            build_parser().parse_args(argv[1:])
         except SystemExit:
             pytest.fail(f"finetune's parser refuses the notebook's command: {shlex.join(argv)}")
 

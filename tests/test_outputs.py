@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, leave_free
-from finetune.errors import UserError
-from finetune.outputs import (
+
+from finetune.recipe import recipe_from_dict
+from finetune.training.output_dir import (
     HOLDER_NAME,
     LOCK_NAME,
     DiskFullError,
@@ -27,7 +27,7 @@ from finetune.outputs import (
     disk_full_is_a_user_error,
     what_a_rerun_does,
 )
-from finetune.recipe import recipe_from_dict
+from finetune.utils.errors import UserError
 
 
 def _recipe(out: Path, **training):
@@ -159,7 +159,7 @@ def test_a_run_from_before_new_recipe_keys_still_resumes(tmp_path: Path) -> None
 
 
 def test_lock_files_are_never_uploaded(tmp_path: Path) -> None:
-    from finetune.hub import planned_files
+    from finetune.publish.hub import planned_files
 
     out = tmp_path / "out"
     lock, _ = claim_output_dir(_recipe(out), overwrite=False)
@@ -178,7 +178,7 @@ def test_a_killed_holder_does_not_block_the_next_run(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from finetune.outputs import OutputLock\n"
+        "from finetune.training.output_dir import OutputLock\n"
         "out = Path(sys.argv[1]); out.mkdir()\n"
         "lock = OutputLock(out).acquire()  # kept: a FileLock lets go when collected\n"
         "lock.write_holder()\n"

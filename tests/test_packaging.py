@@ -11,17 +11,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, make_image_folder, write_recipe
 
 #: Files the package opens by path at run time; a wheel without them crashes after training.
 DATA_FILES = (
-    "finetune/templates/model_card.md",
-    "finetune/evaluate_modules/accuracy/accuracy.py",
-    "finetune/evaluate_modules/f1/f1.py",
-    "finetune/evaluate_modules/precision/precision.py",
-    "finetune/evaluate_modules/recall/recall.py",
-    "finetune/evaluate_modules/top_k_accuracy/top_k_accuracy.py",
+    "finetune/publish/templates/model_card.md",
+    "finetune/evaluation/evaluate_modules/accuracy/accuracy.py",
+    "finetune/evaluation/evaluate_modules/f1/f1.py",
+    "finetune/evaluation/evaluate_modules/precision/precision.py",
+    "finetune/evaluation/evaluate_modules/recall/recall.py",
+    "finetune/evaluation/evaluate_modules/top_k_accuracy/top_k_accuracy.py",
 )
 
 

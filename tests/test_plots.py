@@ -6,10 +6,10 @@ import warnings
 
 import numpy as np
 import pytest
+from _report_fixtures import fake_eval
 from PIL import Image
 
-from _report_fixtures import fake_eval
-from finetune import plots
+from finetune.evaluation import plots
 
 PNGS = ("confusion_matrix.png", "misclassified.png", "training_curves.png")
 
@@ -210,7 +210,7 @@ def test_a_font_with_the_characters_is_found_and_drawn_with(tmp_path, monkeypatc
 
     assert labels.family == [*rcParams["font.family"], "Finetune Test Han"]
     predictions, dataset = fake_eval(3, num_images=60, wrong=0.4)
-    with warnings.catch_warnings(record=True) as record, caplog.at_level("WARNING", logger="finetune.plots"):
+    with warnings.catch_warnings(record=True) as record, caplog.at_level("WARNING", logger="finetune.evaluation.plots"):
         warnings.simplefilter("always")
         plots.write_plots(tmp_path / "out", predictions, CJK_NAMES, dataset, HISTORY)
     assert _glyph_warnings(record) == [] and not caplog.records
@@ -225,7 +225,7 @@ def test_without_such_a_font_the_pictures_write_indices_and_the_log_says_what_to
     assert labels.text == ["cat", "#1", "#2"] and labels.by_index == [1, 2]
     assert "id2label" in labels.note
     predictions, dataset = fake_eval(3, num_images=60, wrong=0.4)
-    with warnings.catch_warnings(record=True) as record, caplog.at_level("WARNING", logger="finetune.plots"):
+    with warnings.catch_warnings(record=True) as record, caplog.at_level("WARNING", logger="finetune.evaluation.plots"):
         warnings.simplefilter("always")
         plots.write_plots(tmp_path, predictions, CJK_NAMES, dataset, HISTORY)
     assert _glyph_warnings(record) == []

@@ -7,11 +7,11 @@ import io
 import json
 
 import pytest
-from PIL import Image
-
 from _report_fixtures import trained_run
 from conftest import CLASSES, class_image
-from finetune.run import main
+from PIL import Image
+
+from finetune.cli.main import main
 
 PNGS = ("confusion_matrix.png", "misclassified.png", "training_curves.png")
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from finetune import progress
+from finetune.utils import progress
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_cli
+
 from finetune.recipe import RecipeError, apply_overrides, load_recipe, parse_override, recipe_from_dict
-from finetune.args import training_arguments
+from finetune.training.arguments import training_arguments
 
 SHIPPED = sorted((ROOT / "recipes").glob("*.json"))
 
@@ -163,7 +163,7 @@ def test_a_wrongly_typed_section_is_not_also_reported_missing() -> None:
 
 
 def test_validate_prints_every_problem(tmp_path: Path, capsys) -> None:
-    from finetune.run import main
+    from finetune.cli.main import main
 
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps(_three_mistakes()))

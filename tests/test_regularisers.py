@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from finetune.args import training_arguments
-from finetune.errors import UserError
 from finetune.recipe import RecipeError, recipe_from_dict
+from finetune.training.arguments import training_arguments
+from finetune.utils.errors import UserError
 
 
 def base(**sections) -> dict:

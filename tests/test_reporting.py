@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from finetune import reporting
 from finetune.recipe import RecipeError, recipe_from_dict
+from finetune.recipe import trackers as reporting
 
 
 def _recipe(report_to) -> dict:
@@ -55,5 +55,5 @@ def test_tensorboard_missing_names_the_extra(monkeypatch) -> None:
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name in ("tensorboard", "tensorboardX") else real(name, *a)
     )
-    with pytest.raises(RecipeError, match=r"'tensorboard', which is not installed; install finetune's 'tensorboard' extra"):
+    with pytest.raises(RecipeError, match=r"'tensorboard', which is not installed; it comes with the optional extra 'tensorboard'"):
         recipe_from_dict(_recipe(["tensorboard"]), "r.json")

@@ -14,13 +14,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import ROOT, make_image_folder, run_cli
-from finetune import search_space
-from finetune.recipe import RecipeError, load_recipe, recipe_from_dict
-from finetune.run import main
-from finetune.search import Options, SearchError, check, objective
-from finetune.search_trial import trial_recipe
+
+from finetune.cli.main import main
+from finetune.recipe import RecipeError, load_recipe, recipe_from_dict, search_space
+from finetune.sweeps.search import Options, SearchError, check, objective
+from finetune.sweeps.search_trial import trial_recipe
 
 LR = {"log_uniform": [1e-3, 0.5]}
 
@@ -162,7 +161,7 @@ def test_trials_save_no_checkpoint_unless_the_best_epoch_is_loaded_back(tmp_path
 
 def test_the_prune_callback_stops_every_rank_on_the_pruners_word() -> None:
     optuna = pytest.importorskip("optuna")
-    from finetune.search_trial import prune_callback
+    from finetune.sweeps.search_trial import prune_callback
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
     good = study.ask()
@@ -208,10 +207,11 @@ class _Forbidden:
 def searched(tmp_path_factory, tiny_resnet):
     """A 3-trial search of a cached-feature probe, instrumented: the eval split is forbidden
     while a trial runs, and every decode, backbone pass and checkpoint is recorded."""
-    import finetune.data
-    import finetune.probe
-    import finetune.train
     from transformers import TrainerCallback
+
+    import finetune.data
+    import finetune.probe.head
+    import finetune.training.train
 
     root = tmp_path_factory.mktemp("search")
     images = make_image_folder(root / "images", per_class=12)
@@ -249,12 +249,12 @@ def searched(tmp_path_factory, tiny_resnet):
             in_trial[0] = False
 
     real_splits, real_decode, real_features, real_trial = (
-        finetune.data.make_splits, finetune.data.decode, finetune.probe.compute_features, finetune.train.train_trial
+        finetune.data.make_splits, finetune.data.decode, finetune.probe.head.compute_features, finetune.training.train.train_trial
     )
     patch.setattr(finetune.data, "make_splits", make_splits)
     patch.setattr(finetune.data, "decode", decode)
-    patch.setattr(finetune.probe, "compute_features", compute_features)
-    patch.setattr(finetune.train, "train_trial", train_trial)
+    patch.setattr(finetune.probe.head, "compute_features", compute_features)
+    patch.setattr(finetune.training.train, "train_trial", train_trial)
     try:
         code = main(["search", str(recipe), "--trials", "3"])
         first = list(events)
@@ -310,7 +310,7 @@ def test_the_outputs_list_every_trial_and_the_card_tells_how_the_recipe_was_chos
 
 @pytest.mark.e2e
 def test_the_best_recipe_validates_and_trains(searched, tmp_path: Path) -> None:
-    from finetune.train import train
+    from finetune.training.train import train
 
     best = searched.out / "best_recipe.json"
     assert main(["validate", str(best)]) == 0

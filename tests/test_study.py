@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, make_image_folder, run_cli, write_recipe
+
 from finetune.recipe import RecipeError, load_recipe, recipe_from_dict
-from finetune.study import plan, settings
-from finetune.study_report import markdown, numeric_key, write
+from finetune.sweeps.study import plan, settings
+from finetune.sweeps.study_report import markdown, numeric_key, write
 
 HEAVY = ("torch", "transformers", "datasets", "matplotlib", "timm", "huggingface_hub")
 
@@ -95,13 +95,13 @@ def test_the_study_block_is_strict(study: dict, needle: str) -> None:
 
 
 def _args(recipe: Path, *argv: str) -> argparse.Namespace:
-    from finetune.run import _parser
+    from finetune.cli.main import build_parser
 
-    return _parser().parse_args(["study", str(recipe), *argv])
+    return build_parser().parse_args(["study", str(recipe), *argv])
 
 
 def test_command_line_options_override_the_study_block_key_by_key(tmp_path: Path) -> None:
-    from finetune.run import study_recipe
+    from finetune.cli.study import study_recipe
 
     path = tmp_path / "r.json"
     path.write_text(json.dumps(base(grid={"model.strategy": ["linear_probe", "full"], "data.samples_per_class": [5]}, seeds=3)))
@@ -202,7 +202,7 @@ def _study_recipe(tmp_path: Path, model: Path, **study) -> Path:
 
 @pytest.mark.e2e
 def test_a_probe_study_shares_features_and_a_rerun_skips_finished_runs(tmp_path: Path, tiny_vit: Path, caplog) -> None:
-    from finetune.study import run_study
+    from finetune.sweeps.study import run_study
 
     path = _study_recipe(tmp_path, tiny_vit, grid={"data.samples_per_class": [2, 4]}, seeds=2)
     recipe = load_recipe(path)
@@ -239,7 +239,7 @@ def test_scratch_runs_the_architecture_from_random_initialisation(tmp_path: Path
     import torch
     from safetensors.torch import load_file
 
-    from finetune.study import run_study
+    from finetune.sweeps.study import run_study
 
     path = _study_recipe(tmp_path, tiny_vit, grid={"model.strategy": ["full"]}, seeds=1, scratch=True)
     rows = run_study(load_recipe(path), str(path))

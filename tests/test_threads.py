@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, _pin_xdist_worker
-from finetune import threads
-from finetune.threads import Threads, ThreadsError, available_cores, decide, launcher_set_omp
+
+from finetune.utils import threads
+from finetune.utils.threads import Threads, ThreadsError, available_cores, decide, launcher_set_omp
 
 ACCELERATE_CHILD = {"ACCELERATE_MIXED_PRECISION": "no", "OMP_NUM_THREADS": "1"}
 TORCHRUN_CHILD = {"TORCHELASTIC_RUN_ID": "none", "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
@@ -145,7 +145,7 @@ def test_cgroup_quota_reads_the_tightest_cpu_max(tmp_path: Path) -> None:
 PROBE = """
 import os, sys
 sys.path.insert(0, {root!r})
-from finetune.threads import configure_threads
+from finetune.utils.threads import configure_threads
 import torch
 record = configure_threads()
 # One write per line: under PYTHONUNBUFFERED (as CI runs) print() writes each piece on its

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CIFAR10, CLASSES, ROOT, leave_free, make_image_folder, make_tiny_vit, run_cli, write_recipe
-from finetune.args import training_arguments
-from finetune.outputs import HOLDER_NAME, LOCK_NAME, OutputLock, last_complete_checkpoint
-from finetune.trainer import FinetuneTrainer
+
 from finetune.recipe import recipe_from_dict
+from finetune.training.arguments import training_arguments
+from finetune.training.output_dir import HOLDER_NAME, LOCK_NAME, OutputLock, last_complete_checkpoint
+from finetune.training.trainer import FinetuneTrainer
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
 EXPECTED_FILES = [
@@ -439,6 +439,7 @@ def test_full_disk_is_one_line_and_each_rerun_continues(small_disk: Path, tmp_pa
     images = make_image_folder(tmp_path / "images", per_class=8)
     out = small_disk / "out"
     recipe = write_recipe(tmp_path / "r.json", tiny_vit, images, out)  # 2 epochs of 3 steps
+
     def disk_full_line(free: int, what: str, then: str) -> str:
         leave_free(small_disk, free)
         result = run_cli("--recipe", str(recipe))
@@ -531,7 +532,6 @@ def _messy_folder(root: Path) -> dict[str, str]:
 
     import numpy as np
     from PIL import Image
-
     from test_data import _cases, _png_claiming
 
     make_image_folder(root, per_class=10)

@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 import pytest
 
-from finetune import training_fields
 from finetune.recipe import RecipeError, recipe_from_dict
-from finetune.training_fields import RANGES, check_consistency, check_ranges, strategy_defaults
+from finetune.recipe import training_block as training_fields
+from finetune.recipe.training_block import RANGES, check_consistency, check_ranges, strategy_defaults
 
 LAYOUT = "transformers changed TrainingArguments' source layout; see finetune/training_fields.py"
 
@@ -167,7 +167,7 @@ def test_recipe_refuses_a_negative_learning_rate_before_anything_loads() -> None
 def test_early_stopping_brings_the_best_model_checks_as_training_arguments_does(tmp_path) -> None:
     """Early stopping turns load_best_model_at_end on, so save and eval strategies must then
     match: the recipe says so, and TrainingArguments (through args.py) agrees."""
-    from finetune.args import training_arguments
+    from finetune.training.arguments import training_arguments
 
     raw = {"description": "d", "model": {"name_or_path": "m"}, "data": {"dataset": "x"}, "output_dir": str(tmp_path),
            "training": {"early_stopping_patience": 2, "save_strategy": "steps", "use_cpu": True}}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from finetune import util
+from finetune.utils import files as util
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="permission bits are POSIX")
 

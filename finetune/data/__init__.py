@@ -10,7 +10,7 @@ The path, a module per step:
    Pure functions of the labels and the seed, so identical on every process and every re-run.
 4. ``decode.decode``: one batched ``datasets.map`` pass turns every image into a uint8
    tensor of the model's input size, exactly as the model's image processor would (EXIF
-   rotation first, any mode to RGB, bad files set aside, not fatal: ``finetune.images``), or keeps
+   rotation first, any mode to RGB, bad files set aside, not fatal: ``finetune.utils.images``), or keeps
    it at its own size when a split's images all share one smaller size;
    fingerprinted so a re-run reuses the cache; channels-last for a split that is randomly
    cropped. ``rows.FastRows`` gathers a batch from the memory-mapped cache in one copy per
@@ -23,8 +23,8 @@ The path, a module per step:
 Everything the other steps use is importable from here (``from finetune import data``).
 """
 
-from .columns import column, encode_labels, find_columns
-from .decode import (
+from finetune.data.columns import column, encode_labels, find_columns, map_to_model_classes
+from finetune.data.decode import (
     HWC_COLUMN,
     Decoded,
     Decoder,
@@ -35,12 +35,12 @@ from .decode import (
     pixel_column,
     processor_normalization,
 )
-from ..images import image_source, open_image, to_rgb
-from .resize import ProcessorResize
-from .rows import FastRows, RowBatch, collate
-from .sources import IMAGE_EXTENSIONS, JUNK_DIRS, JUNK_FILES, DataError, count_junk, is_junk, load_raw
-from .splits import Splits, balanced_sample, empty_class_reason, make_splits, stratified_sample
-from .transforms import BatchTransform
+from finetune.data.resize import ProcessorResize
+from finetune.data.rows import FastRows, RowBatch, collate
+from finetune.data.sources import IMAGE_EXTENSIONS, DataError, count_junk, load_raw
+from finetune.data.splits import Splits, balanced_sample, empty_class_reason, make_splits, stratified_sample
+from finetune.data.transforms import BatchTransform
+from finetune.utils.images import JUNK_DIRS, JUNK_FILES, image_source, is_junk, open_image, to_rgb
 
 __all__ = [
     "BatchTransform",
@@ -69,6 +69,7 @@ __all__ = [
     "is_junk",
     "load_raw",
     "make_splits",
+    "map_to_model_classes",
     "open_image",
     "output_size",
     "pixel_column",

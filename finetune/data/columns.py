@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..recipe import DataConfig
-from .sources import DataError, looks_like_image_paths
+from finetune.data.sources import DataError, looks_like_image_paths
+from finetune.recipe import DataConfig
 
 _LABEL_NAMES = ("label", "labels", "class", "target", "category", "fine_label", "coarse_label")
 
@@ -117,3 +117,38 @@ def encode_labels(train, others: dict[str, Any], label: str):
             ds = ds.map(lambda row: {label: str(row[label])}).cast_column(label, ClassLabel(names=names))
         out[split] = ds
     return train, out, names
+
+
+def map_to_model_classes(dataset, label_column: str, class_names: list[str], where: str):
+    """``dataset`` with ``label_column`` a ClassLabel of the model's classes, in its order."""
+    from datasets import ClassLabel, Dataset, Features
+
+    from finetune.data import encode_labels
+
+    feature = dataset.features[label_column]
+    used = set(dataset[label_column])
+    if None in used or (isinstance(feature, ClassLabel) and -1 in used):
+        raise DataError(
+            f"{where} has unlabelled images (label {'-1' if -1 in used else 'missing'}); scoring needs the true "
+            "labels: name a labelled split, or use `finetune predict` to label the images"
+        )
+    if isinstance(feature, ClassLabel):
+        values = {feature.names[i] for i in used if i is not None and i >= 0}
+    else:
+        values = {str(v) for v in used}
+    unknown = sorted(values - set(class_names))
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (" …" if len(unknown) > 10 else "")
+        known = ", ".join(class_names[:10]) + (" …" if len(class_names) > 10 else "")
+        raise DataError(
+            f"{where} has {len(unknown)} class(es) that the model does not know: {shown}; "
+            f"the model was trained on: {known}; evaluate on images of those classes only"
+        )
+    # encode_labels maps every other split onto the classes of a reference split: here a
+    # one-row-per-class stand-in carrying the model's own classes.
+    reference = Dataset.from_dict(
+        {label_column: list(range(len(class_names)))},
+        features=Features({label_column: ClassLabel(names=class_names)}),
+    )
+    _, mapped, _ = encode_labels(reference, {"eval": dataset}, label_column)
+    return mapped["eval"]

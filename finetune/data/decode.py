@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import compat
-from ..util import first_line
-from ..images import image_source, open_image, to_rgb, upright_size
-from .resize import ProcessorResize, before_to_tensor
+from finetune.data.resize import ProcessorResize, before_to_tensor
+from finetune.utils import compat
+from finetune.utils.errors import first_line
+from finetune.utils.images import image_source, open_image, to_rgb, upright_size
 
 logger = logging.getLogger(__name__)
 

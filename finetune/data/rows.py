@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import compat
-from .decode import HWC_COLUMN, image_size, pixel_column
+from finetune.data.decode import HWC_COLUMN, image_size, pixel_column
+from finetune.utils import compat
 
 
 class FastRows(torch.utils.data.Dataset):

@@ -1,4 +1,4 @@
-"""Where the images come from: ``data.dataset`` loaded as a ``DatasetDict``, and the junk files a folder may hold."""
+"""Where the images come from: ``data.dataset`` loaded as a ``DatasetDict``, and the junk files a folder holds counted."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import builtin
-from ..recipe import DataConfig
-from ..util import first_line, looks_like_path
+from finetune.data import digits
+from finetune.recipe import DataConfig
+from finetune.recipe.builtins import is_builtin
+from finetune.utils.errors import first_line
+from finetune.utils.images import is_junk
+from finetune.utils.locations import looks_like_path
 
 IMAGE_EXTENSIONS = {
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"
@@ -23,15 +26,14 @@ class DataError(ValueError):
     """A problem with the data the recipe names; one line, with the fix."""
 
 
-
 def load_raw(cfg: DataConfig):
     """The data set named by ``data.dataset`` as a ``DatasetDict``."""
     from datasets import load_dataset
 
     name = cfg.dataset
-    if builtin.is_builtin(name):
+    if is_builtin(name):
         try:
-            return builtin.load_dataset(name)
+            return digits.load_dataset(name)
         except ValueError as err:
             raise DataError(f"data.dataset: {err}") from None
     path = Path(name).expanduser()
@@ -117,17 +119,6 @@ def looks_like_image_paths(values: list[Any]) -> bool:
     return bool(values) and all(
         isinstance(v, str) and Path(v).suffix.lower() in IMAGE_EXTENSIONS for v in values
     )
-
-
-#: Files and folders that operating systems, archivers and tools leave next to images.
-JUNK_FILES = {".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r", ".directory"}
-JUNK_DIRS = {"__MACOSX", ".git", ".hg", ".svn", "__pycache__"}
-
-
-def is_junk(name: str, folder: bool = False) -> bool:
-    """Hidden entries (macOS's "._photo.jpg" AppleDouble companions among them) and the
-    names above; `datasets`' image folder loader skips hidden files too."""
-    return name.startswith(".") or (name in JUNK_DIRS if folder else name.lower() in JUNK_FILES)
 
 
 def count_junk(root: str | Path) -> int:

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from ..recipe import DataConfig
-from .columns import column, encode_labels, find_columns
-from .sources import DataError
+from finetune.data.columns import column, encode_labels, find_columns
+from finetune.data.sources import DataError
+from finetune.recipe import DataConfig
 
 
 def _per_class(labels: np.ndarray, rng: np.random.Generator) -> dict[int, np.ndarray]:

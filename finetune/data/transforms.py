@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from .. import compat
-from ..recipe import AugmentConfig
-from .decode import output_size, processor_normalization
-from .resize import ProcessorResize
+from finetune.data.decode import output_size, processor_normalization
+from finetune.data.resize import ProcessorResize
+from finetune.recipe import AugmentConfig
+from finetune.utils import compat
 
 
 @contextlib.contextmanager

@@ -1,0 +1,85 @@
+"""`finetune predict OUTPUT_DIR IMAGE_OR_FOLDER...`: label image files with a saved (or exported) model, one CSV or JSON-lines row each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from finetune.cli.common import positive_int
+from finetune.deploy import onnx_classifier
+from finetune.deploy.predict import Writer, batches, collect_inputs, label_pixels, preprocess
+from finetune.deploy.saved import load_saved
+from finetune.utils.errors import InferenceError, first_line, report
+
+HELP = "label images with a saved model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output_dir", help="a finished run's output folder")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (recursive)")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="classes listed per image (default: 5)")
+    parser.add_argument(
+        "--format", choices=("csv", "jsonl"), default=None,
+        help="output format (default: jsonl when --output ends in .jsonl, else csv)",
+    )
+    parser.add_argument("--output", default=None, help="write here instead of to stdout")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    parser.add_argument("--int8", action="store_true", help="with a folder from `finetune export --quantize int8`: run model.int8.onnx")
+
+
+def run(args: argparse.Namespace) -> int:
+    fmt = args.format or ("jsonl" if (args.output or "").endswith(".jsonl") else "csv")
+    exported = onnx_classifier.is_export(args.output_dir)
+    if args.int8 and not exported:
+        return report(f"--int8: '{args.output_dir}' is not an exported folder; run `finetune export OUTPUT_DIR --quantize int8` and pass its folder")
+    try:
+        saved = onnx_classifier.load_export(args.output_dir, int8=args.int8) if exported else load_saved(args.output_dir)
+    except InferenceError as err:
+        return report(str(err))
+    items = collect_inputs(args.inputs)
+    if not items:
+        return report(f"no files found in {', '.join(args.inputs)}; name image files or folders that hold some")
+    k = min(args.top_k, len(saved.class_names))
+    try:
+        stream = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    except OSError as err:
+        return report(f"--output: cannot write '{args.output}' ({err.strerror}); check the folder exists")
+    labelled = failed = 0
+    try:
+        writer = Writer(stream, fmt, k)
+        for chunk in batches(items, args.batch_size):
+            tensors, problems = [], []
+            for path, problem in chunk:
+                tensor = None
+                if problem is None:
+                    try:
+                        tensor = preprocess(saved, path)
+                    except Exception as err:  # noqa: BLE001 - any unreadable file is reported, none is fatal
+                        problem = f"not a readable image ({type(err).__name__}: {first_line(err)})"
+                        print(f"finetune: warning: skipped {path}: {problem}", file=sys.stderr)
+                else:
+                    print(f"finetune: warning: skipped {path}: {problem}", file=sys.stderr)
+                tensors.append(tensor)
+                problems.append(problem)
+            ok = [t for t in tensors if t is not None]
+            tops = iter(label_pixels(saved, ok, k) if ok else [])
+            # Rows in input order, good and bad interleaved as they were named.
+            for (path, _), tensor, problem in zip(chunk, tensors, problems):
+                if tensor is None:
+                    writer.row(path, error=problem)
+                    failed += 1
+                else:
+                    writer.row(path, next(tops))
+                    labelled += 1
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
+    if not labelled:
+        return report(f"none of the {failed} file(s) could be labelled (see the warnings above); name image files")
+    print(
+        f"finetune: labelled {labelled} image(s)"
+        + (f"; {failed} file(s) could not be read (see the 'error' {'field' if fmt == 'jsonl' else 'column'})" if failed else "")
+        + (f"; written to {args.output}" if args.output else ""),
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,122 @@
+"""`finetune predict`: label image files with a saved model, as ``pipeline("image-classification")`` would.
+
+``finetune predict OUTPUT_DIR IMAGE_OR_FOLDER...`` runs the saved image processor, then
+softmax, after the same EXIF rotation and RGB conversion as training, and streams one
+CSV or JSON-lines row per file (the top-k classes, or why the file could not be read).
+On a folder written by ``finetune export`` it runs ``model.onnx`` (or ``model.int8.onnx``)
+with ONNX Runtime instead (onnx_model.py), without importing torch.
+
+Heavy libraries are imported inside the functions so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from finetune.deploy import onnx_classifier as onnx_model
+from finetune.deploy.saved import Saved
+from finetune.utils.images import is_junk
+
+
+def collect_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
+    """(path, problem) for every file to label, in a deterministic order.
+
+    Folders are walked recursively, sorted by path components; junk files and folders
+    are skipped silently; a named path that does not exist is a problem, not an error.
+    """
+    found: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+
+    def add(path: str, problem: str | None = None) -> None:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            found.append((path, problem))
+
+    for item in inputs:
+        if os.path.isdir(item):
+            files = []
+            for root, dirs, names in os.walk(item):
+                dirs[:] = [d for d in dirs if not is_junk(d, folder=True)]
+                files += [os.path.join(root, n) for n in names if not is_junk(n)]
+            for path in sorted(files, key=lambda p: Path(os.path.relpath(p, item)).parts):
+                add(path)
+        elif os.path.exists(item):
+            add(item)
+        else:
+            add(item, "no such file or folder")
+    return found
+
+
+class Writer:
+    """Streams one row per input: the top-k classes and probabilities, or the error."""
+
+    def __init__(self, stream: IO[str], fmt: str, k: int) -> None:
+        self.stream, self.fmt, self.k = stream, fmt, k
+        if fmt == "csv":
+            self.csv = csv.writer(stream, lineterminator="\n")
+            header = ["path"]
+            for i in range(1, k + 1):
+                header += [f"label_{i}", f"probability_{i}"]
+            self.csv.writerow(header + ["error"])
+
+    def row(self, path: str, top: list[tuple[str, float]] | None = None, error: str | None = None) -> None:
+        if self.fmt == "jsonl":
+            record: dict[str, Any] = {"path": path}
+            if error is None:
+                record["predictions"] = [{"label": label, "probability": round(p, 6)} for label, p in top or []]
+            else:
+                record["error"] = error
+            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            cells = [path]
+            for label, p in top or []:
+                cells += [label, f"{p:.6f}"]
+            cells += [""] * (1 + 2 * self.k - len(cells))
+            self.csv.writerow(cells + [error or ""])
+        self.stream.flush()
+
+
+def preprocess(saved: Saved | onnx_model.OnnxClassifier, path: str):
+    """One image file → the model's input tensor (1×3×H×W), as the pipeline would make it."""
+    if isinstance(saved, onnx_model.OnnxClassifier):
+        return saved.preprocessor([onnx_model.read_image(path)])
+    from finetune.data import open_image, to_rgb
+
+    image = to_rgb(open_image(path))
+    # One image at a time: a batch of full-size photos could take gigabytes; the
+    # processed tensors are small.
+    return saved.processor(images=[image], return_tensors="pt")["pixel_values"]
+
+
+def label_pixels(saved: Saved | onnx_model.OnnxClassifier, pixels, k: int) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for each image of a batch (a list of 1×3×H×W inputs)."""
+    if isinstance(saved, onnx_model.OnnxClassifier):
+        import numpy as np
+
+        probs = saved.probabilities(np.concatenate(pixels))
+        # Stable sort of the negated probabilities: ties keep the lower index first, as topk does.
+        best = np.argsort(-probs, axis=-1, kind="stable")[:, : min(k, probs.shape[-1])]
+        return [[(saved.class_names[int(i)], float(p[i])) for i in row] for p, row in zip(probs, best)]
+    import torch
+
+    pixels = torch.cat(pixels)
+    with torch.inference_mode():
+        dtype = next(saved.model.parameters()).dtype
+        logits = saved.model(pixel_values=pixels.to(saved.device, dtype)).logits.float()
+        top = logits.softmax(-1).topk(min(k, logits.shape[-1]), dim=-1)
+    return [
+        [(saved.class_names[int(i)], float(p)) for i, p in zip(indices, values)]
+        for indices, values in zip(top.indices.tolist(), top.values.tolist())
+    ]
+
+
+def batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+

@@ -1,0 +1,402 @@
+"""The cached-feature linear probe's training: the head fitted by the Trainer or by L-BFGS on the
+features that features.py computes once, saved as a full model.
+
+``probe_setup`` gives train.py a Trainer class and a batch transform for the probe; the
+Trainer subclass computes the features on first use (train, validation, eval), trains the
+head with the recipe's optimizer and schedule, or fits it as an L2-regularised multinomial
+logistic regression by full-batch L-BFGS (``model.probe_solver: lbfgs``), and saves the whole
+model (frozen backbone plus trained head), so the output folder is like any other run's.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, default_data_collator
+from transformers.trainer_utils import TrainOutput
+
+from finetune import data
+from finetune.models.classifier import LoadedModel, ModelError
+from finetune.probe.engine import FeatureRuntime
+from finetune.probe.features import _FALSE_HINT, FeatureDataset, FeatureStats, HeadModel, compute_features, find_head
+from finetune.recipe import ModelConfig
+from finetune.utils import progress
+from finetune.utils.files import write_json
+
+logger = logging.getLogger("finetune")
+
+#: TrainingArguments that shape the SGD loop, which the L-BFGS head does not run.
+LBFGS_UNUSED = (
+    "learning_rate", "num_train_epochs", "max_steps", "optim", "optim_args", "lr_scheduler_type",
+    "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps", "weight_decay", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+    "label_smoothing_factor", "load_best_model_at_end", "metric_for_best_model",
+    "early_stopping_patience", "early_stopping_threshold",
+)
+AUGMENT_NOTE = (
+    "linear probe on cached features: the backbone's features are computed once from the "
+    "un-augmented images, so data.augment ({augment}) does not apply; set model.feature_cache "
+    "to false to train with augmentation"
+)
+
+
+# ---------------------------------------------------------------------- L-BFGS head
+
+
+@dataclass
+class LogisticFit:
+    """One L-BFGS fit of the head: weights, and how it went."""
+
+    l2: float
+    weight: torch.Tensor
+    bias: torch.Tensor
+    iterations: int
+    train_loss: float  # mean cross-entropy on the training features, without the penalty
+    validation_accuracy: float | None = None
+    validation_loss: float | None = None
+
+
+def fit_logistic(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    l2: float,
+    max_iter: int,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    on_iteration: Callable[[int], None] | None = None,
+) -> LogisticFit:
+    """Multinomial logistic regression: minimise mean cross-entropy + l2/2·‖W‖² (the bias is
+    not penalised) by full-batch L-BFGS with a strong-Wolfe line search, from ``init`` or
+    zeros. The features fit in memory by construction (they are cached), so full-batch
+    second-order steps beat SGD epochs; the objective is convex, so the result does not
+    depend on a learning rate, a schedule or a seed. torch's L-BFGS rather than
+    scikit-learn's LogisticRegression (the same optimum, checked in the tests): it runs on
+    the training device, a GPU when there is one, on the features already there.
+    ``on_iteration`` is told the iteration count at every evaluation of the objective."""
+    # Features come from inference mode, whose tensors autograd may not save: copy them out.
+    x = features.float().clone()
+    y = labels.long().clone()
+    weight = (init[0].clone() if init is not None else x.new_zeros(num_classes, x.shape[1])).requires_grad_(True)
+    bias = (init[1].clone() if init is not None else x.new_zeros(num_classes)).requires_grad_(True)
+    solver = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
+        tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe",
+    )
+
+    def objective() -> torch.Tensor:
+        solver.zero_grad()
+        loss = nn.functional.cross_entropy(torch.addmm(bias, x, weight.t()), y) + 0.5 * l2 * weight.square().sum()
+        loss.backward()
+        if on_iteration is not None:
+            on_iteration(solver.state[weight].get("n_iter", 0))
+        return loss
+
+    with torch.enable_grad():
+        solver.step(objective)
+    iterations = int(solver.state[solver.param_groups[0]["params"][0]].get("n_iter", 0))
+    weight, bias = weight.detach(), bias.detach()
+    with torch.no_grad():
+        train_loss = float(nn.functional.cross_entropy(torch.addmm(bias, x, weight.t()), y))
+    return LogisticFit(l2, weight, bias, iterations, train_loss)
+
+
+# ------------------------------------------------------------- features across runs
+
+
+class SharedFeatures:
+    """Features kept across the runs of one process (a study's cells, study.py), so that runs
+    on the same decoded split with the same frozen backbone run it once between them.
+
+    A key is ``scope`` (what the features depend on besides the images: the backbone's name,
+    revision and input size, said by the caller, who must not share a randomly initialised
+    backbone) and the decoded split's fingerprint, which ``datasets`` derives from the source
+    data, every selection of rows and the decode pass with its processor: another k-shot
+    draw or seed is another split."""
+
+    def __init__(self) -> None:
+        self._store: dict[tuple, FeatureDataset] = {}
+        self.scope: tuple | None = None
+        self.hits = 0
+
+    def key(self, dataset: Any) -> tuple | None:
+        from finetune.utils.compat import dataset_fingerprint
+
+        return None if self.scope is None else (self.scope, dataset_fingerprint(dataset), len(dataset))
+
+    def get(self, dataset: Any) -> FeatureDataset | None:
+        key = self.key(dataset)
+        found = self._store.get(key) if key is not None else None
+        self.hits += found is not None
+        return found
+
+    def put(self, dataset: Any, features: FeatureDataset) -> None:
+        key = self.key(dataset)
+        if key is not None:
+            self._store[key] = features
+
+
+#: Set by a study while its cells run (study.py); None for a single run.
+SHARED: SharedFeatures | None = None
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def probe_setup(
+    loaded: LoadedModel,
+    transform: data.BatchTransform,
+    data_report: dict[str, Any],
+    report_path: str | Path | None,
+    model_cfg: ModelConfig,
+    training: dict[str, Any],
+):
+    """For train.py's one branch: (the Trainer class, the batch transform it will really use).
+
+    Fails (one line, with the fix) when the strategy trains anything besides the final
+    Linear, because cached features could not train it. When the recipe asks for augmentation,
+    it says once in the log that augmentation does not apply, and adds that to the data
+    report's notes (rewriting ``report_path``, since train.py has written the report by then).
+    It returns a transform without augmentation, so later log lines describe what really
+    happens. With ``model.probe_solver: lbfgs`` it says so, and names the ``training`` keys
+    the recipe set that the L-BFGS fit does not use.
+    """
+    head_name, head = find_head(loaded.model)
+    head_params = {f"{head_name}.{p}" for p, _ in head.named_parameters()}
+    others = [n for n, p in loaded.model.named_parameters() if p.requires_grad and n not in head_params]
+    if others:
+        raise ModelError(
+            f"model.feature_cache: the linear probe also trains {', '.join(others[:3])}"
+            f"{' …' if len(others) > 3 else ''}, outside the final Linear layer; {_FALSE_HINT}"
+        )
+    if transform.augments:
+        from accelerate import PartialState
+
+        note = AUGMENT_NOTE.format(augment=transform.describe())
+        if PartialState().is_main_process:  # one line, not one per process
+            logger.warning("%s", note)
+        notes = data_report.setdefault("notes", [])
+        if note not in notes:
+            notes.append(note)
+        if report_path is not None and PartialState().is_main_process:
+            write_json(Path(report_path), data_report)
+        transform = transform.without_augmentation()
+    if model_cfg.probe_solver == "lbfgs":
+        from accelerate import PartialState
+
+        unused = [k for k in training if k in LBFGS_UNUSED]
+        if PartialState().is_main_process:
+            logger.info("training: the head is fitted by L-BFGS, λ among %s", model_cfg.probe_l2)
+            if unused:
+                logger.warning(
+                    "training: %s do(es) not apply with model.probe_solver 'lbfgs' (no SGD loop runs)",
+                    ", ".join(unused),
+                )
+    trainer_class = functools.partial(
+        FeatureProbeTrainer,
+        solver=model_cfg.probe_solver,
+        l2=list(model_cfg.probe_l2),
+        max_iter=model_cfg.probe_max_iter,
+        runtime=model_cfg.feature_runtime,
+    )
+    return trainer_class, transform
+
+
+class FeatureProbeTrainer(Trainer):
+    """A Trainer for the head alone, on features that the frozen backbone computes once.
+
+    It takes the same arguments as ``trainer.FinetuneTrainer``, so train.py only swaps the
+    class: ``model`` is the full model, and the datasets are the decoded uint8 splits (bare or
+    in ``data.FastRows``). Any decoded split given to ``evaluate``/``predict`` later (for
+    example the eval split) is mapped to its features, computed on first use and cached.
+
+    Checkpoints hold the head alone (the Trainer's own saving of a model that is not a
+    ``PreTrainedModel``): the backbone never changes, and would add its whole size to every
+    checkpoint. :meth:`save_full_model` saves what inference loads.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        args: Any,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        batch_transform: data.BatchTransform,
+        solver: str = "trainer",
+        l2: list[float] | None = None,
+        max_iter: int = 1000,
+        runtime: str = "auto",
+        **kwargs: Any,
+    ) -> None:
+        self.solver, self.l2, self.max_iter = solver, list(l2 or [0.0]), max_iter
+        self.feature_runtime = FeatureRuntime(runtime)
+        self.full_model = model
+        self.batch_transform = batch_transform
+        self.feature_stats = FeatureStats()
+        self._cache: list[tuple[Any, FeatureDataset]] = []
+        # Run the backbone where the Trainer would have, in the same precision.
+        self._feature_args = args
+        self._device = args.device
+        _, head = find_head(model)
+        model.to(self._device)
+        train_features = self.features_for(train_dataset) if train_dataset is not None else None
+        eval_features = self.features_for(eval_dataset) if eval_dataset is not None else None
+        kwargs["data_collator"] = default_data_collator
+        super().__init__(
+            model=HeadModel(model, head), args=args, train_dataset=train_features, eval_dataset=eval_features, **kwargs
+        )
+
+    def features_for(self, dataset: Any) -> FeatureDataset:
+        """The cached features of a decoded split (one backbone pass per split, ever)."""
+        if isinstance(dataset, FeatureDataset):
+            return dataset
+        if isinstance(dataset, data.FastRows):
+            dataset = dataset.dataset  # the decoded split itself: it keys the cache
+        for known, features in self._cache:
+            if known is dataset:
+                return features
+        shared = SHARED.get(dataset) if SHARED is not None else None
+        if shared is not None:
+            if self._feature_args.process_index == 0:
+                logger.info("feature cache: %d images' features from an earlier run of this study", len(shared))
+            self._cache.append((dataset, shared))
+            return shared
+        start = time.perf_counter()
+        features = compute_features(
+            self.full_model,
+            dataset,
+            self.batch_transform,
+            device=self._device,
+            batch_size=self._feature_args.per_device_eval_batch_size,
+            args=self._feature_args,
+            runtime=self.feature_runtime,
+        )
+        seconds = time.perf_counter() - start
+        self.feature_stats.images += len(features)
+        self.feature_stats.seconds += seconds
+        if self._feature_args.process_index == 0:
+            logger.info(
+                "feature cache: the frozen backbone ran once over %d images in %.1f s (%.0f images/s, %d "
+                "process(es); %s); the head trains on %d-dim features",
+                len(features), seconds, len(features) / max(seconds, 1e-9), self._feature_args.world_size,
+                self.feature_runtime.chosen, features.features.shape[-1],
+            )
+        self._cache.append((dataset, features))
+        if SHARED is not None:
+            SHARED.put(dataset, features)
+        return features
+
+    def train(self, *args: Any, **kwargs: Any):
+        result = self._fit_lbfgs() if self.solver == "lbfgs" else super().train(*args, **kwargs)
+        # The time that replaced the backbone's per-step forward passes, next to train_runtime.
+        result.metrics["feature_cache_images"] = self.feature_stats.images
+        result.metrics["feature_cache_runtime"] = round(self.feature_stats.seconds, 4)
+        return result
+
+    def _fit_lbfgs(self) -> TrainOutput:
+        """The head by L-BFGS (``model.probe_solver: lbfgs``), in place of the Trainer's loop.
+
+        Each λ of ``model.probe_l2`` is fitted, strongest first, each warm-started from the
+        previous solution (the regularisation path); with several, the best accuracy on the
+        validation piece's features wins, ties going to the lower validation loss. The fit
+        is deterministic, and every process fits the same features, but rank 0's head is
+        broadcast anyway so that all ranks evaluate the same weights.
+        """
+        start = time.perf_counter()
+        linear = self.model.linear
+        device = linear.weight.device
+        train, validation = self.train_dataset, self.eval_dataset
+        x, y = train.features.to(device), train.labels.to(device)
+        num_classes = linear.out_features
+        fits: list[LogisticFit] = []
+        init: tuple[torch.Tensor, torch.Tensor] | None = None
+        strengths = sorted(set(self.l2), reverse=True)
+        # One bar over the λ values; the iterations of the running fit show beside it.
+        bar = progress.bar(self.args, total=len(strengths), desc="L-BFGS head", unit="fit")
+        for l2 in strengths:
+
+            def show(iteration: int, l2: float = l2) -> None:
+                bar.set_postfix_str(f"λ {l2:g}, iteration {iteration}/{self.max_iter}", refresh=False)
+                bar.update(0)  # redraws at tqdm's own pace (mininterval), not at every evaluation
+
+            fit = fit_logistic(x, y, num_classes, l2, self.max_iter, init, on_iteration=show)
+            bar.update(1)
+            init = (fit.weight, fit.bias)
+            if validation is not None and len(validation):
+                with torch.no_grad():
+                    logits = torch.addmm(fit.bias, validation.features.to(device).float(), fit.weight.t())
+                    target = validation.labels.to(device)
+                    fit.validation_accuracy = float((logits.argmax(-1) == target).float().mean())
+                    fit.validation_loss = float(nn.functional.cross_entropy(logits, target))
+            fits.append(fit)
+            entry = {"probe_l2": l2, "probe_iterations": fit.iterations, "train_loss": round(fit.train_loss, 6)}
+            if fit.validation_accuracy is not None:
+                entry |= {"validation_accuracy": fit.validation_accuracy, "validation_loss": round(fit.validation_loss, 6)}
+            self.state.log_history.append(entry)  # no "epoch": the curves plot leaves these out
+            if self.args.process_index == 0:
+                logger.info("L-BFGS head: %s", ", ".join(f"{k} {v:g}" for k, v in entry.items()))
+        bar.close()
+        scored = [f for f in fits if f.validation_accuracy is not None]
+        best = max(scored, key=lambda f: (f.validation_accuracy, -f.validation_loss)) if scored else fits[0]
+        with torch.no_grad():
+            linear.weight.copy_(best.weight.to(linear.weight.dtype))
+            linear.bias.copy_(best.bias.to(linear.bias.dtype))
+        if self.args.world_size > 1:
+            from accelerate.utils import broadcast
+
+            broadcast(linear.weight.data, from_process=0)
+            broadcast(linear.bias.data, from_process=0)
+        seconds = time.perf_counter() - start
+        steps = sum(f.iterations for f in fits)
+        self.state.global_step = self.state.max_steps = steps
+        metrics = {
+            "train_runtime": round(seconds, 4),
+            "train_samples_per_second": round(len(train) / max(seconds, 1e-9), 3),
+            "train_loss": best.train_loss,
+            "probe_solver": "lbfgs",
+            "probe_l2": best.l2,
+            "probe_l2_tried": ", ".join(f"{v:g}" for v in sorted(set(self.l2))),  # a metric must print as one value
+            "probe_iterations": best.iterations,
+        }
+        if best.validation_accuracy is not None:
+            metrics["probe_validation_accuracy"] = best.validation_accuracy
+        if self.args.process_index == 0:
+            logger.info(
+                "L-BFGS head: λ = %g chosen%s; %d iterations in all, %.1f s",
+                best.l2, " on the validation piece" if len(scored) > 1 else "", steps, seconds,
+            )
+        self.state.log_history.append({"step": steps, **metrics})
+        return TrainOutput(steps, best.train_loss, metrics)
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"):
+        if eval_dataset is not None and not isinstance(eval_dataset, dict):
+            eval_dataset = self.features_for(eval_dataset)
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"):
+        return super().predict(self.features_for(test_dataset), ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def save_full_model(self, output_dir: str | None = None) -> None:
+        """The full model (frozen backbone + trained head), the image processor and the
+        training arguments, as ``save_model`` writes them for any other run."""
+        from transformers.trainer import TRAINING_ARGS_NAME
+
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        logger.debug("saving the full model (frozen backbone + trained head) to %s", output_dir)
+        # The head's Linear is the full model's own module, so this holds the trained head.
+        self.full_model.save_pretrained(output_dir, is_main_process=True)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))

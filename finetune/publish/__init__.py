@@ -1,0 +1,1 @@
+"""Publishing a run: the model card and the push to the Hugging Face Hub."""

@@ -1,0 +1,378 @@
+"""The recipe's schema: every section and key with its type and default, and the strict
+builder that turns a recipe's JSON into these dataclasses, one line per unknown key or wrong
+type (recipe.py loads recipes; recipe_checks.py checks keys against each other)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from finetune.recipe.metric_names import KNOWN_METRICS
+from finetune.utils.errors import UserError
+
+Strategy = Literal["full", "linear_probe", "partial", "lora", "lp_ft"]
+
+# TrainingArguments fields that the recipe sets elsewhere, or that we own because the
+# pipeline depends on them (see train.py for why each is fixed).
+TRAINING_KEYS_ELSEWHERE = {
+    "output_dir": "use the top-level 'output_dir' key",
+    "hub_model_id": "use 'hub.repo_id'",
+    "push_to_hub": "use 'hub.push'",
+    "hub_token": "tokens come only from the environment (HF_TOKEN) or `hf auth login`",
+    "push_to_hub_token": "tokens come only from the environment (HF_TOKEN) or `hf auth login`",
+    "remove_unused_columns": "finetune prepares the pixel columns itself; the key has no effect here",
+    "label_names": "finetune always uses the 'labels' column",
+    "batch_eval_metrics": "finetune always accumulates metrics batch by batch to bound memory",
+}
+
+#: finetune's own keys in the ``training`` block, with their types; training_fields.py checks
+#: their values against the rest, and args.py keeps them out of TrainingArguments.
+FINETUNE_TRAINING_KEYS: dict[str, Any] = {
+    "early_stopping_patience": int,  # evaluations without improvement before training stops
+    "early_stopping_threshold": float,  # the least change in the metric that counts as one
+    # Exponential moving average of the weights (ema.py): its decay per step (null: off), and
+    # whether the decay ramps up from 0 over the first steps (timm's ModelEmaV3 warmup).
+    "ema_decay": float | None,
+    "ema_warmup": bool,
+}
+
+
+class RecipeError(UserError, ValueError):
+    """Recipe problems: one line each, naming the file, the key and the fix."""
+
+
+@dataclass
+class Expected:
+    """The result a recipe claims, stated up front (big_vision style) and tested by users."""
+
+    metric: str = "accuracy"
+    value: float = 0.0
+    #: Free text: on what hardware / split / budget the value was measured.
+    note: str | None = None
+
+
+#: Distillation defaults: half the loss from the teacher, softened at T = 4 (Hinton et al.
+#: 2015 used T in 1-20; T = 4 is the common choice for image classifiers, e.g. Tian et
+#: al. 2020's CIFAR-100 benchmark of distillation methods).
+DISTILL_ALPHA = 0.5
+DISTILL_TEMPERATURE = 4.0
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""
+    revision: str | None = None
+    strategy: Strategy = "full"
+    #: With ``strategy: partial``: how many of the last backbone blocks are trained.
+    unfreeze_last_n: int = 2
+    #: Hub code only runs when asked for AND pinned to a commit (a moving branch could change it).
+    trust_remote_code: bool = False
+    #: With ``strategy: linear_probe``: run the frozen backbone once and train the head on
+    #: its cached features (features.py); augmentation does not apply then.
+    #: false: the backbone runs every step, with augmentation.
+    feature_cache: bool = True
+    #: How a cached-feature linear probe fits its head: "trainer" (the recipe's optimizer,
+    #: schedule and epochs) or "lbfgs": L2-regularised multinomial logistic regression by
+    #: full-batch L-BFGS, the usual linear-probe protocol (CLIP, Radford et al. 2021, §3.2).
+    probe_solver: Literal["trainer", "lbfgs"] = "trainer"
+    #: What runs the frozen backbone's one feature pass (feature_runtime.py): "torch", or
+    #: "onnxruntime" (on a CPU; the ``export`` extra), or "auto": ONNX Runtime on a CPU in
+    #: fp32 for a split of 1,000 images or more when it is installed, else PyTorch.
+    feature_runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
+    #: With "lbfgs": the L2 strengths λ to try (loss = mean cross-entropy + λ/2·‖W‖²). With
+    #: several, the best validation-piece accuracy wins (ties: the lower validation loss).
+    probe_l2: list[float] = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    #: With "lbfgs": the most L-BFGS iterations for each λ.
+    probe_max_iter: int = 1000
+    #: Channels-last memory format for the model and its input batches, which convolutions on
+    #: GPUs and CPUs run faster in. null: on for convolutional models (more than one Conv2d:
+    #: ResNet, ConvNeXt, EfficientNet; not ViT-like models) on CUDA or the CPU, without FSDP
+    #: or DeepSpeed (model.use_channels_last).
+    channels_last: bool | None = None
+    #: The architecture only: its config is loaded and every weight initialised at random (the
+    #: no-pretraining baseline that ``finetune study --scratch`` adds). Needs strategy "full".
+    from_scratch: bool = False
+    #: With ``strategy: lora`` (lora.py), each null for its default there: the adapters' rank
+    #: (16), alpha (the rank: scale alpha/rank 1), dropout (0.1), the layers adapted (null:
+    #: the attention query/key/value projections, or for CNNs every Linear and ungrouped
+    #: convolution outside the head) and the variant ("lora", or "dora": weight-decomposed).
+    #: Null by default so that a recipe setting one without ``strategy: lora`` is an error.
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
+    lora_target_modules: list[str] | None = None
+    lora_variant: Literal["lora", "dora"] | None = None
+    #: Knowledge distillation (distill.py): a fine-tuned classifier with the same classes (a
+    #: finetune output folder, a Hub id, ``builtin:``), run frozen on each training batch;
+    #: the model trains on (1 - distill_alpha) × its usual loss + distill_alpha × T² ×
+    #: KL(teacher ‖ model) of the outputs softened by T = distill_temperature. null: none.
+    teacher: str | None = None
+    #: Weight of the distillation term, in [0, 1]; null: 0.5 (only with a teacher).
+    distill_alpha: float | None = None
+    #: Softening temperature T > 0; null: 4.0 (only with a teacher).
+    distill_temperature: float | None = None
+
+    @property
+    def alpha(self) -> float:
+        """``distill_alpha`` with its default."""
+        return DISTILL_ALPHA if self.distill_alpha is None else self.distill_alpha
+
+    @property
+    def temperature(self) -> float:
+        """``distill_temperature`` with its default."""
+        return DISTILL_TEMPERATURE if self.distill_temperature is None else self.distill_temperature
+    #: Layer-wise learning-rate decay, in (0, 1]: the head trains at the learning rate, each
+    #: earlier block at this factor times the next one's (layer_decay.py). null: off.
+    layer_decay: float | None = None
+    #: With ``strategy: lp_ft`` and ``probe_solver: trainer``: the epochs of the linear-probe
+    #: phase on cached features (its optimizer, learning rate and batch are ``training``'s).
+    lp_epochs: float = 10.0
+
+    @property
+    def caches_features(self) -> bool:
+        """A linear probe on cached features: the backbone runs once, without augmentation."""
+        return self.strategy == "linear_probe" and self.feature_cache
+
+
+@dataclass
+class AugmentConfig:
+    """Train-time augmentation, applied batch-wise with torchvision.transforms.v2."""
+
+    #: RandomResizedCrop scale range; null turns the crop off.
+    crop_scale: list[float] | None = field(default_factory=lambda: [0.5, 1.0])
+    #: Horizontal flips: right for natural photos, wrong for digits or text.
+    hflip: bool = True
+    #: An automatic augmentation policy of torchvision, after crop and flip, on the uint8
+    #: pixels: "trivial_augment" (TrivialAugmentWide, Müller & Hutter 2021), "rand_augment"
+    #: (RandAugment, 2 ops at magnitude 9, Cubuk et al. 2020), "auto_augment" (AutoAugment's
+    #: ImageNet policy, Cubuk et al. 2019) or "augmix" (Hendrycks et al. 2020). null: none.
+    preset: Literal["trivial_augment", "rand_augment", "auto_augment", "augmix"] | None = None
+    #: Probability of random erasing (Zhong et al. 2020) of a rectangle in each normalised
+    #: image, as torchvision's and DeiT's recipes apply it last; 0: off.
+    random_erasing: float = 0.0
+    #: Mixup (Zhang et al. 2018) of whole training batches: the Beta(α, α) parameter of the
+    #: mixing weight; 0: off. Targets become soft rows (data/transforms.py ``BatchMix``).
+    mixup_alpha: float = 0.0
+    #: CutMix (Yun et al. 2019): the Beta(α, α) parameter of the pasted box's area; 0: off.
+    #: With both alphas set, each mixed batch gets one of the two, with equal chance.
+    cutmix_alpha: float = 0.0
+    #: The probability that a training batch is mixed at all (with mixup or CutMix on).
+    mix_prob: float = 1.0
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training batches are mixed (mixup or CutMix)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+@dataclass
+class EvalSetConfig:
+    """An extra evaluation set (another domain), scored once at the end like the eval split."""
+
+    dataset: str = ""
+    config: str | None = None
+    revision: str | None = None
+    split: str = "test"
+    image_column: str | None = None
+    label_column: str | None = None
+
+
+#: Names an eval set may have: they become metric prefixes (NAME_accuracy) and folder names
+#: (eval-NAME/), so letters, digits, '-' and '_' only.
+EVAL_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: Prefixes the run's own files already use: eval_results.json's eval_*, train_results.json
+#: and all_results.json.
+RESERVED_EVAL_SET_NAMES = {"eval", "train", "all"}
+
+
+@dataclass
+class DataConfig:
+    dataset: str = ""
+    config: str | None = None
+    revision: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = "test"
+    validation_fraction: float = 0.1
+    image_column: str | None = None
+    label_column: str | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    samples_per_class: int | None = None
+    image_size: int | None = None
+    #: Stop before training when more than this share of the images cannot be decoded.
+    max_bad_fraction: float = 0.01
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: Processes for the one-off decode/resize ``datasets.map`` pass (null: automatic).
+    preprocessing_num_workers: int | None = None
+    #: Extra evaluation sets, NAME → where to find them; each is mapped onto the model's
+    #: classes by name and scored once at the end (eval_sets.py).
+    eval_sets: dict[str, EvalSetConfig] = field(default_factory=dict)
+    #: "balanced": the training loss weights each class by n_images / (n_classes × its
+    #: count in the train piece), as scikit-learn's compute_class_weight("balanced"). null: 1.
+    class_weights: Literal["balanced"] | None = None
+    #: "balanced": each training draw picks a class with equal chance, then an image of it
+    #: (with replacement; seeded per epoch, balance.py). null: the Trainer's shuffled epochs.
+    sampler: Literal["balanced"] | None = None
+
+
+@dataclass
+class HubConfig:
+    push: bool = False
+    repo_id: str | None = None
+    private: bool = True
+    revision: str | None = None
+
+
+@dataclass
+class StudyConfig:
+    """What `finetune study` runs (study.py): every combination of the grid's values, over seeds."""
+
+    #: Dotted recipe key → the values to try, e.g. {"data.samples_per_class": [5, 20, 100]}.
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    #: How many seeds each cell runs with: seed i adds i to training.seed and to the k-shot
+    #: draw's training.data_seed.
+    seeds: int = 1
+    #: Also run every cell's architecture from random initialisation (model.from_scratch).
+    scratch: bool = False
+
+
+#: Keys a study grid may not vary: the study sets them for every cell itself.
+STUDY_OWN_KEYS = {
+    "output_dir": "each cell runs in its own folder under the recipe's output_dir",
+    "training.seed": "use 'study.seeds'",
+    "training.data_seed": "use 'study.seeds'",
+    "model.from_scratch": "use 'study.scratch'",
+}
+
+
+@dataclass
+class Recipe:
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    output_dir: str = ""
+    expected: Expected | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=lambda: list(KNOWN_METRICS))
+    hub: HubConfig = field(default_factory=HubConfig)
+    #: Read by `finetune study` only; `finetune train` trains the recipe as it is.
+    study: StudyConfig | None = None
+    #: The hyper-parameter search space of ``finetune search``: dotted recipe key → a range or
+    #: choices (search_space.py); ``finetune train`` refuses a recipe that has one.
+    search: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: The keys of the ``lora`` strategy.
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_variant")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def suggest(key: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else "remove it or check the spelling"
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return {"str": "string", "int": "integer", "float": "number", "bool": "true/false"}.get(
+            tp.__name__, tp.__name__
+        )
+    return str(tp).replace("typing.", "")
+
+
+def check_type(value: Any, tp: Any) -> bool:
+    """True when a JSON value fits a type annotation (the subset recipes use)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and isinstance(value, str):
+            # `IntervalStrategy | str` in TrainingArguments still means one of the enum's values.
+            return any(check_type(value, e) for e in enums)
+        return any(check_type(value, arg) for arg in args)
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return isinstance(value, list) and (not args or all(check_type(v, args[0]) for v in value))
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return value in {m.value for m in tp}
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return False
+
+
+def describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        return " or ".join(describe(a) for a in (enums + [a for a in args if a is type(None)] if enums else args))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    return _type_name(tp)
+
+
+def build(cls: type, raw: Any, where: str, source: str, problems: list[str], bad: set[str]) -> Any:
+    """Build dataclass ``cls`` from ``raw`` strictly. Each unknown key or wrong type adds a
+    one-line problem to ``problems`` (its path to ``bad``) and keeps the default, so that
+    one pass finds every mistake."""
+    if not isinstance(raw, dict):
+        problems.append(f"{source}: '{where or 'recipe'}' must be a JSON object, got {raw!r}")
+        bad.add(where)
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            problems.append(f"{source}: unknown key '{path}'; {suggest(key, names)}")
+            continue
+        tp = hints[key]
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        target = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner else None)
+        if typing.get_origin(tp) is dict and target is not None:  # NAME → section
+            if not isinstance(value, dict):
+                problems.append(f"{source}: '{path}' must be a JSON object of NAME: {{...}}, got {json.dumps(value)}")
+                bad.add(path)
+            else:
+                kwargs[key] = {n: build(target, v, f"{path}.{n}", source, problems, bad) for n, v in value.items()}
+        elif target is not None and value is not None:
+            kwargs[key] = build(target, value, path, source, problems, bad)
+        elif not check_type(value, tp):
+            problems.append(f"{source}: '{path}' must be {describe(tp)}, got {json.dumps(value)}")
+            bad.add(path)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)

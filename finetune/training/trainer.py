@@ -1,0 +1,239 @@
+"""The HF Trainer as finetune runs it: uint8 batches become normalised (and augmented) floats on the device, and the loss is finetune's own (losses.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from finetune import data
+from finetune.models import lora
+from finetune.recipe import Recipe
+from finetune.training import losses
+from finetune.training.distill import Teacher
+from finetune.utils import compat
+from finetune.utils.errors import UserError
+
+
+def trainer_options(recipe: Recipe) -> dict[str, Any]:
+    """The keyword arguments of :class:`FinetuneTrainer` that the recipe's regularisers set
+    (mixup and CutMix come with the batch transform, label smoothing with the arguments)."""
+    t = recipe.training
+    return {
+        "class_weights": recipe.data.class_weights,
+        "sampler": recipe.data.sampler,
+        "ema_decay": t.get("ema_decay"),
+        "ema_warmup": t.get("ema_warmup", True),
+    }
+
+
+logger = logging.getLogger("finetune")
+
+#: What an optimizer's keyword arguments hold when it builds its own parameter groups
+#: (GaLore and APOLLO: "params"; LOMO: "model"; the layer-wise ones: "optimizer_dict").
+_OWN_GROUPS = ("params", "model", "optimizer_dict")
+
+
+class FinetuneTrainer(Trainer):
+    """The HF Trainer, with batches turned from uint8 to normalised (and, in training,
+    augmented) floats on the training device just before the forward pass.
+
+    Give it decoded splits wrapped in ``data.FastRows`` (one gather per batch from the
+    memory-mapped cache); nothing in the Trainer needs them as ``datasets.Dataset``
+    (``remove_unused_columns`` is off, and no length-grouped sampler is used).
+
+    ``teacher``: knowledge distillation (distill.py), a term added to the training loss.
+    The regularisers: ``class_weights`` "balanced" weights the training loss by class
+    (balance.class_weights, from the train dataset's labels); ``sampler`` "balanced" draws
+    classes evenly (balance.BalancedSampler, seeded by ``data_seed``, else ``seed``);
+    ``ema_decay`` keeps an EMA of the weights (ema.py) that evaluation, model selection
+    and the saved model use. Mixup/CutMix come from ``batch_transform.mix``, label
+    smoothing from ``args.label_smoothing_factor``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        batch_transform: data.BatchTransform,
+        teacher: Teacher | None = None,
+        layer_decay: float | None = None,
+        class_weights: str | None = None,
+        sampler: str | None = None,
+        ema_decay: float | None = None,
+        ema_warmup: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_transform = batch_transform
+        #: Knowledge distillation (distill.py): a frozen model run on each training batch,
+        #: kept outside ``self.model`` so that it is neither trained nor saved.
+        self.teacher = teacher.to(self.args.device) if teacher is not None else None
+        #: ``model.layer_decay``: the optimizer gets one parameter group per depth (layer_decay.py).
+        self.layer_decay = layer_decay
+        # The loss below is a batch mean; the Trainer must average micro-batches and
+        # processes rather than sum them.
+        compat.loss_is_a_batch_mean(self)
+        config = getattr(self.model, "config", None)
+        #: Classes of the model's head (mixup's one-hot targets need it before the forward).
+        self.num_classes: int | None = getattr(config, "num_labels", None)
+        self.class_weights = None
+        self.train_sampler = None
+        if class_weights is not None or sampler is not None:
+            from finetune.training import balance
+
+            if self.train_dataset is None:
+                raise ValueError("class_weights and sampler are computed from the train dataset; give one")
+            # From the train piece only: the validation piece and the eval split stay unseen.
+            labels = balance.train_labels(self.train_dataset)
+            if class_weights == "balanced":
+                self.class_weights = balance.class_weights(labels, self.num_classes or int(labels.max()) + 1)
+            if sampler == "balanced":
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                self.train_sampler = balance.BalancedSampler(labels, seed)
+        self.ema = None
+        if ema_decay is not None:
+            from finetune.training.ema import EmaCallback, WeightEma
+
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                raise UserError("training.ema_decay: an EMA of the weights needs them whole on each process, "
+                                "which FSDP and DeepSpeed shard; remove ema_decay or run with DDP")
+            self.ema = WeightEma(self.model, ema_decay, ema_warmup)
+            self.add_callback(EmaCallback(self.ema))
+
+    def describe_regularisers(self) -> str:
+        """What regularises training beyond augmentation, for the log and the card ("none")."""
+        parts = []
+        if self.args.label_smoothing_factor > 0:
+            parts.append(f"label smoothing {self.args.label_smoothing_factor:g}")
+        if self.batch_transform.mix is not None:
+            parts.append(self.batch_transform.mix.describe())
+        if self.class_weights is not None:
+            w = self.class_weights
+            parts.append(f"balanced class weights in the loss ({float(w.min()):.3g} to {float(w.max()):.3g})")
+        if self.train_sampler is not None:
+            parts.append("class-balanced sampling (with replacement)")
+        if self.ema is not None:
+            parts.append(self.ema.describe())
+        return "; ".join(parts) or "none"
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        result = compat.load_from_checkpoint(
+            self, resume_from_checkpoint, model, super()._load_from_checkpoint, lora.load_if_adapted
+        )
+        if self.ema is not None and model is None:
+            self.ema.load(resume_from_checkpoint)
+        return result
+
+    def _load_best_model(self):
+        result = compat.load_best_model(self, super()._load_best_model, lora.load_if_adapted)
+        if self.ema is not None:
+            # The best checkpoint was chosen by its average's scores: its average is the model.
+            self.ema.load(self.state.best_model_checkpoint)
+        return result
+
+    def _get_train_sampler(self, train_dataset=None):
+        return compat.train_sampler(self.train_sampler, train_dataset, super()._get_train_sampler)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """The Trainer's evaluation; during training with an EMA, of the averaged weights
+        (so the per-epoch scores, early stopping and the best checkpoint follow them)."""
+        if self.ema is None or self.ema.applied:
+            return super().evaluate(*args, **kwargs)
+        with self.ema.swapped_in(self.model):
+            return super().evaluate(*args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        # In training, the average goes beside the weights of each checkpoint. The Trainer
+        # saves the weights first and trainer_state.json last, so a checkpoint that
+        # outputs.checkpoint_is_complete accepts holds the average too.
+        if self.ema is not None and not self.ema.applied and self.args.should_save:
+            self.ema.save(output_dir or self.args.output_dir, self.state.global_step)
+
+    def _augmentation_seed(self) -> int:
+        """One seed per (run seed, optimizer step, micro-batch, rank): augmentation is a pure
+        function of where training is, so resuming mid-epoch (after SIGTERM) draws the same
+        crops and mixes as a run that never stopped."""
+        step = self.state.global_step
+        self._micro = self._micro + 1 if getattr(self, "_micro_step", None) == step else 0
+        self._micro_step = step
+        seed = ((self.args.seed * 1_000_003 + step) * 1_009 + self._micro) * 101 + self.args.process_index
+        return seed % 2**63  # torch.manual_seed's range
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer (``training.optim`` and its arguments), given the parameter
+        groups of ``model.layer_decay`` when the recipe sets it."""
+        if self.optimizer is not None or self.layer_decay is None:
+            return super().create_optimizer(model)
+        from finetune.models import layer_decay
+
+        opt_model = self.model if model is None else model
+        # The Trainer's own weight-decay split (no decay for biases and norms).
+        decay_names = set(self.get_decay_parameter_names(opt_model))
+        groups = layer_decay.param_groups(
+            opt_model, self.layer_decay, self.args.learning_rate, self.args.weight_decay, decay_names
+        )
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        # A factory (Muon) or an optimizer that builds its own groups would drop ours.
+        if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)) or any(
+            k in kwargs for k in _OWN_GROUPS
+        ):
+            raise layer_decay.LayerDecayError(
+                f"model.layer_decay: training.optim '{self.args.optim}' builds its own parameter groups, so the "
+                "learning rate cannot decay by layer; use e.g. adamw_torch or sgd, or remove model.layer_decay"
+            )
+        self.optimizer = optimizer_cls([g.as_dict() for g in groups], **kwargs)
+        if self.args.process_index == 0:
+            logger.info("%s", layer_decay.describe(groups, self.layer_decay))
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's logits on the transformed batch, and finetune's loss on them.
+
+        Training: ``losses.classification_loss`` with the batch's targets (soft rows after
+        mixup/CutMix), the class weights and ``label_smoothing_factor`` (applied there once,
+        also to mixed targets), mixed with the distillation term when there is a teacher
+        (``Teacher.loss``: (1 − α) × that loss + α × the distillation loss). Evaluation: ``losses.evaluation_loss``, plain cross-entropy
+        with the true classes. Either is a mean over the micro-batch, which the Trainer
+        divides by the accumulation steps (``compat.loss_is_a_batch_mean``), so
+        ``num_items_in_batch`` is not needed.
+        """
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        training = model.training
+        seed = self._augmentation_seed() if training else None
+        pixels = self.batch_transform(inputs["pixel_values"], train=training, seed=seed)
+        targets = labels
+        mix = self.batch_transform.mix if training else None
+        if mix is not None:
+            if self.num_classes is None:
+                raise ValueError("mixup/CutMix needs the number of classes: the model has no config.num_labels")
+            pixels, targets = mix(pixels, labels, self.num_classes, seed=seed)
+        inputs["pixel_values"] = pixels
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        if training:
+            loss = losses.classification_loss(logits, targets, self.class_weights, self.args.label_smoothing_factor)
+            if self.teacher is not None:
+                # Distillation: the teacher's logits for the same augmented (and mixed) batch,
+                # in the autocast the accelerator runs the student in.
+                with self.accelerator.autocast():
+                    teacher_logits = self.teacher.logits(pixels)
+                loss = self.teacher.loss(loss, logits, teacher_logits)
+        else:
+            # Evaluation scores the student alone, with the plain loss.
+            loss = losses.evaluation_loss(logits, labels)
+        if not return_outputs:
+            return loss
+        # As a model given labels returns them: the loss first (the Trainer's prediction_step
+        # takes the logits from what follows it).
+        if isinstance(outputs, dict):
+            outputs["loss"] = loss
+        else:
+            outputs = (loss, *outputs)
+        return loss, outputs

@@ -1,0 +1,1 @@
+"""Small shared helpers with no finetune imports: errors and exit codes, files written safely, threads, progress bars, the optional extras, images opened upright, and the one module of private-API workarounds."""
