@@ -124,11 +124,12 @@ def test_the_recipes_optimizer_gets_the_groups_and_the_log_names_three(tiny_resn
 
 
 def test_partial_trains_its_blocks_at_the_full_fine_tunes_rates(tiny_vit: Path) -> None:
-    from finetune.models import classifier as model_lib
+    from finetune.models import strategies
 
     full = _saved(tiny_vit)
     partial = _saved(tiny_vit)
-    model_lib.apply_strategy(partial, ModelConfig(strategy="partial", unfreeze_last_n=1), ["classifier.weight", "classifier.bias"])
+    cfg = ModelConfig(strategy="partial", unfreeze_last_n=1)
+    strategies.of(cfg).prepare(partial, cfg, ["classifier.weight", "classifier.bias"])
     rates = {n: g.lr for g in layer_decay.param_groups(full, 0.5, 1.0, 0.0, set()) for n in g.names}
     groups = layer_decay.param_groups(partial, 0.5, 1.0, 0.0, set())
     trained = {n for n, p in partial.named_parameters() if p.requires_grad}

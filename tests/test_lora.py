@@ -16,7 +16,7 @@ from test_model import _save_tiny
 from torch import nn
 
 from finetune.models import classifier as model_lib
-from finetune.models import lora
+from finetune.models import lora, strategies
 from finetune.recipe import ModelConfig, RecipeError, recipe_from_dict
 
 NAMES = ["a", "b", "c", "d"]
@@ -81,7 +81,7 @@ def test_only_adapters_and_the_head_train_on_each_familys_default_layers(kind: s
 
 def test_the_log_states_rank_alpha_layers_and_trained_parameters(tiny_vit: Path) -> None:
     loaded = load(tiny_vit, lora_rank=4, lora_alpha=8, lora_dropout=0.0)
-    line = model_lib.describe_strategy(loaded, ModelConfig(strategy="lora"))
+    line = loaded.describe(ModelConfig(strategy="lora"))
     assert line.startswith(f"strategy lora: {loaded.trainable:,} of {loaded.total:,} parameters trainable")
     assert "LoRA rank 4, alpha 8 (scale 2), dropout 0, on 6 layers (k_proj, q_proj, v_proj)" in line
     assert f"{loaded.lora.adapter_parameters:,} adapter + {loaded.lora.head_parameters:,} head parameters" in line
@@ -241,11 +241,12 @@ def test_lora_without_peft_installed_names_the_extra(monkeypatch) -> None:
 def test_sharded_training_is_refused_before_anything_loads(monkeypatch) -> None:
     cfg = ModelConfig(name_or_path="x", strategy="lora")
     with pytest.raises(model_lib.ModelError, match="'lora' does not run under FSDP or DeepSpeed"):
-        model_lib.check_strategy_fits(cfg, SimpleNamespace(fsdp="full_shard", deepspeed=None))
+        strategies.of(cfg).check_fits(SimpleNamespace(fsdp="full_shard", deepspeed=None))
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
-    model_lib.check_strategy_fits(cfg, SimpleNamespace(fsdp="", deepspeed=None))
-    model_lib.check_strategy_fits(ModelConfig(name_or_path="x"), SimpleNamespace(fsdp="full_shard", deepspeed=None))
+    strategies.of(cfg).check_fits(SimpleNamespace(fsdp="", deepspeed=None))
+    full = ModelConfig(name_or_path="x")
+    strategies.of(full).check_fits(SimpleNamespace(fsdp="full_shard", deepspeed=None))
 
 
 # ---------------------------------------------------------------- end to end

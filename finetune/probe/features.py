@@ -58,7 +58,7 @@ from finetune.utils import progress
 
 logger = logging.getLogger("finetune")
 
-_FALSE_HINT = "set model.feature_cache to false to train the head with the backbone running every step"
+FEATURE_CACHE_OFF_HINT = "set model.feature_cache to false to train the head with the backbone running every step"
 
 
 # ------------------------------------------------------------------------------ head
@@ -68,7 +68,7 @@ def find_head(model: nn.Module) -> tuple[str, nn.Linear]:
     """The classification head: the model's last ``nn.Linear`` (as ``head_parameter_names`` says)."""
     names = head_parameter_names(model, [])
     if not names:
-        raise ModelError(f"model.feature_cache: this model has no Linear classification head; {_FALSE_HINT}")
+        raise ModelError(f"model.feature_cache: this model has no Linear classification head; {FEATURE_CACHE_OFF_HINT}")
     module_name = names[0].rsplit(".", 1)[0]
     head = model.get_submodule(module_name)
     assert isinstance(head, nn.Linear)
@@ -208,7 +208,7 @@ def _features_of(
                 if capture.output is None or capture.inputs is None or not torch.equal(capture.output, logits):
                     raise ModelError(
                         "model.feature_cache: this model's logits are not the output of its last Linear layer "
-                        f"(something runs after the head), so cached features cannot reproduce them; {_FALSE_HINT}"
+                        f"(something runs after the head), so cached features cannot reproduce them; {FEATURE_CACHE_OFF_HINT}"
                     )
                 features = capture.inputs.detach().float().cpu()
                 if try_onnx:

@@ -27,7 +27,14 @@ from transformers.trainer_utils import TrainOutput
 from finetune import data
 from finetune.models.classifier import LoadedModel, ModelError
 from finetune.probe.engine import FeatureRuntime
-from finetune.probe.features import _FALSE_HINT, FeatureDataset, FeatureStats, HeadModel, compute_features, find_head
+from finetune.probe.features import (
+    FEATURE_CACHE_OFF_HINT,
+    FeatureDataset,
+    FeatureStats,
+    HeadModel,
+    compute_features,
+    find_head,
+)
 from finetune.recipe import ModelConfig
 from finetune.utils import progress
 from finetune.utils.files import write_json
@@ -109,45 +116,6 @@ def fit_logistic(
     return LogisticFit(l2, weight, bias, iterations, train_loss)
 
 
-# ------------------------------------------------------------- features across runs
-
-
-class SharedFeatures:
-    """Features kept across the runs of one process (a study's cells, study.py), so that runs
-    on the same decoded split with the same frozen backbone run it once between them.
-
-    A key is ``scope`` (what the features depend on besides the images: the backbone's name,
-    revision and input size, said by the caller, who must not share a randomly initialised
-    backbone) and the decoded split's fingerprint, which ``datasets`` derives from the source
-    data, every selection of rows and the decode pass with its processor: another k-shot
-    draw or seed is another split."""
-
-    def __init__(self) -> None:
-        self._store: dict[tuple, FeatureDataset] = {}
-        self.scope: tuple | None = None
-        self.hits = 0
-
-    def key(self, dataset: Any) -> tuple | None:
-        from finetune.utils.compat import dataset_fingerprint
-
-        return None if self.scope is None else (self.scope, dataset_fingerprint(dataset), len(dataset))
-
-    def get(self, dataset: Any) -> FeatureDataset | None:
-        key = self.key(dataset)
-        found = self._store.get(key) if key is not None else None
-        self.hits += found is not None
-        return found
-
-    def put(self, dataset: Any, features: FeatureDataset) -> None:
-        key = self.key(dataset)
-        if key is not None:
-            self._store[key] = features
-
-
-#: Set by a study while its cells run (study.py); None for a single run.
-SHARED: SharedFeatures | None = None
-
-
 # --------------------------------------------------------------------------- trainer
 
 
@@ -158,8 +126,13 @@ def probe_setup(
     report_path: str | Path | None,
     model_cfg: ModelConfig,
     training: dict[str, Any],
+    shared: Any = None,
+    scope: tuple | None = None,
 ):
-    """For train.py's one branch: (the Trainer class, the batch transform it will really use).
+    """For the run's one branch: (the Trainer class, the batch transform it will really use).
+
+    ``shared`` (training/shared.py's ``SharedWork``, when a study or search runs) keeps the
+    features of each decoded split for the next run of the same ``scope``.
 
     Fails (one line, with the fix) when the strategy trains anything besides the final
     Linear, because cached features could not train it. When the recipe asks for augmentation,
@@ -175,7 +148,7 @@ def probe_setup(
     if others:
         raise ModelError(
             f"model.feature_cache: the linear probe also trains {', '.join(others[:3])}"
-            f"{' …' if len(others) > 3 else ''}, outside the final Linear layer; {_FALSE_HINT}"
+            f"{' …' if len(others) > 3 else ''}, outside the final Linear layer; {FEATURE_CACHE_OFF_HINT}"
         )
     if transform.augments:
         from accelerate import PartialState
@@ -206,6 +179,8 @@ def probe_setup(
         l2=list(model_cfg.probe_l2),
         max_iter=model_cfg.probe_max_iter,
         runtime=model_cfg.feature_runtime,
+        shared=shared,
+        scope=scope,
     )
     return trainer_class, transform
 
@@ -220,7 +195,7 @@ class FeatureProbeTrainer(Trainer):
 
     Checkpoints hold the head alone (the Trainer's own saving of a model that is not a
     ``PreTrainedModel``): the backbone never changes, and would add its whole size to every
-    checkpoint. :meth:`save_full_model` saves what inference loads.
+    checkpoint. :meth:`save_final_model` saves what inference loads.
     """
 
     def __init__(
@@ -235,9 +210,12 @@ class FeatureProbeTrainer(Trainer):
         l2: list[float] | None = None,
         max_iter: int = 1000,
         runtime: str = "auto",
+        shared: Any = None,
+        scope: tuple | None = None,
         **kwargs: Any,
     ) -> None:
         self.solver, self.l2, self.max_iter = solver, list(l2 or [0.0]), max_iter
+        self._shared, self._scope = shared, scope
         self.feature_runtime = FeatureRuntime(runtime)
         self.full_model = model
         self.batch_transform = batch_transform
@@ -264,10 +242,10 @@ class FeatureProbeTrainer(Trainer):
         for known, features in self._cache:
             if known is dataset:
                 return features
-        shared = SHARED.get(dataset) if SHARED is not None else None
+        shared = self._shared.features_of(self._scope, dataset) if self._shared is not None else None
         if shared is not None:
             if self._feature_args.process_index == 0:
-                logger.info("feature cache: %d images' features from an earlier run of this study", len(shared))
+                logger.info("feature cache: %d images' features from an earlier run of this study or search", len(shared))
             self._cache.append((dataset, shared))
             return shared
         start = time.perf_counter()
@@ -291,8 +269,8 @@ class FeatureProbeTrainer(Trainer):
                 self.feature_runtime.chosen, features.features.shape[-1],
             )
         self._cache.append((dataset, features))
-        if SHARED is not None:
-            SHARED.put(dataset, features)
+        if self._shared is not None:
+            self._shared.keep_features(self._scope, dataset, features)
         return features
 
     def train(self, *args: Any, **kwargs: Any):
@@ -385,7 +363,7 @@ class FeatureProbeTrainer(Trainer):
     def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"):
         return super().predict(self.features_for(test_dataset), ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
-    def save_full_model(self, output_dir: str | None = None) -> None:
+    def save_final_model(self, output_dir: str | None = None) -> None:
         """The full model (frozen backbone + trained head), the image processor and the
         training arguments, as ``save_model`` writes them for any other run."""
         from transformers.trainer import TRAINING_ARGS_NAME

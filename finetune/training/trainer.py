@@ -152,6 +152,15 @@ class FinetuneTrainer(Trainer):
         if self.ema is not None and not self.ema.applied and self.args.should_save:
             self.ema.save(output_dir or self.args.output_dir, self.state.global_step)
 
+    def save_final_model(self) -> None:
+        """The run's model in the output folder, as ``pipeline()`` loads it without finetune
+        or peft: LoRA's adapters merged into the weights, any other model as ``save_model``
+        writes it (the checkpoints of a LoRA run hold the adapters alone)."""
+        if lora.is_adapted(self.accelerator.unwrap_model(self.model)):
+            lora.save_merged(self)
+        else:
+            self.save_model()
+
     def _augmentation_seed(self) -> int:
         """One seed per (run seed, optimizer step, micro-batch, rank): augmentation is a pure
         function of where training is, so resuming mid-epoch (after SIGTERM) draws the same
