@@ -267,7 +267,7 @@ def ours_data(s: Scenario, work: Path) -> dict[str, Any]:
 
     from finetune import data
     from finetune.recipe import recipe_from_dict
-    from finetune.training.prepare import prepare_data
+    from finetune.training.prepared_data import prepare_data
     from finetune.training.train import FinetuneTrainer, training_arguments
 
     recipe = recipe_from_dict(recipe_dict(s, work, work / f"ours-{s.key}"))

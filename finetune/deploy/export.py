@@ -175,7 +175,7 @@ def export(
     check_extra()
     images = Images(source, calibration_data, max_eval_images)  # before any export work: no images, no export
 
-    from finetune.deploy.saved import load_saved
+    from finetune.deploy.saved_run import load_saved
     from finetune.utils.threads import configure_threads
 
     threads = configure_threads().count

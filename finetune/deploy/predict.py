@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 from finetune.deploy import onnx_classifier as onnx_model
-from finetune.deploy.saved import Saved
+from finetune.deploy.saved_run import Saved
 from finetune.utils.images import is_junk
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.deploy import onnx_classifier as onnx_model
-from finetune.deploy.saved import load_saved
+from finetune.deploy.saved_run import load_saved
 from finetune.utils.devices import has_accelerator
 from finetune.utils.errors import InferenceError, first_line
 from finetune.utils.files import slug, write_json

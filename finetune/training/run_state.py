@@ -11,7 +11,7 @@ from transformers import Trainer
 from finetune.models import strategies
 from finetune.recipe import Recipe
 from finetune.training.interrupts import InterruptCallback
-from finetune.training.prepare import Prepared
+from finetune.training.prepared_data import Prepared
 from finetune.training.shared import SharedWork
 
 

@@ -40,7 +40,7 @@ from finetune.training.output_dir import (
     disk_full_is_a_user_error,
     what_a_rerun_does,
 )
-from finetune.training.prepare import Prepared, check_prepared, prepare_data
+from finetune.training.prepared_data import Prepared, check_prepared, prepare_data
 from finetune.training.run_state import Run
 from finetune.training.shared import SharedWork
 from finetune.training.trainer import FinetuneTrainer, trainer_options
