@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from commands import FINETUNE, drop_decode_cache, environment, run_reference, timed  # noqa: E402
-from pipeline import CIFAR10, LITE0, ROOT, Scenario, warm_up  # noqa: E402
+from common import CIFAR10, LITE0, ROOT, Scenario, warm_up  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "cifar10_lite0_small.json"
 TARGET_ACCURACY = 0.72
