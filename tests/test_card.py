@@ -1,4 +1,4 @@
-"""card.py: the model card template ships inside the package, and the documented copy matches it."""
+"""card.py: the model card template ships inside the package (model_cards/ shows a card rendered from it: tests/repo/test_model_cards.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,6 @@ from conftest import ROOT
 from finetune.publish import card
 
 
-def test_template_is_in_the_package_and_the_documented_copy_is_identical() -> None:
+def test_template_is_in_the_package() -> None:
     # An installed wheel has only the package: the card must not read outside it.
     assert card.TEMPLATE.is_relative_to(ROOT / "finetune") and card.TEMPLATE.is_file()
-    documented = ROOT / "model_cards" / "template.md"
-    assert documented.read_text(encoding="utf-8") == card.TEMPLATE.read_text(encoding="utf-8"), (
-        "model_cards/template.md differs from finetune/templates/model_card.md (which the card uses); "
-        "edit the package's template and copy it: cp finetune/templates/model_card.md model_cards/template.md"
-    )

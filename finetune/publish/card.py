@@ -17,8 +17,8 @@ from finetune.recipe.builtins import is_builtin
 from finetune.recipe.metric_names import DISPLAY_NAMES, HUB_TYPES
 from finetune.utils.locations import is_hub_id
 
-#: Inside the package, so that an installed wheel has it; ``model_cards/template.md`` in
-#: the repository is the copy people read (tests/test_card.py keeps the two identical).
+#: Inside the package, so that an installed wheel has it (the only copy: the repository's
+#: model_cards/ explains it and shows a card rendered from it, which a test keeps current).
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 #: Hyper-parameters shown in the card when the recipe leaves them at the default.
 _SHOWN_ARGS = (
