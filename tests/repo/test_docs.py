@@ -9,6 +9,7 @@ import ast
 import dataclasses
 import json
 import re
+import sys
 import tomllib
 import types
 import typing
@@ -104,7 +105,7 @@ def test_every_relative_link_resolves() -> None:
 
 def test_the_link_check_finds_a_broken_file_and_a_broken_anchor(tmp_path: Path, monkeypatch) -> None:
     """Not vacuous: a missing file, a missing heading and a code span are told apart."""
-    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     (tmp_path / "b.md").write_text("# The `x.py` file: what, why?\n\n## Twice\n\n## Twice\n")
     a = tmp_path / "a.md"
     a.write_text(
