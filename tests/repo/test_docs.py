@@ -10,13 +10,13 @@ import dataclasses
 import json
 import re
 import sys
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -82,7 +82,7 @@ def links(path: Path) -> list[str]:
 def broken_links(path: Path) -> list[str]:
     problems = []
     for target in links(path):
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):  # https:, mailto:: not ours to check
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE):  # https:, mailto:: not ours to check
             continue
         file_part, _, anchor = target.partition("#")
         dest = (path.parent / file_part).resolve() if file_part else path
@@ -216,7 +216,11 @@ def first_json(cell: str) -> Any:
 
 
 def test_the_reference_lists_every_recipe_key_and_no_stale_one() -> None:
-    from finetune.recipe import FINETUNE_TRAINING_KEYS, TRAINING_KEYS_ELSEWHERE, recipe_keys
+    from finetune.recipe import (
+        FINETUNE_TRAINING_KEYS,
+        TRAINING_KEYS_ELSEWHERE,
+        recipe_keys,
+    )
 
     documented = set(documented_keys())
     # recipe_keys() names an eval set's keys without the NAME level, and lists every
@@ -352,7 +356,7 @@ def test_each_package_line_is_its_docstrings_first_sentence() -> None:
 def test_the_layer_diagram_is_the_declared_one() -> None:
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]["contracts"]
     layers = next(c["layers"] for c in contracts if c["type"] == "layers")
-    blocks = re.findall(r"```\n(.*?)```", MAP.read_text(encoding="utf-8"), re.S)
+    blocks = re.findall(r"```\n(.*?)```", MAP.read_text(encoding="utf-8"), re.DOTALL)
     assert any(block.splitlines() == layers for block in blocks), (
         "docs/architecture.md's layer diagram must list pyproject.toml's layers, one a line:\n" + "\n".join(layers)
     )
