@@ -287,6 +287,27 @@ def test_required_means_the_recipe_is_refused_without_it() -> None:
         assert f"'{'.'.join(parts)}' is required" in str(err.value), str(err.value)
 
 
+def test_the_example_recipe_validates_and_shows_every_section_key() -> None:
+    """The reference's example recipe is a valid recipe that writes out every key of the model,
+    data, augment and hub sections (an eval set's and a study's keys have their own tables)."""
+    from finetune.recipe import recipe_from_dict
+
+    block = re.search(r"```json\n(.*?)```", REFERENCE.read_text(encoding="utf-8"), re.DOTALL)
+    example = json.loads(block.group(1))
+    recipe_from_dict(example, "docs/recipes.md")
+
+    def keys(node: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, v in node.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and k not in ("training", "eval_sets", "grid"):
+                out |= keys(v, f"{prefix}{k}.")
+        return out
+
+    wanted = {k for k in schema_keys() if k.split(".")[0] in ("model", "data", "hub") and ".NAME." not in k}
+    assert not wanted - keys(example), f"docs/recipes.md's example recipe lacks {sorted(wanted - keys(example))}"
+
+
 def finetune_training_defaults() -> dict[str, Any]:
     """finetune's defaults for TrainingArguments fields that do not depend on the machine:
     those the recipe's checks read, and the constants of ``training_arguments``' defaults."""
