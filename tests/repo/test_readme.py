@@ -137,3 +137,17 @@ def test_each_shipped_recipe_states_in_the_readme_what_it_expects() -> None:
         if expected is not None:
             value = f"{expected.value:g}"
             assert re.search(rf"(?<![\d.]){re.escape(value)}(?!\d)", row), f"recipes/{path.name} expects {value}; its README row says: {row}"
+
+
+def test_ci_installs_and_tests_as_the_readme_says() -> None:
+    """.ci/run installs the extras the README's install line names and runs its test command."""
+    ci = [shlex.split(line) for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+          if line.startswith("python -m")]
+    readme = [shlex.split(line, comments=True) for line in code_lines(README)]
+    installs = {w[w.index("-e") + 1] for w in readme if w[:2] == ["pip", "install"] and "-e" in w}
+    tests = [w[3:] for w in readme if w[:3] == ["python", "-m", "pytest"]]
+    for words in ci:
+        if words[2:4] == ["pip", "install"]:
+            assert words[words.index("-e") + 1] in installs, f"CI installs {words[-1]}; README.md: {sorted(installs)}"
+        elif words[2] == "pytest":
+            assert words[3:] in tests, f"CI runs pytest {' '.join(words[3:])}; README.md's test commands: {tests}"
