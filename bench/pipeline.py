@@ -2,11 +2,11 @@
 
     python bench/pipeline.py [--quick] [--only a,b,c] [--json results.json]
 
-OURS is the real finetune code: ``finetune.train.train`` on a recipe built with
-``recipe.recipe_from_dict``, or, for the data-only rows, the functions ``train()`` itself uses
-(``prepare.prepare_data``, ``data.FastRows``, ``data.BatchTransform``). The data is decoded
-once into a uint8 cache at the smaller of the images' size and the model's input size
-(CIFAR-10's 32 px); each batch is gathered from the memory-mapped cache straight into one
+OURS is the real finetune code: ``finetune.training.train.train`` on a recipe built with
+``finetune.recipe.recipe_from_dict``, or, for the data-only rows, the functions ``train()``
+itself uses (``prepared_data.prepare_data``, ``data.FastRows``, ``data.BatchTransform``). The
+data is decoded once into a uint8 cache at the smaller of the images' size and the model's
+input size (CIFAR-10's 32 px); each batch is gathered from the memory-mapped cache straight into one
 tensor; the batch transform resizes (for the model), augments and normalises whole batches
 into reused buffers; a linear probe runs the frozen backbone once and trains
 the head on cached features.

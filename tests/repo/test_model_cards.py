@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "model_cards" / "quickstart"
@@ -29,7 +28,7 @@ def read(name: str):
 def render(work: Path) -> str:
     """The card ``write_card`` writes for the example's run, rendered in ``work`` into
     ``outputs/quickstart/`` (the recipe's own output_dir, which the card's usage line names)."""
-    from finetune.publish.card import write_card
+    from finetune.publish.card import CardFacts, write_card
     from finetune.recipe import load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "quickstart.json")
@@ -42,9 +41,7 @@ def render(work: Path) -> str:
     try:
         (work / out).mkdir(parents=True, exist_ok=True)
         shutil.copy(EXAMPLE / "confusion_matrix.png", work / out / "confusion_matrix.png")
-        path = write_card(
-            out,
-            recipe=recipe,
+        facts = CardFacts(
             eval_metrics=read("eval_results.json"),
             train_metrics=read("train_results.json"),
             eval_name=report["split"],
@@ -52,10 +49,11 @@ def render(work: Path) -> str:
             num_train=data["splits"]["train"]["images"],
             num_validation=data["splits"]["validation"]["images"],
             report=report,
-            loaded=SimpleNamespace(trainable=inputs["trainable"], total=inputs["total"], lora=None),
+            trainable=(inputs["trainable"], inputs["total"]),
             image_size=inputs["image_size"],
             augmentation=inputs["augmentation"],
         )
+        path = write_card(out, recipe, facts)
         return (work / path).read_text(encoding="utf-8")
     finally:
         os.chdir(here)
