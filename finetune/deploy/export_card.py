@@ -1,4 +1,4 @@
-"""The exported folder's card (README.md): what was exported, how it was checked, and the int8 comparison as measured."""
+"""The exported folder's card (README.md): what was exported, how it was checked, and how int8 compared with fp32 on this export's images."""
 
 from __future__ import annotations
 

@@ -262,10 +262,9 @@ def use_channels_last(model: nn.Module, cfg: ModelConfig, args: Any = None) -> b
     CPU, unless FSDP or DeepSpeed shard the weights (their flattening is not tested with it).
 
     cuDNN's convolutions run faster on NHWC tensors, and so do oneDNN's on the CPU, the
-    depthwise ones of EfficientNet most. ``bench/channels_last.py`` on 2 cores (torch 2.14):
-    EfficientNet-Lite0 at 96 px 1.82× faster in inference and 1.40× in training, at 224 px
-    2.53× and 1.59×; ResNet-18 1.22× and 1.01×; ConvNeXt-Atto and MobileNetV3-Small within
-    4% either way. Other accelerators (MPS, XPU) keep the default layout: not measured."""
+    depthwise ones of EfficientNet most; in no convolutional model timed on the CPU was it
+    clearly slower (bench/README.md, the channels-last table). Other accelerators (MPS, XPU)
+    keep the default layout: it has not been timed there."""
     if cfg.channels_last is not None:
         return cfg.channels_last
     other = torch.backends.mps.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())

@@ -54,7 +54,7 @@ class Expected:
 
     metric: str = "accuracy"
     value: float = 0.0
-    #: Free text: on what hardware / split / budget the value was measured.
+    #: Free text: on what hardware / split / budget the value was obtained.
     note: str | None = None
 
 

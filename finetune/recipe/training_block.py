@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Why not `from transformers import TrainingArguments`: that import pulls in torch, 7+ s on
-# a 2-core machine, which is most of what `finetune validate` and a bad recipe's error took.
-# Parsing the annotations of transformers' training_args.py (and the modules its enums come
-# from) with `ast` says the same in about 0.15 s; tests/test_training_fields.py holds this
-# reading equal to the real class.
+# Why not `from transformers import TrainingArguments`: that import pulls in torch, seconds
+# on a small CPU, which was most of what `finetune validate` and a bad recipe's error took.
+# Parsing the annotations of the source of `transformers.training_args` (and of the modules
+# its enums come from) with `ast` says the same in a fraction of that time; a test holds
+# this reading equal to the real class.
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def fields() -> dict[str, Field]:
         return _from_source()
     except Exception:
         # A zipped or compiled-only install, or a source layout this reading does not know
-        # (tests/test_training_fields.py says which): importing the class is slow but correct.
+        # (the test of this reading says which): importing the class is slow but correct.
         return _from_import()
 
 
