@@ -150,7 +150,7 @@ class BatchTransform:
         self.size = tuple(size)
         self.resize = resize
         #: Batches come out in channels-last memory (same shape and values) for a model
-        #: converted to it (``model.use_channels_last``).
+        #: converted to it (``finetune.models.classifier.use_channels_last``).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
         # (x / 255 - mean) / std as x * scale + shift: two passes over the batch, not three.
@@ -287,7 +287,8 @@ class BatchTransform:
             if isinstance(step, v2.RandomResizedCrop):
                 p = step.make_params([image])
                 top, left, height, width = p["top"], p["left"], p["height"], p["width"]
-                # torchvision keeps the mode as an InterpolationMode or, in newer releases, its string.
+                # torchvision keeps the mode as an InterpolationMode or, in newer releases, its
+                # string.
                 bilinear = getattr(step.interpolation, "value", step.interpolation) == "bilinear"
                 if image.device.type == "cpu" and image.dtype == torch.uint8 and bilinear:
                     image = _resized_crop_uint8(image, top, left, height, width, list(step.size), step.antialias)

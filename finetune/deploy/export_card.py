@@ -1,4 +1,4 @@
-"""The exported folder's card (README.md): what was exported, how it was checked, and how int8 compared with fp32 on this export's images."""
+"""The exported folder's card (README.md): what was exported, how it was checked, and how its int8 model compared with fp32."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from finetune.recipe.metric_names import DISPLAY_NAMES, HUB_TYPES
 from finetune.utils.locations import is_hub_id
 
 #: Inside the package, so that an installed wheel has it; ``model_cards/template.md`` in
-#: the repository is the copy people read (tests/test_card.py keeps the two identical).
+#: the repository is the copy people read (a test keeps the two identical).
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 #: Hyper-parameters shown in the card when the recipe leaves them at the default.
 _SHOWN_ARGS = (
@@ -110,7 +110,7 @@ class CardFacts:
     class_names: list[str]
     num_train: int
     num_validation: int
-    #: The per-class report (evaluation/metrics.py's ``per_class_report``), or None.
+    #: The per-class report (``finetune.evaluation.metrics.per_class_report``), or None.
     report: dict[str, Any] | None = None
     #: (trained parameters, all parameters), or None when not known.
     trainable: tuple[int, int] | None = None
@@ -173,7 +173,7 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         (DISPLAY_NAMES[m], float(facts.eval_metrics[f"eval_{m}"])) for m in recipe.metrics if f"eval_{m}" in facts.eval_metrics
     ]
     if facts.train_metrics.get("probe_solver") == "lbfgs":
-        # No SGD loop ran: the optimizer settings in `training` were not used (probe.py).
+        # No SGD loop ran: the optimizer settings in `training` were not used (finetune.probe.head).
         shown = {
             "head solver": "L-BFGS, multinomial logistic regression on cached features",
             "L2 strength λ": facts.train_metrics.get("probe_l2"),

@@ -77,7 +77,7 @@ def storage_shared(tensor) -> bool:
 # --- transformers Trainer
 #
 # Checked with transformers 5.24.0; pyproject.toml bounds transformers below the next
-# minor release, which tests/test_compat.py must pass before the bound moves.
+# minor release, which the tests of this module must pass before the bound moves.
 
 
 def loss_is_a_batch_mean(trainer: Any) -> None:
