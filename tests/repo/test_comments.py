@@ -3,7 +3,8 @@
 A figure in a comment has no date, no machine and no command to rerun, and it goes on being
 read long after the code it justified changed: figures live, dated, in bench/README.md and
 the docs. A file name in a comment goes stale when modules move: a comment points to a
-module or a function by its dotted name (``finetune.training.output_dir``) or in words.
+module or a function by its dotted name (``finetune.training.output_dir``) or in words, and
+every such ``finetune.…`` name must still exist.
 
 Every ``finetune/**/*.py`` is read as text: its comments through ``tokenize``, its
 docstrings (and any other string standing alone as a statement) through ``ast``.
@@ -50,6 +51,10 @@ ALLOWED = {
 }
 
 
+#: A dotted name inside the package: ``finetune.training.output_dir.claim_output_dir``.
+DOTTED = re.compile(r"\bfinetune(?:\.\w+)+")
+
+
 def package_files() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
@@ -86,6 +91,42 @@ def report(pattern: re.Pattern[str]) -> list[str]:
     ]
 
 
+def _defines(tree: ast.Module, names: list[str]) -> bool:
+    """Whether ``names`` (an attribute path) is defined in ``tree``: a def, class, assignment or
+    import at module level, then inside that class, and so on."""
+    scope: list[ast.stmt] = tree.body
+    for name in names:
+        found = None
+        for node in scope:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                bound = [node.name]
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                bound = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                bound = [a.asname or a.name.split(".")[0] for a in node.names]
+            else:
+                continue
+            if name in bound:
+                found = node
+        if found is None:
+            return False
+        scope = getattr(found, "body", [])
+    return True
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``finetune.a.b.c`` names a module of the package, or something defined in one,
+    read from the source (nothing is imported)."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:i])
+        for module in (base.with_suffix(".py"), base / "__init__.py"):
+            if module.is_file():
+                return _defines(ast.parse(module.read_text(encoding="utf-8")), parts[i:])
+    return False
+
+
 def test_the_package_is_read() -> None:
     files = package_files()
     assert PACKAGE / "run.py" in files and len(files) > 50
@@ -105,6 +146,25 @@ def test_no_figures_in_comments_or_docstrings() -> None:
         "Measured figures go, dated, into bench/README.md ('Figures behind design choices in the "
         "code'); the comment keeps the reason in words:\n" + "\n".join(found)
     )
+
+
+def test_dotted_names_in_comments_and_docstrings_exist() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {name} in: {text.strip()}"
+        for path in package_files()
+        for line, text in prose(path.read_text(encoding="utf-8"))
+        for name in (m.group(0).rstrip(".") for m in DOTTED.finditer(text))
+        if not resolves(name)
+    ]
+    assert not found, "Comments and docstrings name modules and functions that no longer exist:\n" + "\n".join(found)
+
+
+def test_dotted_names_are_resolved() -> None:
+    assert resolves("finetune.training.output_dir.claim_output_dir")
+    assert resolves("finetune.probe.features.HeadModel.forward")
+    assert resolves("finetune.probe")
+    assert not resolves("finetune.train")
+    assert not resolves("finetune.training.train._finish")
 
 
 @pytest.mark.parametrize(
