@@ -2,10 +2,10 @@
 
 ``AutoModelForImageClassification`` loads HF-native models (ViT, DeiT, ResNet, ConvNeXt,
 Swin, BEiT, ...) and timm models through TimmWrapper; ``builtin:`` names resolve to local
-checkpoints (builtin.py). Only head parameters may be re-initialised: anything else
-missing from the checkpoint means the wrong model was named, and is an error. With
-``model.from_scratch`` only the configuration is loaded, and every weight is drawn at random
-(the no-pretraining baseline of a study).
+checkpoints (:mod:`finetune.models.builtin`). Only head parameters may be re-initialised:
+anything else missing from the checkpoint means the wrong model was named, and is an error.
+With ``model.from_scratch`` only the configuration is loaded, and every weight is drawn at
+random (the no-pretraining baseline of a study).
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ def resize_processor(processor, config, size: int):
 
 @dataclass
 class LoadedModel:
-    """A classifier with its new head, prepared for its strategy (models/strategies.py)."""
+    """A classifier with its new head, prepared for its strategy
+    (:mod:`finetune.models.strategies`)."""
 
     model: nn.Module
     #: The tensors drawn anew for the user's classes (the head's).
@@ -198,9 +199,10 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
 
 
 def _from_scratch(cfg: ModelConfig, config, class_names: list[str]) -> LoadedModel:
-    """``model.from_scratch``: the architecture of ``config`` with every weight drawn at random
-    (the architecture's own initialisation, seeded by the caller), nothing loaded: the
-    baseline that shows what pretraining is worth. Only strategy "full" is allowed (recipe_checks.py)."""
+    """``model.from_scratch``: the architecture of ``config`` with every weight drawn at
+    random (the architecture's own initialisation, seeded by the caller), nothing loaded:
+    the baseline that shows what pretraining is worth. Only strategy "full" is allowed (the
+    recipe checks say so)."""
     from transformers import AutoModelForImageClassification
 
     model = AutoModelForImageClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
@@ -262,10 +264,9 @@ def use_channels_last(model: nn.Module, cfg: ModelConfig, args: Any = None) -> b
     CPU, unless FSDP or DeepSpeed shard the weights (their flattening is not tested with it).
 
     cuDNN's convolutions run faster on NHWC tensors, and so do oneDNN's on the CPU, the
-    depthwise ones of EfficientNet most. ``bench/channels_last.py`` on 2 cores (torch 2.14):
-    EfficientNet-Lite0 at 96 px 1.82× faster in inference and 1.40× in training, at 224 px
-    2.53× and 1.59×; ResNet-18 1.22× and 1.01×; ConvNeXt-Atto and MobileNetV3-Small within
-    4% either way. Other accelerators (MPS, XPU) keep the default layout: not measured."""
+    depthwise ones of EfficientNet most; in no convolutional model timed on the CPU was it
+    clearly slower (bench/README.md, the channels-last table). Other accelerators (MPS, XPU)
+    keep the default layout: it has not been timed there."""
     if cfg.channels_last is not None:
         return cfg.channels_last
     other = torch.backends.mps.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())

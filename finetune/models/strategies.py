@@ -92,7 +92,8 @@ class LinearProbe(_Frozen):
         return cfg.feature_cache
 
     def checkpoint_holds(self, cfg: ModelConfig) -> str:
-        # On cached features the Trainer trains the head alone (probe/head.py's HeadModel).
+        # On cached features the Trainer trains the head alone
+        # (``finetune.probe.features.HeadModel``).
         return "head" if cfg.feature_cache else "model"
 
     def trainable_names(self, model: nn.Module, cfg: ModelConfig, head: list[str]) -> set[str]:
@@ -148,7 +149,8 @@ class LpFt(Strategy):
     probe_first = True
 
 
-#: Every strategy, by the name a recipe gives (recipe/schema.py's ``Strategy`` lists the same names).
+#: Every strategy, by the name a recipe gives (``finetune.recipe.schema.Strategy`` lists the
+#: same names).
 REGISTRY: dict[str, Strategy] = {s.name: s for s in (Strategy(), LinearProbe(), Partial(), Lora(), LpFt())}
 
 

@@ -1,11 +1,11 @@
 """The cached-feature linear probe's training: the head fitted by the Trainer or by L-BFGS on the
-features that features.py computes once, saved as a full model.
+features that :mod:`finetune.probe.features` computes once, saved as a full model.
 
-``probe_setup`` gives train.py a Trainer class and a batch transform for the probe; the
-Trainer subclass computes the features on first use (train, validation, eval), trains the
-head with the recipe's optimizer and schedule, or fits it as an L2-regularised multinomial
-logistic regression by full-batch L-BFGS (``model.probe_solver: lbfgs``), and saves the whole
-model (frozen backbone plus trained head), so the output folder is like any other run's.
+``probe_setup`` gives the training run a Trainer class and a batch transform for the probe; the
+Trainer subclass computes the features on first use (train, validation, eval), trains the head
+with the recipe's optimizer and schedule, or fits it as an L2-regularised multinomial logistic
+regression by full-batch L-BFGS (``model.probe_solver: lbfgs``), and saves the whole model
+(frozen backbone plus trained head), so the output folder is like any other run's.
 """
 
 from __future__ import annotations
@@ -131,16 +131,16 @@ def probe_setup(
 ):
     """For the run's one branch: (the Trainer class, the batch transform it will really use).
 
-    ``shared`` (training/shared.py's ``SharedWork``, when a study or search runs) keeps the
+    ``shared`` (``finetune.training.shared.SharedWork``, when a study or search runs) keeps the
     features of each decoded split for the next run of the same ``scope``.
 
     Fails (one line, with the fix) when the strategy trains anything besides the final
-    Linear, because cached features could not train it. When the recipe asks for augmentation,
-    it says once in the log that augmentation does not apply, and adds that to the data
-    report's notes (rewriting ``report_path``, since train.py has written the report by then).
-    It returns a transform without augmentation, so later log lines describe what really
-    happens. With ``model.probe_solver: lbfgs`` it says so, and names the ``training`` keys
-    the recipe set that the L-BFGS fit does not use.
+    Linear, because cached features could not train it. When the recipe asks for
+    augmentation, it says once in the log that augmentation does not apply, and adds that to
+    the data report's notes (rewriting ``report_path``, since the training run has written
+    the report by then). It returns a transform without augmentation, so later log lines
+    describe what really happens. With ``model.probe_solver: lbfgs`` it says so, and names
+    the ``training`` keys the recipe set that the L-BFGS fit does not use.
     """
     head_name, head = find_head(loaded.model)
     head_params = {f"{head_name}.{p}" for p, _ in head.named_parameters()}
@@ -188,10 +188,11 @@ def probe_setup(
 class FeatureProbeTrainer(Trainer):
     """A Trainer for the head alone, on features that the frozen backbone computes once.
 
-    It takes the same arguments as ``trainer.FinetuneTrainer``, so train.py only swaps the
-    class: ``model`` is the full model, and the datasets are the decoded uint8 splits (bare or
-    in ``data.FastRows``). Any decoded split given to ``evaluate``/``predict`` later (for
-    example the eval split) is mapped to its features, computed on first use and cached.
+    It takes the same arguments as ``finetune.training.trainer.FinetuneTrainer``, so the
+    training run only swaps the class: ``model`` is the full model, and the datasets are the
+    decoded uint8 splits (bare or in ``data.FastRows``). Any decoded split given to
+    ``evaluate``/``predict`` later (for example the eval split) is mapped to its features,
+    computed on first use and cached.
 
     Checkpoints hold the head alone (the Trainer's own saving of a model that is not a
     ``PreTrainedModel``): the backbone never changes, and would add its whole size to every

@@ -110,7 +110,7 @@ class CardFacts:
     class_names: list[str]
     num_train: int
     num_validation: int
-    #: The per-class report (evaluation/metrics.py's ``per_class_report``), or None.
+    #: The per-class report (``finetune.evaluation.metrics.per_class_report``), or None.
     report: dict[str, Any] | None = None
     #: (trained parameters, all parameters), or None when not known.
     trainable: tuple[int, int] | None = None
@@ -173,7 +173,7 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         (DISPLAY_NAMES[m], float(facts.eval_metrics[f"eval_{m}"])) for m in recipe.metrics if f"eval_{m}" in facts.eval_metrics
     ]
     if facts.train_metrics.get("probe_solver") == "lbfgs":
-        # No SGD loop ran: the optimizer settings in `training` were not used (probe.py).
+        # No SGD loop ran: the optimizer settings in `training` were not used (finetune.probe.head).
         shown = {
             "head solver": "L-BFGS, multinomial logistic regression on cached features",
             "L2 strength λ": facts.train_metrics.get("probe_l2"),

@@ -3,14 +3,15 @@
 The eval split is read once, by the final run of the best recipe, never by a trial.
 
 The study lives in ``output_dir/search.db`` (SQLite), so running the same command again
-continues a search that was stopped, even by kill -9: finished trials are kept, a trial
-cut off mid-way is redone with the same values. Each trial trains like ``finetune train``
-(train.train_trial) in a temporary folder with no checkpoint unless the recipe loads its
-best epoch back; it reports its validation score at every evaluation, and the pruner
-(median by default) stops unpromising ones. Trials of one search share the decoded data
-and, for a cached-feature linear probe, the backbone's features (training/shared.py), so such a
-search runs the backbone once. With several processes (``accelerate launch``, torchrun)
-every trial uses every rank: the main process samples and the others follow.
+continues a search that was stopped, even by kill -9: finished trials are kept, a trial cut
+off mid-way is redone with the same values. Each trial trains like ``finetune train``
+(``finetune.training.train.train_trial``) in a temporary folder with no checkpoint unless
+the recipe loads its best epoch back; it reports its validation score at every evaluation,
+and the pruner (median by default) stops unpromising ones. Trials of one search share the
+decoded data and, for a cached-feature linear probe, the backbone's features
+(:mod:`finetune.training.shared`), so such a search runs the backbone once. With several
+processes (``accelerate launch``, torchrun) every trial uses every rank: the main process
+samples and the others follow.
 
 Outputs: ``search_results.csv``, ``best_recipe.json``, ``search_history.png``,
 ``search_importance.png`` and, with ``--final`` (the default), the best recipe trained in

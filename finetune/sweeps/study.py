@@ -13,13 +13,13 @@ whose folder already holds its finished results for the same recipe is skipped, 
 killed study continues where it stopped when the same command runs again (the cut-off
 run resumes from its last checkpoint, or starts again). Linear probes on cached features
 share the frozen backbone's features between runs on the same decoded split
-(training/shared.py's ``SharedWork``): one backbone pass per seed and data subset, and one
+(``finetune.training.shared.SharedWork``): one backbone pass per seed and data subset, and one
 for the eval split.
 
 A study is a report, not a selection: every run is scored on the eval split, so choosing
 the best cell by these numbers and quoting its score would report a selected score as a
 test score (``finetune search`` selects on the validation piece instead). The study's
-files say so: ``study.csv``, ``study.md`` and ``study.png`` (study_report.py).
+files say so: ``study.csv``, ``study.md`` and ``study.png`` (:mod:`finetune.sweeps.study_report`).
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def _folder_name(values: dict[str, Any], scratch: bool) -> str:
 
 def seeds_of(recipe: Recipe) -> tuple[int, int]:
     """The recipe's (training.seed, training.data_seed) as a run uses them: seed 42 unless
-    set (args.training_arguments), the data seed following the seed unless set (args.data_seed)."""
+    set (``finetune.training.arguments.training_arguments``), the data seed following the
+    seed unless set (``finetune.training.arguments.data_seed``)."""
     from finetune.training.arguments import data_seed
 
     return int(recipe.training.get("seed", 42)), data_seed(recipe)
@@ -181,7 +182,8 @@ def run_study(recipe: Recipe, source: str = "recipe", overwrite: bool = False) -
 
     cells = plan(recipe, source)
     # The launcher's rank, not PartialState(): its first construction decides the device and
-    # backend for the whole process, which each run's TrainingArguments must do (run.py).
+    # backend for the whole process, which each run's TrainingArguments must do (as in
+    # finetune.cli.common.setup_logging).
     rank = int(os.environ.get("RANK", "0"))
     out = Path(recipe.output_dir)
     study = recipe.study or StudyConfig()

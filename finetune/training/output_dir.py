@@ -28,8 +28,8 @@ LOCK_NAME = ".finetune.lock"
 HOLDER_NAME = ".finetune.lock.json"
 _LOCK_FILES = {LOCK_NAME, HOLDER_NAME, HOLDER_NAME + ".tmp"}
 #: What a run writes before training starts; a folder holding only these has nothing to lose.
-#: LP-FT's probed head (lp_ft.py): kept between attempts of a recipe like the checkpoints,
-#: and removed with them by --overwrite.
+#: LP-FT's probed head (:mod:`finetune.training.lp_ft`): kept between attempts of a recipe like
+#: the checkpoints, and removed with them by --overwrite.
 LP_HEAD = "lp_head.safetensors"
 _BEFORE_TRAINING = {"recipe.json", "data_report.json", "recipe.json.tmp", "data_report.json.tmp"} | _LOCK_FILES
 
@@ -287,8 +287,9 @@ def what_a_rerun_does(out: Path, final_step: int | None = None) -> str:
 
 
 class FollowUmaskCallback(TrainerCallback):
-    """Each checkpoint's weights get the mode any new file gets (util.follow_umask:
-    safetensors leaves them readable by their owner only)."""
+    """Each checkpoint's weights get the mode any new file gets
+    (``finetune.utils.files.follow_umask``: safetensors leaves them readable by their owner
+    only)."""
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:

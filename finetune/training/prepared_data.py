@@ -18,7 +18,8 @@ class Prepared:
     validation: Any | None
     eval: Any
     data_report: dict[str, Any]
-    #: data.eval_sets, decoded and mapped onto the model's classes (eval_sets.py).
+    #: data.eval_sets, decoded and mapped onto the model's classes
+    #: (:mod:`finetune.evaluation.eval_sets`).
     eval_sets: dict[str, EvalSet] = field(default_factory=dict)
 
 

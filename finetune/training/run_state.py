@@ -42,9 +42,9 @@ class Run:
     transform: Any = None
     accumulator: Any = None
     trainer: Trainer | None = None
-    #: LP-FT's probe phase (lp_ft.py), or None.
+    #: LP-FT's probe phase (:mod:`finetune.training.lp_ft`), or None.
     lp_record: dict[str, Any] | None = None
-    #: What _finish has done, for the message if a signal stops it.
+    #: What ``finetune.training.finish.finish`` has done, for the message if a signal stops it.
     done: list[str] = field(default_factory=list)
 
     @property

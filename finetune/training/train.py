@@ -1,12 +1,14 @@
 """One training run: the Trainer (through accelerate) on the prepared data, then the outputs.
 
-recipe → TrainingArguments (arguments.py) → output folder locked and checked
-(output_dir.py) → processor → data (prepare.py) → model, prepared for its strategy
-(models/strategies.py), and a frozen teacher to distil from (distill.py) → Trainer
-(trainer.py, or the probe's on cached features) → train (resuming when the same recipe ran
-here before; stopping cleanly on SIGTERM or Ctrl-C, interrupts.py) → final evaluation on
-the eval split → model, processor, metrics, recipe.json, report and card in the output
-folder. A full disk stops the run with one line saying where and how much.
+recipe → TrainingArguments (``finetune.training.arguments``) → output folder locked and
+checked (``finetune.training.output_dir``) → processor → data
+(``finetune.training.prepared_data``) → model, prepared for its strategy
+(``finetune.models.strategies``), and a frozen teacher to distil from
+(``finetune.training.distill``) → Trainer (``finetune.training.trainer``, or the probe's on
+cached features) → train (resuming when the same recipe ran here before; stopping cleanly on
+SIGTERM or Ctrl-C, ``finetune.training.interrupts``) → final evaluation on the eval split
+(``finetune.training.finish``) → model, processor, metrics, recipe.json, report and card in
+the output folder. A full disk stops the run with one line saying where and how much.
 
 The recipe is resolved once into a :class:`Run`; each stage takes the run and reads only
 its part. ``train_trial`` is a search trial: the same data, model and Trainer, scored on
@@ -149,7 +151,8 @@ def _run(run: Run) -> dict[str, Any]:
 
 def _train(run: Run) -> dict[str, Any]:
     """Build the run (for LP-FT: its probe phase first), train it (the fine-tune phase), then
-    the outputs (finish.py); a signal stops it cleanly, with one line saying what is saved."""
+    the outputs (``finetune.training.finish``); a signal stops it cleanly, with one line saying
+    what is saved."""
     recipe, args, interrupts = run.recipe, run.args, run.interrupts
     trainer = _build(run).trainer
     if run.lp_record is not None:
@@ -255,7 +258,7 @@ def _build(run: Run) -> Run:
         precision(args),
     )
     # The processor's normalisation and output size, and its resize for splits that decode
-    # kept below the model's input size (data/decode.py).
+    # kept below the model's input size (finetune.data.decode).
     transform = data.BatchTransform.for_processor(processor, recipe.data.augment, channels_last=channels_last)
     size = transform.size
     run.accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
