@@ -178,6 +178,8 @@ class BatchTransform:
         #: Mixup / CutMix of training batches (applied by the Trainer, which holds the labels);
         #: None: off.
         self.mix = BatchMix.from_config(augment)
+        #: For streamed batches (:meth:`for_stream`): the steps the loader workers ran.
+        self.in_workers = None
         self._buffers: dict[bool, list[torch.Tensor]] = {}
 
     @classmethod
@@ -193,10 +195,19 @@ class BatchTransform:
         mixing whole batches is :attr:`mix`."""
         return self.augment is not None or self.erase is not None
 
+    def for_stream(self) -> BatchTransform:
+        """A copy for batches that a streamed split's loader workers already cropped, flipped
+        and passed through the policy (``finetune.data.stream_images``): it normalises and,
+        in training, erases and mixes, as here; :meth:`describe` says where each step runs."""
+        streamed = copy.copy(self)
+        streamed.augment, streamed.crop_size = None, None
+        streamed.in_workers = self.augment
+        return streamed
+
     def without_augmentation(self) -> BatchTransform:
         """A copy that only normalises (sharing this one's buffers)."""
         plain = copy.copy(self)
-        plain.augment, plain.erase, plain.crop_size, plain.mix = None, None, None, None
+        plain.augment, plain.erase, plain.crop_size, plain.mix, plain.in_workers = None, None, None, None, None
         return plain
 
     def __call__(self, pixels: torch.Tensor, train: bool, seed: int | None = None) -> torch.Tensor:
@@ -305,19 +316,23 @@ class BatchTransform:
         return image
 
     def describe(self) -> str:
-        if not self.augments:
+        if not self.augments and self.in_workers is None:
             return self.mix.describe() if self.mix is not None else "none"
         from torchvision.transforms import v2
 
         parts = []
-        for t in self.augment.transforms if self.augment is not None else []:
+        steps = self.in_workers if self.in_workers is not None else self.augment
+        for t in steps.transforms if steps is not None else []:
             if isinstance(t, v2.RandomResizedCrop):
                 parts.append(f"random resized crop (scale {t.scale[0]:g}-{t.scale[1]:g})")
             elif isinstance(t, v2.RandomHorizontalFlip):
                 parts.append("horizontal flip")
             else:
                 parts.append(type(t).__name__)
-        if self.erase is not None:
-            parts.append(f"random erasing (p={self.erase.p:g})")
-        text = ", ".join(parts) + " (per image, batch-wise)"
+        erase = f"random erasing (p={self.erase.p:g})" if self.erase is not None else None
+        if self.in_workers is not None:
+            text = ", ".join(parts) + " (per image, in the loader workers, cropped from each original image)"
+            text += f"; then {erase} (per image, on the training device)" if erase else ""
+        else:
+            text = ", ".join(parts + ([erase] if erase else [])) + " (per image, batch-wise)"
         return text + (f"; then {self.mix.describe()}" if self.mix is not None else "")

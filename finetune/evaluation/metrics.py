@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 MODULE_DIR = Path(__file__).parent / "evaluate_modules"
 TOP_K = 5
+#: The label of rows that are not scored (padding of a streamed evaluation).
+IGNORE_INDEX = -100
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,13 +92,22 @@ class MetricAccumulator:
         self.metrics = metrics
         self.num_labels = num_labels
         self.last: Predictions | None = None
+        #: Which gathered rows of the last evaluation were scored (see ``IGNORE_INDEX``).
+        self.kept: np.ndarray | None = None
         self._parts: list[tuple[np.ndarray, ...]] = []
+        self._kept: list[np.ndarray] = []
 
     def __call__(self, eval_pred: Any, compute_result: bool = True) -> dict[str, float]:
         logits = eval_pred.predictions
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits
         logits = torch.as_tensor(logits).detach().float()
         labels = torch.as_tensor(eval_pred.label_ids).detach().long()
+        # Rows labelled -100 (the ignore index) are a streamed evaluation's padding, which
+        # makes batches equal across processes, and its unreadable images: not scored.
+        kept = labels != IGNORE_INDEX
+        self._kept.append(kept.cpu().numpy())
+        if not bool(kept.all()):
+            logits, labels = logits[kept], labels[kept]
         probs = logits.softmax(-1)
         k = min(TOP_K, probs.shape[-1])
         top = probs.topk(k, dim=-1)
@@ -112,7 +123,8 @@ class MetricAccumulator:
         if not compute_result:
             return {}
         columns = [np.concatenate(col) for col in zip(*self._parts)]
-        self._parts = []
+        self.kept = np.concatenate(self._kept)
+        self._parts, self._kept = [], []
         self.last = Predictions(*columns)
         out = compute(self.metrics, self.last, self.num_labels)
         out["num_images"] = int(len(self.last.labels))

@@ -15,6 +15,7 @@ from finetune.recipe import training_block as training_fields
 from finetune.recipe.metric_names import KNOWN_METRICS
 from finetune.recipe.schema import (
     EVAL_SET_NAME,
+    DataConfig,
     FINETUNE_TRAINING_KEYS,
     LORA_KEYS,
     RESERVED_EVAL_SET_NAMES,
@@ -77,6 +78,7 @@ def validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) ->
             f"'full' (a frozen random backbone learns nothing), got '{m.strategy}'"
         )
     _check_eval_sets(d.eval_sets, source, problems)
+    problems += _check_streaming(recipe, source)
     problems += _regularisers(recipe, source)
     if m.strategy == "partial" and m.unfreeze_last_n < 1:
         problems.append(f"{source}: 'model.unfreeze_last_n' must be >= 1 with strategy 'partial'")
@@ -282,6 +284,45 @@ def _check_strategy_keys(recipe: Recipe, source: str, problems: list[str]) -> No
             )
         if m.probe_solver == "trainer" and not m.lp_epochs > 0:
             problems.append(f"{source}: 'model.lp_epochs' must be > 0, got {m.lp_epochs}")
+
+
+def needs_decode_cache(recipe: Recipe) -> list[str]:
+    """What in the recipe only the decode-cache path does (each one line: the key and why),
+    so ``data.streaming`` "auto" keeps the cache and true is refused."""
+    d, m = recipe.data, recipe.model
+    out = []
+    if builtins.is_builtin(d.dataset):
+        out.append(f"'data.dataset' '{d.dataset}' is a small built-in set held in memory")
+    if m.caches_features or m.strategy == "lp_ft":
+        out.append(f"'model.strategy' '{m.strategy}' fits a linear probe on features of the decoded splits")
+    for key in ("samples_per_class", "max_train_samples", "max_eval_samples"):
+        if getattr(d, key) is not None:
+            out.append(f"'data.{key}' draws a class-balanced subset, which needs every label before training")
+    if d.class_weights is not None:
+        out.append("'data.class_weights' counts the training images of each class before training")
+    if d.sampler is not None:
+        out.append("'data.sampler' draws images by class from the whole split at random")
+    if recipe.training.get("dataloader_persistent_workers"):
+        out.append("'training.dataloader_persistent_workers' keeps loader workers, which would keep the first epoch's order")
+    return out
+
+
+def _check_streaming(recipe: Recipe, source: str) -> list[str]:
+    d = recipe.data
+    problems = []
+    if d.shuffle_buffer < 1:
+        problems.append(f"{source}: 'data.shuffle_buffer' must be >= 1 (images shuffled together), got {d.shuffle_buffer}")
+    if d.streaming is True:
+        problems += [
+            f"{source}: 'data.streaming' true, but {why}; set data.streaming to false or 'auto'"
+            for why in needs_decode_cache(recipe)
+        ]
+    elif d.streaming is False and d.shuffle_buffer != DataConfig().shuffle_buffer:
+        problems.append(
+            f"{source}: 'data.shuffle_buffer' shuffles streamed images, but 'data.streaming' is false; "
+            "remove it, or set data.streaming to true or 'auto'"
+        )
+    return problems
 
 
 def _is_hex(text: str) -> bool:

@@ -217,6 +217,16 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     #: Processes for the one-off decode/resize ``datasets.map`` pass (null: automatic).
     preprocessing_num_workers: int | None = None
+    #: Stream the images (decoded, cropped and flipped in DataLoader workers every epoch,
+    #: nothing written to disk) instead of decoding every split into a cache first
+    #: (:mod:`finetune.training.streamed_data`). "auto": stream when the estimated decode
+    #: cache would exceed 20 GB or the free disk, and the recipe needs nothing that only
+    #: the cache gives (k-shot subsets, class weights, the balanced sampler, a cached-feature
+    #: probe); the log says which path and why.
+    streaming: bool | Literal["auto"] = "auto"
+    #: Streaming from shards (parquet row groups, WebDataset tars, Hub shards): the images
+    #: each worker shuffles together, read from its shards in turn, in a seeded block.
+    shuffle_buffer: int = 1000
     #: Extra evaluation sets, NAME → where to find them; each is mapped onto the model's
     #: classes by name and scored once at the end (:mod:`finetune.evaluation.eval_sets`).
     eval_sets: dict[str, EvalSetConfig] = field(default_factory=dict)

@@ -9,7 +9,8 @@ from typing import Any
 from finetune import data
 from finetune.evaluation import eval_sets, metrics, plots
 from finetune.publish import card
-from finetune.training import lp_ft
+from finetune.data.stream import ImageStream
+from finetune.training import lp_ft, streamed_data
 from finetune.training.interrupts import signal_name
 from finetune.training.output_dir import disk_full_is_a_user_error, what_a_rerun_does
 from finetune.training.run_state import Run
@@ -62,7 +63,10 @@ def finish(run: Run, result) -> dict[str, Any]:
     # best checkpoint by validation score when the recipe asks for it).
     final = trainer.evaluate(eval_dataset=data.FastRows.wrap(prepared.eval), metric_key_prefix="eval")
     trainer.log_metrics("eval", final)
-    predictions = run.accumulator.last
+    predictions, scored = run.accumulator.last, run.accumulator.kept
+    if getattr(trainer, "stream", None) is not None:
+        # The unreadable images every process met, into the data report.
+        streamed_data.report_bad_images(trainer.stream, prepared, out, run.main)
     # The other domains, each once too; their NAME_* metrics join eval_results.json.
     set_scores, set_reports = eval_sets.score(trainer, run.accumulator, prepared.eval_sets, out, splits.class_names)
     if trainer.is_world_process_zero():
@@ -73,7 +77,8 @@ def finish(run: Run, result) -> dict[str, Any]:
         if report is not None:
             report["split"] = splits.eval_name
             write_json(out / "eval_report.json", report)
-            plots.write_plots(out, predictions, splits.class_names, prepared.eval, trainer.state.log_history)
+            images = streamed_data.EvalRows(prepared.eval, scored) if isinstance(prepared.eval, ImageStream) else prepared.eval
+            plots.write_plots(out, predictions, splits.class_names, images, trainer.state.log_history)
         card.write_card(out, recipe, card.CardFacts(
             eval_metrics=final,
             train_metrics=result.metrics,

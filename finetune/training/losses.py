@@ -46,5 +46,13 @@ def classification_loss(
 def evaluation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The loss every evaluation reports and model selection reads: plain cross-entropy with
     the true classes, whatever weights, smoothing or mixing training used, so that runs with
-    different regularisers are scored on the same scale."""
-    return classification_loss(logits, labels)
+    different regularisers are scored on the same scale.
+
+    Rows labelled -100 (a streamed evaluation's padding and unreadable images) are left
+    out; a batch of padding alone scores 0."""
+    kept = labels != -100
+    if bool(kept.all()):
+        return classification_loss(logits, labels)
+    if not bool(kept.any()):
+        return logits.float().sum() * 0.0
+    return classification_loss(logits[kept], labels[kept])

@@ -27,6 +27,7 @@ import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, set_seed
 
 from finetune import data
+from finetune.data.stream import ImageStream
 from finetune.evaluation import eval_sets, metrics
 from finetune.models import classifier as model_lib
 from finetune.models import strategies
@@ -43,6 +44,7 @@ from finetune.training.output_dir import (
     what_a_rerun_does,
 )
 from finetune.training.prepared_data import Prepared, check_prepared, prepare_data
+from finetune.training import streamed_data
 from finetune.training.run_state import Run
 from finetune.training.shared import SharedWork
 from finetune.training.trainer import FinetuneTrainer, trainer_options
@@ -211,13 +213,24 @@ def _build(run: Run) -> Run:
     key = SharedWork.data_key(recipe, seed) if run.for_trial and shared is not None else None
     prepared = shared.prepared.get(key) if key is not None else None
     if prepared is None:
-        with args.main_process_first(desc="data preparation"):
-            prepared = prepare_data(recipe, processor, seed, with_eval=not run.for_trial)
+        choice = streamed_data.decide(recipe, processor, run.state, with_eval=not run.for_trial)
+        logger.info("data: %s (%s)", "streaming" if choice.stream else "decode cache", choice.why)
+        if choice.stream:
+            streamed_data.configure_workers(args, recipe)
+            prepared = streamed_data.prepare_streams(recipe, processor, seed, choice.source, args, run.state, choice.why)
+        else:
+            with args.main_process_first(desc="data preparation"):
+                prepared = prepare_data(recipe, processor, seed, with_eval=not run.for_trial)
+            prepared.data_report["input"] = {"path": "decode cache", "why": choice.why}
         if key is not None:
             shared.prepared[key] = prepared
     if run.main and not run.for_trial:
         write_json(run.out / "data_report.json", prepared.data_report)
-    check_prepared(prepared, recipe.data)
+    streamed = isinstance(prepared.train, ImageStream)
+    if streamed:
+        streamed_data.preflight(prepared.train)
+    else:
+        check_prepared(prepared, recipe.data)
     splits = prepared.splits
     if recipe.data.eval_sets and not run.for_trial:
         # Before training: a set with a class the model lacks, or unreadable, stops the run now.
@@ -273,6 +286,14 @@ def _build(run: Run) -> Run:
             recipe.model, recipe.training, shared=shared, scope=SharedWork.feature_scope(recipe),
         )
     run.transform = transform
+    stream = None
+    if streamed:
+        # The loader workers crop, flip and apply the policy; the device normalises,
+        # erases and mixes. The stream resumes itself: the Trainer must not skip batches.
+        stream = streamed_data.stream_state(prepared, recipe, args)
+        transform = transform.for_stream()
+        run.transform = transform
+        args.ignore_data_skip = True
     if run.strategy.probe_first:
         # Before the fine-tune's Trainer exists: its set_seed then leaves the random state
         # the same whether the probe was fitted now or loaded from an earlier attempt.
@@ -294,6 +315,7 @@ def _build(run: Run) -> Run:
         callbacks=callbacks(recipe),
         # A teacher never comes with cached features (the recipe checks refuse the pair).
         **({"teacher": teacher} if teacher is not None else {}),
+        **({"stream": stream} if stream is not None else {}),
         # Class weights, the balanced sampler and the EMA (the recipe checks refuse them with the probe).
         **({} if caches else trainer_options(recipe)),
     )

@@ -9,10 +9,13 @@ import torch
 from transformers import Trainer
 
 from finetune import data
+from finetune.data.stream import ImageStream
+from finetune.data.stream_loader import stream_loader
 from finetune.models import lora
 from finetune.recipe import Recipe
 from finetune.training import losses
 from finetune.training.distill import Teacher
+from finetune.training.stream_state import StreamState
 from finetune.utils import compat
 from finetune.utils.errors import UserError
 
@@ -63,10 +66,20 @@ class FinetuneTrainer(Trainer):
         sampler: str | None = None,
         ema_decay: float | None = None,
         ema_warmup: bool = True,
+        stream: StreamState | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.batch_transform = batch_transform
+        #: A streamed run's position and unreadable images (:mod:`finetune.training.stream_state`).
+        self.stream = stream
+        if stream is not None:
+            if self.args.restore_callback_states_from_checkpoint:
+                raise UserError(
+                    "training.restore_callback_states_from_checkpoint re-creates the callbacks on resume, which would "
+                    "drop a streamed run's own state; remove it, or set data.streaming to false"
+                )
+            self.add_callback(stream)
         #: Knowledge distillation (:mod:`finetune.training.distill`): a frozen model run on each
         #: training batch, kept outside ``self.model`` so that it is neither trained nor saved.
         self.teacher = teacher.to(self.args.device) if teacher is not None else None
@@ -133,6 +146,25 @@ class FinetuneTrainer(Trainer):
             # The best checkpoint was chosen by its average's scores: its average is the model.
             self.ema.load(self.state.best_model_checkpoint)
         return result
+
+    def get_train_dataloader(self):
+        """A streamed split's own loader (its batches are made in its workers), else the Trainer's."""
+        if isinstance(self.train_dataset, ImageStream):
+            return stream_loader(self.train_dataset, self.args)
+        return super().get_train_dataloader()
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if isinstance(dataset, ImageStream):
+            return stream_loader(dataset, self.args)
+        return super().get_eval_dataloader(eval_dataset)
+
+    def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
+        """The Trainer's training; a streamed run resumed from a checkpoint starts the stream
+        where that checkpoint's step left it."""
+        if self.stream is not None and isinstance(resume_from_checkpoint, str):
+            self.stream.resume(self, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         return compat.train_sampler(self.train_sampler, train_dataset, super()._get_train_sampler)
@@ -215,6 +247,9 @@ class FinetuneTrainer(Trainer):
         """
         inputs = dict(inputs)
         labels = inputs.pop("labels")
+        bad = inputs.pop("bad", None)  # a streamed batch's unreadable images
+        if bad and self.stream is not None:
+            self.stream.bad.add(bad)
         training = model.training
         seed = self._augmentation_seed() if training else None
         pixels = self.batch_transform(inputs["pixel_values"], train=training, seed=seed)

@@ -1,0 +1,73 @@
+"""Which reader streams ``data.dataset``: an image folder or a table of paths (listed), parquet files, WebDataset tars, or anything else through ``datasets`` streaming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune.data.sources import DataError, check_holds_images
+from finetune.data.stream_hub import open_hub
+from finetune.data.stream_parquet import open_parquet
+from finetune.data.stream_sources import StreamSource, list_image_folder, listed_source, open_table
+from finetune.data.stream_tar import open_tars
+from finetune.recipe import DataConfig
+from finetune.recipe.builtins import is_builtin
+from finetune.utils.errors import first_line
+from finetune.utils.locations import looks_like_path
+
+
+def open_stream(cfg: DataConfig, wanted: list[str]) -> StreamSource:
+    """The splits ``wanted`` (train first) of ``data.dataset`` as streams; DataError for a
+    source that cannot be streamed, naming what to do instead."""
+    name = cfg.dataset
+    if is_builtin(name):
+        raise DataError(
+            f"data.streaming: '{name}' is a small built-in set held in memory; set data.streaming to false or 'auto'"
+        )
+    path = Path(name).expanduser()
+    try:
+        if path.is_file():
+            return _open_file(path, cfg, wanted)
+        if path.is_dir():
+            return _open_folder(path, cfg, wanted)
+        if looks_like_path(name):
+            raise DataError(f"data.dataset: no such folder or file '{name}'; check the path")
+        return open_hub(cfg, wanted)
+    except DataError:
+        raise
+    except (ConnectionError, OSError) as err:
+        raise DataError(f"data.dataset: cannot stream '{name}' ({first_line(err)}); check the id, path or network") from None
+
+
+def _open_file(path: Path, cfg: DataConfig, wanted: list[str]) -> StreamSource:
+    ext = path.suffix.lower()
+    if ext == ".parquet":
+        return open_parquet({"train": [path]}, cfg, wanted)
+    if ext == ".tar":
+        return open_tars({"train": [path]}, cfg, wanted)
+    if ext in (".csv", ".json", ".jsonl"):
+        return open_table(path, cfg, wanted)
+    raise DataError(
+        f"data.dataset: '{path}' cannot be streamed (use parquet, CSV, JSON-lines or WebDataset .tar files, "
+        "or an image folder); or set data.streaming to false"
+    )
+
+
+def _open_folder(root: Path, cfg: DataConfig, wanted: list[str]) -> StreamSource:
+    check_holds_images(root)
+    listed = list_image_folder(root)
+    if listed is not None:
+        splits, names = listed
+        return listed_source(splits, names, "image", "label", cfg, wanted, "image folder")
+    # A folder of data files (the Hub's layout: parquet, WebDataset tars): which files make
+    # which split is decided by `datasets`, as on the decode-cache path.
+    from datasets import load_dataset_builder
+
+    builder = load_dataset_builder(str(root), cfg.config)
+    files = {split: [Path(f) for f in found] for split, found in (builder.config.data_files or {}).items()}
+    if builder.name == "parquet":
+        return open_parquet(files, cfg, wanted)
+    if builder.name == "webdataset":
+        return open_tars(files, cfg, wanted)
+    # Anything else `datasets` reads from a folder (an image folder with metadata files,
+    # CSV, JSON-lines, archives) streams through `datasets` itself.
+    return open_hub(cfg, wanted)

@@ -1,0 +1,312 @@
+"""The streaming input path of a run: whether it streams (``data.streaming``), its streamed splits and data report, and its loader workers.
+
+"auto" streams when the decode cache it would otherwise write is estimated above
+:data:`AUTO_CACHE_LIMIT` or above the free disk where ``datasets`` keeps its cache, and the
+recipe needs nothing that only the cache gives; the main process decides and every
+process follows, so a multi-machine run never splits between the two paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from finetune import data
+from finetune.data import stream_pieces
+from finetune.data.stream import ImageStream
+from finetune.data.stream_images import ImagePipeline, decode_upright
+from finetune.data.stream_open import open_stream
+from finetune.data.stream_sources import ListedSplit, ShardedSplit, StreamSource
+from finetune.recipe import Recipe
+from finetune.recipe.checks import needs_decode_cache
+from finetune.training.prepared_data import Prepared
+
+logger = logging.getLogger("finetune")
+
+#: "auto" streams above this estimated decode cache (bytes): the cache takes a decode pass
+#: over every image before the first step, and one more copy of the data on disk.
+AUTO_CACHE_LIMIT = 20 * 10**9
+#: Image headers read to estimate the decode cache's size.
+SIZE_SAMPLES = 32
+
+
+@dataclass
+class Choice:
+    stream: bool
+    why: str
+    source: StreamSource | None = None
+
+
+def _wanted(recipe: Recipe) -> list[str]:
+    cfg = recipe.data
+    return [cfg.train_split] + ([cfg.eval_split] if cfg.eval_split and cfg.eval_split != cfg.train_split else [])
+
+
+def choose(recipe: Recipe, processor, with_eval: bool = True) -> Choice:
+    """Stream or decode-cache, and why (one line for the log)."""
+    cfg = recipe.data
+    if cfg.streaming is False:
+        return Choice(False, "data.streaming is false")
+    needs = needs_decode_cache(recipe)
+    if needs:
+        return Choice(False, f"{needs[0]}, which the decode cache does")  # true was refused by the recipe checks
+    wanted = _wanted(recipe) if with_eval else [cfg.train_split]
+    try:
+        source = open_stream(cfg, wanted)
+        unknown = [name for name, split in source.splits.items() if isinstance(split, ShardedSplit) and split.sizes is None]
+        if unknown:
+            raise data.DataError(
+                f"data.streaming: the shards of split(s) {', '.join(unknown)} of '{cfg.dataset}' do not state their "
+                "sizes, which an exact epoch needs; set data.streaming to false (the decode cache counts them)"
+            )
+    except data.DataError as err:
+        if cfg.streaming is True:
+            raise
+        return Choice(False, f"it cannot be streamed ({err})")
+    if cfg.streaming is True:
+        return Choice(True, "data.streaming is true", source)
+    estimate = estimate_cache_bytes(source, processor)
+    cache_dir = _cache_dir()
+    free = shutil.disk_usage(cache_dir).free if os.path.isdir(cache_dir) else math.inf
+    size = f"estimated decode cache {_gb(estimate)}"
+    if estimate > AUTO_CACHE_LIMIT:
+        return Choice(True, f"{size} > the {_gb(AUTO_CACHE_LIMIT)} limit of data.streaming 'auto'", source)
+    if estimate > 0.9 * free:
+        return Choice(True, f"{size} > 90% of the {_gb(free)} free in {cache_dir}", source)
+    return Choice(False, f"{size} <= {_gb(AUTO_CACHE_LIMIT)} and fits in the {_gb(free)} free in {cache_dir}")
+
+
+def decide(recipe: Recipe, processor, state, with_eval: bool = True) -> Choice:
+    """:func:`choose` on the main process, followed by every process (the free disk, a
+    network error may differ between machines); the others open the same source."""
+    if state.num_processes == 1:
+        return choose(recipe, processor, with_eval)
+    from accelerate.utils import broadcast_object_list
+
+    choice = choose(recipe, processor, with_eval) if state.is_main_process else None
+    stream, why = broadcast_object_list([choice.stream if choice else None, choice.why if choice else None])
+    if state.is_main_process:
+        return choice  # type: ignore[return-value]
+    wanted = _wanted(recipe) if with_eval else [recipe.data.train_split]
+    return Choice(bool(stream), str(why), open_stream(recipe.data, wanted) if stream else None)
+
+
+def configure_workers(args, recipe: Recipe) -> None:
+    """The loader workers of a streamed run (:func:`loader_workers`), and the training
+    process's CPU threads next to them: on a CPU, the cores the workers do not take."""
+    import torch
+
+    from finetune.utils import threads
+
+    decision = threads.configure_threads()
+    user_set = "dataloader_num_workers" in recipe.training
+    args.dataloader_num_workers = loader_workers(args, user_set, decision)
+    if decision.applies and decision.why == "cores/processes" and args.use_cpu:
+        left = max(1, decision.count - args.dataloader_num_workers)
+        torch.set_num_threads(left)
+        logger.info(
+            "threads: %d CPU thread(s) train, %d loader worker(s) decode (%d cores / %d process(es))",
+            left, args.dataloader_num_workers, decision.cores, decision.processes,
+        )
+    else:
+        logger.info("data: %d loader worker(s) decode the streamed images", args.dataloader_num_workers)
+
+
+def stream_state(prepared: Prepared, recipe: Recipe, args):
+    """The Trainer's callback for a streamed run (:class:`finetune.training.stream_state.StreamState`)."""
+    from finetune.training.stream_state import BadImages, StreamState
+
+    totals = {prepared.train.split.name: len(prepared.train)}
+    if prepared.validation is not None:
+        totals[prepared.validation.split.name] = len(prepared.validation)
+    if prepared.eval is not None:
+        totals[prepared.eval.split.name] = len(prepared.eval)
+    return StreamState(prepared.train, BadImages(totals, recipe.data.max_bad_fraction), args.ignore_data_skip)
+
+
+def _cache_dir() -> str:
+    from datasets import config
+
+    return str(config.HF_DATASETS_CACHE)
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:.1f} GB"
+
+
+def sample_records(split: ListedSplit | ShardedSplit, n: int) -> list:
+    """Up to ``n`` undecoded images spread over a listed split, or the first of a sharded one."""
+    if isinstance(split, ListedSplit):
+        rows = sorted({int(i) for i in np.linspace(0, len(split) - 1, min(n, len(split)))}) if len(split) else []
+        return list(split.read(rows))
+    out = []
+    for shard in range(len(split.shards)):
+        for record in split.read(shard):
+            out.append(record)
+            if len(out) >= n:
+                return out
+    return out
+
+
+def estimate_cache_bytes(source: StreamSource, processor) -> float:
+    """What the decode cache of every split would take: each image at the smaller of its own
+    size and the model's, 3 bytes a pixel, from a sample of headers."""
+    from finetune.utils.images import upright_size
+
+    model = data.output_size(processor)
+    pixels = []
+    for record in sample_records(source.splits[next(iter(source.splits))], SIZE_SAMPLES):
+        try:
+            h, w = upright_size(record.value)
+        except Exception:  # noqa: BLE001 - an unreadable image is the stream's to report
+            continue
+        pixels.append(min(h * w, model[0] * model[1]))
+    per_image = 3 * (float(np.mean(pixels)) if pixels else model[0] * model[1])
+    return per_image * sum(len(split) for split in source.splits.values())
+
+
+def loader_workers(args, user_set: bool, threads) -> int:
+    """DataLoader workers for a streamed run: the recipe's ``dataloader_num_workers``, else
+    from the cores each process has: on a CPU half of them (the other half trains), with an
+    accelerator all but one (the one feeds the device)."""
+    if user_set:
+        return int(args.dataloader_num_workers)
+    cores = max(1, (threads.cores or os.cpu_count() or 1) // max(1, threads.processes))
+    from finetune.utils.devices import has_accelerator
+
+    if has_accelerator() or not args.use_cpu:
+        return max(1, min(cores - 1, 16))
+    return max(1, cores // 2)
+
+
+def prepare_streams(recipe: Recipe, processor, seed: int, source: StreamSource, args, state, why: str) -> Prepared:
+    """The streamed train, validation and eval splits of a run, and its data report."""
+    cfg = recipe.data
+    train_split = source.splits[cfg.train_split]
+    notes = list(source.notes)
+    validation = None
+    if cfg.validation_fraction > 0:
+        if isinstance(train_split, ListedSplit):
+            chosen = stream_pieces.listed_validation(train_split, cfg.validation_fraction, seed + 1)
+            validation = train_split.subset(np.flatnonzero(chosen), "validation")
+            train_split = train_split.subset(np.flatnonzero(~chosen))
+            how = "stratified"
+        else:
+            train_split, validation = stream_pieces.split_sharded(train_split, cfg.validation_fraction, seed + 1)
+            how = "approximately stratified: each image's piece is decided by its key alone"
+            notes.append(
+                "the validation piece is drawn by a hash of each image's key, without reading the labels, so each "
+                "class has about its share of it (approximately stratified); each evaluation reads the training "
+                "shards to find it"
+            )
+        if len(validation) == 0:
+            raise data.DataError(
+                f"data.validation_fraction: {cfg.validation_fraction:g} of {len(train_split)} training images leaves "
+                "none for the validation piece; add images, or set data.validation_fraction to 0"
+            )
+    world, rank = state.num_processes, state.process_index
+    lanes = max(1, int(args.dataloader_num_workers))
+    size = data.output_size(processor)
+    common = {"seed": args.seed, "world": world, "rank": rank, "lanes": lanes}
+    train = ImageStream(
+        train_split, ImagePipeline(processor, size, cfg.augment, args.seed), batch=args.per_device_train_batch_size,
+        train=True, buffer=cfg.shuffle_buffer, drop_last=args.dataloader_drop_last, **common,
+    )
+    plain = ImagePipeline(processor, size, None, args.seed)
+    eval_batch = args.per_device_eval_batch_size
+    val_stream = ImageStream(validation, plain, batch=eval_batch, train=False, **common) if validation is not None else None
+    if cfg.eval_split is not None:
+        eval_stream = ImageStream(source.splits[cfg.eval_split], plain, batch=eval_batch, train=False, **common)
+        eval_name = cfg.eval_split
+    else:
+        eval_stream = val_stream
+        eval_name = f"validation piece of '{cfg.train_split}' ({cfg.validation_fraction:g}, seeded, {how})"
+    splits = data.Splits(
+        train_split, validation, eval_stream.split if eval_stream is not None else None, eval_name,
+        source.class_names, source.image_column, source.label_column, notes,
+    )
+    pieces = {"train": train, "validation": val_stream}
+    if eval_stream is not val_stream:
+        pieces["eval"] = eval_stream
+    report = {
+        "dataset": cfg.dataset,
+        "input": {"path": "streaming", "why": why, "source": source.kind, "loader_workers": int(args.dataloader_num_workers)},
+        "splits": {name: {"images": len(s), "bad": 0} for name, s in pieces.items() if s is not None},
+        "bad_files": [],
+        "junk_files_ignored": data.count_junk(cfg.dataset),
+        "max_bad_fraction": cfg.max_bad_fraction,
+        "notes": notes,
+    }
+    return Prepared(splits, train, val_stream, eval_stream, report)
+
+
+def preflight(stream: ImageStream, n: int = 8) -> None:
+    """Decode the first few images before training: a source whose images all fail (a wrong
+    column, files that are not images) stops now with one line, not after the model loads."""
+    failures = []
+    for record in sample_records(stream.split, n):
+        try:
+            decode_upright(record.value)
+            return
+        except Exception as err:  # noqa: BLE001 - reported below
+            failures.append(f"{record.key}: {type(err).__name__}: {err}")
+    if failures:
+        raise data.DataError(
+            f"data: none of the first {len(failures)} images of '{stream.split.name}' can be read, e.g. {failures[0]}; "
+            "check data.dataset and data.image_column"
+        )
+
+
+class EvalRows:
+    """The scored images of a streamed evaluation in the order of its predictions, read
+    again on demand (the report's pictures show a few of them)."""
+
+    def __init__(self, stream: ImageStream, kept: np.ndarray | None) -> None:
+        positions = np.asarray(stream.positions())
+        if kept is not None and len(kept) == len(positions):
+            positions = positions[kept]
+        self.positions = positions
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.stream.record(int(self.positions[index]))
+        pixels = self.stream.pipeline(decode_upright(record.value), record.key, 0, False)
+        return {"pixel_values": pixels, "labels": record.label}
+
+
+def report_bad_images(stream, prepared: Prepared, out, main: bool) -> None:
+    """Gather the unreadable images of every process into ``data_report.json``."""
+    from accelerate import PartialState
+
+    from finetune.utils.files import write_json
+
+    entries = stream.bad.entries()
+    if PartialState().num_processes > 1:
+        from accelerate.utils import gather_object
+
+        entries = gather_object(entries)
+    found = {(split, key): reason for split, key, reason in entries}
+    pieces = {prepared.train.split.name: "train"}
+    for name, piece in (("validation", prepared.validation), ("eval", prepared.eval)):
+        if piece is not None:
+            pieces.setdefault(piece.split.name, name)
+    report = prepared.data_report
+    report["bad_files"] = [
+        {"path": key, "reason": reason, "split": pieces.get(split, split)} for (split, key), reason in sorted(found.items())
+    ]
+    for counts in report["splits"].values():
+        counts["bad"] = 0
+    for item in report["bad_files"]:
+        if item["split"] in report["splits"]:
+            report["splits"][item["split"]]["bad"] += 1
+    if main:
+        write_json(out / "data_report.json", report)
