@@ -1,5 +1,5 @@
-"""finetune search: the search block's schema, trials that never touch the eval split, pruning,
-the outputs, resuming after kill -9, and two processes."""
+"""`finetune search` end to end: trials that never touch the eval split, one backbone pass for
+the probe trials, the outputs and the card, pruning, resuming after kill -9, and two processes."""
 
 from __future__ import annotations
 
@@ -16,180 +16,16 @@ from types import SimpleNamespace
 import pytest
 
 from finetune.cli.main import main
-from finetune.recipe import RecipeError, load_recipe, recipe_from_dict, search_space
-from finetune.sweeps.search import Options, SearchError, check, objective
-from finetune.sweeps.search_trial import trial_recipe
+from finetune.recipe import load_recipe
 from tests.helpers import ROOT
 from tests.helpers.cli import run_cli
 from tests.helpers.images import make_image_folder
-
-LR = {"log_uniform": [1e-3, 0.5]}
-
-
-def _raw(model_path: Path | str, images: Path | str, out: Path, search: dict | None = None, **sections) -> dict:
-    raw = {
-        "description": "search test",
-        "model": {"name_or_path": str(model_path), "strategy": "linear_probe"},
-        "data": {"dataset": str(images), "validation_fraction": 0.25, "augment": {"crop_scale": None, "hflip": False}},
-        "training": {"num_train_epochs": 2, "per_device_train_batch_size": 8, "use_cpu": True, "seed": 0,
-                     "disable_tqdm": True},
-        "output_dir": str(out),
-        "search": search if search is not None else {"training.learning_rate": LR},
-    }
-    for key, value in sections.items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
-    return raw
-
-
-def _write(path: Path, raw: dict) -> Path:
-    path.write_text(json.dumps(raw, indent=2))
-    return path
+from tests.helpers.search import LR, save_recipe, search_recipe
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
     with (out / "search_results.csv").open() as f:
         return list(csv.DictReader(f))
-
-
-# ------------------------------------------------------------------------ the search block
-
-
-def test_dimensions_parse_and_sample_as_declared() -> None:
-    pytest.importorskip("optuna")
-    lr = search_space.parse("training.learning_rate", {"log_uniform": [1e-5, 1e-2]})
-    assert lr.distribution().log and lr.candidates() == [1e-5, 1e-2] and lr.grid() is None
-    epochs = search_space.parse("training.num_train_epochs", {"int": [3, 9], "step": 3})
-    assert epochs.grid() == [3, 6, 9] and epochs.distribution().step == 3
-    l2 = search_space.parse("model.probe_l2", {"choice": [[0.1], [0.01, 0.1]]})
-    # Lists travel through optuna as JSON text and come back as lists.
-    assert l2.decode(l2.distribution().choices[1]) == [0.01, 0.1]
-    assert search_space.parse("training.optim", {"choice": ["sgd", "adamw_torch"]}).decode("sgd") == "sgd"
-
-
-@pytest.mark.parametrize(
-    "spec, needle",
-    [
-        ({"loguniform": [1, 2]}, "unknown kind 'loguniform'"),
-        ({"uniform": [1, 2], "log_uniform": [1, 2]}, "name exactly one of"),
-        ({"uniform": [2, 1]}, "needs low < high"),
-        ({"log_uniform": [0, 1]}, "needs low > 0"),
-        ({"int": [1.5, 3]}, "bounds must be integers"),
-        ({"int": [1, 10], "step": 4}, "does not divide"),
-        ({"choice": []}, "one or more values"),
-        ({"choice": [1, 1]}, "lists a value twice"),
-        ({"uniform": [0, 1], "log": True}, "unknown option 'log'"),
-        ([1, 2], "must be an object"),
-    ],
-)
-def test_malformed_dimensions_say_what_is_wrong(spec, needle: str) -> None:
-    with pytest.raises(search_space.SpaceError, match=needle):
-        search_space.parse("training.learning_rate", spec)
-
-
-@pytest.mark.parametrize(
-    "search, needle",
-    [
-        ({"training.learnig_rate": LR}, "'search' key 'training.learnig_rate' is not a recipe key; did you mean 'training.learning_rate'?"),
-        ({"model.stratgy": {"choice": ["full"]}}, "did you mean 'model.strategy'?"),
-        ({"training.weight_decay": {"loguniform": [0.1, 1]}}, "unknown kind 'loguniform'; did you mean 'log_uniform'?"),
-        ({"model.strategy": {"choice": ["full", "lora_typo"]}}, "the value \"lora_typo\" is not one the key accepts"),
-        # An integer key given a float range: optuna would sample 8.37.
-        ({"training.per_device_train_batch_size": {"uniform": [8, 64]}}, "the value 8.0 is not one the key accepts"),
-        ({"data.augment.random_erasing": {"uniform": [0, 2]}}, "'data.augment.random_erasing' is a probability"),
-        ({"training.seed": {"int": [0, 3]}}, "cannot be searched: it changes the validation piece"),
-        ({"data.eval_split": {"choice": ["test"]}}, "trials never read the eval split"),
-        ({}, "'search' lists no keys"),
-    ],
-)
-def test_search_block_errors_name_the_key_and_the_fix(search: dict, needle: str) -> None:
-    with pytest.raises(RecipeError) as err:
-        recipe_from_dict(_raw("m", "d", Path("/tmp/o"), search), "r.json")
-    assert needle in str(err.value)
-    assert all(line.startswith("r.json: ") for line in str(err.value).splitlines())
-
-
-def test_values_that_only_clash_with_another_searched_key_are_left_to_the_trial() -> None:
-    """lbfgs needs a linear probe: refused against a full fine-tune, accepted when the strategy is searched too."""
-    raw = _raw("m", "d", Path("/tmp/o"), {"model.probe_solver": {"choice": ["trainer", "lbfgs"]}}, model={"strategy": "full"})
-    with pytest.raises(RecipeError, match="\"lbfgs\" is not one the key accepts"):
-        recipe_from_dict(raw, "r.json")
-    raw["search"]["model.strategy"] = {"choice": ["linear_probe", "full"]}
-    assert recipe_from_dict(raw, "r.json").search == raw["search"]
-
-
-def test_validate_checks_the_search_block_and_train_refuses_it(tmp_path: Path, capsys) -> None:
-    bad = _write(tmp_path / "bad.json", _raw("m", "d", tmp_path / "o", {"training.lr": LR}))
-    assert main(["validate", str(bad)]) == 2
-    assert "'search' key 'training.lr' is not a recipe key" in capsys.readouterr().err
-    good = _write(tmp_path / "good.json", _raw("m", "d", tmp_path / "o"))
-    assert main(["validate", str(good)]) == 0
-    assert main(["train", "--recipe", str(good)]) == 2
-    assert f"run `finetune search {good} --trials N`" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
-
-
-def test_search_refuses_what_it_cannot_do_before_loading(tmp_path: Path) -> None:
-    def problem(raw: dict, **options) -> str:
-        with pytest.raises(SearchError) as err:
-            check(recipe_from_dict(raw), Options(trials=3, **options), "r.json")
-        return str(err.value)
-
-    base = _raw("m", "d", tmp_path / "o")
-    assert "no 'search' block" in problem({k: v for k, v in base.items() if k != "search"})
-    assert "trials are scored on the validation piece" in problem({**base, "data": {"dataset": "d", "validation_fraction": 0}})
-    null_eval = {**base, "data": {"dataset": "d", "eval_split": None, "validation_fraction": 0.2}}
-    assert "pass --no-final" in problem(null_eval)
-    check(recipe_from_dict(null_eval), Options(trials=3, final=False), "r.json")  # fine without a final run
-    assert "is a continuous range" in problem(base, sampler="grid")
-
-
-def test_the_objective_follows_metric_for_best_model() -> None:
-    base = _raw("m", "d", Path("/tmp/o"))
-    assert objective(recipe_from_dict(base)) == ("accuracy", "maximize")
-    loss = {**base, "training": {**base["training"], "metric_for_best_model": "eval_loss"}}
-    assert objective(recipe_from_dict(loss)) == ("loss", "minimize")
-
-
-def test_trials_save_no_checkpoint_unless_the_best_epoch_is_loaded_back(tmp_path: Path) -> None:
-    raw = _raw("m", "d", tmp_path / "o")
-    trial = trial_recipe(raw, {"training.learning_rate": 0.01}, tmp_path / "t", "r.json")
-    assert trial.search is None and trial.output_dir == str(tmp_path / "t")
-    assert trial.training["learning_rate"] == 0.01
-    assert trial.training["save_strategy"] == "no" and trial.training["eval_strategy"] == "epoch"
-    best = {**raw, "training": {**raw["training"], "load_best_model_at_end": True}}
-    trial = trial_recipe(best, {"training.learning_rate": 0.01}, tmp_path / "t", "r.json")
-    assert trial.training["save_strategy"] == "epoch" and trial.training["save_total_limit"] == 1
-
-
-def test_the_prune_callback_stops_every_rank_on_the_pruners_word() -> None:
-    optuna = pytest.importorskip("optuna")
-    from finetune.sweeps.search_trial import prune_callback
-
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
-    good = study.ask()
-    good.report(0.9, 1)
-    study.tell(good, 0.9)
-    weak = study.ask()
-    callback = prune_callback(weak, "accuracy", SimpleNamespace(num_processes=1))
-    args = SimpleNamespace(eval_strategy="epoch")
-    control = SimpleNamespace(should_training_stop=False)
-    callback.on_evaluate(args, SimpleNamespace(epoch=1.0, global_step=4), control, metrics={"eval_accuracy": 0.2})
-    assert control.should_training_stop and callback.pruned_at == 1
-    assert study.trials[weak.number].intermediate_values == {1: 0.2}
-
-
-def test_search_help_and_a_bad_search_block_import_no_heavy_library(tmp_path: Path) -> None:
-    from tests.helpers.cli import HEAVY, IMPORT_PROBE
-
-    bad = _write(tmp_path / "bad.json", _raw("m", "d", tmp_path / "o", {"training.lr": LR}))
-    argvs = [["search", "--help"], ["search", str(bad), "--trials", "3"], ["validate", str(bad)]]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", IMPORT_PROBE, json.dumps(argvs), json.dumps(HEAVY + ("optuna",))],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"codes": [0, 2, 2], "loaded": []}, result.stderr[-3000:]
-    assert result.stderr.count("'search' key 'training.lr' is not a recipe key") == 2
 
 
 # ------------------------------------------------------------------ a search, in process
@@ -217,7 +53,7 @@ def searched(tmp_path_factory, tiny_resnet):
 
     root = tmp_path_factory.mktemp("search")
     images = make_image_folder(root / "images", per_class=12)
-    recipe = _write(root / "r.json", _raw(tiny_resnet, images, root / "out", {
+    recipe = save_recipe(root / "r.json", search_recipe(tiny_resnet, images, root / "out", {
         "training.learning_rate": LR, "training.weight_decay": {"uniform": [0.0, 0.1]},
     }))
     events: list[str] = []
@@ -333,7 +169,7 @@ def test_a_different_recipe_in_the_same_folder_is_refused(searched, capsys) -> N
 def test_a_grid_over_any_recipe_key_runs_each_point_once(tmp_path: Path, tiny_resnet: Path) -> None:
     """model.strategy × model.probe_solver: the one clashing pair fails on its own, the others run."""
     images = make_image_folder(tmp_path / "images", per_class=8)
-    recipe = _write(tmp_path / "r.json", _raw(tiny_resnet, images, tmp_path / "out", {
+    recipe = save_recipe(tmp_path / "r.json", search_recipe(tiny_resnet, images, tmp_path / "out", {
         "model.strategy": {"choice": ["linear_probe", "full"]},
         "model.probe_solver": {"choice": ["trainer", "lbfgs"]},
     }, training={"num_train_epochs": 1}))
@@ -357,7 +193,7 @@ def _search_cmd(recipe: Path, *extra: str) -> list[str]:
 @pytest.mark.e2e
 def test_unpromising_trials_are_pruned_at_epoch_ends(tmp_path: Path, tiny_resnet: Path) -> None:
     images = make_image_folder(tmp_path / "images", per_class=12)
-    recipe = _write(tmp_path / "r.json", _raw(
+    recipe = save_recipe(tmp_path / "r.json", search_recipe(
         tiny_resnet, images, tmp_path / "out", {"training.learning_rate": {"log_uniform": [1e-5, 1.0]}},
         training={"num_train_epochs": 4},
     ))
@@ -374,7 +210,7 @@ def test_unpromising_trials_are_pruned_at_epoch_ends(tmp_path: Path, tiny_resnet
 @pytest.mark.e2e
 def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path: Path, tiny_vit: Path) -> None:
     images = make_image_folder(tmp_path / "images", per_class=12)
-    recipe = _write(tmp_path / "r.json", _raw(
+    recipe = save_recipe(tmp_path / "r.json", search_recipe(
         tiny_vit, images, tmp_path / "out", model={"strategy": "full"}, training={"num_train_epochs": 3},
     ))
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
@@ -409,7 +245,7 @@ def test_a_search_on_two_processes(tmp_path: Path, tiny_resnet: Path, monkeypatc
     """Every trial on both ranks (torchrun, gloo): the main process samples, the other follows."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     images = make_image_folder(tmp_path / "images", per_class=12)
-    recipe = _write(tmp_path / "r.json", _raw(tiny_resnet, images, tmp_path / "out", training={"per_device_train_batch_size": 4}))
+    recipe = save_recipe(tmp_path / "r.json", search_recipe(tiny_resnet, images, tmp_path / "out", training={"per_device_train_batch_size": 4}))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
     result = run_cli("search", str(recipe), "--trials", "3", launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]

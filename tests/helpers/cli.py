@@ -12,6 +12,7 @@ from tests.helpers import ROOT
 
 
 def write_recipe(path: Path, model_path: Path | str, dataset: Path | str, output_dir: Path, **extra) -> Path:
+    """A small full fine-tune recipe written to ``path``; ``section__key=value`` or ``section=value`` change it."""
     recipe = {
         "description": "test recipe",
         "expected": {"metric": "accuracy", "value": 0.9},

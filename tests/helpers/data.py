@@ -11,10 +11,12 @@ from tests.helpers.images import CLASSES, class_image
 
 
 def cfg(**kw) -> DataConfig:
+    """A data section (dataset 'x' unless given) with these keys."""
     return DataConfig(dataset=kw.pop("dataset", "x"), **kw)
 
 
 def labelled(n_per_class: list[int], seed: int = 0) -> DatasetDict:
+    """Tiny images in memory, ``n_per_class[c]`` of class c in train, every third of them in test."""
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for c, n in enumerate(n_per_class):

@@ -12,12 +12,14 @@ NAMES = ["red", "green", "blue"]
 
 
 def load_probe_model(path: Path, strategy: str = "linear_probe"):
+    """A model loaded for a strategy (the linear probe by default) with the test classes, and its processor."""
     cfg = ModelConfig(name_or_path=str(path), strategy=strategy)
     processor = model_lib.load_processor(cfg, None)
     return model_lib.load_model(cfg, NAMES, processor), processor
 
 
 def decode_folder(folder: Path, processor):
+    """An image folder's train split decoded for ``processor``."""
     from datasets import load_dataset
 
     raw = load_dataset(str(folder))["train"]
@@ -25,4 +27,5 @@ def decode_folder(folder: Path, processor):
 
 
 def batch_transform(processor) -> data.BatchTransform:
+    """The processor's batch transform, without augmentation."""
     return data.BatchTransform.for_processor(processor, None)

@@ -22,6 +22,7 @@ def class_image(name: str, rng: np.random.Generator, size: int = 24) -> Image.Im
 
 
 def make_image_folder(root: Path, per_class: int = 12, splits: tuple[str, ...] = ("train", "test"), seed: int = 0) -> Path:
+    """An image folder of the test classes, one sub-folder per class under each split (``""``: none)."""
     rng = np.random.default_rng(seed)
     for split in splits:
         for name in CLASSES:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 def make_tiny_vit(path: Path, image_size: int = 32, num_labels: int = 3) -> Path:
+    """A 2-layer, 32-wide ViT with its processor, saved at ``path``."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     config = ViTConfig(
@@ -27,6 +28,7 @@ def make_tiny_vit(path: Path, image_size: int = 32, num_labels: int = 3) -> Path
 
 
 def make_tiny_resnet(path: Path, num_labels: int = 5) -> Path:
+    """A 2-stage ResNet with a ConvNeXt-style processor (crop_pct), saved at ``path``."""
     import torch
     from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
 
@@ -40,6 +42,7 @@ def make_tiny_resnet(path: Path, num_labels: int = 5) -> Path:
 
 
 def make_tiny_timm(path: Path, num_labels: int = 7) -> Path:
+    """A tiny timm model (test_efficientnet) through TimmWrapper, saved at ``path``."""
     import timm
     import torch
     from transformers import TimmWrapperConfig, TimmWrapperForImageClassification

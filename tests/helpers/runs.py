@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.helpers import ROOT
 from tests.helpers.cli import run_cli, write_recipe
@@ -118,3 +119,29 @@ def fake_eval(num_classes: int, num_images: int, wrong: float, seed: int = 0, si
     )
     dataset.set_format("numpy", columns=["pixel_values", "labels"])
     return Predictions(labels, preds, topk, confidence, true_prob), dataset
+
+
+EXPECTED_FILES = [
+    "model.safetensors",
+    "config.json",
+    "preprocessor_config.json",
+    "train_results.json",
+    "eval_results.json",
+    "all_results.json",
+    "recipe.json",
+    "README.md",
+    "eval_report.json",
+    "data_report.json",
+]
+
+
+def folder_digest(path: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def saved_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path / "model.safetensors")

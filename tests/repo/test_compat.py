@@ -1,4 +1,4 @@
-"""Each private API that finetune/compat.py uses still behaves as compat.py says it does."""
+"""Each private API that finetune/utils/compat.py uses still behaves as compat.py says it does."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
-"""Mixup and CutMix of training batches (data/transforms.py BatchMix): soft targets, seeding, and training only."""
+"""transforms.py: batches augmented and normalised on the device (BatchTransform), and Mixup and CutMix (BatchMix): soft targets, seeding."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from finetune import data
 from finetune.data.transforms import BatchMix, BatchTransform
 from finetune.recipe import AugmentConfig
 
@@ -98,46 +97,101 @@ def test_batch_transform_builds_the_mix_from_the_recipe_and_describes_it() -> No
     assert mixing.without_augmentation().mix is None
 
 
-def test_trainer_mixes_in_training_only(tiny_vit: Path, tmp_path: Path) -> None:
-    """Training batches are mixed and scored against soft targets; evaluation sees the plain
-    images and scores plain cross-entropy with the true classes."""
-    from transformers import AutoModelForImageClassification
+def test_batch_transform_augments_each_image_independently() -> None:
+    torch.manual_seed(0)
+    pixels = torch.arange(2 * 3 * 16 * 16, dtype=torch.int64).remainder(256).to(torch.uint8).view(2, 3, 16, 16)
+    pixels = torch.cat([pixels[:1]] * 8)
+    t = data.BatchTransform([0.5] * 3, [0.5] * 3, (16, 16), AugmentConfig(crop_scale=[0.3, 1.0], hflip=True))
+    out = t(pixels, train=True)
+    assert out.dtype == torch.float32 and out.shape == (8, 3, 16, 16)
+    assert len({tuple(o.flatten()[:50].tolist()) for o in out}) > 1  # not one draw for the batch
+    evaluated = t(pixels, train=False)
+    assert torch.allclose(evaluated[0], pixels[0].float() / 127.5 - 1, atol=1e-6)
 
-    from finetune.recipe import recipe_from_dict
-    from finetune.training.arguments import training_arguments
-    from finetune.training.losses import classification_loss
-    from finetune.training.trainer import FinetuneTrainer
 
-    model = AutoModelForImageClassification.from_pretrained(tiny_vit)
-    seen: list[torch.Tensor] = []
-    model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["pixel_values"].clone()), with_kwargs=True)
-    recipe = recipe_from_dict({"description": "d", "model": {"name_or_path": str(tiny_vit)}, "data": {"dataset": "x"},
-                               "output_dir": str(tmp_path / "o"),
-                               "training": {"use_cpu": True, "eval_strategy": "no", "label_smoothing_factor": 0.1}})
-    augment = AugmentConfig(crop_scale=None, hflip=False, mixup_alpha=1.0)
-    trainer = FinetuneTrainer(model=model, args=training_arguments(recipe),
-                              batch_transform=BatchTransform([0.5] * 3, [0.5] * 3, (32, 32), augment))
-    g = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.tensor([0, 1, 2, 1])
-    plain = pixels.float() / 127.5 - 1
+@pytest.mark.parametrize("preset", ["trivial_augment", "rand_augment", "auto_augment", "augmix"])
+def test_augmentation_presets_and_random_erasing(preset: str) -> None:
+    pixels = torch.randint(0, 256, (6, 3, 20, 24), dtype=torch.uint8)
+    channels_last = pixels.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    augment = AugmentConfig(crop_scale=[0.5, 1.0], hflip=True, preset=preset, random_erasing=1.0)
+    t = data.BatchTransform([0.5] * 3, [0.25] * 3, (16, 16), augment)
+    assert f"horizontal flip, {type(t.augment.transforms[2]).__name__}, random erasing (p=1)" in t.describe()
+    out = t(pixels, train=True, seed=3).clone()
+    assert out.shape == (6, 3, 16, 16)
+    # Seeded like the rest (exact resume), the same from either cache layout.
+    assert torch.equal(out, t(channels_last, train=True, seed=3)) and not torch.equal(out, t(pixels, train=True, seed=4))
+    # Erasing comes after normalisation: each image has a rectangle of 0, the mean colour.
+    assert all((image == 0).all(dim=0).sum() >= 4 for image in out)
+    # Evaluation, and a transform without augmentation, only normalise.
+    plain = (pixels.float() / 255 - 0.5) / 0.25
+    assert torch.allclose(t(pixels, train=False), plain, atol=1e-5)
+    bare = t.without_augmentation()
+    assert not bare.augments and bare.describe() == "none" and t.augments
+    assert torch.allclose(bare(pixels, train=True, seed=3), plain, atol=1e-5)
 
-    model.eval()
-    loss, outputs = trainer.compute_loss(model, {"pixel_values": pixels, "labels": labels}, return_outputs=True)
-    assert torch.allclose(seen[-1], plain, atol=1e-6)
-    assert torch.allclose(loss, F.cross_entropy(outputs["logits"], labels))  # no smoothing, no mixing
-    assert torch.equal(outputs["loss"], loss)
 
-    model.train()
-    loss = trainer.compute_loss(model, {"pixel_values": pixels, "labels": labels})
-    mixed = seen[-1]
-    assert not torch.allclose(mixed, plain, atol=1e-3)
-    with torch.no_grad():
-        logits = model(pixel_values=mixed).logits
-    # The mix the trainer drew, recovered from its images: mixed = λ·x + (1 − λ)·roll(x).
-    diff = plain - plain.roll(1, 0)
-    lam = float(((mixed - plain.roll(1, 0)) * diff).sum() / (diff * diff).sum())
-    assert torch.allclose(mixed, lam * plain + (1 - lam) * plain.roll(1, 0), atol=1e-5)
-    onehot = F.one_hot(labels, 3).float()
-    targets = lam * onehot + (1 - lam) * onehot.roll(1, 0)
-    assert torch.allclose(loss, classification_loss(logits, targets, smoothing=0.1), atol=1e-4)
+def test_batch_transform_reuses_its_buffer_only_when_nothing_can_read_it() -> None:
+    t = data.BatchTransform([0.5] * 3, [0.5] * 3, (8, 8), None)
+    batches = [torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8) for _ in range(5)]
+    expect = [b.float() / 127.5 - 1 for b in batches]
+    first = t(batches[0], train=False)
+    second = t(batches[1], train=False)  # `first` is still held: another buffer
+    assert first.data_ptr() != second.data_ptr()
+    assert torch.allclose(first, expect[0], atol=1e-6) and torch.allclose(second, expect[1], atol=1e-6)
+    address = first.data_ptr()
+    del first
+    third = t(batches[2], train=False)  # the first buffer is free again: reused
+    assert third.data_ptr() == address and torch.allclose(second, expect[1], atol=1e-6)
+    # An autograd graph that saved the batch keeps it: not overwritten before backward.
+    del third, second  # both pooled buffers are free now
+    weight = torch.randn(2, 3, 3, 3, requires_grad=True)
+    saved = t(batches[3], train=False)
+    saved_at = saved.data_ptr()
+    loss = torch.nn.functional.conv2d(saved, weight).square().sum()
+    del saved  # only the graph holds it now
+    held = [t(batches[4], train=False) for _ in range(2)]
+    assert saved_at not in {h.data_ptr() for h in held}
+    loss.backward()
+    weight_copy = weight.detach().clone().requires_grad_(True)  # the gradient from a private copy
+    torch.nn.functional.conv2d(expect[3], weight_copy).square().sum().backward()
+    assert torch.allclose(weight.grad, weight_copy.grad, atol=1e-4)
+    assert all(torch.allclose(h, expect[4], atol=1e-6) for h in held)
+    # A short last batch is the front of a full buffer; inference-mode batches never share
+    # memory with ones that autograd may save.
+    short = t(batches[0][:3], train=False)
+    assert short.shape == (3, 3, 8, 8) and torch.allclose(short, expect[0][:3], atol=1e-6)
+    with torch.inference_mode():
+        inference = t(batches[1], train=False)
+    assert inference.is_inference() and not short.is_inference()
+
+
+def test_channels_last_batches_hold_the_same_values() -> None:
+    pixels = torch.randint(0, 256, (5, 3, 12, 12), dtype=torch.uint8)
+    augment = AugmentConfig(crop_scale=[0.3, 1.0], hflip=True)
+    plain = data.BatchTransform([0.4] * 3, [0.2] * 3, (12, 12), augment)
+    last = data.BatchTransform([0.4] * 3, [0.2] * 3, (12, 12), augment, channels_last=True)
+    for train in (False, True):
+        a, b = plain(pixels, train=train, seed=7), last(pixels, train=train, seed=7)
+        assert b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("size", [(32, 48), (24, 40)])  # crops resized up; and down in height
+def test_batch_augmentation_draws_exactly_what_the_v2_compose_draws(size: tuple[int, int]) -> None:
+    from finetune.recipe import AugmentConfig
+
+    t = data.BatchTransform([0.4] * 3, [0.2] * 3, size, AugmentConfig(crop_scale=[0.08, 1.0], hflip=True))
+    pixels = torch.randint(0, 256, (12, 3, 32, 48), dtype=torch.uint8)
+    channels_last = pixels.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # as data.decode stores crops
+    torch.manual_seed(3)
+    composed = torch.stack([t.augment(image) for image in pixels])
+    for layout in (pixels, channels_last):
+        torch.manual_seed(3)
+        direct = torch.stack([t._augment_one(image) for image in layout])
+        assert torch.equal(composed, direct)
+    # Whole batches, either layout: the compose's images, normalised.
+    torch.manual_seed(9)
+    expected = (torch.stack([t.augment(image) for image in pixels]).float() / 255 - 0.4) / 0.2
+    for layout in (pixels, channels_last):
+        batch = t(layout, train=True, seed=9)
+        assert batch.shape == (12, 3, *size) and torch.allclose(batch, expected, atol=1e-5)

@@ -1,4 +1,4 @@
-"""evaluation.py: `finetune eval` through the Trainer's evaluation, on a run trained through the real CLI."""
+"""score.py: `finetune eval` through the Trainer's evaluation, on a run trained through the real CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model: new heads, strategies, processors, the TimmWrapper num_classes trap."""
+"""classifier.py: new heads, strategies, processors, the TimmWrapper num_classes trap."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import torch
 
 from finetune.models import classifier as model_lib
 from finetune.recipe import ModelConfig
-from finetune.utils.locations import looks_like_path
 from tests.helpers.models import save_tiny
 
 NAMES = ["a", "b", "c", "d"]
@@ -133,15 +132,6 @@ def test_missing_local_folder_is_named_as_missing(name: str, tmp_path: Path, tin
     processor = model_lib.load_processor(ModelConfig(name_or_path=str(tiny_vit)), None)
     with pytest.raises(model_lib.ModelError, match="does not exist"):
         model_lib.load_model(cfg, NAMES, processor)
-
-
-@pytest.mark.parametrize(
-    "name, is_path",
-    [("google/vit-base-patch16-224", False), ("resnet18", False), ("timm/resnet18.a1_in1k", False),
-     ("./vit", True), ("/models/vit", True), ("~/vit", True), ("a/b/c", True), ("..", True)],
-)
-def test_path_like_names(name: str, is_path: bool) -> None:
-    assert looks_like_path(name) is is_path
 
 
 def test_local_folder_under_home_is_expanded(tiny_vit: Path, monkeypatch) -> None:

@@ -1,5 +1,5 @@
-"""The engine of the cached-feature pass: ONNX Runtime's features against PyTorch's, and when
-``auto`` chooses which (finetune/feature_runtime.py)."""
+"""engine.py: the engine of the cached-feature pass: ONNX Runtime's features against PyTorch's,
+and when ``auto`` chooses which."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The regularising recipe keys (finetune/regularisers.py): defaults, and one clear line per mistake before anything loads."""
+"""checks.py: the checks between a recipe's keys, the regularising keys' (mixup/CutMix, class
+imbalance, the EMA) among them, one clear line per mistake before anything loads."""
 
 from __future__ import annotations
 
@@ -69,3 +70,50 @@ def test_the_per_step_linear_probe_takes_them() -> None:
     """Without the feature cache the backbone runs every step through FinetuneTrainer."""
     recipe_from_dict(base(model={"strategy": "linear_probe", "feature_cache": False},
                           data={"class_weights": "balanced", "augment": {"cutmix_alpha": 1.0}}, training={"ema_decay": 0.9}))
+
+
+@pytest.mark.parametrize(
+    "patch, needle",
+    [
+        ({"output_dir": ""}, "'output_dir' is required"),
+        ({"training": {"output_dir": "x"}}, "use the top-level 'output_dir'"),
+        ({"model": {"name_or_path": "m", "trust_remote_code": True}}, "40-character commit"),
+        ({"metrics": ["acuracy"]}, "did you mean 'accuracy'"),
+        ({"data": {"dataset": "x", "eval_split": None, "validation_fraction": 0}}, "validation_fraction' must be > 0"),
+        ({"data": {"dataset": "x", "samples_per_class": 5, "max_train_samples": 10}}, "only one of"),
+        ({"hub": {"push": True}}, "hub.repo_id"),
+        ({"expected": {"metric": "top5_accuracy", "value": 1}, "metrics": ["accuracy"]}, "expected.metric"),
+        ({"model": {"name_or_path": "m", "probe_solver": "lbfgs"}}, "needs 'model.strategy' 'linear_probe'"),
+        (
+            {"model": {"name_or_path": "m", "strategy": "linear_probe", "feature_cache": False, "probe_solver": "lbfgs"}},
+            "'model.feature_cache' true",
+        ),
+        ({"model": {"name_or_path": "m", "strategy": "linear_probe", "probe_solver": "lbfgs", "probe_l2": [-1.0]}}, ">= 0"),
+        (
+            {"model": {"name_or_path": "m", "strategy": "linear_probe", "probe_solver": "lbfgs"},
+             "data": {"dataset": "x", "validation_fraction": 0}},
+            "give one value",
+        ),
+        (
+            {"model": {"name_or_path": "m", "strategy": "linear_probe", "probe_solver": "lbfgs"},
+             "data": {"dataset": "x", "eval_split": None}},
+            "the reported split must not pick them",
+        ),
+        ({"model": {"name_or_path": "m", "strategy": "linear_probe", "probe_solver": "lbfgs", "probe_max_iter": 0}}, ">= 1"),
+        ({"model": {"name_or_path": "m", "feature_runtime": "torch"}}, "'model.feature_runtime' chooses"),
+        (
+            {"model": {"name_or_path": "m", "strategy": "linear_probe", "feature_cache": False, "feature_runtime": "onnxruntime"}},
+            "'model.feature_runtime' chooses",
+        ),
+        ({"model": {"name_or_path": "m", "feature_runtime": "tensorrt"}}, "feature_runtime"),
+        ({"data": {"dataset": "x", "augment": {"random_erasing": 1.5}}}, "'data.augment.random_erasing' is a probability"),
+    ],
+)
+def test_checks_between_keys(patch: dict, needle: str) -> None:
+    with pytest.raises(RecipeError, match=needle.replace("(", r"\(")):
+        recipe_from_dict({**base(), **patch}, "r.json")
+
+
+def test_trust_remote_code_with_pinned_commit_is_accepted() -> None:
+    recipe = recipe_from_dict({**base(), "model": {"name_or_path": "m", "trust_remote_code": True, "revision": "a" * 40}})
+    assert recipe.model.trust_remote_code

@@ -1,4 +1,4 @@
-"""TrainingArguments read from source equals the real class; the checks refuse what torch and transformers would."""
+"""training_block.py: TrainingArguments read from source equals the real class; the checks refuse what torch and transformers would."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 from finetune.recipe import RecipeError, recipe_from_dict
 from finetune.recipe import training_block as training_fields
 from finetune.recipe.training_block import RANGES, check_consistency, check_ranges, strategy_defaults
+from finetune.training.arguments import training_arguments
+from tests.helpers.recipes import base
 
 LAYOUT = "transformers changed TrainingArguments' source layout; see finetune/training_fields.py"
 
@@ -225,3 +227,31 @@ def test_consistency_checks_agree_with_training_arguments(tmp_path, training, ha
         assert problems, f"TrainingArguments refuses {training} but the cheap check does not"
     else:
         assert not problems, f"the cheap check refuses {training} but TrainingArguments accepts it"
+
+
+def test_inconsistent_training_block_is_a_recipe_error() -> None:
+    inconsistent = {"load_best_model_at_end": True, "eval_strategy": "epoch", "save_strategy": "steps", "save_steps": 7}
+    # Found by the recipe check, without building TrainingArguments (which imports torch)...
+    with pytest.raises(RecipeError, match="'training.load_best_model_at_end' needs .* to match"):
+        recipe_from_dict({**base(), "training": inconsistent}, "r.json")
+    # ...and by TrainingArguments itself for a recipe changed after validation.
+    recipe = recipe_from_dict(base())
+    recipe.training.update(inconsistent)
+    with pytest.raises(RecipeError, match="'training' is inconsistent"):
+        training_arguments(recipe, "r.json")
+
+
+def test_eval_strategy_without_validation_piece_is_refused() -> None:
+    raw = {**base(), "data": {"dataset": "x", "validation_fraction": 0}, "training": {"eval_strategy": "epoch"}}
+    with pytest.raises(RecipeError, match="'training.eval_strategy' is 'epoch' but there is no validation piece"):
+        recipe_from_dict(raw, "r.json")
+
+
+def test_best_model_metric_must_be_one_the_run_computes() -> None:
+    """Without early stopping too: the Trainer would look the metric up only after the first
+    evaluation, and stop there with a KeyError."""
+    raw = {**base(), "metrics": ["accuracy"], "training": {"metric_for_best_model": "f1", "load_best_model_at_end": True}}
+    with pytest.raises(RecipeError, match="'training.metric_for_best_model' is 'f1', which the run does not compute"):
+        recipe_from_dict(raw, "r.json")
+    for fine in ("accuracy", "eval_accuracy", "loss", "eval_loss"):
+        recipe_from_dict({**raw, "training": {"metric_for_best_model": fine}}, "r.json")

@@ -1,4 +1,4 @@
-"""Class imbalance (finetune/balance.py): balanced class weights in the loss, and the seeded class-balanced sampler."""
+"""balance.py: class imbalance: balanced class weights in the loss, and the seeded class-balanced sampler."""
 
 from __future__ import annotations
 

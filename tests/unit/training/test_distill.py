@@ -1,20 +1,17 @@
-"""Knowledge distillation: the loss, the frozen teacher, its checks, and training with it."""
+"""distill.py: the Hinton loss, the teacher's classes and input, the recipe's checks, and a bad teacher stopping a run before training."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from finetune.data import BatchTransform
 from finetune.recipe import ModelConfig, RecipeError, recipe_from_dict
 from finetune.training import distill
+from tests.helpers.distill import make_teachers, student_recipe, train_recipe
 from tests.helpers.images import CLASSES, make_image_folder
-from tests.helpers.models import make_tiny_resnet, make_tiny_vit
 
 # ------------------------------------------------------------------------------ the loss
 
@@ -60,66 +57,12 @@ def test_class_order_matches_by_name_and_refuses_other_classes() -> None:
     assert "not in the teacher: c" in message and "only in the teacher: x, y" in message
 
 
-# ---------------------------------------------------------------------------- helpers
-
-
-def _with_classes(path: Path, classes: list[str]) -> Path:
-    """A tiny model saved as a classifier of ``classes`` (as a finetune output folder is)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
-    config.id2label = dict(enumerate(classes))
-    config.label2id = {c: i for i, c in enumerate(classes)}
-    config.save_pretrained(path)
-    return path
-
-
-def _imagenet_normalised(path: Path) -> Path:
-    from transformers import ConvNextImageProcessor
-
-    ConvNextImageProcessor(
-        size={"shortest_edge": 32}, crop_pct=0.875, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
-    ).save_pretrained(path)
-    return path
+# --------------------------------------------------------------------------- teachers
 
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("teachers")
-    return {
-        # ImageNet normalisation (the student's is 0.5 / 0.5), the student's 32 px.
-        "resnet": _imagenet_normalised(_with_classes(make_tiny_resnet(root / "resnet", num_labels=3), CLASSES)),
-        # The student's normalisation, a larger input: 48 px.
-        "vit48": _with_classes(make_tiny_vit(root / "vit48", image_size=48, num_labels=3), CLASSES),
-        # The same classes in another order.
-        "shuffled": _with_classes(make_tiny_resnet(root / "shuffled", num_labels=3), CLASSES[::-1]),
-        "other": _with_classes(make_tiny_resnet(root / "other", num_labels=3), ["cat", "dog", "red"]),
-    }
-
-
-def _raw(model: Path, images: Path, out: Path, **model_keys) -> dict:
-    return {
-        "description": "distillation test",
-        "model": {"name_or_path": str(model), "strategy": "full", **model_keys},
-        "data": {"dataset": str(images), "augment": {"crop_scale": [0.5, 1.0], "hflip": True, "preset": "trivial_augment"}},
-        "training": {
-            "num_train_epochs": 2, "learning_rate": 5e-3, "per_device_train_batch_size": 8, "seed": 0,
-            "use_cpu": True, "disable_tqdm": True, "logging_steps": 1, "save_total_limit": None,
-        },
-        "metrics": ["accuracy"],
-        "output_dir": str(out),
-    }
-
-
-def _train(raw: dict) -> dict:
-    from finetune.training import train as train_lib
-
-    return train_lib.train(recipe_from_dict(raw))
-
-
-def _losses(out: Path) -> list[float]:
-    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-    return [row["loss"] for row in history if "loss" in row]
+    return make_teachers(tmp_path_factory.mktemp("teachers"))
 
 
 # ------------------------------------------------------------------- the teacher's input
@@ -195,102 +138,10 @@ def images(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("distill-data") / "images", per_class=12)
 
 
-@pytest.fixture(scope="module")
-def distilled(tmp_path_factory, tiny_vit, teachers, images):
-    """A student ViT distilled from the ResNet teacher (other normalisation) for 2 epochs with
-    a checkpoint per epoch, every kind of augmentation on; the Teacher object it trained with."""
-    from _pytest.monkeypatch import MonkeyPatch
-
-    out = tmp_path_factory.mktemp("distilled") / "out"
-    seen: dict = {"teacher": None, "calls": 0, "modes": set(), "grad": set()}
-    real = distill.load_teacher
-
-    def capturing(*args, **kwargs):
-        teacher = real(*args, **kwargs)
-        seen["teacher"] = teacher
-
-        def record(module, inputs):
-            seen["calls"] += 1
-            seen["modes"].add(module.training)
-            seen["grad"].add(torch.is_grad_enabled())
-
-        teacher.model.register_forward_pre_hook(record)
-        return teacher
-
-    patch = MonkeyPatch()
-    patch.setattr(distill, "load_teacher", capturing)
-    try:
-        raw = _raw(tiny_vit, images, out, teacher=str(teachers["resnet"]), distill_alpha=0.7, distill_temperature=2.0)
-        raw["data"]["augment"]["random_erasing"] = 0.25
-        results = _train(raw)
-    finally:
-        patch.undo()
-    return raw, out, results, seen
-
-
-@pytest.mark.e2e
-def test_the_teacher_runs_frozen_in_eval_mode_on_every_training_step(distilled, teachers, tiny_vit) -> None:
-    _, out, _, seen = distilled
-    teacher = seen["teacher"]
-    steps = json.loads((out / "trainer_state.json").read_text())["global_step"]
-    assert seen["calls"] == steps  # once per training step, never in evaluation
-    assert seen["modes"] == {False} and seen["grad"] == {False}
-    assert not teacher.model.training
-    assert all(not p.requires_grad and p.grad is None for p in teacher.model.parameters())
-    # Weights and batch-norm statistics as saved: nothing of the teacher trained or drifted.
-    saved = load_file(teachers["resnet"] / "model.safetensors")
-    state = teacher.model.state_dict()
-    assert all(torch.equal(state[k].cpu(), v) for k, v in saved.items())
-    # The teacher is not part of the student's checkpoint.
-    assert load_file(out / "model.safetensors").keys() == load_file(tiny_vit / "model.safetensors").keys()
-
-
-@pytest.mark.e2e
-def test_the_card_names_the_teacher_and_both_settings(distilled, teachers) -> None:
-    _, out, _, _ = distilled
-    card = (out / "README.md").read_text()
-    assert f"distilled from the teacher\n**{teachers['resnet']}**" in card
-    assert "α (`distill_alpha`) = 0.7 and T (`distill_temperature`) = 2.0" in card
-
-
-@pytest.mark.e2e
-def test_a_distilled_run_resumes_exactly(distilled, tmp_path: Path) -> None:
-    """The run restarted from its end-of-epoch-1 checkpoint ends with the uninterrupted
-    run's weights, bit for bit: the teacher's targets are the same on the second pass."""
-    raw, reference, _, _ = distilled
-    checkpoints = sorted(reference.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    assert len(checkpoints) == 2
-    out = tmp_path / "resumed"
-    out.mkdir()
-    shutil.copy(reference / "recipe.json", out / "recipe.json")
-    shutil.copytree(checkpoints[0], out / checkpoints[0].name)
-    _train(dict(raw, output_dir=str(out)))
-    ours, theirs = load_file(out / "model.safetensors"), load_file(reference / "model.safetensors")
-    assert ours.keys() == theirs.keys()
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours), "resumed weights differ from an uninterrupted run"
-    assert _losses(out)[-3:] == _losses(reference)[-3:]
-
-
-@pytest.mark.e2e
-def test_alpha_zero_trains_exactly_as_without_a_teacher(tiny_vit, teachers, images, tmp_path: Path) -> None:
-    """With α = 0 the teacher still runs on every batch, and its term has no weight: the loss,
-    step by step, and the weights are those of the plain run. With α > 0 they are not."""
-    plain = tmp_path / "plain"
-    _train(_raw(tiny_vit, images, plain))
-    zero = tmp_path / "zero"
-    _train(_raw(tiny_vit, images, zero, teacher=str(teachers["vit48"]), distill_alpha=0.0))
-    assert _losses(zero) == _losses(plain) and len(_losses(plain)) > 4
-    a, b = load_file(zero / "model.safetensors"), load_file(plain / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    half = tmp_path / "half"
-    _train(_raw(tiny_vit, images, half, teacher=str(teachers["vit48"]), distill_alpha=0.5))
-    assert _losses(half)[0] != _losses(plain)[0]
-
-
 def test_a_teacher_of_other_classes_stops_before_training(tiny_vit, teachers, images, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(distill.TeacherError) as err:
-        _train(_raw(tiny_vit, images, out, teacher=str(teachers["other"])))
+        train_recipe(student_recipe(tiny_vit, images, out, teacher=str(teachers["other"])))
     message = str(err.value)
     assert "\n" not in message and "was trained on other classes" in message
     assert "not in the teacher: blue, green" in message and "only in the teacher: cat, dog" in message
@@ -299,41 +150,5 @@ def test_a_teacher_of_other_classes_stops_before_training(tiny_vit, teachers, im
 
 def test_a_missing_teacher_folder_stops_before_the_data_pass(tiny_vit, images, tmp_path: Path) -> None:
     with pytest.raises(distill.TeacherError, match=r"model.teacher: local folder '.*nowhere' does not exist"):
-        _train(_raw(tiny_vit, images, tmp_path / "out", teacher=str(tmp_path / "nowhere")))
+        train_recipe(student_recipe(tiny_vit, images, tmp_path / "out", teacher=str(tmp_path / "nowhere")))
     assert not (tmp_path / "out" / "data_report.json").exists()
-
-
-@pytest.mark.e2e
-def test_the_teacher_runs_in_the_students_autocast(tiny_vit, teachers, images, tmp_path: Path, monkeypatch) -> None:
-    """bf16 mixed precision on CPU: the teacher's forward runs under the same autocast."""
-    from finetune.models import classifier as model_lib
-
-    states: dict[str, set] = {"student": set(), "teacher": set()}
-    real_teacher, real_load = distill.load_teacher, model_lib.load_model
-
-    def watch(model: torch.nn.Module, who: str) -> None:
-        # On a layer inside the model: accelerate enters autocast inside the model's forward.
-        layer = next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
-
-        def record(module, inputs) -> None:  # a pre-hook that returned something would replace the input
-            if module.training == (who == "student"):
-                states[who].add(torch.is_autocast_enabled("cpu"))
-
-        layer.register_forward_pre_hook(record)
-
-    def load_teacher(*args, **kwargs):
-        teacher = real_teacher(*args, **kwargs)
-        watch(teacher.model, "teacher")
-        return teacher
-
-    def load_model(*args, **kwargs):
-        loaded = real_load(*args, **kwargs)
-        watch(loaded.model, "student")
-        return loaded
-
-    monkeypatch.setattr(distill, "load_teacher", load_teacher)
-    monkeypatch.setattr(model_lib, "load_model", load_model)
-    raw = _raw(tiny_vit, images, tmp_path / "bf16", teacher=str(teachers["resnet"]))
-    raw["training"] |= {"bf16": True, "max_steps": 2}
-    _train(raw)
-    assert states["teacher"] == states["student"] == {True}

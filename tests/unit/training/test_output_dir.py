@@ -1,47 +1,29 @@
-"""The output folder: a path under a file, the lock one run holds on it, and a full disk."""
+"""output_dir.py: a path under a file, the lock one run holds on the folder, and a full disk as one line."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from finetune.recipe import recipe_from_dict
 from finetune.training.output_dir import (
     HOLDER_NAME,
     LOCK_NAME,
     DiskFullError,
     OutputDirError,
-    OutputLock,
     check_output_dir,
     claim_output_dir,
     disk_full_is_a_user_error,
     what_a_rerun_does,
 )
 from finetune.utils.errors import UserError
-from tests.helpers import ROOT
 from tests.helpers.disk import leave_free
-
-
-def _recipe(out: Path, **training):
-    return recipe_from_dict(
-        {
-            "description": "test recipe",
-            "expected": {"metric": "accuracy", "value": 0.9},
-            "model": {"name_or_path": "unused/model"},
-            "data": {"dataset": "unused/data"},
-            "training": {"num_train_epochs": 1, "use_cpu": True, **training},
-            "output_dir": str(out),
-        }
-    )
+from tests.helpers.recipes import output_recipe
 
 
 def _digest(folder: Path) -> dict[str, bytes]:
@@ -67,7 +49,7 @@ def test_output_dir_below_a_file_is_refused_naming_the_file(tmp_path: Path) -> N
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
     with pytest.raises(OutputDirError) as err:
-        claim_output_dir(_recipe(afile / "sub" / "deeper"), overwrite=False)
+        claim_output_dir(output_recipe(afile / "sub" / "deeper"), overwrite=False)
     message = str(err.value)
     assert "\n" not in message and f"'{afile}' is a file" in message
     assert afile.read_text() == "not a folder"
@@ -77,7 +59,7 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(OutputDirError, match="is a file; name a folder"):
-        check_output_dir(_recipe(afile), overwrite=False)
+        check_output_dir(output_recipe(afile), overwrite=False)
 
 
 # ------------------------------------------------------------------ the lock
@@ -85,13 +67,13 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 def test_a_second_run_stops_at_once_naming_the_first(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    lock, resume = claim_output_dir(_recipe(out), overwrite=False)
+    lock, resume = claim_output_dir(output_recipe(out), overwrite=False)
     try:
         assert resume is None and (out / LOCK_NAME).is_file()
         holder = json.loads((out / HOLDER_NAME).read_text())
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
         with pytest.raises(OutputDirError) as err:  # at once: the lock's timeout is 0
-            claim_output_dir(_recipe(out, learning_rate=0.5), overwrite=True)  # even --overwrite waits its turn
+            claim_output_dir(output_recipe(out, learning_rate=0.5), overwrite=True)  # even --overwrite waits its turn
         message = str(err.value)
         assert f"is in use by another finetune run (pid {os.getpid()} on {socket.gethostname()}, started" in message
         assert "wait for it to finish or choose another output_dir" in message and "\n" not in message
@@ -99,7 +81,7 @@ def test_a_second_run_stops_at_once_naming_the_first(tmp_path: Path) -> None:
         lock.release()
     # Released: the holder's details go, the (empty) lock file stays and hides nothing.
     assert {p.name for p in out.iterdir()} == {LOCK_NAME}
-    lock, _ = claim_output_dir(_recipe(out), overwrite=False)
+    lock, _ = claim_output_dir(output_recipe(out), overwrite=False)
     lock.release()
 
 
@@ -108,31 +90,31 @@ def test_lock_files_do_not_make_a_folder_foreign_and_a_foreign_folder_gets_none(
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     with pytest.raises(OutputDirError, match=r"not a finetune run \(thesis.tex\)"):
-        claim_output_dir(_recipe(mine), overwrite=False)
+        claim_output_dir(output_recipe(mine), overwrite=False)
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]  # no lock file left in it
 
     fresh = tmp_path / "fresh"
-    lock, _ = claim_output_dir(_recipe(fresh), overwrite=False)
+    lock, _ = claim_output_dir(output_recipe(fresh), overwrite=False)
     lock.release()
     (fresh / "thesis.tex").write_text("x")
     with pytest.raises(OutputDirError, match=r"not a finetune run \(thesis.tex\)"):  # the lock file is not named
-        check_output_dir(_recipe(fresh), overwrite=False)
+        check_output_dir(output_recipe(fresh), overwrite=False)
 
 
 def test_a_refused_run_leaves_a_locked_once_folder_as_it_was(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    lock, _ = claim_output_dir(_recipe(out), overwrite=False)
-    (out / "recipe.json").write_text(json.dumps(_recipe(out).to_dict()))
+    lock, _ = claim_output_dir(output_recipe(out), overwrite=False)
+    (out / "recipe.json").write_text(json.dumps(output_recipe(out).to_dict()))
     _fake_checkpoint(out, 3)
     lock.release()
     before = _digest(out)
     with pytest.raises(OutputDirError, match="different recipe"):
-        claim_output_dir(_recipe(out, learning_rate=0.5), overwrite=False)
+        claim_output_dir(output_recipe(out, learning_rate=0.5), overwrite=False)
     assert _digest(out) == before
-    lock, resume = claim_output_dir(_recipe(out), overwrite=False)  # the same recipe resumes
+    lock, resume = claim_output_dir(output_recipe(out), overwrite=False)  # the same recipe resumes
     lock.release()
     assert resume == str(out / "checkpoint-3")
-    lock, resume = claim_output_dir(_recipe(out, learning_rate=0.5), overwrite=True)
+    lock, resume = claim_output_dir(output_recipe(out, learning_rate=0.5), overwrite=True)
     lock.release()
     assert resume is None and not list(out.glob("checkpoint-*"))  # removed under the lock
 
@@ -142,63 +124,34 @@ def test_a_run_from_before_new_recipe_keys_still_resumes(tmp_path: Path) -> None
     keep the old behaviour): the same recipe resumes; a key set away from its default, or a
     changed old key, is still a different recipe."""
     out = tmp_path / "out"
-    lock, _ = claim_output_dir(_recipe(out), overwrite=False)
-    old = _recipe(out).to_dict()
+    lock, _ = claim_output_dir(output_recipe(out), overwrite=False)
+    old = output_recipe(out).to_dict()
     del old["model"]["layer_decay"], old["data"]["augment"]["mixup_alpha"], old["search"]
     (out / "recipe.json").write_text(json.dumps(old))
     _fake_checkpoint(out, 3)
     lock.release()
-    lock, resume = claim_output_dir(_recipe(out), overwrite=False)
+    lock, resume = claim_output_dir(output_recipe(out), overwrite=False)
     lock.release()
     assert resume == str(out / "checkpoint-3")
-    changed = _recipe(out)
+    changed = output_recipe(out)
     changed.model.layer_decay = 0.75
     with pytest.raises(OutputDirError, match=r"different recipe \(model.layer_decay: null → 0.75\)"):
         check_output_dir(changed, overwrite=False)
     with pytest.raises(OutputDirError, match="training.learning_rate"):
-        check_output_dir(_recipe(out, learning_rate=0.5), overwrite=False)
+        check_output_dir(output_recipe(out, learning_rate=0.5), overwrite=False)
 
 
 def test_lock_files_are_never_uploaded(tmp_path: Path) -> None:
     from finetune.publish.hub import planned_files
 
     out = tmp_path / "out"
-    lock, _ = claim_output_dir(_recipe(out), overwrite=False)
+    lock, _ = claim_output_dir(output_recipe(out), overwrite=False)
     try:
         (out / "config.json").write_text("{}")
         assert (out / HOLDER_NAME).is_file()
         assert planned_files(out) == ["config.json"]
     finally:
         lock.release()
-
-
-@pytest.mark.e2e
-def test_a_killed_holder_does_not_block_the_next_run(tmp_path: Path) -> None:
-    """flock: the kernel drops the lock of a process that dies, kill -9 included."""
-    out = tmp_path / "out"
-    script = (
-        "import sys, time\n"
-        "from pathlib import Path\n"
-        "from finetune.training.output_dir import OutputLock\n"
-        "out = Path(sys.argv[1]); out.mkdir()\n"
-        "lock = OutputLock(out).acquire()  # kept: a FileLock lets go when collected\n"
-        "lock.write_holder()\n"
-        "print('locked', flush=True)\n"
-        "time.sleep(600)\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    holder = subprocess.Popen([sys.executable, "-c", script, str(out)], env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(OutputDirError, match=f"in use by another finetune run \\(pid {holder.pid} on "):
-            OutputLock(out).acquire()
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-    assert (out / LOCK_NAME).exists() and (out / HOLDER_NAME).exists()  # stale files of the dead run
-    lock, _ = claim_output_dir(_recipe(out), overwrite=False)
-    assert json.loads((out / HOLDER_NAME).read_text())["pid"] == os.getpid()
-    lock.release()
 
 
 # ------------------------------------------------------------------ a full disk

@@ -1,4 +1,4 @@
-"""util.py: file modes of written weights follow the umask; metrics files are never left half-written."""
+"""files.py: file modes of written weights follow the umask; metrics files are never left half-written."""
 
 from __future__ import annotations
 

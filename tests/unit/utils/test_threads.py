@@ -1,11 +1,7 @@
-"""CPU threads: every core under a launcher, each process its share, the user's choice first, GPUs untouched."""
+"""threads.py: every core under a launcher, each process its share, the user's choice first, GPUs untouched."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +9,6 @@ import torch
 
 from finetune.utils import threads
 from finetune.utils.threads import Threads, ThreadsError, available_cores, decide, launcher_set_omp
-from tests.helpers import ROOT
-from tests.helpers.workers import pin_xdist_worker
 
 ACCELERATE_CHILD = {"ACCELERATE_MIXED_PRECISION": "no", "OMP_NUM_THREADS": "1"}
 TORCHRUN_CHILD = {"TORCHELASTIC_RUN_ID": "none", "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
@@ -139,67 +133,3 @@ def test_cgroup_quota_reads_the_tightest_cpu_max(tmp_path: Path) -> None:
     proc.write_text("4:cpu:/\n")  # cgroup v1 only: the root file, here unlimited
     assert threads.cgroup_quota(root, proc) is None
     assert threads.cgroup_quota(tmp_path / "none", tmp_path / "none") is None
-
-
-# ---------------------------------------------------------------- through the launchers
-
-PROBE = """
-import os, sys
-sys.path.insert(0, {root!r})
-from finetune.utils.threads import configure_threads
-import torch
-record = configure_threads()
-# One write per line: under PYTHONUNBUFFERED (as CI runs) print() writes each piece on its
-# own, and the two torchrun ranks' pieces interleaved ("threadsthreads 1 ...").
-sys.stdout.write(f"threads {{torch.get_num_threads()}} {{record.why}}\\n")
-sys.stdout.flush()
-"""
-
-
-def _run(command: list[str], script: Path, **env: str) -> list[tuple[int, str]]:
-    full = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "FINETUNE_NUM_THREADS")}
-    result = subprocess.run(command + [str(script)], env={**full, **env}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    found = re.findall(r"^threads (\d+) (.+)$", result.stdout, flags=re.M)
-    assert found, result.stdout + result.stderr[-2000:]
-    return [(int(n), why) for n, why in found]
-
-
-@pytest.mark.e2e
-def test_accelerate_launch_uses_every_core(tmp_path: Path) -> None:
-    cores = available_cores(sorted(os.sched_getaffinity(0)), threads._topology(os.sched_getaffinity(0)),
-                            threads.cgroup_quota())
-    script = tmp_path / "probe.py"
-    script.write_text(PROBE.format(root=str(ROOT)))
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"]
-    assert _run(accelerate, script) == [(cores, "cores/processes")]
-    assert _run(accelerate, script, FINETUNE_NUM_THREADS="1") == [(1, "user FINETUNE_NUM_THREADS")]
-    # The user's OMP_NUM_THREADS, passed through the launcher, is kept.
-    assert _run(accelerate, script, OMP_NUM_THREADS="1") == [(1, "user OMP_NUM_THREADS")]
-    # torchrun with two processes: each gets half (torchrun alone would give each one thread).
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    assert _run(torchrun, script) == [(max(1, cores // 2), "cores/processes")] * 2
-
-
-# ------------------------------------------------------ the test suite's own workers
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
-@pytest.mark.parametrize(
-    "worker, workers, cpus, mine",
-    [("gw0", "2", [0, 1], [0]), ("gw1", "2", [0, 1, 2, 3], [1, 3]), ("gw2", "3", [0, 1], [0]), ("gw0", "1", [0, 1], [0, 1])],
-)
-def test_each_xdist_worker_is_pinned_to_its_own_cpus(monkeypatch, worker, workers, cpus, mine) -> None:
-    """Under ``pytest -n N`` the workers share the CPUs out (round robin when there are more
-    workers than CPUs), so the jobs one worker starts never size their threads to the
-    whole machine while another worker's jobs run."""
-    pinned = []
-    monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
-    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", workers)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(cpus))
-    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, chosen: pinned.append(sorted(chosen)))
-    pin_xdist_worker()
-    assert pinned == [mine]
-    monkeypatch.delenv("PYTEST_XDIST_WORKER")
-    pin_xdist_worker()  # not under xdist: nothing is pinned
-    assert pinned == [mine]
