@@ -1,4 +1,5 @@
-"""Training with a teacher: frozen in eval mode on every step, named in the card, exact resumes, α = 0 as without it, the student's autocast."""
+"""Training with a teacher: frozen in eval mode on every step, named in the card, exact resumes, α
+= 0 as without it, the student's autocast."""
 
 from __future__ import annotations
 

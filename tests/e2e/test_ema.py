@@ -1,4 +1,5 @@
-"""The EMA of the weights in the Trainer: its checkpoints, the evaluation of the average, the best checkpoint, and exact resumes."""
+"""The EMA of the weights in the Trainer: its checkpoints, the evaluation of the average, the best
+checkpoint, and exact resumes."""
 
 from __future__ import annotations
 

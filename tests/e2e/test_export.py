@@ -1,4 +1,5 @@
-"""`finetune export` end to end: int8 exports of tiny runs, checked against PyTorch, run by `predict` and `eval` with ONNX Runtime, without torch too."""
+"""`finetune export` end to end: int8 exports of tiny runs, checked against PyTorch, run by
+`predict` and `eval` with ONNX Runtime, without torch too."""
 
 from __future__ import annotations
 

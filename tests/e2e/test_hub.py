@@ -1,4 +1,5 @@
-"""`finetune push` through the command line without a network: a fast one-line failure with the retry command, and the token never shown or stored."""
+"""`finetune push` through the command line without a network: a fast one-line failure with the
+retry command, and the token never shown or stored."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_push_offline_fails_fast_with_retry_command(run, env):
 
 @pytest.mark.e2e
 def test_token_never_leaks(tmp_path_factory):
-    """The run is trained through the command line with HF_TOKEN set (see _report_fixtures);
+    """The run is trained through the command line with HF_TOKEN set (see tests/helpers/runs.py);
     neither it, a dry run, nor a failed push may show or store the token."""
     run = trained_run_in_subprocess(tmp_path_factory)
     dry = run_cli_env("push", str(run.out), "--dry-run", env={"HF_TOKEN": FAKE_TOKEN})

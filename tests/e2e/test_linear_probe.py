@@ -1,4 +1,5 @@
-"""The linear probe on cached features end to end: features from several processes, one backbone pass per image, and runs through the command line."""
+"""The linear probe on cached features end to end: features from several processes, one backbone
+pass per image, and runs through the command line."""
 
 from __future__ import annotations
 

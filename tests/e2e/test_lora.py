@@ -1,4 +1,5 @@
-"""A LoRA run through the command line: the merged model loads without peft, gives the adapted model's logits, and resumes bitwise."""
+"""A LoRA run through the command line: the merged model loads without peft, gives the adapted
+model's logits, and resumes bitwise."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The output folder through the command line: a folder in use, a full disk, a dead holder's lock, a run that stopped before training."""
+"""The output folder through the command line: a folder in use, a full disk, a dead holder's lock,
+a run that stopped before training."""
 
 from __future__ import annotations
 

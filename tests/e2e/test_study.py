@@ -1,4 +1,5 @@
-"""Studies end to end: shared probe features, finished runs skipped on a rerun, runs from random initialisation, and the command."""
+"""Studies end to end: shared probe features, finished runs skipped on a rerun, runs from random
+initialisation, and the command."""
 
 from __future__ import annotations
 

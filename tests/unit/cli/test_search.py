@@ -1,4 +1,5 @@
-"""The command line and a recipe's search block: validate checks it, train refuses it, and the quick answers import no heavy library."""
+"""The command line and a recipe's search block: validate checks it, train refuses it, and the
+quick answers import no heavy library."""
 
 from __future__ import annotations
 

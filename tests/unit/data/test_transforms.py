@@ -1,4 +1,5 @@
-"""transforms.py: batches augmented and normalised on the device (BatchTransform), and Mixup and CutMix (BatchMix): soft targets, seeding."""
+"""transforms.py: batches augmented and normalised on the device (BatchTransform), and Mixup and
+CutMix (BatchMix): soft targets, seeding."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""onnx_classifier.py: the torch-free preprocessing equals the processors' own, images are read as training reads them, class names as transformers reads them."""
+"""onnx_classifier.py: the torch-free preprocessing equals the processors' own, images are read as
+training reads them, class names as transformers reads them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""eval_sets.py: extra evaluation sets are strict recipe sections, and a set the model cannot score stops a run before training."""
+"""eval_sets.py: extra evaluation sets are strict recipe sections, and a set the model cannot score
+stops a run before training."""
 
 from __future__ import annotations
 

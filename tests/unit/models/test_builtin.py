@@ -1,4 +1,5 @@
-"""builtin.py: the EfficientNet-Lite0/1/2 ImageNet weights converted into plain Hugging Face checkpoints, cached, and a missing extra named."""
+"""builtin.py: the EfficientNet-Lite0/1/2 ImageNet weights converted into plain Hugging Face
+checkpoints, cached, and a missing extra named."""
 
 from __future__ import annotations
 

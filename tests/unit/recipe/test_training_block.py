@@ -1,4 +1,5 @@
-"""training_block.py: TrainingArguments read from source equals the real class; the checks refuse what torch and transformers would."""
+"""training_block.py: TrainingArguments read from source equals the real class; the checks refuse
+what torch and transformers would."""
 
 from __future__ import annotations
 

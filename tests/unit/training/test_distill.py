@@ -1,4 +1,5 @@
-"""distill.py: the Hinton loss, the teacher's classes and input, the recipe's checks, and a bad teacher stopping a run before training."""
+"""distill.py: the Hinton loss, the teacher's classes and input, the recipe's checks, and a bad
+teacher stopping a run before training."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""lp_ft.py: LP-FT's recipe checks, its probed head kept or removed with the output folder, and a model whose logits are not its last Linear's refused."""
+"""lp_ft.py: LP-FT's recipe checks, its probed head kept or removed with the output folder, and a
+model whose logits are not its last Linear's refused."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""trainer.py: the Trainer gets normalised float batches, reads the decode cache through its own loaders, and mixes in training only."""
+"""trainer.py: the Trainer gets normalised float batches, reads the decode cache through its own
+loaders, and mixes in training only."""
 
 from __future__ import annotations
 
