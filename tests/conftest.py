@@ -31,7 +31,7 @@ E2E = Path(__file__).resolve().parent / "e2e"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test under tests/e2e/ is marked e2e, so that ``-m "not e2e"`` leaves out all of them."""
     for item in items:
-        if E2E in item.path.parents:
+        if E2E in item.path.resolve().parents:
             item.add_marker(pytest.mark.e2e)
 
 
