@@ -28,6 +28,7 @@ pin_xdist_worker()
 E2E = Path(__file__).resolve().parent / "e2e"
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test under tests/e2e/ is marked e2e, so that ``-m "not e2e"`` leaves out all of them."""
     for item in items:

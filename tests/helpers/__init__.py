@@ -1,7 +1,7 @@
 """Helpers the tests share: plain functions and constants, imported as ``tests.helpers.NAME``.
 
-Fixtures live in tests/conftest.py; test files import from here, never from each other or
-from a conftest.py (which pytest imports under its own module name).
+Fixtures live in tests/conftest.py, which only pytest imports; test files import the plain
+helpers from here, never from each other, so any test file can move or run alone.
 """
 
 from __future__ import annotations
