@@ -9,7 +9,7 @@ import numpy as np
 from finetune.data.sources import DataError, looks_like_image_paths
 from finetune.recipe import DataConfig
 
-_LABEL_NAMES = ("label", "labels", "class", "target", "category", "fine_label", "coarse_label")
+LABEL_NAMES = ("label", "labels", "class", "target", "category", "fine_label", "coarse_label")
 
 
 def find_columns(dataset, cfg: DataConfig) -> tuple[str, str]:
@@ -49,7 +49,7 @@ def find_columns(dataset, cfg: DataConfig) -> tuple[str, str]:
     if label is None:
         found = [c for c, f in features.items() if isinstance(f, ClassLabel) and c != image]
         if not found:
-            found = [c for c in columns if c.lower() in _LABEL_NAMES and c != image]
+            found = [c for c in columns if c.lower() in LABEL_NAMES and c != image]
         if not found and len(columns) == 2:
             found = [c for c in columns if c != image]  # the only other column
         if len(found) != 1:

@@ -16,10 +16,10 @@ from finetune.utils.locations import looks_like_path
 IMAGE_EXTENSIONS = {
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"
 }
-_FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
+FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".arrow": "arrow"}
 #: Files of a folder in the Hub's layout that can hold images or list them: tables, and the
 #: archives `datasets` reads image folders and WebDataset shards from.
-_DATA_FILES = set(_FILE_BUILDERS) | {".tsv", ".ndjson", ".lance", ".tar", ".zip"}
+DATA_FILES = set(FILE_BUILDERS) | {".tsv", ".ndjson", ".lance", ".tar", ".zip"}
 
 
 class DataError(ValueError):
@@ -38,16 +38,16 @@ def load_raw(cfg: DataConfig):
             raise DataError(f"data.dataset: {err}") from None
     path = Path(name).expanduser()
     try:
-        if path.is_file() or any(name.endswith(ext) for ext in _FILE_BUILDERS):
+        if path.is_file() or any(name.endswith(ext) for ext in FILE_BUILDERS):
             ext = path.suffix.lower()
-            if ext not in _FILE_BUILDERS:
+            if ext not in FILE_BUILDERS:
                 raise DataError(
                     f"data.dataset: '{name}' is a file of unknown type; use parquet, CSV or JSON-lines "
                     "(or a folder)"
                 )
             if not path.is_file():
                 raise DataError(f"data.dataset: no such file '{name}'; check the path")
-            ds = load_dataset(_FILE_BUILDERS[ext], data_files={"train": str(path)})
+            ds = load_dataset(FILE_BUILDERS[ext], data_files={"train": str(path)})
             return _resolve_relative_image_paths(ds, path.parent)
         if path.is_dir():
             check_holds_images(path)
@@ -84,7 +84,7 @@ def check_holds_images(root: Path) -> None:
             suffix = Path(name).suffix.lower()
             if is_junk(name):
                 junk.append(str(where / name))
-            elif suffix in IMAGE_EXTENSIONS or suffix in _DATA_FILES:
+            elif suffix in IMAGE_EXTENSIONS or suffix in DATA_FILES:
                 return
             else:
                 others.append(str(where / name))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from finetune.data.decode import Decoder
-from finetune.data.transforms import _presets, _resized_crop_uint8
+from finetune.data.transforms import presets, resized_crop_uint8
 from finetune.recipe import AugmentConfig
 from finetune.utils.images import open_image, to_rgb
 
@@ -39,7 +39,7 @@ def decode_upright(value: Any) -> torch.Tensor:
     rotation, any mode to RGB, truncated files and decompression bombs refused).
 
     JPEGs in RGB or grey are decoded by torchvision's libjpeg-turbo, which gives Pillow's
-    bytes about twice as fast (bench/README.md); Pillow still opens the header, so a bomb
+    bytes faster (bench/README.md); Pillow still opens the header, so a bomb
     is refused before anything is decoded, and every other file goes through Pillow."""
     from PIL import Image
 
@@ -103,13 +103,13 @@ class ImagePipeline:
             p = crop.make_params([pixels])
             # Channels-last: the layout torch's uint8 resize works in (finetune.data.transforms).
             hwc = pixels.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-            image = _resized_crop_uint8(hwc, p["top"], p["left"], p["height"], p["width"], list(self.size), True)
+            image = resized_crop_uint8(hwc, p["top"], p["left"], p["height"], p["width"], list(self.size), True)
         else:
             image = self.shaped(pixels)
         if self.hflip and torch.rand(1) < 0.5:
             image = F.horizontal_flip(image)
         if self.preset is not None:
             if self._policy is None:
-                self._policy = _presets()[self.preset](interpolation=v2.InterpolationMode.BILINEAR)
+                self._policy = presets()[self.preset](interpolation=v2.InterpolationMode.BILINEAR)
             image = self._policy(image)
         return image.contiguous()

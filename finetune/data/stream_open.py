@@ -31,9 +31,11 @@ def open_stream(cfg: DataConfig, wanted: list[str]) -> StreamSource:
             return _open_folder(path, cfg, wanted)
         if looks_like_path(name):
             raise DataError(f"data.dataset: no such folder or file '{name}'; check the path")
-        return open_hub(cfg, wanted)
+        return _by_builder(name, cfg, wanted, local=False)
     except DataError:
         raise
+    except FileNotFoundError as err:
+        raise DataError(f"data.dataset: cannot find '{name}' ({first_line(err)}); check the id or path") from None
     except (ConnectionError, OSError) as err:
         raise DataError(f"data.dataset: cannot stream '{name}' ({first_line(err)}); check the id, path or network") from None
 
@@ -41,7 +43,7 @@ def open_stream(cfg: DataConfig, wanted: list[str]) -> StreamSource:
 def _open_file(path: Path, cfg: DataConfig, wanted: list[str]) -> StreamSource:
     ext = path.suffix.lower()
     if ext == ".parquet":
-        return open_parquet({"train": [path]}, cfg, wanted)
+        return open_parquet({"train": [str(path)]}, cfg, wanted)
     if ext == ".tar":
         return open_tars({"train": [path]}, cfg, wanted)
     if ext in (".csv", ".json", ".jsonl"):
@@ -58,16 +60,21 @@ def _open_folder(root: Path, cfg: DataConfig, wanted: list[str]) -> StreamSource
     if listed is not None:
         splits, names = listed
         return listed_source(splits, names, "image", "label", cfg, wanted, "image folder")
-    # A folder of data files (the Hub's layout: parquet, WebDataset tars): which files make
-    # which split is decided by `datasets`, as on the decode-cache path.
+    return _by_builder(str(root), cfg, wanted, local=True)
+
+
+def _by_builder(name: str, cfg: DataConfig, wanted: list[str], local: bool) -> StreamSource:
+    """A folder of data files, or a Hub data set: which files make which split is decided by
+    `datasets`, as on the decode-cache path; parquet files are read by row group (their
+    sizes are in their footers), local tars with the `webdataset` package, and anything
+    else through `datasets` streaming."""
     from datasets import load_dataset_builder
 
-    builder = load_dataset_builder(str(root), cfg.config)
-    files = {split: [Path(f) for f in found] for split, found in (builder.config.data_files or {}).items()}
+    builder = load_dataset_builder(name, cfg.config, revision=None if local else cfg.revision)
+    files = {split: [str(f) for f in found] for split, found in (builder.config.data_files or {}).items()}
     if builder.name == "parquet":
         return open_parquet(files, cfg, wanted)
-    if builder.name == "webdataset":
-        return open_tars(files, cfg, wanted)
-    # Anything else `datasets` reads from a folder (an image folder with metadata files,
-    # CSV, JSON-lines, archives) streams through `datasets` itself.
+    if builder.name == "webdataset" and local:
+        return open_tars({split: [Path(f) for f in found] for split, found in files.items()}, cfg, wanted,
+                         builder.info.features)
     return open_hub(cfg, wanted)

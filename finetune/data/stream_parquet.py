@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 from finetune.data.sources import DataError
@@ -13,6 +12,18 @@ from finetune.recipe import DataConfig
 #: Rows decoded from parquet at a time: small, so a reader holds a few megabytes, not a
 #: whole row group of encoded images.
 _ROWS_PER_READ = 64
+
+
+def open_file(path: str):
+    """A parquet file to read: a local path as it is, a URL (``hf://`` for the Hub, as
+    ``datasets`` names remote data files) through fsspec, which reads what is asked for."""
+    import pyarrow.parquet as pq
+
+    if "://" in path:
+        import fsspec
+
+        return pq.ParquetFile(fsspec.open(path, "rb").open())
+    return pq.ParquetFile(path)
 
 
 @dataclass(frozen=True)
@@ -26,10 +37,8 @@ class RowGroupReader:
     label_column: str
 
     def __call__(self, start: int = 0) -> Iterator[tuple[Any, Any]]:
-        import pyarrow.parquet as pq
-
         skipped = 0
-        with pq.ParquetFile(self.path) as f:
+        with open_file(self.path) as f:
             for batch in f.iter_batches(
                 batch_size=_ROWS_PER_READ, row_groups=[self.row_group], columns=[self.image_column, self.label_column]
             ):
@@ -47,72 +56,85 @@ class _Head:
     """What ``finetune.data.columns.find_columns`` reads of a data set: its features and
     the first values of a column."""
 
-    def __init__(self, features, path: Path) -> None:
+    def __init__(self, features, path: str) -> None:
         self.features = features
         self._path = path
 
     def __getitem__(self, column: str):
-        import pyarrow.parquet as pq
-
-        with pq.ParquetFile(self._path) as f:
+        with open_file(self._path) as f:
             return next(f.iter_batches(batch_size=5, columns=[column])).column(column).to_pylist()
 
 
-def open_parquet(files: dict[str, list[Path]], cfg: DataConfig, wanted: list[str]) -> StreamSource:
-    """The parquet files of each split as row-group shards."""
-    import pyarrow.parquet as pq
-    from datasets import ClassLabel, Features
+def open_parquet(files: dict[str, list], cfg: DataConfig, wanted: list[str]) -> StreamSource:
+    """The parquet files of each split (local paths or URLs) as row-group shards; their
+    footers are read in parallel (a Hub data set has hundreds of files)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from datasets import ClassLabel
 
     from finetune.data.columns import find_columns
 
     check_splits(list(files), cfg, wanted)
-    train = files[wanted[0]]
+    paths = {split: [str(p) for p in files[split]] for split in wanted}
+    train = paths[wanted[0]]
     if not train:
         raise DataError(f"data.train_split: split '{wanted[0]}' of '{cfg.dataset}' has no parquet file")
-    with pq.ParquetFile(train[0]) as f:
-        features = Features.from_arrow_schema(f.schema_arrow)
+    every = sorted({p for split in wanted for p in paths[split]})
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        footers = dict(zip(every, pool.map(_footer, every)))
+    features = footers[train[0]][0]
     image, label = find_columns(_Head(features, train[0]), cfg)
-    common = _common_root([p for split in wanted for p in files[split]])
+    common = _common_root(every)
+    declared = isinstance(features[label], ClassLabel)
+    names = list(features[label].names) if declared else sorted({str(v) for p in train for v in _column(p, label)})
     splits: dict[str, ShardedSplit] = {}
-    names: list[str] | None = list(features[label].names) if isinstance(features[label], ClassLabel) else None
-    if names is None:
-        # Labels as plain values: the classes are the sorted values of train's label
-        # column, read alone (a column projection: no image bytes).
-        values = set()
-        for path in train:
-            values |= {str(v) for v in pq.read_table(path, columns=[label]).column(label).to_pylist()}
-        names = sorted(values)
     for split in wanted:
         shards = []
-        for path in files[split]:
-            with pq.ParquetFile(path) as f:
-                theirs = Features.from_arrow_schema(f.schema_arrow)
-                missing = [c for c in (image, label) if c not in theirs]
-                if missing:
-                    raise DataError(f"data: split '{split}' lacks column(s) {', '.join(missing)} that train has ({path})")
-                rel = str(path.relative_to(common)) if common else path.name
-                for rg in range(f.metadata.num_row_groups):
-                    size = f.metadata.row_group(rg).num_rows
-                    shards.append(Shard(f"{rel}:{rg}", size, RowGroupReader(str(path), rg, image, label)))
-        if isinstance(features[label], ClassLabel):
+        for path in paths[split]:
+            theirs, sizes = footers[path]
+            missing = [c for c in (image, label) if c not in theirs]
+            if missing:
+                raise DataError(f"data: split '{split}' lacks column(s) {', '.join(missing)} that train has ({path})")
+            rel = path[len(common):].lstrip("/") if common else path.rsplit("/", 1)[-1]
+            shards += [Shard(f"{rel}:{rg}", size, RowGroupReader(path, rg, image, label)) for rg, size in enumerate(sizes)]
+        if declared:
             their_names = list(theirs[label].names) if isinstance(theirs[label], ClassLabel) else names
             mapping = class_map(names, their_names, split)
         else:
-            mapping = {}
-            index = {n: i for i, n in enumerate(names)}
-            seen = set()
-            for path in files[split]:
-                seen |= set(pq.read_table(path, columns=[label]).column(label).to_pylist())
+            # Labels as plain values: the classes are the sorted values of train's label
+            # column, read alone (a column projection: no image bytes).
+            seen = {v for p in paths[split] for v in _column(p, label)}
             class_map(names, sorted({str(v) for v in seen}), split)  # unknown classes: one clear error
+            index = {n: i for i, n in enumerate(names)}
             mapping = {v: index[str(v)] for v in seen}
         splits[split] = ShardedSplit(split, shards, mapping)
     return StreamSource(splits, names, image, label, "parquet row groups")
 
 
-def _common_root(paths: list[Path]) -> Path | None:
-    import os
+def _footer(path: str):
+    """A parquet file's features (with the Hub's ``huggingface`` metadata) and row-group sizes."""
+    from datasets import Features
 
-    try:
-        return Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
-    except ValueError:
-        return None
+    with open_file(path) as f:
+        return Features.from_arrow_schema(f.schema_arrow), [
+            f.metadata.row_group(rg).num_rows for rg in range(f.metadata.num_row_groups)
+        ]
+
+
+def _column(path: str, column: str) -> list:
+    with open_file(path) as f:
+        return f.read(columns=[column]).column(column).to_pylist()
+
+
+def _common_root(paths: list[str]) -> str:
+    """The longest folder every path lies in ('' for none)."""
+    parents = [p.rsplit("/", 1)[0] for p in paths]
+    if not parents:
+        return ""
+    prefix = parents[0]
+    for parent in parents[1:]:
+        while not (parent == prefix or parent.startswith(prefix + "/")):
+            if "/" not in prefix:
+                return ""
+            prefix = prefix.rsplit("/", 1)[0]
+    return prefix

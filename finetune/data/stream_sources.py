@@ -23,13 +23,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from finetune.data.sources import _FILE_BUILDERS, DataError, looks_like_image_paths
+from finetune.data.sources import FILE_BUILDERS, DataError, looks_like_image_paths
 from finetune.recipe import DataConfig
 from finetune.utils.images import is_junk
 
 #: Files the image-folder lister leaves to ``datasets`` (they change how it reads a folder).
 _METADATA = {"metadata.csv", "metadata.jsonl", "metadata.parquet"}
-_TABLE_EXTENSIONS = set(_FILE_BUILDERS) | {".tsv", ".ndjson", ".lance", ".tar", ".zip"}
+_TABLE_EXTENSIONS = set(FILE_BUILDERS) | {".tsv", ".ndjson", ".lance", ".tar", ".zip"}
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def open_table(path: Path, cfg: DataConfig, wanted: list[str]) -> StreamSource:
     (it is small), the images are not."""
     from datasets import load_dataset
 
-    ds = load_dataset(_FILE_BUILDERS[path.suffix.lower()], data_files={"train": str(path)}, streaming=True)["train"]
+    ds = load_dataset(FILE_BUILDERS[path.suffix.lower()], data_files={"train": str(path)}, streaming=True)["train"]
     rows = list(ds)
     if not rows:
         raise DataError(f"data.dataset: '{path}' lists no images")
@@ -225,9 +225,9 @@ def open_table(path: Path, cfg: DataConfig, wanted: list[str]) -> StreamSource:
             f"data.image_column: no column of '{path}' holds image file paths (columns: {', '.join(columns)}); "
             "name it in data.image_column"
         )
-    from finetune.data.columns import _LABEL_NAMES
+    from finetune.data.columns import LABEL_NAMES
 
-    label = cfg.label_column or next((c for c in columns if c.lower() in _LABEL_NAMES and c != image), None)
+    label = cfg.label_column or next((c for c in columns if c.lower() in LABEL_NAMES and c != image), None)
     if label is None and len(columns) == 2:
         label = next(c for c in columns if c != image)
     if label is None or label not in columns:

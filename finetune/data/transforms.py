@@ -28,7 +28,7 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(threads)
 
 
-def _resized_crop_uint8(image: torch.Tensor, top: int, left: int, height: int, width: int, size: list[int], antialias: bool) -> torch.Tensor:
+def resized_crop_uint8(image: torch.Tensor, top: int, left: int, height: int, width: int, size: list[int], antialias: bool) -> torch.Tensor:
     """``v2.functional.resized_crop`` for a uint8 image on CPU with bilinear interpolation,
     the same bytes: torchvision crops by slicing and resizes with ``interpolate`` on the
     uint8 pixels (torch's antialiased uint8 kernel). Called directly, for speed:
@@ -49,7 +49,7 @@ def _resized_crop_uint8(image: torch.Tensor, top: int, left: int, height: int, w
     return torch.nn.functional.interpolate(crop, size=size, mode="bilinear", align_corners=False, antialias=antialias)[0]
 
 
-def _presets() -> dict[str, Any]:
+def presets() -> dict[str, Any]:
     from torchvision.transforms import v2
 
     return {
@@ -166,7 +166,7 @@ class BatchTransform:
             steps.append(v2.RandomHorizontalFlip())
         if augment is not None and augment.preset is not None:
             # Bilinear, as torchvision's classification reference recipes build them.
-            steps.append(_presets()[augment.preset](interpolation=v2.InterpolationMode.BILINEAR))
+            steps.append(presets()[augment.preset](interpolation=v2.InterpolationMode.BILINEAR))
         #: The steps on uint8 pixels (crop, flip, policy); None: none.
         self.augment = v2.Compose(steps) if steps else None
         #: Random erasing, on each normalised image (in place); None: off.
@@ -302,7 +302,7 @@ class BatchTransform:
                 # string.
                 bilinear = getattr(step.interpolation, "value", step.interpolation) == "bilinear"
                 if image.device.type == "cpu" and image.dtype == torch.uint8 and bilinear:
-                    image = _resized_crop_uint8(image, top, left, height, width, list(step.size), step.antialias)
+                    image = resized_crop_uint8(image, top, left, height, width, list(step.size), step.antialias)
                 else:
                     image = F.resized_crop(
                         image, top, left, height, width, step.size,

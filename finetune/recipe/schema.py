@@ -220,7 +220,7 @@ class DataConfig:
     #: Stream the images (decoded, cropped and flipped in DataLoader workers every epoch,
     #: nothing written to disk) instead of decoding every split into a cache first
     #: (:mod:`finetune.training.streamed_data`). "auto": stream when the estimated decode
-    #: cache would exceed 20 GB or the free disk, and the recipe needs nothing that only
+    #: cache would exceed a limit (docs/data.md) or the free disk, and the recipe needs nothing that only
     #: the cache gives (k-shot subsets, class weights, the balanced sampler, a cached-feature
     #: probe); the log says which path and why.
     streaming: bool | Literal["auto"] = "auto"

@@ -106,7 +106,7 @@ def configure_workers(args, recipe: Recipe) -> None:
 
     decision = threads.configure_threads()
     user_set = "dataloader_num_workers" in recipe.training
-    args.dataloader_num_workers = loader_workers(args, user_set, decision)
+    args.dataloader_num_workers = loader_workers(args, user_set)
     if decision.applies and decision.why == "cores/processes" and args.use_cpu:
         left = max(1, decision.count - args.dataloader_num_workers)
         torch.set_num_threads(left)
@@ -171,15 +171,18 @@ def estimate_cache_bytes(source: StreamSource, processor) -> float:
     return per_image * sum(len(split) for split in source.splits.values())
 
 
-def loader_workers(args, user_set: bool, threads) -> int:
+def loader_workers(args, user_set: bool) -> int:
     """DataLoader workers for a streamed run: the recipe's ``dataloader_num_workers``, else
-    from the cores each process has: on a CPU half of them (the other half trains), with an
-    accelerator all but one (the one feeds the device)."""
+    from the cores each process has (its CPU affinity shared by the processes on the
+    machine): on a CPU half of them (the other half trains), with an accelerator all but one
+    (that one feeds the device), at most 16."""
     if user_set:
         return int(args.dataloader_num_workers)
-    cores = max(1, (threads.cores or os.cpu_count() or 1) // max(1, threads.processes))
+    from finetune.utils import threads
     from finetune.utils.devices import has_accelerator
 
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = max(1, cpus // threads.local_processes(os.environ))
     if has_accelerator() or not args.use_cpu:
         return max(1, min(cores - 1, 16))
     return max(1, cores // 2)
