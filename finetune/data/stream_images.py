@@ -13,7 +13,7 @@ import torch
 from finetune.data.decode import Decoder
 from finetune.data.transforms import presets, resized_crop_uint8
 from finetune.recipe import AugmentConfig
-from finetune.utils.images import open_image, to_rgb
+from finetune.utils.images import image_source, open_image, to_rgb
 
 
 def key_seed(key: str, *parts: int) -> int:
@@ -41,12 +41,16 @@ def decode_upright(value: Any) -> torch.Tensor:
     JPEGs in RGB or grey are decoded by torchvision's libjpeg-turbo, which gives Pillow's
     bytes faster (bench/README.md); Pillow still opens the header, so a bomb
     is refused before anything is decoded, and every other file goes through Pillow."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     data = read_bytes(value)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        header = Image.open(io.BytesIO(data))
+        try:
+            header = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            # Pillow names the in-memory buffer; the report names the file, as the cache's does.
+            raise UnidentifiedImageError(f"cannot identify image file {image_source(value)!r}") from None
     if header.format == "JPEG" and header.mode in ("RGB", "L"):
         from torchvision.io import ImageReadMode, decode_jpeg
 
