@@ -313,3 +313,39 @@ def report_bad_images(stream, prepared: Prepared, out, main: bool) -> None:
             report["splits"][item["split"]]["bad"] += 1
     if main:
         write_json(out / "data_report.json", report)
+
+
+def crop_loss(prepared: Prepared, recipe: Recipe) -> str | None:
+    """One line for the log when the decode cache holds the training images below their own
+    size and random crops then scale a small piece of that copy up: what the smallest crop
+    has, and what it would have cut from the originals. None when nothing is lost."""
+    scale = recipe.data.augment.crop_scale
+    if scale is None or recipe.model.caches_features or prepared.train is None:
+        return None
+    from datasets import Image
+
+    from finetune.utils.images import upright_size
+
+    h, w = data.image_size(prepared.train)
+    splits = prepared.splits
+    raw = splits.train
+    if isinstance(raw.features.get(splits.image_column), Image):
+        raw = raw.cast_column(splits.image_column, Image(decode=False))
+    rows = sorted({int(i) for i in np.linspace(0, len(raw) - 1, min(SIZE_SAMPLES, len(raw)))}) if len(raw) else []
+    sizes = []
+    for value in raw.select(rows)[splits.image_column] if rows else []:
+        try:
+            sizes.append(upright_size(value))
+        except Exception:  # noqa: BLE001 - unreadable images are the decode pass's to report
+            continue
+    if not sizes:
+        return None
+    oh, ow = (int(np.median([s[0] for s in sizes])), int(np.median([s[1] for s in sizes])))
+    if oh * ow <= h * w:
+        return None
+    side = math.sqrt(scale[0])
+    return (
+        f"training crops (scale {scale[0]:g}-{scale[1]:g}) are cut from the images as cached, {h}×{w}: the smallest "
+        f"is {round(h * side)}×{round(w * side)} pixels scaled up to the model's size; cut from the originals (about "
+        f"{oh}×{ow}) it would have {round(oh * side)}×{round(ow * side)}; data.streaming true crops from the originals"
+    )

@@ -231,6 +231,9 @@ def _build(run: Run) -> Run:
         streamed_data.preflight(prepared.train)
     else:
         check_prepared(prepared, recipe.data)
+        lost = streamed_data.crop_loss(prepared, recipe)
+        if lost is not None:
+            logger.info("data: %s", lost)
     splits = prepared.splits
     if recipe.data.eval_sets and not run.for_trial:
         # Before training: a set with a class the model lacks, or unreadable, stops the run now.

@@ -107,3 +107,26 @@ def test_a_resumed_run_starts_the_stream_at_its_checkpoints_step(folder: Path, t
     assert stream.state_dict() == {"epoch": 2, "batch": 4, "lanes": 3}
     assert trainer.args.dataloader_num_workers == 3 and callback.bad.entries() == [["train", "x.jpg", "empty"]]
     assert callback.state()["attributes"]["lanes"] == 3
+
+
+def test_the_cache_path_says_what_its_crops_lose(tmp_path: Path, processor) -> None:
+    import numpy as np
+
+    from finetune.training.prepared_data import prepare_data
+    from tests.helpers.images import CLASSES, class_image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in CLASSES:
+            (tmp_path / "big" / split / name).mkdir(parents=True)
+            for i in range(4):
+                class_image(name, rng, size=64).save(tmp_path / "big" / split / name / f"{i}.png")
+    big = recipe(tmp_path / "big", augment={"crop_scale": [0.25, 1.0]})
+    prepared = prepare_data(big, processor, seed=0)
+    assert streamed_data.crop_loss(prepared, big) == (
+        "training crops (scale 0.25-1) are cut from the images as cached, 32×32: the smallest is 16×16 pixels "
+        "scaled up to the model's size; cut from the originals (about 64×64) it would have 32×32; "
+        "data.streaming true crops from the originals"
+    )
+    small = recipe(make_image_folder(tmp_path / "small", per_class=4))  # 24 px images are cached whole
+    assert streamed_data.crop_loss(prepare_data(small, processor, seed=0), small) is None
