@@ -4,6 +4,7 @@
                               [--models tiny,lite0] [--paths cache,stream,stream-wds,reference]
                               [--work DIR] [--cifar10 DIR]
     python bench/streaming.py readers [--work DIR]     # datasets' WebDataset loader vs the webdataset package
+    python bench/streaming.py costs [--work DIR]       # CPU ms per image of each path's own work
 
 The set: CIFAR-10 images (``../shared/datasets/cifar10``) upsampled to 400-500 px on each side
 (bicubic) and saved as JPEG at quality 90, as digital cameras and photo sites save photos:
@@ -295,6 +296,59 @@ def readers(work: Path, wds: Path) -> None:
         print(f"{name:10s} {n} samples in {seconds:.2f} s: {n / seconds:,.0f} samples/s (opening included)")
 
 
+# ----------------------------------------------------------------------- per-image costs
+
+
+def costs(work: Path, folder: Path, n: int = 300) -> dict[str, float]:
+    """CPU milliseconds per image (one thread, ``time.process_time``: little moved by other
+    jobs on the machine) of each path's own work on an image, for projections: streaming's
+    worker (read, decode, crop from the original, flip), the decode cache's pass (read,
+    decode, the processor's resize to 224, as the ``datasets.map`` runs it), the cache
+    path's training side (the random crop of the cached 224 px copy, on the training
+    process) and the usual example's worker (Pillow decode, torchvision's crop, flip,
+    ``ToTensor``, ``Normalize``). Also the encoded and the cached bytes per image."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision import transforms as T
+    from transformers import AutoImageProcessor
+
+    sys.path.insert(0, str(ROOT))
+    from finetune.data.decode import Decoder
+    from finetune.data.stream_images import ImagePipeline, decode_upright
+    from finetune.data.transforms import BatchTransform
+    from finetune.recipe.schema import AugmentConfig
+
+    torch.set_num_threads(1)
+    files = sorted((folder / "train").rglob("*.jpg"))[:n]
+    processor = AutoImageProcessor.from_pretrained(work / TINY_VIT)
+    augment = AugmentConfig(crop_scale=[0.08, 1.0], hflip=True)
+    pipeline = ImagePipeline(processor, (224, 224), augment, 0)
+    decoder = Decoder(processor, "", "")
+    crop = BatchTransform([0.5] * 3, [0.5] * 3, (224, 224), augment)
+    reference = T.Compose([T.RandomResizedCrop(224, scale=(0.08, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize([0.5] * 3, [0.5] * 3)])
+    cached = torch.stack([decoder.pixels([Image.open(f).convert("RGB")])[0] for f in files[:64]])
+
+    def clock(work_on_one) -> float:
+        start = time.process_time()
+        for i, f in enumerate(files):
+            work_on_one(i, f)
+        return 1000 * (time.process_time() - start) / len(files)
+
+    out = {
+        "stream_worker_ms": clock(lambda i, f: pipeline(decode_upright(str(f)), str(f), 0, True)),
+        "cache_pass_ms": clock(lambda i, f: decoder.pixels([Image.open(f).convert("RGB")])),
+        "cache_train_side_ms": clock(lambda i, f: crop(cached[i % 64 : i % 64 + 1], train=True, seed=i)),
+        "reference_worker_ms": clock(lambda i, f: reference(Image.open(f).convert("RGB"))),
+        "jpeg_bytes": float(np.mean([f.stat().st_size for f in files])),
+        "cached_bytes": 3 * 224 * 224,
+    }
+    for key, value in out.items():
+        print(f"{key:22s} {value:,.2f}")
+    return out
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -324,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         args.workers = int(args.workers)
         return reference(args)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "readers"])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "readers", "costs"])
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -341,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         readers(work, wds)
         return 0
     make_tiny_vit(work / TINY_VIT)
+    if args.command == "costs":
+        costs(work, folder)
+        return 0
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"bench: {args.images} train + {args.test_images} test JPEGs in {folder}; {uptime}", flush=True)
     results, log = [], open(work / "streaming.log", "a")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from finetune.data import stream_plan as plan
+from finetune.data.sources import DataError
 from finetune.data.stream_images import ImagePipeline, decode_upright
 from finetune.data.stream_sources import ListedSplit, Record, ShardedSplit
 from finetune.utils.errors import first_line
@@ -70,7 +71,10 @@ class ImageStream(torch.utils.data.IterableDataset):
         self.start_batch = 0
         self.total = len(split)
         if self.total < world:
-            raise ValueError(f"split '{split.name}' has {self.total} image(s), fewer than the {world} processes")
+            raise DataError(
+                f"data: split '{split.name}' has {self.total} image(s), fewer than the {world} processes that would "
+                "each read a share of it; add images or run fewer processes"
+            )
         self.sizes = plan.batch_sizes(self.total, world, rank, batch, self.drop_last)
         if not train:
             # Every process pads each batch to the largest size any process has for it.

@@ -249,6 +249,9 @@ def listed_source(
     splits: dict[str, ListedSplit], names: list[str], image: str, label: str, cfg: DataConfig, wanted: list[str], kind: str
 ) -> StreamSource:
     check_splits(list(splits), cfg, wanted)
+    for key, named, ours in (("image_column", cfg.image_column, image), ("label_column", cfg.label_column, label)):
+        if named is not None and named != ours:
+            raise DataError(f"data.{key}: no column '{named}' in the data; columns are: {image}, {label}")
     return StreamSource({s: splits[s] for s in wanted if s in splits}, names, image, label, kind)
 
 

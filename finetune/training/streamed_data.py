@@ -55,7 +55,7 @@ def choose(recipe: Recipe, processor, with_eval: bool = True) -> Choice:
         return Choice(False, "data.streaming is false")
     needs = needs_decode_cache(recipe)
     if needs:
-        return Choice(False, f"{needs[0]}, which the decode cache does")  # true was refused by the recipe checks
+        return Choice(False, needs[0])  # true was refused by the recipe checks
     wanted = _wanted(recipe) if with_eval else [cfg.train_split]
     try:
         source = open_stream(cfg, wanted)
@@ -191,6 +191,11 @@ def loader_workers(args, user_set: bool) -> int:
 def prepare_streams(recipe: Recipe, processor, seed: int, source: StreamSource, args, state, why: str) -> Prepared:
     """The streamed train, validation and eval splits of a run, and its data report."""
     cfg = recipe.data
+    if cfg.eval_split == cfg.train_split:
+        raise data.DataError(
+            "data.eval_split names the training split: the reported score would be measured on training images; "
+            "name another split, or set it to null to hold out a validation piece"
+        )
     train_split = source.splits[cfg.train_split]
     notes = list(source.notes)
     validation = None
