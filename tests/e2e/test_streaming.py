@@ -152,3 +152,30 @@ def test_a_streamed_run_on_two_processes_scores_every_eval_image_once(tmp_path: 
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     report = json.loads((tmp_path / "out" / "eval_report.json").read_text())
     assert results["eval_num_images"] == 12 and sum(r["support"] for r in report["per_class"].values()) == 12
+
+
+@pytest.mark.parametrize("kind", ["parquet", "tars"])
+def test_sharded_sources_train_with_a_hashed_validation_piece(tmp_path: Path, tiny_vit: Path, kind: str) -> None:
+    from tests.helpers.streams import write_parquet, write_tars
+
+    if kind == "parquet":
+        dataset = write_parquet(tmp_path / "d" / "train.parquet", [13, 9, 14])
+    else:
+        write_tars(tmp_path / "d", [13, 9, 14])
+        dataset = tmp_path / "d"
+    recipe = write_recipe(
+        tmp_path / "r.json", tiny_vit, dataset, tmp_path / "out",
+        data={"dataset": str(dataset), "streaming": True, "eval_split": None, "validation_fraction": 0.25,
+              "shuffle_buffer": 5, "augment": {"crop_scale": [0.5, 1.0], "hflip": True}},
+        training={"num_train_epochs": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 4, "seed": 0,
+                  "use_cpu": True, "disable_tqdm": True, "dataloader_num_workers": 2},
+    )
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    pieces = report["splits"]
+    assert pieces["train"]["images"] + pieces["validation"]["images"] == 36 and pieces["validation"]["images"] > 0
+    assert any("approximately stratified" in note for note in report["notes"])
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert results["eval_num_images"] == pieces["validation"]["images"]
+    assert "approximately stratified" in json.loads((tmp_path / "out" / "eval_report.json").read_text())["split"]
