@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from finetune.data import stream_endless
 from finetune.data import stream_plan as plan
 from finetune.data.sources import DataError
 from finetune.data.stream_images import ImagePipeline, decode_upright
@@ -69,6 +70,14 @@ class ImageStream(torch.utils.data.IterableDataset):
         self.epoch = 0
         #: The process's batch index this epoch starts at (a resumed run's position).
         self.start_batch = 0
+        #: Shards of unknown sizes: training without epochs (``finetune.data.stream_endless``).
+        self.endless = isinstance(split, ShardedSplit) and split.sizes is None
+        if self.endless:
+            if not train:
+                raise ValueError(f"split '{split.name}' must be counted before it is evaluated")
+            self.lanes = stream_endless.lanes_for(len(split.shards), world, self.lanes)
+            self.total, self.sizes = None, []
+            return
         self.total = len(split)
         if self.total < world:
             raise DataError(
@@ -84,10 +93,14 @@ class ImageStream(torch.utils.data.IterableDataset):
     # -------------------------------------------------------------- what the Trainer sees
 
     def __len__(self) -> int:
+        if self.total is None:
+            raise TypeError(f"split '{self.split.name}' has shards of unknown sizes: its stream has no length")
         return self.total
 
     @property
     def num_batches(self) -> int:
+        if self.endless:
+            raise TypeError(f"split '{self.split.name}' has shards of unknown sizes: its stream has no epochs")
         return len(self.sizes)
 
     def set_epoch(self, epoch: int) -> None:
@@ -114,16 +127,23 @@ class ImageStream(torch.utils.data.IterableDataset):
             # Each worker decodes on one thread: the workers are the parallelism, and more
             # threads per worker would fight the training process for the same cores.
             torch.set_num_threads(1)
+        if self.endless:
+            split: ShardedSplit = self.split  # type: ignore[assignment]
+            for i, rows in stream_endless.batches(split, self.seed, self.rank, self.world, self.lanes, self.buffer,
+                                                  self.batch, self.start_batch, worker, workers):
+                yield self._make(i, [record for _, record in rows], [round_ for round_, _ in rows])
+            return
         lanes = _Lanes(self)
         for i in range(self.start_batch + worker, len(self.sizes), workers):
             records = lanes.batch(i)
             yield self._make(i, records)
 
-    def _make(self, index: int, records: list[Record]) -> dict[str, Any]:
+    def _make(self, index: int, records: list[Record], epochs: list[int] | None = None) -> dict[str, Any]:
         images, labels, bad = [], [], []
-        for record in records:
+        for k, record in enumerate(records):
+            epoch = epochs[k] if epochs is not None else self.epoch
             try:
-                pixels = self.pipeline(decode_upright(record.value), record.key, self.epoch, self.train)
+                pixels = self.pipeline(decode_upright(record.value), record.key, epoch, self.train)
             except Exception as err:  # noqa: BLE001 - an unreadable image is reported, never fatal here
                 bad.append([self.split.name, record.key, f"{type(err).__name__}: {first_line(err)}"])
                 if not self.train:

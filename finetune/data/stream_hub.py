@@ -26,8 +26,11 @@ class HubShardReader:
         shard = self.dataset.shard(num_shards=self.num_shards, index=self.index, contiguous=True)
         if start:
             shard = shard.skip(start)
-        for row in shard:
-            yield row[self.image_column], row[self.label_column]
+        # ``iter`` in batches, not ``for row in shard``: inside a DataLoader worker plain
+        # iteration deals the data set's shards to the workers itself, and a worker past its
+        # shard count gets nothing; here the stream has already chosen the shard.
+        for rows in shard.iter(batch_size=64):
+            yield from zip(rows[self.image_column], rows[self.label_column])
 
 
 class _Head:
@@ -43,7 +46,8 @@ class _Head:
 
 def open_hub(cfg: DataConfig, wanted: list[str]) -> StreamSource:
     """``data.dataset`` through ``datasets.load_dataset(..., streaming=True)``. Shard sizes are
-    unknown unless the split is a single shard whose size the data set's card states."""
+    unknown unless the split is a single shard whose size the data set's card states (the
+    card's total is kept as a hint)."""
     from datasets import ClassLabel, Image, load_dataset
 
     from finetune.data.columns import find_columns
@@ -78,10 +82,11 @@ def open_hub(cfg: DataConfig, wanted: list[str]) -> StreamSource:
         if isinstance(ds.features[image], Image):
             ds = ds.cast_column(image, Image(decode=False))
         info = (ds.info.splits or {}).get(split) if ds.info is not None else None
-        known = info.num_examples if info is not None and ds.n_shards == 1 and info.num_examples else None
+        stated = info.num_examples if info is not None and info.num_examples else None
+        known = stated if ds.n_shards == 1 else None
         shards = [
             Shard(f"{split}-{i:05d}", known, HubShardReader(ds, i, ds.n_shards, image, label))
             for i in range(ds.n_shards)
         ]
-        splits[split] = ShardedSplit(split, shards, mapping)
+        splits[split] = ShardedSplit(split, shards, mapping, stated)
     return StreamSource(splits, names, image, label, "datasets streaming shards")

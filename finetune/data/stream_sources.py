@@ -78,6 +78,8 @@ class ShardedSplit:
     shards: list[Shard]
     #: raw label value → class index in the run's classes.
     label_map: dict[Any, int] | None = None
+    #: The split's size as its data set card states it, when its shards' sizes are unknown.
+    total_hint: int | None = None
 
     @property
     def sizes(self) -> list[int] | None:
@@ -94,6 +96,19 @@ class ShardedSplit:
         s = self.shards[shard]
         for row, (value, raw) in enumerate(s.reader(start), start):
             yield Record(f"{s.name}#{row}", value, self._label(raw))
+
+    def counted(self) -> ShardedSplit:
+        """This split with each shard's size counted by reading it once (nothing decoded),
+        several shards at a time: what an evaluation split of unknown sizes needs."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def size(shard: Shard) -> int:
+            return shard.size if shard.size is not None else sum(1 for _ in shard.reader(0))
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            sizes = list(pool.map(size, self.shards))
+        shards = [Shard(s.name, n, s.reader) for s, n in zip(self.shards, sizes)]
+        return ShardedSplit(self.name, shards, self.label_map, self.total_hint)
 
     def _label(self, raw: Any) -> int:
         if self.label_map is None:

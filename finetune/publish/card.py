@@ -108,7 +108,8 @@ class CardFacts:
     #: Which split the numbers are of ("test", or the validation piece).
     eval_name: str
     class_names: list[str]
-    num_train: int
+    #: A count, or words for a streamed split of unknown size.
+    num_train: int | str
     num_validation: int
     #: The per-class report (``finetune.evaluation.metrics.per_class_report``), or None.
     report: dict[str, Any] | None = None

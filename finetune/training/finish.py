@@ -84,7 +84,7 @@ def finish(run: Run, result) -> dict[str, Any]:
             train_metrics=result.metrics,
             eval_name=splits.eval_name,
             class_names=splits.class_names,
-            num_train=len(prepared.train),
+            num_train=streamed_data.count(prepared.train),
             num_validation=len(prepared.validation) if prepared.validation is not None else 0,
             report=report,
             trainable=(run.loaded.trainable, run.loaded.total),

@@ -15,13 +15,26 @@ from finetune.data.stream import ImageStream
 logger = logging.getLogger("finetune")
 
 
+#: A split of unknown size: its unreadable share is of the images read so far, judged only
+#: once this many were read (a share of the first few batches says little of the rest).
+MIN_READ = 1000
+
+
 class BadImages:
     """The unreadable images a streamed run met, by split, as the data report lists them;
-    the run stops when a split's share passes ``data.max_bad_fraction``."""
+    the run stops when a split's share passes ``data.max_bad_fraction``. A split whose
+    total is None (shards of unknown sizes) is judged on the images read so far."""
 
-    def __init__(self, totals: dict[str, int], limit: float) -> None:
+    def __init__(self, totals: dict[str, int | None], limit: float) -> None:
         self.totals, self.limit = totals, limit
         self.found: dict[tuple[str, str], str] = {}
+        #: Images read so far, of each split of unknown size.
+        self.read: dict[str, int] = {}
+
+    def count(self, split: str, images: int) -> None:
+        """``images`` more read from ``split`` (counted only where its size is unknown)."""
+        if split in self.totals and self.totals[split] is None:
+            self.read[split] = self.read.get(split, 0) + images
 
     def add(self, entries: list[list[str]]) -> None:
         for split, key, reason in entries:
@@ -37,6 +50,10 @@ class BadImages:
             counts[split] = counts.get(split, 0) + 1
         for split, bad in counts.items():
             total = self.totals.get(split, 0)
+            if total is None:
+                total = self.read.get(split, 0)
+                if total < MIN_READ:
+                    continue
             if total and bad / total > self.limit:
                 first = next((k, r) for (s, k), r in self.found.items() if s == split)
                 raise data.DataError(
@@ -74,8 +91,17 @@ class StreamState(TrainerCallback, ExportableState):
     def state(self) -> dict:
         return {
             "args": {},
-            "attributes": {"lanes": self.train.lanes if self.train is not None else 1, "bad_images": self.bad.entries()},
+            "attributes": {
+                "lanes": self.train.lanes if self.train is not None else 1,
+                "bad_images": self.bad.entries(),
+                "images_read": self.bad.read,
+            },
         }
+
+    def read(self, images: int) -> None:
+        """A training batch of ``images`` (the unreadable ones included) was read."""
+        if self.train is not None:
+            self.bad.count(self.train.split.name, images)
 
     def resume(self, trainer, checkpoint: str) -> None:
         """Start the train stream at ``checkpoint``'s step, dealt to the lanes it was dealt to."""
@@ -95,10 +121,17 @@ class StreamState(TrainerCallback, ExportableState):
             trainer.args.dataloader_num_workers = lanes if trainer.args.dataloader_num_workers else 0
         for split, key, reason in mine.get("bad_images", []):
             self.bad.found[(split, key)] = reason
+        self.bad.read.update({split: int(n) for split, n in mine.get("images_read", {}).items()})
         args = trainer.args
+        step = int(saved.get("global_step", 0))
+        if self.train.endless:
+            # No epochs: the Trainer's one "epoch" is all of training.max_steps.
+            skip = 0 if self.ignore_data_skip else step * args.gradient_accumulation_steps
+            self.train.load_state_dict({"epoch": 0, "batch": skip, "lanes": lanes})
+            logger.info("data: the stream resumes at batch %d (its rows before that are read again, not decoded)", skip)
+            return
         batches = self.train.num_batches
         per_epoch = max(batches // args.gradient_accumulation_steps + int(batches % args.gradient_accumulation_steps > 0), 1)
-        step = int(saved.get("global_step", 0))
         epoch, within = divmod(step, per_epoch)
         skip = 0 if self.ignore_data_skip else within * args.gradient_accumulation_steps
         self.train.load_state_dict({"epoch": epoch, "batch": min(skip, batches), "lanes": lanes})

@@ -59,18 +59,17 @@ def choose(recipe: Recipe, processor, with_eval: bool = True) -> Choice:
     wanted = _wanted(recipe) if with_eval else [cfg.train_split]
     try:
         source = open_stream(cfg, wanted)
-        unknown = [name for name, split in source.splits.items() if isinstance(split, ShardedSplit) and split.sizes is None]
-        if unknown:
-            raise data.DataError(
-                f"data.streaming: the shards of split(s) {', '.join(unknown)} of '{cfg.dataset}' do not state their "
-                "sizes, which an exact epoch needs; set data.streaming to false (the decode cache counts them)"
-            )
+        train = source.splits[cfg.train_split]
+        if isinstance(train, ShardedSplit) and train.sizes is None:
+            check_endless(recipe, train)
     except data.DataError as err:
         if cfg.streaming is True:
             raise
         return Choice(False, f"it cannot be streamed ({err})")
     if cfg.streaming is True:
         return Choice(True, "data.streaming is true", source)
+    if isinstance(train, ShardedSplit) and train.sizes is None and train.total_hint is None:
+        return Choice(True, f"the size of '{cfg.train_split}' is unknown: its shards do not state it", source)
     estimate = estimate_cache_bytes(source, processor)
     cache_dir = _cache_dir()
     free = shutil.disk_usage(cache_dir).free if os.path.isdir(cache_dir) else math.inf
@@ -80,6 +79,13 @@ def choose(recipe: Recipe, processor, with_eval: bool = True) -> Choice:
     if estimate > 0.9 * free:
         return Choice(True, f"{size} > 90% of the {_gb(free)} free in {cache_dir}", source)
     return Choice(False, f"{size} <= {_gb(AUTO_CACHE_LIMIT)} and fits in the {_gb(free)} free in {cache_dir}")
+
+
+def count(split) -> int | str:
+    """How many images a split holds, for the log and the card (a stream may not know)."""
+    if isinstance(split, ImageStream) and split.total is None:
+        return "an unknown number of"
+    return len(split)
 
 
 def decide(recipe: Recipe, processor, state, with_eval: bool = True) -> Choice:
@@ -122,12 +128,32 @@ def stream_state(prepared: Prepared, recipe: Recipe, args):
     """The Trainer's callback for a streamed run (:class:`finetune.training.stream_state.StreamState`)."""
     from finetune.training.stream_state import BadImages, StreamState
 
-    totals = {prepared.train.split.name: len(prepared.train)}
+    # None: shards of unknown sizes, whose unreadable share is of the images read so far.
+    totals: dict[str, int | None] = {prepared.train.split.name: prepared.train.total}
     if prepared.validation is not None:
         totals[prepared.validation.split.name] = len(prepared.validation)
     if prepared.eval is not None:
         totals[prepared.eval.split.name] = len(prepared.eval)
     return StreamState(prepared.train, BadImages(totals, recipe.data.max_bad_fraction), args.ignore_data_skip)
+
+
+def check_endless(recipe: Recipe, train: ShardedSplit) -> None:
+    """A train split of unknown shard sizes streams without epochs: it needs
+    ``training.max_steps``, and no validation piece drawn from it (finding one would
+    read all of it at every evaluation, and its size could not be known)."""
+    cfg = recipe.data
+    if (recipe.training.get("max_steps") or -1) <= 0:
+        raise data.DataError(
+            f"data.streaming: the shards of '{cfg.train_split}' do not state their sizes, so an epoch cannot be "
+            "dealt to the processes; set training.max_steps (training then runs that many steps), or "
+            "data.streaming to false (the decode cache counts the images)"
+        )
+    if cfg.validation_fraction > 0:
+        raise data.DataError(
+            f"data.validation_fraction: the shards of '{cfg.train_split}' do not state their sizes, so a validation "
+            "piece of it would have each evaluation read all of it; set data.validation_fraction to 0 and report "
+            "on data.eval_split, or set data.streaming to false"
+        )
 
 
 def _cache_dir() -> str:
@@ -168,7 +194,9 @@ def estimate_cache_bytes(source: StreamSource, processor) -> float:
             continue
         pixels.append(min(h * w, model[0] * model[1]))
     per_image = 3 * (float(np.mean(pixels)) if pixels else model[0] * model[1])
-    return per_image * sum(len(split) for split in source.splits.values())
+    sizes = [split.total_hint if isinstance(split, ShardedSplit) and split.sizes is None else len(split)
+             for split in source.splits.values()]
+    return per_image * sum(n or 0 for n in sizes)
 
 
 def loader_workers(args, user_set: bool) -> int:
@@ -198,6 +226,19 @@ def prepare_streams(recipe: Recipe, processor, seed: int, source: StreamSource, 
         )
     train_split = source.splits[cfg.train_split]
     notes = list(source.notes)
+    if isinstance(train_split, ShardedSplit) and train_split.sizes is None:
+        check_endless(recipe, train_split)
+        notes.append(
+            f"the shards of '{cfg.train_split}' do not state their sizes: each process reads its own shards round "
+            f"after round for training.max_steps steps, without epochs"
+        )
+    if cfg.eval_split is not None:
+        evaluated = source.splits[cfg.eval_split]
+        if isinstance(evaluated, ShardedSplit) and evaluated.sizes is None:
+            # Every eval image is scored once, which needs each process's share: counted
+            # by reading the split once (nothing decoded).
+            logger.info("data: counting the images of '%s' (its shards do not state their sizes)", cfg.eval_split)
+            source.splits[cfg.eval_split] = evaluated.counted()
     validation = None
     if cfg.validation_fraction > 0:
         if isinstance(train_split, ListedSplit):
@@ -245,7 +286,7 @@ def prepare_streams(recipe: Recipe, processor, seed: int, source: StreamSource, 
     report = {
         "dataset": cfg.dataset,
         "input": {"path": "streaming", "why": why, "source": source.kind, "loader_workers": int(args.dataloader_num_workers)},
-        "splits": {name: {"images": len(s), "bad": 0} for name, s in pieces.items() if s is not None},
+        "splits": {name: {"images": s.total, "bad": 0} for name, s in pieces.items() if s is not None},
         "bad_files": [],
         "junk_files_ignored": data.count_junk(cfg.dataset),
         "max_bad_fraction": cfg.max_bad_fraction,
@@ -298,10 +339,12 @@ def report_bad_images(stream, prepared: Prepared, out, main: bool) -> None:
     from finetune.utils.files import write_json
 
     entries = stream.bad.entries()
+    read = [stream.bad.read.get(prepared.train.split.name, 0)]
     if PartialState().num_processes > 1:
         from accelerate.utils import gather_object
 
         entries = gather_object(entries)
+        read = gather_object(read)
     found = {(split, key): reason for split, key, reason in entries}
     pieces = {prepared.train.split.name: "train"}
     for name, piece in (("validation", prepared.validation), ("eval", prepared.eval)):
@@ -316,6 +359,9 @@ def report_bad_images(stream, prepared: Prepared, out, main: bool) -> None:
     for item in report["bad_files"]:
         if item["split"] in report["splits"]:
             report["splits"][item["split"]]["bad"] += 1
+    if prepared.train.total is None:
+        # Shards of unknown sizes: what training read, every process alike.
+        report["splits"]["train"]["images_read"] = int(sum(read))
     if main:
         write_json(out / "data_report.json", report)
 

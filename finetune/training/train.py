@@ -329,11 +329,11 @@ def _log_data(prepared: Prepared) -> None:
     splits = prepared.splits
     bad = prepared.data_report["bad_files"]
     logger.info(
-        "data: %d train, %s validation, %s eval images [%s], %d classes; %d unreadable file(s) set aside%s; "
+        "data: %s train, %s validation, %s eval images [%s], %d classes; %d unreadable file(s) set aside%s; "
         "%d junk file(s) ignored",
-        len(prepared.train),
-        len(prepared.validation) if prepared.validation is not None else "no",
-        len(prepared.eval) if prepared.eval is not None else "no",
+        streamed_data.count(prepared.train),
+        streamed_data.count(prepared.validation) if prepared.validation is not None else "no",
+        streamed_data.count(prepared.eval) if prepared.eval is not None else "no",
         splits.eval_name,
         len(splits.class_names),
         len(bad),

@@ -248,9 +248,11 @@ class FinetuneTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         bad = inputs.pop("bad", None)  # a streamed batch's unreadable images
+        training = model.training
+        if self.stream is not None and training:
+            self.stream.read(len(labels) + len(bad or []))
         if bad and self.stream is not None:
             self.stream.bad.add(bad)
-        training = model.training
         seed = self._augmentation_seed() if training else None
         pixels = self.batch_transform(inputs["pixel_values"], train=training, seed=seed)
         targets = labels

@@ -179,3 +179,25 @@ def test_sharded_sources_train_with_a_hashed_validation_piece(tmp_path: Path, ti
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert results["eval_num_images"] == pieces["validation"]["images"]
     assert "approximately stratified" in json.loads((tmp_path / "out" / "eval_report.json").read_text())["split"]
+
+
+def test_shards_of_unknown_size_train_for_max_steps_and_count_the_eval_split(tmp_path: Path, tiny_vit: Path) -> None:
+    from tests.helpers.streams import write_arrow_folder
+
+    dataset = write_arrow_folder(tmp_path / "arrow", {"train": (24, 2), "test": (9, 1)})
+    data = {"dataset": str(dataset), "streaming": True, "validation_fraction": 0.0}
+    training = {"learning_rate": 1e-3, "per_device_train_batch_size": 4, "seed": 0, "use_cpu": True,
+                "disable_tqdm": True, "dataloader_num_workers": 2}
+    refused = run_cli("--recipe", str(write_recipe(tmp_path / "r0.json", tiny_vit, dataset, tmp_path / "out0",
+                                                   data=data, training=training)))
+    assert refused.returncode == 2 and "set training.max_steps" in refused.stderr
+    recipe = write_recipe(tmp_path / "r.json", tiny_vit, dataset, tmp_path / "out", data=data,
+                          training={**training, "max_steps": 9})
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "counting the images of 'test'" in result.stderr
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 9
+    assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["eval_num_images"] == 9
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    assert report["splits"]["train"] == {"images": None, "bad": 0, "images_read": 9 * 4}

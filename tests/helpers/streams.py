@@ -67,3 +67,26 @@ def batches(stream, workers: int = 0) -> list[dict]:
     """Every batch of one epoch of ``stream``, as a DataLoader with ``workers`` gives them."""
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
     return list(loader)
+
+
+def write_arrow_folder(root: Path, splits: dict[str, tuple[int, int]], seed: int = 0) -> Path:
+    """A folder of Arrow files per split (``split → (images, files)``), which ``datasets``
+    streams without stating the files' sizes."""
+    import shutil
+
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    rng = np.random.default_rng(seed)
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=sorted(CLASSES))})
+    for split, (count, files) in splits.items():
+        images = [class_image(CLASSES[i % 3], rng) for i in range(count)]
+        ds = Dataset.from_dict({"image": images, "label": [sorted(CLASSES).index(CLASSES[i % 3]) for i in range(count)]},
+                               features=features)
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for part in range(files):
+            saved = root / "saved" / f"{split}{part}"
+            ds.shard(files, part, contiguous=True).save_to_disk(str(saved))
+            shutil.copy(next(saved.glob("data-*.arrow")), root / split / f"{split}-{part:05d}.arrow")
+    shutil.rmtree(root / "saved")
+    return root

@@ -92,6 +92,18 @@ def test_unreadable_images_are_counted_once_and_stop_the_run_past_the_limit() ->
         bad.add([["test", "c.jpg", "empty"]])
 
 
+def test_a_split_of_unknown_size_is_judged_on_the_images_read_so_far() -> None:
+    from finetune.training.stream_state import MIN_READ
+
+    bad = BadImages({"train": None}, limit=0.01)
+    bad.count("train", 100)
+    bad.add([["train", f"s#{i}", "truncated"] for i in range(5)])  # 5% of 100 read: too few to judge
+    bad.count("train", MIN_READ)  # 1,100 read: 11 bad are within 1%
+    bad.add([["train", f"t#{i}", "truncated"] for i in range(6)])
+    with pytest.raises(data.DataError, match=r"12 of 1100 images in 'train' cannot be read so far"):
+        bad.add([["train", "u#0", "truncated"]])
+
+
 def test_a_resumed_run_starts_the_stream_at_its_checkpoints_step(folder: Path, tmp_path: Path) -> None:
     source = streamed_data.open_stream(recipe(folder).data, ["train"])
     stream = ImageStream(source.splits["train"], None, batch=2, train=True, seed=0, lanes=2)  # 12 images: 6 batches
