@@ -154,6 +154,12 @@ def check_endless(recipe: Recipe, train: ShardedSplit) -> None:
             "piece of it would have each evaluation read all of it; set data.validation_fraction to 0 and report "
             "on data.eval_split, or set data.streaming to false"
         )
+    if recipe.training.get("save_strategy", "epoch") == "epoch":
+        # The Trainer's only "epoch" would be all of training: one checkpoint, at the end.
+        raise data.DataError(
+            f"training.save_strategy 'epoch': the shards of '{cfg.train_split}' do not state their sizes, so training "
+            "has no epochs and would save only at its end; set save_strategy to 'steps' (with save_steps) or 'no'"
+        )
 
 
 def _cache_dir() -> str:

@@ -192,7 +192,7 @@ def test_shards_of_unknown_size_train_for_max_steps_and_count_the_eval_split(tmp
                                                    data=data, training=training)))
     assert refused.returncode == 2 and "set training.max_steps" in refused.stderr
     recipe = write_recipe(tmp_path / "r.json", tiny_vit, dataset, tmp_path / "out", data=data,
-                          training={**training, "max_steps": 9})
+                          training={**training, "max_steps": 9, "save_strategy": "steps", "save_steps": 5})
     result = run_cli("--recipe", str(recipe))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "counting the images of 'test'" in result.stderr

@@ -104,6 +104,22 @@ def test_a_split_of_unknown_size_is_judged_on_the_images_read_so_far() -> None:
         bad.add([["train", "u#0", "truncated"]])
 
 
+def test_a_train_split_of_unknown_size_needs_max_steps_no_validation_piece_and_step_checkpoints(tmp_path) -> None:
+    def endless(data_keys: dict, training: dict):
+        r = recipe_from_dict({"description": "d", "model": {"name_or_path": "m"}, "output_dir": "o",
+                              "data": {"dataset": str(tmp_path), **data_keys}, "training": training})
+        streamed_data.check_endless(r, None)
+
+    steps = {"max_steps": 10, "save_strategy": "steps", "save_steps": 5}
+    with pytest.raises(data.DataError, match="set training.max_steps"):
+        endless({"validation_fraction": 0.0}, {"save_strategy": "no"})
+    with pytest.raises(data.DataError, match="set data.validation_fraction to 0"):
+        endless({}, steps)
+    with pytest.raises(data.DataError, match="training.save_strategy 'epoch'"):
+        endless({"validation_fraction": 0.0}, {"max_steps": 10})
+    endless({"validation_fraction": 0.0}, steps)
+
+
 def test_a_resumed_run_starts_the_stream_at_its_checkpoints_step(folder: Path, tmp_path: Path) -> None:
     source = streamed_data.open_stream(recipe(folder).data, ["train"])
     stream = ImageStream(source.splits["train"], None, batch=2, train=True, seed=0, lanes=2)  # 12 images: 6 batches
