@@ -5,6 +5,7 @@
                               [--work DIR] [--cifar10 DIR]
     python bench/streaming.py readers [--work DIR]     # datasets' WebDataset loader vs the webdataset package
     python bench/streaming.py costs [--work DIR]       # CPU ms per image of each path's own work
+    python bench/streaming_projection.py [--work DIR]  # the crossover and ImageNet-1k, from the last run
 
 The set: CIFAR-10 images (``../shared/datasets/cifar10``) upsampled to 400-500 px on each side
 (bicubic) and saved as JPEG at quality 90, as digital cameras and photo sites save photos:
@@ -30,6 +31,9 @@ peak RSS of the process and its workers together (sampled every 0.2 s), and byte
 what the data path leaves in the ``datasets`` cache, and what the process tree wrote in
 all (``/proc/PID/io``'s ``write_bytes``, the output folder included). Medians of
 ``--repeats``; every run's figures and ``uptime`` go to ``WORK/streaming-results.jsonl``.
+Then the per-image costs (bench/streaming_costs.py) and, from them and the medians, where
+``auto`` switches, where streaming pays, and the projection to ImageNet-1k on one and on 4
+machines of 8 GPUs (bench/streaming_projection.py).
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CIFAR10, LITE0, ROOT, TINY_VIT, make_tiny_vit  # noqa: E402
+from common import CIFAR10, LITE0, ROOT, TINY_VIT, make_tiny_vit
+from streaming_costs import costs
 
 QUALITY = 90
 SHARD = 1000
@@ -118,11 +123,13 @@ def make_set(work: Path, n_train: int, n_test: int, cifar10: Path = CIFAR10) -> 
 
 
 class Sampler(threading.Thread):
-    """Peak RSS (summed over a process and its children) and bytes written by them."""
+    """Peak RSS (summed over a process and its children; the process's own; its largest
+    child's) and bytes written by them."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_rss, self.written, self.stop = pid, 0, {}, threading.Event()
+        self.main_rss = self.worker_rss = 0
 
     def run(self) -> None:
         import psutil
@@ -136,10 +143,15 @@ class Sampler(threading.Thread):
             rss = 0
             for p in procs:
                 try:
-                    rss += p.memory_info().rss
+                    one = p.memory_info().rss
                     self.written[p.pid] = max(self.written.get(p.pid, 0), p.io_counters().write_bytes)
                 except psutil.Error:
                     continue
+                rss += one
+                if p.pid == self.pid:
+                    self.main_rss = max(self.main_rss, one)
+                else:
+                    self.worker_rss = max(self.worker_rss, one)
             self.peak_rss = max(self.peak_rss, rss)
             time.sleep(0.2)
 
@@ -170,6 +182,7 @@ def measure(command: list[str], env: dict[str, str], log, label: str) -> dict[st
     if proc.returncode != 0:
         raise SystemExit(f"bench: {label} failed (exit {proc.returncode}); see {log.name}\n{''.join(lines[-30:])}")
     return {"wall_s": wall, "first_step_s": first, "peak_rss_bytes": sampler.peak_rss,
+            "main_rss_bytes": sampler.main_rss, "worker_rss_bytes": sampler.worker_rss,
             "written_bytes": sum(sampler.written.values()), "load_before": load, "load_after": os.getloadavg()[0]}
 
 
@@ -228,7 +241,12 @@ def reference(args: argparse.Namespace) -> int:
     import torch
     from datasets import load_dataset
     from torchvision import transforms as T
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageClassification,
+        Trainer,
+        TrainingArguments,
+    )
 
     sys.path.insert(0, str(ROOT))
     from finetune.models import builtin
@@ -296,59 +314,6 @@ def readers(work: Path, wds: Path) -> None:
         print(f"{name:10s} {n} samples in {seconds:.2f} s: {n / seconds:,.0f} samples/s (opening included)")
 
 
-# ----------------------------------------------------------------------- per-image costs
-
-
-def costs(work: Path, folder: Path, n: int = 300) -> dict[str, float]:
-    """CPU milliseconds per image (one thread, ``time.process_time``: little moved by other
-    jobs on the machine) of each path's own work on an image, for projections: streaming's
-    worker (read, decode, crop from the original, flip), the decode cache's pass (read,
-    decode, the processor's resize to 224, as the ``datasets.map`` runs it), the cache
-    path's training side (the random crop of the cached 224 px copy, on the training
-    process) and the usual example's worker (Pillow decode, torchvision's crop, flip,
-    ``ToTensor``, ``Normalize``). Also the encoded and the cached bytes per image."""
-    import numpy as np
-    import torch
-    from PIL import Image
-    from torchvision import transforms as T
-    from transformers import AutoImageProcessor
-
-    sys.path.insert(0, str(ROOT))
-    from finetune.data.decode import Decoder
-    from finetune.data.stream_images import ImagePipeline, decode_upright
-    from finetune.data.transforms import BatchTransform
-    from finetune.recipe.schema import AugmentConfig
-
-    torch.set_num_threads(1)
-    files = sorted((folder / "train").rglob("*.jpg"))[:n]
-    processor = AutoImageProcessor.from_pretrained(work / TINY_VIT)
-    augment = AugmentConfig(crop_scale=[0.08, 1.0], hflip=True)
-    pipeline = ImagePipeline(processor, (224, 224), augment, 0)
-    decoder = Decoder(processor, "", "")
-    crop = BatchTransform([0.5] * 3, [0.5] * 3, (224, 224), augment)
-    reference = T.Compose([T.RandomResizedCrop(224, scale=(0.08, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(),
-                           T.Normalize([0.5] * 3, [0.5] * 3)])
-    cached = torch.stack([decoder.pixels([Image.open(f).convert("RGB")])[0] for f in files[:64]])
-
-    def clock(work_on_one) -> float:
-        start = time.process_time()
-        for i, f in enumerate(files):
-            work_on_one(i, f)
-        return 1000 * (time.process_time() - start) / len(files)
-
-    out = {
-        "stream_worker_ms": clock(lambda i, f: pipeline(decode_upright(str(f)), str(f), 0, True)),
-        "cache_pass_ms": clock(lambda i, f: decoder.pixels([Image.open(f).convert("RGB")])),
-        "cache_train_side_ms": clock(lambda i, f: crop(cached[i % 64 : i % 64 + 1], train=True, seed=i)),
-        "reference_worker_ms": clock(lambda i, f: reference(Image.open(f).convert("RGB"))),
-        "jpeg_bytes": float(np.mean([f.stat().st_size for f in files])),
-        "cached_bytes": 3 * 224 * 224,
-    }
-    for key, value in out.items():
-        print(f"{key:22s} {value:,.2f}")
-    return out
-
-
 # ------------------------------------------------------------------------------------ main
 
 
@@ -396,12 +361,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     make_tiny_vit(work / TINY_VIT)
     if args.command == "costs":
-        costs(work, folder)
+        costs(work, folder, args.images)
         return 0
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"bench: {args.images} train + {args.test_images} test JPEGs in {folder}; {uptime}", flush=True)
     results, log = [], open(work / "streaming.log", "a")
-    with open(work / "streaming-results.jsonl", "a") as sink:
+    # This command's runs alone, for bench/streaming_projection.py; every run's stay in the other.
+    last = open(work / "streaming-last.jsonl", "w")
+    with open(work / "streaming-results.jsonl", "a") as sink, last:
         for n in range(args.repeats):
             for model in args.models.split(","):
                 for path in args.paths.split(","):
@@ -411,12 +378,17 @@ def main(argv: list[str] | None = None) -> int:
                         result = run_ours(path, model, wds if path == "stream-wds" else folder, work, args.workers, n, log)
                     result.update(model=model, path=path, repeat=n, images=args.images, workers=args.workers,
                                   uptime=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
-                    sink.write(json.dumps(result) + "\n")
-                    sink.flush()
+                    for file in (sink, last):
+                        file.write(json.dumps(result) + "\n")
+                        file.flush()
                     results.append(result)
                     print(f"{model} {path} #{n}: first step {result['first_step_s']:.1f} s, "
                           f"{result['images_per_s']:.1f} images/s, load {result['load_before']:.1f}", flush=True)
     print(table(results))
+    costs(work, folder, args.images)
+    import streaming_projection
+
+    streaming_projection.main(["--work", str(work)])
     print(f"uptime at the end: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     return 0
 
