@@ -2,8 +2,9 @@
 
 Drawn with matplotlib's object API (``Figure`` rendered by the Agg canvas) rather than
 ``pyplot``: no global backend switch, no figure registry that leaks memory across calls,
-and it works on machines without a display. Each PNG is written to a ``.tmp`` file and
-renamed, so a crash never leaves a half-written image that the card links to.
+and it works on machines without a display. Each PNG is written to a new temporary file and
+renamed (``finetune.utils.files.replacing``), so a crash never leaves a half-written image
+that the card links to.
 
 Class names are drawn in any script: when matplotlib's default font (DejaVu Sans) lacks
 some of their characters (Chinese, Japanese, Korean...), an installed font that has them
@@ -17,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from finetune.evaluation.metrics import Predictions
+from finetune.utils.files import replacing
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,10 @@ def write_plots(
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    # format= is needed because the temporary name does not end in .png; the constrained
+    # format= is needed because a file object has no name to tell it by; the constrained
     # layout already fits the labels, so no bbox_inches="tight" (a second render).
-    fig.savefig(tmp, format="png", dpi=fig.dpi)
-    os.replace(tmp, path)
+    with replacing(path) as f:
+        fig.savefig(f, format="png", dpi=fig.dpi)
 
 
 def _short(name: str) -> str:

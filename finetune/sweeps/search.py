@@ -34,6 +34,7 @@ from finetune.sweeps import search_report
 from finetune.sweeps.search_trial import Quiet, run_trial, share, tell
 from finetune.utils import extras
 from finetune.utils.errors import UserError
+from finetune.utils.files import is_temporary
 
 logger = logging.getLogger("finetune")
 
@@ -124,7 +125,8 @@ def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dim
     check_output_path(out)
     if out.is_dir():
         foreign = sorted(
-            p.name for p in out.iterdir() if p.name not in _OURS and not p.name.startswith(".finetune.lock")
+            p.name for p in out.iterdir()
+            if p.name not in _OURS and not p.name.startswith(".finetune.lock") and not is_temporary(p.name)
         )
         if foreign:
             raise SearchError(

@@ -25,7 +25,6 @@ import dataclasses
 import gc
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,9 @@ from finetune.probe.features import find_head
 from finetune.recipe import FINETUNE_TRAINING_KEYS, Recipe
 from finetune.training.arguments import training_arguments
 from finetune.training.interrupts import signal_name
+from finetune.training import run_files
 from finetune.training.output_dir import LP_HEAD, last_complete_checkpoint
-from finetune.utils.files import follow_umask
+from finetune.utils.files import write_bytes
 
 logger = logging.getLogger("finetune")
 
@@ -105,14 +105,11 @@ def load_saved(out: Path, recipe: Recipe, head: torch.nn.Linear) -> dict[str, An
 
 def _save(out: Path, record: dict[str, Any], head: torch.nn.Linear) -> None:
     """The head and its record, written to a temporary file and renamed: never half a file."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = out / LP_HEAD
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()}
-    save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(record, default=str)})
-    os.replace(tmp, path)
-    follow_umask(out)
+    run_files.record(out, LP_HEAD)
+    write_bytes(out / LP_HEAD, save(tensors, metadata={_METADATA_KEY: json.dumps(record, default=str)}))
 
 
 def probe_phase(recipe: Recipe, loaded: Any, transform: data.BatchTransform, prepared: Any, out: Path, state: Any) -> dict[str, Any]:

@@ -15,23 +15,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from finetune.recipe import Recipe
+from finetune.training import run_files
+from finetune.training.run_files import HOLDER_NAME, LOCK_NAME
 from finetune.utils.errors import UserError, first_line
-from finetune.utils.files import follow_umask, write_json
+from finetune.utils.files import write_json
 
 logger = logging.getLogger("finetune")
 
-#: The lock a run holds on its output folder, and who holds it (pid, host, start, command).
-LOCK_NAME = ".finetune.lock"
-HOLDER_NAME = ".finetune.lock.json"
-_LOCK_FILES = {LOCK_NAME, HOLDER_NAME, HOLDER_NAME + ".tmp"}
-#: What a run writes before training starts; a folder holding only these has nothing to lose.
+__all__ = ["HOLDER_NAME", "LOCK_NAME", "LP_HEAD", "OutputDirError", "OutputLock", "claim_output_dir"]
+
 #: LP-FT's probed head (:mod:`finetune.training.lp_ft`): kept between attempts of a recipe like
 #: the checkpoints, and removed with them by --overwrite.
 LP_HEAD = "lp_head.safetensors"
-_BEFORE_TRAINING = {"recipe.json", "data_report.json", "recipe.json.tmp", "data_report.json.tmp"} | _LOCK_FILES
+#: What a run writes before training starts; a folder holding only these has nothing to lose.
+_BEFORE_TRAINING = {"recipe.json", "data_report.json"}
 
 
 class OutputDirError(UserError):
@@ -83,21 +81,33 @@ def check_output_dir(recipe: Recipe, overwrite: bool) -> str | None:
 
 
 def _holds_this_recipe(out: Path, recipe: Recipe, overwrite: bool) -> bool:
-    """Whether ``out`` holds an earlier run of this recipe; raises when the run must stop."""
+    """Whether ``out`` holds an earlier run of this recipe; raises when the run must stop.
+
+    What is the run's and what is not comes from its manifest
+    (:mod:`finetune.training.run_files`): a file finetune did not make stops the run whenever
+    the run would remove it or write over it, and the message never suggests --overwrite
+    while such files are there."""
     check_output_path(out)
     if not out.exists():
         return False
-    entries = [p for p in out.iterdir()]
-    if {p.name for p in entries} <= _BEFORE_TRAINING:
+    found = run_files.survey(out)
+    if not found.foreign and {p for p in found.own if not run_files.is_scratch(p)} <= _BEFORE_TRAINING:
         return False  # an earlier attempt stopped before training: nothing to keep
     previous = out / "recipe.json"
+    is_run = found.manifest or previous.is_file()
+    if found.foreign and (overwrite or not is_run):
+        beside = " beside a finetune run" if is_run else ""
+        raise OutputDirError(
+            f"output_dir: '{out}' holds files that finetune did not make ({found.describe(found.foreign)}){beside}, "
+            "and finetune never deletes or writes over those; choose another output_dir (--set output_dir=...), "
+            "or move them out of the folder"
+        )
     if overwrite:
         return False
     if not previous.is_file():
-        foreign = sorted(p.name for p in entries if p.name not in _LOCK_FILES)[:5]
         raise OutputDirError(
-            f"output_dir: '{out}' already holds files that are not a finetune run ({', '.join(foreign)}); "
-            "choose another output_dir (--set output_dir=...) or pass --overwrite"
+            f"output_dir: '{out}' holds a finetune run without its recipe.json; choose another output_dir "
+            "(--set output_dir=...) or pass --overwrite to replace the run"
         )
     try:
         old = json.loads(previous.read_text())
@@ -109,9 +119,19 @@ def _holds_this_recipe(out: Path, recipe: Recipe, overwrite: bool) -> bool:
     differences = recipe_differences(comparable(_with_new_defaults(old, defaults)), comparable(recipe.to_dict()))
     if differences:
         shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+        fix = (
+            f"move the files finetune did not make ({found.describe(found.foreign)}) out of the folder and pass "
+            "--overwrite to replace the run, or choose another output_dir (--set output_dir=...)"
+            if found.foreign
+            else "choose another output_dir (--set output_dir=...) or pass --overwrite to replace it "
+            "(it removes that run's files, and nothing else)"
+        )
+        raise OutputDirError(f"output_dir: '{out}' holds a run of a different recipe ({shown}); {fix}")
+    if clash := run_files.collisions(found):
         raise OutputDirError(
-            f"output_dir: '{out}' holds a run of a different recipe ({shown}); "
-            "choose another output_dir (--set output_dir=...) or pass --overwrite to replace it"
+            f"output_dir: '{out}' holds {found.describe(clash)} where the run writes, and finetune did not make "
+            "them (or they are links, which it never makes); move them out of the folder, then run the same "
+            "command again"
         )
     return True
 
@@ -174,7 +194,8 @@ class OutputLock:
             when = started.strftime("%H:%M:%S" if started.date() == datetime.now().date() else "%Y-%m-%d %H:%M:%S")
             return f"pid {holder['pid']} on {holder['host']}, started {when}"
         except (OSError, ValueError, KeyError, TypeError):
-            return f"it has just started; see {self.out / HOLDER_NAME}"
+            # Readers (finetune push, export, eval) share the lock and write no details.
+            return f"one that has just started, or a finetune push, export or eval reading it; see {self.out / HOLDER_NAME}"
 
     def write_holder(self) -> None:
         write_json(
@@ -216,10 +237,13 @@ def claim_output_dir(recipe: Recipe, overwrite: bool) -> tuple[OutputLock, str |
     lock = OutputLock(out).acquire()
     try:
         resume = check_output_dir(recipe, overwrite)
+        found = run_files.survey(out)
         if overwrite:
-            for ckpt in out.glob("checkpoint-*"):
-                shutil.rmtree(ckpt, ignore_errors=True)
-            (out / LP_HEAD).unlink(missing_ok=True)
+            # Exactly the old run's files (checkpoints, model, reports, its eval-*/ and onnx/),
+            # so nothing of it (all_results.json's keys, say) mixes into the new run.
+            run_files.start_afresh(out, keep=run_files.remove(out, found.own))
+        elif not found.manifest and found.own:
+            run_files.record(out, *found.own)  # an earlier version's run: its known names, from now on listed
         lock.write_holder()
     except BaseException:
         lock.release()
@@ -284,16 +308,6 @@ def what_a_rerun_does(out: Path, final_step: int | None = None) -> str:
     if final_step is not None and _checkpoint_step(Path(last)) >= final_step:
         return f"it resumes from {last}, where training ended, and only redoes what comes after training"
     return f"it resumes from {last}"
-
-
-class FollowUmaskCallback(TrainerCallback):
-    """Each checkpoint's weights get the mode any new file gets
-    (``finetune.utils.files.follow_umask``: safetensors leaves them readable by their owner
-    only)."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if args.should_save:
-            follow_umask(Path(args.output_dir))
 
 
 # ------------------------------------------------------------------ a full disk

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,13 @@ from finetune.training.arguments import callbacks, data_seed, precision, trainin
 from finetune.training.finish import AFTER_TRAINING, finish, stopped_after_training
 from finetune.training.interrupts import InterruptCallback, Interrupted, StopNow, signal_name
 from finetune.training.output_dir import (
-    FollowUmaskCallback,
     OutputDirError,
     claim_output_dir,
     disk_full_is_a_user_error,
     what_a_rerun_does,
 )
 from finetune.training.prepared_data import Prepared, check_prepared, prepare_data
+from finetune.training.run_files import CheckpointFilesCallback, record, writing
 from finetune.training.run_state import Run
 from finetune.training.shared import SharedWork
 from finetune.training.trainer import FinetuneTrainer, trainer_options
@@ -138,6 +139,7 @@ def train_trial(recipe: Recipe, trial_callbacks: list[TrainerCallback], shared: 
 
 def _run(run: Run) -> dict[str, Any]:
     if run.main:
+        record(run.out, "recipe.json")  # each file into the run's manifest before it is written
         write_json(run.out / "recipe.json", run.recipe.to_dict())
     if run.resume:
         logger.info("resuming from %s (same recipe found in %s)", run.resume, run.out)
@@ -170,13 +172,16 @@ def _train(run: Run) -> dict[str, Any]:
     if isinstance(trainer, FinetuneTrainer):
         logger.info("training: regularisers: %s", trainer.describe_regularisers())
     trainer.add_callback(interrupts)
-    trainer.add_callback(FollowUmaskCallback())
+    trainer.add_callback(CheckpointFilesCallback())
     weights, trainable = _parameter_bytes(run.loaded.model)
     # A checkpoint holds what the strategy says (the weights, the head alone, or LoRA's
     # adapters and head) and, for the Adam family, two optimizer tensors per trained weight.
     holds_model = run.strategy.checkpoint_holds(recipe.model) == "model"
     checkpoint = weights + 2 * trainable if holds_model else 3 * trainable
-    with disk_full_is_a_user_error(run.out, "a checkpoint", checkpoint, main_process=run.main):
+    with (
+        disk_full_is_a_user_error(run.out, "a checkpoint", checkpoint, main_process=run.main),
+        writing(run.out, *_tracker_folders(run), active=run.main),
+    ):
         result = trainer.train(resume_from_checkpoint=run.resume)
     if run.lp_record is not None:
         result.metrics.update(lp_ft.train_metrics(run.lp_record))
@@ -216,6 +221,7 @@ def _build(run: Run) -> Run:
         if key is not None:
             shared.prepared[key] = prepared
     if run.main and not run.for_trial:
+        record(run.out, "data_report.json")
         write_json(run.out / "data_report.json", prepared.data_report)
     check_prepared(prepared, recipe.data)
     splits = prepared.splits
@@ -319,6 +325,15 @@ def _log_data(prepared: Prepared) -> None:
         logger.warning("data: set aside %s (%s)", item["path"], item["reason"])
     for note in splits.notes:
         logger.warning("data: %s", note)
+
+
+def _tracker_folders(run: Run) -> list[str]:
+    """The folder TensorBoard writes its curves to, when that is inside the output folder."""
+    args = run.args
+    if "tensorboard" not in (args.report_to or []) or not args.logging_dir:
+        return []
+    rel = Path(os.path.relpath(os.path.abspath(args.logging_dir), os.path.abspath(run.out)))
+    return [] if rel.parts[0] in ("..", ".") else [rel.parts[0]]
 
 
 def _parameter_bytes(model: torch.nn.Module) -> tuple[int, int]:
