@@ -114,7 +114,7 @@ def _grid_class():
     return Grid
 
 
-def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dimensions):
+def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dimensions, metric: str):
     """Lock the folder and open (or continue) its study; trials a kill cut off are failed and
     queued again with the same values. Main process only."""
     import optuna
@@ -155,6 +155,9 @@ def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dim
             study.enqueue_trial(stale.params)
             logger.info("search: trial %d was cut off when the search stopped; it runs again", stale.number)
         shutil.rmtree(out / "trials", ignore_errors=True)  # what cut-off trials left
+        # The table follows the database: a kill after a trial was told and before the table
+        # was written left it one trial short.
+        search_report.write_results(study, dimensions, out / search_report.RESULTS, metric)
         seed = int(recipe.training.get("seed", 42)) + len(study.trials)  # a continued search draws new values
         _Grid = _grid_class()
         samplers = {
@@ -185,7 +188,7 @@ def search(recipe: Recipe, raw: dict[str, Any], source: str, options: Options) -
     lock = study = problem = None
     if state.is_main_process:
         try:
-            lock, study = _open_study(out, recipe, options, direction, dimensions)
+            lock, study = _open_study(out, recipe, options, direction, dimensions, metric)
         except UserError as err:
             problem = str(err)
     (problem,) = share(state, problem)

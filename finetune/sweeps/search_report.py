@@ -45,11 +45,17 @@ def _note(trial) -> str:
 
 
 def write_results(study, dimensions: list[Dimension], path: Path, metric: str) -> None:
-    """One row per trial: its number, state, validation score, seconds and parameters (atomic)."""
+    """One row per finished trial of the study's database, which is the record that counts: its
+    number, state, validation score, seconds and parameters. Written whole from the database each
+    time (atomic), so a kill between a trial's end and this write costs nothing: the next write
+    has it."""
+    from optuna.trial import TrialState
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     with replacing(path, binary=False) as f:
         writer = csv.writer(f)
         writer.writerow(["trial", "state", f"validation_{metric}", "seconds", *(d.key for d in dimensions), "note"])
-        for trial in study.get_trials(deepcopy=False):
+        for trial in study.get_trials(deepcopy=False, states=finished):
             seconds = trial.duration.total_seconds() if trial.duration is not None else ""
             value = trial.value if trial.value is not None else ""
             params = [

@@ -175,7 +175,7 @@ class OutputLock:
             self._lock.acquire()
         except Timeout:
             raise OutputDirError(
-                f"output_dir: '{self.out}' is in use by another finetune run ({self._holder()}); "
+                f"output_dir: '{self.out}' is in use by another finetune run ({self.holder()}); "
                 "wait for it to finish or choose another output_dir (--set output_dir=...)"
             ) from None
         except OSError as err:
@@ -187,7 +187,8 @@ class OutputLock:
         (self.out / HOLDER_NAME).unlink(missing_ok=True)
         return self
 
-    def _holder(self) -> str:
+    def holder(self) -> str:
+        """Who holds the lock: pid, host and start time, as the holder wrote them."""
         try:
             holder = json.loads((self.out / HOLDER_NAME).read_text())
             started = datetime.fromisoformat(holder["started"])

@@ -125,6 +125,22 @@ def record(out: Path, *paths: str | Path, create: bool = True) -> None:
         os.close(fd)
 
 
+def record_made(run: Path, target: Path, files: Iterable[str] | None = None) -> None:
+    """Before a reader (``finetune eval``, ``export``) writes ``target`` in the folder of the
+    run ``run``: its manifest gets the first folder on the way that is about to be made, or,
+    when ``target`` is there already, the ``files`` to be written in it (None: ``target``
+    itself, which the writer replaces whole). Nothing for a target outside the run, or a run
+    without a manifest (the known names cover an earlier version's)."""
+    rel = Path(os.path.relpath(os.path.abspath(target), os.path.abspath(run)))
+    if rel.parts[0] in ("..", "."):
+        return
+    for depth in range(1, len(rel.parts) + 1):
+        if not os.path.lexists(run / Path(*rel.parts[:depth])):
+            record(run, Path(*rel.parts[:depth]), create=False)
+            return
+    record(run, *((rel / name for name in files) if files is not None else [rel]), create=False)
+
+
 def start_afresh(out: Path, keep: Iterable[str] = ()) -> None:
     """A new manifest listing only ``keep`` (what ``--overwrite`` could not remove)."""
     from finetune.utils.files import write_text

@@ -143,6 +143,12 @@ def _run(run: Run) -> dict[str, Any]:
         write_json(run.out / "recipe.json", run.recipe.to_dict())
     if run.resume:
         logger.info("resuming from %s (same recipe found in %s)", run.resume, run.out)
+    if run.main and run.recipe.hub.push and not run.recipe.hub.private:
+        logger.warning(  # now, not hours later when the push says it again: there is time to stop
+            "hub: hub.private is false: at its end this run publishes its model, card, metrics, recipe and report "
+            "pictures (misclassified.png shows images of the eval split) to %s, where anyone can download them; "
+            "stop now and set hub.private: true to keep them private", run.recipe.hub.repo_id,
+        )
     # From here on SIGTERM and Ctrl-C stop the run cleanly (in training: at a checkpoint).
     run.interrupts = InterruptCallback()
     try:
