@@ -184,7 +184,8 @@ def _scratch(name: str, siblings: set[str]) -> bool:
     """A temporary file finetune leaves when killed mid-write: ``replacing``'s random names,
     ``export``'s partial folder, and an earlier version's ``NAME.tmp`` beside a file of the
     run's (``siblings``: the run's names in the same folder)."""
-    return is_temporary(name) or bool(_PARTIAL.match(name)) or (name.endswith(".tmp") and name[:-4] in siblings)
+    earlier = name.endswith(".tmp") and (name[:-4] in siblings or name[:-4] in CONTROL_FILES)
+    return earlier or is_temporary(name) or bool(_PARTIAL.match(name))
 
 
 def is_scratch(rel: str) -> bool:
