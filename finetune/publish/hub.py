@@ -1,8 +1,8 @@
 """Publishing to the Hugging Face Hub: `finetune push` and `hub.push` in recipes.
 
-What goes up is decided in one place (``UPLOAD_ALLOW`` / ``UPLOAD_IGNORE``) and filtered
-with huggingface_hub's own ``filter_repo_objects``, the function ``upload_folder`` uses, so
-``--dry-run`` lists exactly what a push uploads. Before anything is sent the folder is
+What goes up is decided in one place (``UPLOAD_ALLOW`` / ``UPLOAD_IGNORE``), filtered with
+huggingface_hub's own ``filter_repo_objects`` (as ``upload_folder`` filters), and sent as one
+commit of exactly those files, so ``--dry-run`` lists exactly what a push uploads. Before anything is sent the folder is
 checked (weights, config, a card whose metadata parses and whose model-index equals
 ``eval_results.json``), then one bounded request finds out whether the Hub can be reached
 with the token; only then are the repo, the branch and the commit made. Every failure is a

@@ -23,8 +23,6 @@ from finetune.utils.files import write_json
 
 logger = logging.getLogger("finetune")
 
-__all__ = ["HOLDER_NAME", "LOCK_NAME", "LP_HEAD", "OutputDirError", "OutputLock", "claim_output_dir"]
-
 #: LP-FT's probed head (:mod:`finetune.training.lp_ft`): kept between attempts of a recipe like
 #: the checkpoints, and removed with them by --overwrite.
 LP_HEAD = "lp_head.safetensors"

@@ -59,11 +59,10 @@ def reading(folder: str | Path, error: type[Exception] = OutputDirError, key: st
     try:
         fd = os.open(path, os.O_RDONLY | _FLAGS)
     except FileNotFoundError:
-        try:  # a run of a version before the lock: the next run locks this same file
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | _FLAGS, 0o666)
-        except OSError:  # a folder this user cannot write: nor can a run of theirs
-            yield
-            return
+        # No run of this version has been in the folder (a run leaves the lock file behind):
+        # the readers only read, and make no file of their own.
+        yield
+        return
     except OSError as err:  # a link planted at the lock's name (ELOOP), a permission
         raise error(f"{key}: cannot open the lock of '{run}' ({err.strerror}); check {path}") from None
     try:

@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 
 from finetune.utils.files import follow_umask, is_temporary
 
+#: The run's list of what it made (JSON Lines), beside the lock files.
 MANIFEST = ".finetune-manifest.jsonl"
 #: The lock a run holds on its output folder, and who holds it (pid, host, start, command):
 #: :class:`finetune.training.output_dir.OutputLock`. With the manifest, the folder's own

@@ -334,11 +334,13 @@ def _log_data(prepared: Prepared) -> None:
 
 
 def _tracker_folders(run: Run) -> list[str]:
-    """The folder TensorBoard writes its curves to, when that is inside the output folder."""
-    args = run.args
-    if "tensorboard" not in (args.report_to or []) or not args.logging_dir:
+    """The folder TensorBoard writes its curves to (transformers' callback: the environment's
+    ``TENSORBOARD_LOGGING_DIR``, else ``runs/`` in the output folder), when that is inside the
+    output folder."""
+    if "tensorboard" not in (run.args.report_to or []):
         return []
-    rel = Path(os.path.relpath(os.path.abspath(args.logging_dir), os.path.abspath(run.out)))
+    folder = os.path.expanduser(os.environ.get("TENSORBOARD_LOGGING_DIR") or os.path.join(run.out, "runs"))
+    rel = Path(os.path.relpath(os.path.abspath(folder), os.path.abspath(run.out)))
     return [] if rel.parts[0] in ("..", ".") else [rel.parts[0]]
 
 
