@@ -54,10 +54,9 @@ def finish(run: Run, result) -> dict[str, Any]:
         trainer.save_final_model()
     follow_umask(*(out / name for name in written))  # what this save wrote, nothing else
     run.done.append("model")
-    with run_files.writing(out, *_REPORT_FILES, *(eval_sets.report_dir(out, n).name for n in prepared.eval_sets),
-                           active=run.main):
-        final = _reports(run, result)
-    return _push(run, final)
+    if run.main:
+        run_files.record(out, *_REPORT_FILES, *(eval_sets.report_dir(out, n).name for n in prepared.eval_sets))
+    return _push(run, _reports(run, result))
 
 
 #: What ``finish`` writes after the model.

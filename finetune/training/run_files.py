@@ -315,10 +315,11 @@ MODEL_FILES = (
 
 @contextmanager
 def writing(out: Path, *names: str, active: bool = True) -> Iterator[list[str]]:
-    """Around a write into ``out`` whose files a library names: ``names`` go into the manifest
-    before, and whatever else appears at the top of ``out`` meanwhile after it (also when it
-    fails). Yields the list of what was recorded, filled in at the end. ``active``: False on the
-    processes that do not write the folder's files (all but the main one)."""
+    """Around a short write into ``out`` whose files a library names (the final save): ``names``
+    go into the manifest before, and whatever else appears at the top of ``out`` meanwhile
+    (weight shards, a remote-code model's modules) after it, also when it fails. Yields the list
+    of what was recorded, filled in at the end. ``active``: False on the processes that do not
+    write the folder's files (all but the main one)."""
     written: list[str] = []
     if not active:
         yield written

@@ -43,7 +43,7 @@ from finetune.training.output_dir import (
     what_a_rerun_does,
 )
 from finetune.training.prepared_data import Prepared, check_prepared, prepare_data
-from finetune.training.run_files import CheckpointFilesCallback, record, writing
+from finetune.training.run_files import CheckpointFilesCallback, record
 from finetune.training.run_state import Run
 from finetune.training.shared import SharedWork
 from finetune.training.trainer import FinetuneTrainer, trainer_options
@@ -184,10 +184,9 @@ def _train(run: Run) -> dict[str, Any]:
     # adapters and head) and, for the Adam family, two optimizer tensors per trained weight.
     holds_model = run.strategy.checkpoint_holds(recipe.model) == "model"
     checkpoint = weights + 2 * trainable if holds_model else 3 * trainable
-    with (
-        disk_full_is_a_user_error(run.out, "a checkpoint", checkpoint, main_process=run.main),
-        writing(run.out, *_tracker_folders(run), active=run.main),
-    ):
+    if run.main:
+        record(run.out, *_tracker_folders(run))  # (each checkpoint: CheckpointFilesCallback)
+    with disk_full_is_a_user_error(run.out, "a checkpoint", checkpoint, main_process=run.main):
         result = trainer.train(resume_from_checkpoint=run.resume)
     if run.lp_record is not None:
         result.metrics.update(lp_ft.train_metrics(run.lp_record))

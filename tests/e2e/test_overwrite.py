@@ -132,3 +132,24 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_every_file_a_run_makes_is_in_its_manifest(tmp_path: Path, tiny_resnet: Path) -> None:
+    """LP-FT's head, TensorBoard's folder, an extra evaluation set's report, the checkpoints and
+    the final save's files: all listed, so --overwrite can remove them and nothing else."""
+    images = make_image_folder(tmp_path / "images", per_class=4)
+    other = make_image_folder(tmp_path / "other", per_class=2, splits=("test",))
+    out = tmp_path / "out"
+    recipe = write_recipe(
+        tmp_path / "r.json", tiny_resnet, images, out,
+        model={"name_or_path": str(tiny_resnet), "strategy": "lp_ft"},
+        data__eval_sets={"other": {"dataset": str(other), "split": "test"}},
+        training__num_train_epochs=1, training__report_to=["tensorboard"],
+    )
+    result = run_cli("--recipe", str(recipe))
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = run_files.recorded(out)
+    present = {p.name for p in out.iterdir()} - run_files.CONTROL_FILES
+    assert {"lp_head.safetensors", "runs", "eval-other", "model.safetensors"} <= present
+    assert any(name.startswith("checkpoint-") for name in present)
+    assert present <= listed, f"not in the manifest: {sorted(present - listed)}"
