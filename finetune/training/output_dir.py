@@ -191,6 +191,8 @@ class OutputLock:
             holder = json.loads((self.out / HOLDER_NAME).read_text())
             started = datetime.fromisoformat(holder["started"])
             when = started.strftime("%H:%M:%S" if started.date() == datetime.now().date() else "%Y-%m-%d %H:%M:%S")
+            if holder["host"] == socket.gethostname() and not _alive(int(holder["pid"])):
+                raise ValueError("the details of a run that was killed")
             return f"pid {holder['pid']} on {holder['host']}, started {when}"
         except (OSError, ValueError, KeyError, TypeError):
             # Readers (finetune push, export, eval) share the lock and write no details.
@@ -211,6 +213,19 @@ class OutputLock:
         if self._lock.is_locked:
             (self.out / HOLDER_NAME).unlink(missing_ok=True)
             self._lock.release()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine exists (signal 0 only asks)."""
+    if os.name != "posix":  # there, os.kill's 0 is CTRL_C_EVENT: a real signal
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it exists
+        return True
+    return True
 
 
 def claim_output_dir(recipe: Recipe, overwrite: bool) -> tuple[OutputLock, str | None]:

@@ -39,3 +39,20 @@ def test_a_folder_that_is_no_run_is_read_without_a_lock(tmp_path: Path) -> None:
     with reading(tmp_path):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_refused_by_a_reader_does_not_name_a_dead_run(a_run: Path) -> None:
+    """The details a killed run left name a process that is gone: not the one in the way."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    OutputLock(a_run).acquire().release()
+    (a_run / ".finetune.lock.json").write_text(json.dumps(
+        {"pid": int(dead.stdout), "host": socket.gethostname(), "started": "2024-01-01T00:00:00", "command": "x"}
+    ))
+    with reading(a_run):
+        with pytest.raises(OutputDirError) as err:
+            OutputLock(a_run).acquire()
+    assert f"pid {int(dead.stdout)}" not in str(err.value) and "a finetune push, export or eval reading it" in str(err.value)
