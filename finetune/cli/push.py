@@ -25,9 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     visibility = parser.add_mutually_exclusive_group()
     visibility.add_argument(
         "--private", dest="private", action="store_const", const=True, default=None,
-        help="create the repo private (the default, unless recipe.json says hub.private false)",
+        help="create the repo private (the default, unless recipe.json says hub.private false); "
+        "a repo that is public on the Hub is refused",
     )
-    visibility.add_argument("--public", dest="private", action="store_const", const=False, help="create the repo public")
+    visibility.add_argument(
+        "--public", dest="private", action="store_const", const=False,
+        help="create the repo public, or push into one that is public (warns first, naming what goes up)",
+    )
     parser.add_argument("--revision", default=None, help="push to this branch, created if needed (default: main)")
     parser.add_argument(
         "--dry-run", action="store_true",
