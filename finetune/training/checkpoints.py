@@ -145,9 +145,7 @@ def checkpoint_problem(path: Path) -> Problem | None:
             continue
         if not whole:
             return Problem(f"it was cut off mid-write ({file.relative_to(path)} is incomplete)")
-        if file.parent == path and name.startswith(_WEIGHTS_PREFIXES) and not name.endswith(".index.json"):
-            holds_model = True
-        elif deepspeed is not None and file.parent == deepspeed and name.endswith("model_states.pt"):
+        if file.parent == path and name.startswith(_WEIGHTS_PREFIXES) and not name.endswith(".index.json") or deepspeed is not None and file.parent == deepspeed and name.endswith("model_states.pt"):
             holds_model = True
     if not holds_model:
         return Problem("it holds no model weights in a format finetune knows", cut_off=False)

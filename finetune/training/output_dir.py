@@ -18,7 +18,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from finetune.recipe import Recipe
-from finetune.training.checkpoints import (  # noqa: F401 - last_complete_checkpoint: callers import it from here
+from finetune.training.checkpoints import (
     checkpoint_step,
     cut_off_checkpoints,
     last_complete_checkpoint,

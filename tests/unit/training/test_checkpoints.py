@@ -11,7 +11,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from finetune.training.checkpoints import checkpoint_problem, cut_off_checkpoints, last_complete_checkpoint
+from finetune.training.checkpoints import (
+    checkpoint_problem,
+    cut_off_checkpoints,
+    last_complete_checkpoint,
+)
 from finetune.training.output_dir import _remove_cut_off_checkpoints
 
 
