@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from finetune.data import decode_plan
+from finetune.data import cache_store, decode_plan
+from finetune.data.cache_store import Owner
 from finetune.data.decode_plan import PROCESSOR_COPIES
 from finetune.data.resize import ProcessorResize, before_to_tensor
 from finetune.utils import compat
@@ -256,6 +257,7 @@ def decode(
     num_proc: int | None,
     desc: str,
     channels_last: bool = False,
+    owner: Owner | None = None,
 ) -> Decoded:
     """Decode, fix and (when larger than the model's input) resize every image once: a
     fingerprinted, cached ``datasets.map``.
@@ -279,6 +281,13 @@ def decode(
     will be randomly cropped: torch's uint8 antialiased resize works on channels-last
     pixels, and given the usual layout it repacks its input and output, which costs more
     than the resize itself.
+
+    How the pass runs (:mod:`finetune.data.decode_plan`, from the sampled headers): its
+    workers (``num_proc``; None: automatic), batches and the decoded bytes each worker holds
+    within a fixed memory budget, and the pieces it is mapped in, each cached as it
+    finishes, so that a stopped run keeps what was decoded. ``owner``: the data set and run
+    the split is decoded for, noted in the index of decode caches
+    (:mod:`finetune.data.cache_store`, which ``finetune cache`` lists and removes).
     """
     from datasets import Image
 
@@ -295,10 +304,14 @@ def decode(
     plan = decode_plan.plan(sizes, len(dataset), num_proc, chunked=bool(dataset.cache_files))
     decoder.hold_bytes = plan.hold_bytes
     logger.info("data: %s: %d images, %s", desc, len(dataset), plan.describe())
+    entry = _entry(dataset, decoder, processor, plan, desc, owner)
     try:
         mapped = _map(dataset, decoder, processor, plan, desc)
     except SizeChanged:  # an image of another size than the sample's: this split is stored at the model's size
+        if entry is not None:  # the pieces stored small so far: of no use to any run
+            cache_store.remove(entry)
         decoder.small_size = None
+        _entry(dataset, decoder, processor, plan, desc, owner)
         mapped = _map(dataset, decoder, processor, plan, desc)
     # Only the two small text columns are read here: a row read would also decode pixels.
     reasons = mapped["bad_reason"][:]
@@ -316,11 +329,9 @@ def decode(
     return Decoded(mapped, bad)
 
 
-def _map(dataset, decoder: Decoder, processor, plan: decode_plan.Plan, desc: str):
-    """The split through ``decoder``, a piece of ``plan`` at a time, each piece cached under a
-    fingerprint of its own (a split of one piece keeps the fingerprint it always had)."""
-    from datasets import Array2D, Array3D, Features, Value, concatenate_datasets
-
+def _fingerprints(dataset, decoder: Decoder, processor, plan: decode_plan.Plan) -> tuple[str, list[str]]:
+    """The cache's key for the split as ``decoder`` stores it, and the fingerprint of each
+    piece of ``plan`` (a split of one piece keeps the fingerprint it always had)."""
     small = decoder.small_size
     base = "|".join(
         [compat.dataset_fingerprint(dataset), processor.to_json_string(), decoder.image_column]
@@ -328,6 +339,31 @@ def _map(dataset, decoder: Decoder, processor, plan: decode_plan.Plan, desc: str
         + (["hwc"] if decoder.channels_last else [])
         + ([f"small{small[0]}x{small[1]}"] if small else [])
     )
+    key = hashlib.sha256(base.encode()).hexdigest()[:32]
+    if plan.pieces == [(0, len(dataset))]:
+        return key, [key]
+    return key, [hashlib.sha256(f"{base}|piece{a}-{b}".encode()).hexdigest()[:32] for a, b in plan.pieces]
+
+
+def _entry(dataset, decoder: Decoder, processor, plan: decode_plan.Plan, desc: str, owner: Owner | None):
+    """The split's entry in the index of decode caches (written now, when ``owner`` is given
+    and the split is cached in files), or None for an in-memory split."""
+    if not dataset.cache_files:
+        return None
+    key, fingerprints = _fingerprints(dataset, decoder, processor, plan)
+    folder = os.path.dirname(dataset.cache_files[0]["filename"])
+    if owner is not None:
+        problem = cache_store.record(key, folder, fingerprints, owner, desc.removeprefix("decoding "), len(dataset))
+        if problem is not None:
+            logger.warning("data: the index of decode caches could not be written (%s)", first_line(problem))
+    return cache_store.Entry(key, folder, fingerprints, owner.dataset if owner else "", desc.removeprefix("decoding "))
+
+
+def _map(dataset, decoder: Decoder, processor, plan: decode_plan.Plan, desc: str):
+    """The split through ``decoder``, a piece of ``plan`` at a time, each piece cached under a
+    fingerprint of its own (:func:`_fingerprints`)."""
+    from datasets import Array2D, Array3D, Features, Value, concatenate_datasets
+
     pixels = (Array2D if decoder.channels_last else Array3D)(shape=decoder.output_shape(), dtype="uint8")
     features = Features(
         {
@@ -337,21 +373,20 @@ def _map(dataset, decoder: Decoder, processor, plan: decode_plan.Plan, desc: str
             "source": Value("string"),
         }
     )
+    _, fingerprints = _fingerprints(dataset, decoder, processor, plan)
     done = []
-    for start, stop in plan.pieces:
-        workers = min(plan.workers or 1, stop - start)
+    for (start, stop), fingerprint in zip(plan.pieces, fingerprints):
         whole = (start, stop) == (0, len(dataset))
-        piece = dataset if whole else dataset.select(range(start, stop))
-        name = base if whole else f"{base}|piece{start}-{stop}"
+        workers = min(plan.workers or 1, stop - start)
         done.append(
-            piece.map(
+            (dataset if whole else dataset.select(range(start, stop))).map(
                 decoder,
                 batched=True,
                 batch_size=plan.batch_size,
                 remove_columns=dataset.column_names,
                 features=features,
                 num_proc=workers if workers > 1 else None,
-                new_fingerprint=hashlib.sha256(name.encode()).hexdigest()[:32],
+                new_fingerprint=fingerprint,
                 desc=desc if whole else f"{desc} ({start}-{stop} of {len(dataset)})",
             )
         )

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import torch
 from transformers import TrainerCallback
 
+from finetune.data import cache_store
 from finetune.utils.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
 #: The signals a run stops cleanly on: a cluster pre-empting the job, and Ctrl-C.
@@ -172,9 +173,12 @@ class InterruptCallback(TrainerCallback):
         into a result and asks for the next task, and waits forever. A Ctrl-C reaches the
         whole process group; the worker leaves it to the main process, which ends the pool.
         In training a worker keeps serving batches until the main process has its
-        checkpoint, and ends on a second signal (the main process's teardown)."""
+        checkpoint, and ends on a second signal (the main process's teardown). A worker
+        that ends removes the part-written decode cache file it has open
+        (:func:`finetune.data.cache_store.remove_open_temporaries`)."""
         if self._phase == "before":
             if signum != signal.SIGINT:
+                cache_store.remove_open_temporaries()
                 os._exit(128 + signum)
             return
         self._worker_signals += 1

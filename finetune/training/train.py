@@ -234,7 +234,7 @@ def _build(run: Run) -> Run:
         with args.main_process_first(desc="eval sets"):
             prepared.eval_sets = eval_sets.prepare(
                 recipe.data.eval_sets, splits.class_names, processor,
-                recipe.data.preprocessing_num_workers, recipe.data.max_bad_fraction,
+                recipe.data.preprocessing_num_workers, recipe.data.max_bad_fraction, run=recipe.output_dir,
             )
     _log_data(prepared)
     run.prepared = prepared
