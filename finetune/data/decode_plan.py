@@ -47,7 +47,7 @@ class Plan:
         workers = f"{self.workers} worker processes" if self.workers else "this process"
         pieces = f", in {len(self.pieces)} pieces cached as they finish" if len(self.pieces) > 1 else ""
         return (
-            f"{workers}, batches of up to {self.batch_size} images, "
+            f"{workers}, batches of up to {self.batch_size} image{'s' if self.batch_size != 1 else ''}, "
             f"{self.hold_bytes * (self.workers or 1) / 1e9:.1f} GB of decoded images held at most{pieces}"
         )
 
@@ -58,15 +58,17 @@ def image_bytes(size: tuple[int, int]) -> int:
 
 
 def plan(
-    sizes: list[tuple[int, int]], images: int, workers: int | None, chunked: bool = True, memory: int = DECODE_MEMORY
+    sizes: list[tuple[int, int]], images: int, workers: int | None, chunked: bool = True, memory: int | None = None
 ) -> Plan:
     """The plan for a split of ``images`` whose sampled headers gave ``sizes`` (height,
     width); ``workers``: the recipe's ``data.preprocessing_num_workers`` (None: automatic,
     several only for large splits). ``chunked``: the split's output goes to files, so
-    pieces keep what was decoded (an in-memory split is one piece).
+    pieces keep what was decoded (an in-memory split is one piece). ``memory``: the budget
+    (None: :data:`DECODE_MEMORY`).
 
     Fewer workers than asked when one image, with the processor's copies of it, would not
     fit in a worker's share of ``memory`` (the log says so)."""
+    memory = DECODE_MEMORY if memory is None else memory
     largest = max((h * w for h, w in sizes), default=1)
     mean = max(1, sum(h * w for h, w in sizes) // len(sizes)) if sizes else 1
     if workers is None:
