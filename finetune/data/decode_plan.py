@@ -11,7 +11,8 @@ logger = logging.getLogger(__name__)
 #: The decoded full-resolution images the decode pass holds at once, all its workers together
 #: (bytes). Each worker has its share and sends what it holds through the image processor
 #: (which shrinks it to the model's size) before it would hold more; so a folder of camera
-#: photos decodes in this budget, beside the model and the system, on an 8 GB laptop.
+#: photos decodes in this budget, beside the model and the system, on a laptop (sizes and
+#: the peaks: bench/README.md).
 DECODE_MEMORY = 2 * 1024**3
 #: The image processors keep a copy of each image they are given (a numpy array or a tensor
 #: of the whole call's images) beside the decoded one, and one more of the image being

@@ -198,9 +198,10 @@ EVAL_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RESERVED_EVAL_SET_NAMES = {"eval", "train", "all"}
 
 
-#: The largest ``data.image_size``: one image at 4096 px is 50 MB in the decode cache (a
-#: thousand of them 50 GB) and 200 MB as the float batch the model takes, twice or more the
-#: input of any common pretrained classifier; above it a run cannot fit in memory or on disk.
+#: The largest ``data.image_size``: several times the input of any common pretrained
+#: classifier, and already an image whose decoded copy in the cache, and float copy in the
+#: batch the model takes, weigh tens to hundreds of megabytes each; above it a run of any
+#: size cannot fit in memory or on disk (the arithmetic: bench/README.md).
 MAX_IMAGE_SIZE = 4096
 #: The most ``data.preprocessing_num_workers``: each worker is a forked copy of the main
 #: process with its share of the decode pass's memory budget (finetune.data.decode), and

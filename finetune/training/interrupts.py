@@ -19,8 +19,9 @@ from finetune.utils.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 #: How long, at most, a signal waits in training before the processes agree to stop: they
-#: agree at least this often (in seconds of training steps, measured), so a pre-emption's
-#: grace period (often 30 s) leaves time for the checkpoint.
+#: agree at least this often (in seconds of training steps, as timed on the slowest
+#: process), so that a pre-emption's grace period, which ends in SIGKILL, leaves time for
+#: the checkpoint.
 AGREE_SECONDS = 5.0
 #: How long a stop before training may take to unwind before the process ends regardless.
 STOP_GRACE = 10.0
