@@ -13,7 +13,9 @@ The path, a module per step:
    rotation first, any mode to RGB, bad files set aside, not fatal: ``finetune.utils.images``), or keeps
    it at its own size when a split's images all share one smaller size;
    fingerprinted so a re-run reuses the cache; channels-last for a split that is randomly
-   cropped. ``rows.FastRows`` gathers a batch from the memory-mapped cache in one copy per
+   cropped. ``decode_plan``: its workers, batches and memory budget, and the pieces a
+   stopped run keeps; ``cache_store``: the index of decode caches that ``finetune cache``
+   lists and removes. ``rows.FastRows`` gathers a batch from the memory-mapped cache in one copy per
    image.
 5. ``transforms.BatchTransform``: the processor's resize for splits stored small
    (``resize.ProcessorResize``), augmentation (crop, flip, an automatic policy, random
@@ -23,6 +25,7 @@ The path, a module per step:
 Everything the other steps use is importable from here (``from finetune import data``).
 """
 
+from finetune.data.cache_store import Owner as CacheOwner
 from finetune.data.columns import column, encode_labels, find_columns, map_to_model_classes
 from finetune.data.decode import (
     HWC_COLUMN,
@@ -44,6 +47,7 @@ from finetune.utils.images import JUNK_DIRS, JUNK_FILES, image_source, is_junk, 
 
 __all__ = [
     "BatchTransform",
+    "CacheOwner",
     "DataError",
     "Decoded",
     "Decoder",

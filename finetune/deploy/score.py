@@ -220,7 +220,9 @@ def _evaluate(
                 out, target, dataset, config, split, saved.class_names,
                 *onnx_scores(saved, rows, image_col, label_col, batch_size), model_file=saved.model_file.name,
             )
-        decoded = data.decode(rows, saved.processor, image_col, label_col, None, f"decoding {split}")
+        decoded = data.decode(
+            rows, saved.processor, image_col, label_col, None, f"decoding {split}", owner=data.CacheOwner(dataset, str(out))
+        )
     except data.DataError as err:
         raise InferenceError(_cli_message(err)) from None
     images = decoded.dataset

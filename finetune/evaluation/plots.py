@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune.evaluation.metrics import Predictions
+from finetune.evaluation.metrics import Predictions, top_confusions
 from finetune.utils.files import replacing
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,13 @@ logger = logging.getLogger(__name__)
 MAX_MISTAKES = 16
 #: Above this many classes the confusion matrix has no numbers in its cells (unreadable).
 MAX_ANNOTATED_CLASSES = 20
+#: Above this many classes ``confusion_matrix.png`` shows the most frequent confusions as bars
+#: instead of the matrix: at the picture's largest size a cell is then under a fifth of an
+#: inch and no class name can be read, and the matrix's memory and drawing time grow with
+#: the square of the classes.
+MAX_MATRIX_PICTURE_CLASSES = 200
+#: How many confusions that picture shows.
+PICTURED_CONFUSIONS = 30
 #: Class names longer than this are cut with "…" on axes and titles.
 MAX_NAME_CHARS = 24
 
@@ -207,9 +214,12 @@ def confusion_counts(predictions: Predictions, num_classes: int) -> np.ndarray:
 
 def confusion_figure(predictions: Predictions, class_names: list[str], labels: ClassLabels | None = None):
     """Rows normalised to recall (so small and big classes share one colour scale); the
-    counts are written in the cells while there are few enough classes to read them."""
+    counts are written in the cells while there are few enough classes to read them.
+    Above :data:`MAX_MATRIX_PICTURE_CLASSES` classes, :func:`top_confusions_figure` instead."""
     labels = class_labels(class_names) if labels is None else labels
     n = len(class_names)
+    if n > MAX_MATRIX_PICTURE_CLASSES:
+        return top_confusions_figure(predictions, class_names, labels)
     counts = confusion_counts(predictions, n)
     support = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, support, out=np.zeros(counts.shape, dtype=float), where=support > 0)
@@ -238,6 +248,42 @@ def confusion_figure(predictions: Predictions, class_names: list[str], labels: C
                         j, i, str(counts[i, j]), ha="center", va="center", fontsize=cell_size,
                         color="white" if share[i, j] > 0.5 else "black",
                     )
+    return fig
+
+
+def top_confusions_figure(predictions: Predictions, class_names: list[str], labels: ClassLabels | None = None):
+    """The most frequent (true → predicted) mistakes as horizontal bars, each with its count
+    and its share of the true class: what the confusion matrix of many classes would show
+    in its brightest off-diagonal cells. Its size does not grow with the classes."""
+    labels = class_labels(class_names) if labels is None else labels
+    index = {name: i for i, name in enumerate(class_names)}
+    pairs = top_confusions(predictions, class_names, PICTURED_CONFUSIONS)
+    fig = _figure(9.0, 1.6 + 0.3 * max(len(pairs), 3))
+    ax = fig.subplots()
+    total = len(predictions.labels)
+    accuracy = float(np.mean(np.asarray(predictions.preds) == np.asarray(predictions.labels))) if total else 0.0
+    ax.set_title(
+        f"Most frequent confusions: {len(class_names)} classes (too many for a matrix), "
+        f"{total} images, accuracy {accuracy:.3f}",
+        fontsize=10,
+    )
+    if not pairs:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No misclassified images", ha="center", va="center", fontsize=14)
+        return fig
+    names = [f"{labels.text[index[p['true']]]} → {labels.text[index[p['predicted']]]}" for p in pairs]
+    counts = [p["count"] for p in pairs]
+    rows = np.arange(len(pairs))
+    ax.barh(rows, counts, color="tab:blue")
+    ax.set_yticks(rows, names, fontsize=8, fontfamily=labels.family)
+    ax.invert_yaxis()  # the most frequent on top
+    for row, pair in zip(rows, pairs):
+        ax.text(pair["count"], row, f" {pair['count']} ({pair['share_of_true']:.0%} of the true class)",
+                va="center", fontsize=7)
+    ax.set_xlim(0, max(counts) * 1.35)
+    ax.set_xlabel("images (true → predicted)")
+    if labels.note:
+        fig.supxlabel(labels.note, fontsize=8)
     return fig
 
 

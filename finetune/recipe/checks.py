@@ -17,6 +17,8 @@ from finetune.recipe.schema import (
     EVAL_SET_NAME,
     FINETUNE_TRAINING_KEYS,
     LORA_KEYS,
+    MAX_DECODE_WORKERS,
+    MAX_IMAGE_SIZE,
     RESERVED_EVAL_SET_NAMES,
     TRAINING_KEYS_ELSEWHERE,
     EvalSetConfig,
@@ -55,6 +57,17 @@ def validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) ->
         value = getattr(d, key)
         if value is not None and value < 1:
             problems.append(f"{source}: 'data.{key}' must be a positive integer or null, got {value}")
+    if d.image_size is not None and d.image_size > MAX_IMAGE_SIZE:
+        problems.append(
+            f"{source}: 'data.image_size' is at most {MAX_IMAGE_SIZE} (one image of {d.image_size} px would be "
+            f"{3 * d.image_size**2 / 1e9:.1f} GB decoded), got {d.image_size}; use the model's own size (null) or a smaller one"
+        )
+    workers = d.preprocessing_num_workers
+    if workers is not None and not 1 <= workers <= MAX_DECODE_WORKERS:
+        problems.append(
+            f"{source}: 'data.preprocessing_num_workers' must be from 1 to {MAX_DECODE_WORKERS} or null (automatic), "
+            f"got {workers}"
+        )
     if d.samples_per_class is not None and d.max_train_samples is not None:
         problems.append(
             f"{source}: set only one of 'data.samples_per_class' and 'data.max_train_samples'"

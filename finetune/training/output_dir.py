@@ -17,6 +17,11 @@ from typing import Any
 
 from finetune.recipe import Recipe
 from finetune.training import run_files
+from finetune.training.checkpoints import (
+    checkpoint_step,
+    cut_off_checkpoints,
+    last_complete_checkpoint,
+)
 from finetune.training.run_files import HOLDER_NAME, LOCK_NAME
 from finetune.utils.errors import UserError, first_line
 from finetune.utils.files import write_json
@@ -265,61 +270,13 @@ def claim_output_dir(recipe: Recipe, overwrite: bool) -> tuple[OutputLock, str |
     return lock, resume
 
 
-def _checkpoint_step(path: Path) -> int:
-    try:
-        return int(path.name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
-
-
-def _safetensors_complete(path: Path) -> bool:
-    """The header parses and the file is as long as the header says (not cut off)."""
-    try:
-        with path.open("rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        return path.stat().st_size >= 8 + size + end
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def checkpoint_is_complete(path: Path) -> bool:
-    """The Trainer writes weights, optimizer, RNG state, then ``trainer_state.json``: a
-    checkpoint is complete when that last file parses and names this step, and every
-    weights file is whole."""
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    weights = list(path.glob("*.safetensors"))
-    return (
-        state.get("global_step") == _checkpoint_step(path)
-        and bool(weights)
-        and all(_safetensors_complete(w) for w in weights)
-    )
-
-
-def last_complete_checkpoint(out: Path, quiet: bool = False) -> str | None:
-    """The newest checkpoint that is whole; ones cut off mid-write are skipped (and said,
-    unless ``quiet``)."""
-    for path in sorted(out.glob("checkpoint-*"), key=_checkpoint_step, reverse=True):
-        if not path.is_dir() or _checkpoint_step(path) < 0:
-            continue
-        if checkpoint_is_complete(path):
-            return str(path)
-        if not quiet:
-            logger.warning("skipping %s: it was cut off mid-write", path)
-    return None
-
-
 def what_a_rerun_does(out: Path, final_step: int | None = None) -> str:
     """How running the same command again continues, from the checkpoints in ``out`` now:
     "it resumes from …" or "it trains again from the start …"."""
     last = last_complete_checkpoint(out, quiet=True)
     if last is None:
         return "it trains again from the start (there is no checkpoint to resume from)"
-    if final_step is not None and _checkpoint_step(Path(last)) >= final_step:
+    if final_step is not None and checkpoint_step(Path(last)) >= final_step:
         return f"it resumes from {last}, where training ended, and only redoes what comes after training"
     return f"it resumes from {last}"
 
@@ -386,13 +343,10 @@ def _size(n: float) -> str:
 
 
 def _remove_cut_off_checkpoints(out: Path) -> None:
-    """Checkpoints newer than the last complete one are a failed save's leftovers: useless
-    (a resumed run skips them) and in the way of the space the next attempt needs."""
-    last = last_complete_checkpoint(out, quiet=True)
-    newest = _checkpoint_step(Path(last)) if last else -1
-    for path in out.glob("checkpoint-*"):
-        if path.is_dir() and _checkpoint_step(path) > newest:
-            shutil.rmtree(path, ignore_errors=True)
+    """Checkpoints that a failed save left part-written are useless (a resumed run skips
+    them) and in the way of the space the next attempt needs."""
+    for path in cut_off_checkpoints(out):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager
