@@ -22,6 +22,7 @@ COMMANDS = {
     "study": "study",
     "search": "search",
     "export": "export",
+    "inspect": "inspect",
 }
 
 

@@ -31,7 +31,8 @@ _LOCK_FILES = {LOCK_NAME, HOLDER_NAME, HOLDER_NAME + ".tmp"}
 #: LP-FT's probed head (lp_ft.py): kept between attempts of a recipe like the checkpoints,
 #: and removed with them by --overwrite.
 LP_HEAD = "lp_head.safetensors"
-_BEFORE_TRAINING = {"recipe.json", "data_report.json", "recipe.json.tmp", "data_report.json.tmp"} | _LOCK_FILES
+#: ``inspect/``: finetune inspect's report on the recipe's data, which may come before any run.
+_BEFORE_TRAINING = {"recipe.json", "data_report.json", "recipe.json.tmp", "data_report.json.tmp", "inspect"} | _LOCK_FILES
 
 
 class OutputDirError(UserError):

@@ -38,7 +38,7 @@ from finetune.training.output_dir import (
     disk_full_is_a_user_error,
     what_a_rerun_does,
 )
-from finetune.training.prepare import Prepared, check_prepared, prepare_data
+from finetune.training.prepare import Prepared, check_prepared, drop_leaked_eval, prepare_data
 from finetune.training.shared import Reuse
 from finetune.training.trainer import FinetuneTrainer, trainer_options
 from finetune.utils import threads
@@ -225,6 +225,11 @@ def _build(
     if state.is_main_process and not for_trial:
         write_json(out / "data_report.json", prepared.data_report)
     check_prepared(prepared, recipe.data)
+    if recipe.data.leaked_eval == "drop" and not for_trial:
+        # Before the eval sets and the model: this loads the pretrained backbone by itself.
+        prepared = drop_leaked_eval(prepared, recipe, processor, args)
+        if state.is_main_process:
+            write_json(out / "data_report.json", prepared.data_report)
     splits = prepared.splits
     if recipe.data.eval_sets and not for_trial:
         # Before training: a set with a class the model lacks, or unreadable, stops the run now.
