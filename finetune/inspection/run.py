@@ -126,25 +126,29 @@ def check_folder(recipe: Recipe) -> Path:
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old → new`` for the keys of :data:`_SAME_DATA_KEYS` that differ."""
+    """``key: old → new`` for the keys of :data:`_SAME_DATA_KEYS` that differ; a key that
+    ``old`` lacks (written by an earlier finetune) counts with its default."""
     out = []
+    defaults = Recipe().to_dict()
+
+    def filled(value: Any, default: Any) -> Any:
+        if not isinstance(value, dict) or not isinstance(default, dict):
+            return value
+        return {**default, **{k: filled(v, default.get(k)) for k, v in value.items()}}
 
     def walk(a: Any, b: Any, prefix: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b)):
                 walk(a.get(key), b.get(key), f"{prefix}.{key}")
-        elif a != b and (isinstance(a, dict) or isinstance(b, dict) or a is not None or b is not None):
+        elif a != b:
             out.append(f"{prefix}: {json.dumps(a)} → {json.dumps(b)}")
 
     for key in _SAME_DATA_KEYS:
         section, _, name = key.partition(".")
-        a, b = old.get(section), new.get(section)
+        a, b, d = old.get(section), new.get(section), defaults.get(section)
         if name:
-            a, b = (a or {}).get(name), (b or {}).get(name)
-        if isinstance(a, dict) and isinstance(b, dict):
-            # Keys that a newer finetune added have their defaults in ``new``: not a change.
-            a = {**{k: v for k, v in b.items() if k not in a}, **a}
-        walk(a, b, key)
+            a, b, d = (a or {}).get(name), (b or {}).get(name), (d or {}).get(name)
+        walk(filled(a, d), b, key)
     return out
 
 
