@@ -20,6 +20,13 @@ data set in the Hub's parquet layout, which a recipe names. Then:
   ``label_issues.csv``, and the planted copies among the test images it reports as
   duplicating a training image (``duplicates.csv``), per kind; and its wall time.
 
+Part C (``--threshold-study``): where the near-duplicate threshold comes from. 5,000 CIFAR-10
+training images, and copies of the first 1,000 of six kinds (JPEG at quality 75 or 50,
+resized to 28 or 40 px then JPEG 75, mirrored, cropped by 2 px a side and resized back):
+each copy's similarity to its original in both views (thumbnails, the backbone's features
+with the mirror view averaged in), against every original's similarity to its nearest
+other original (distinct images; CIFAR-10's own few duplicates among them).
+
 Part B (``--full``): ``finetune inspect`` of all of CIFAR-10 (50,000 training and 10,000 test
 images) at 96 px, timed, its counts printed and its report left in WORK/full/inspect for
 looking at by eye.
@@ -205,6 +212,62 @@ def ours(work: Path, built: dict[str, Any], seed: int, extra: list[str], log) ->
     }
 
 
+def threshold_study(n: int = 5000, copies: int = 1000) -> dict[str, Any]:
+    """Part C: similarities of copies to their originals, and of distinct images, per view."""
+    import torch
+    from datasets import ClassLabel, Dataset, Features, Image, load_dataset
+    from PIL import Image as PILImage
+
+    from finetune import data
+    from finetune.models.classifier import load_processor
+    from finetune.probe.backbone import backbone_features
+    from finetune.probe.neighbours import nearest, normalise
+    from finetune.recipe import ModelConfig
+
+    raw = load_dataset(str(CIFAR10))["train"].select(range(n))
+    names = raw.features["label"].names
+    originals = [im.convert("RGB") for im in raw["img"]]
+    reopen = lambda b: PILImage.open(io.BytesIO(b)).convert("RGB")  # noqa: E731
+    kinds = {
+        "jpeg75": lambda im: reopen(jpeg(im)),
+        "jpeg50": lambda im: reopen(jpeg(im, 50)),
+        "resize28+jpeg75": lambda im: reopen(jpeg(im.resize((28, 28), PILImage.Resampling.BILINEAR))),
+        "resize40+jpeg75": lambda im: reopen(jpeg(im.resize((40, 40), PILImage.Resampling.BILINEAR))),
+        "mirror": lambda im: im.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT),
+        "crop2+resize": lambda im: im.crop((2, 2, 30, 30)).resize((32, 32), PILImage.Resampling.BILINEAR),
+    }
+    model = ModelConfig(name_or_path=LITE0, strategy="linear_probe")
+    processor = load_processor(model, SIZE)
+    features = Features({"img": Image(), "label": ClassLabel(names=names)})
+    sets = [originals] + [[make(im) for im in originals[:copies]] for make in kinds.values()]
+    decoded = [
+        data.decode(Dataset.from_dict({"img": images, "label": raw["label"][: len(images)]}, features=features),
+                    processor, "img", "label", None, f"decoding set {k}").dataset
+        for k, images in enumerate(sets)
+    ]
+    pixels = [data.signatures(d, processor).thumbnails for d in decoded]
+    feats = [normalise(f) for f in backbone_features(model, names, processor, decoded, mirror=True).features]
+    out: dict[str, Any] = {"images": n, "copies": copies, "views": {}}
+    for view, vectors in (("pixels", pixels), ("features", feats)):
+        base = vectors[0]
+        nn = nearest(base, base, 1, same=True)[0][:, 0].numpy()
+        entry = {"distinct_nearest": {f"p{q}": round(float(np.percentile(nn, q)), 4) for q in (50, 99, 99.9)} | {"max": round(float(nn.max()), 4)}}
+        entry["distinct_at_or_above"] = {t: int((nn >= t).sum()) for t in (0.9, 0.93, 0.95, 0.97)}
+        for kind, copied in zip(kinds, vectors[1:]):
+            sim = (copied * base[:copies]).sum(1).numpy()
+            entry[kind] = {"p1": round(float(np.percentile(sim, 1)), 4), "median": round(float(np.median(sim)), 4),
+                           "found_at": {t: round(float((sim >= t).mean()), 3) for t in (0.9, 0.93, 0.95, 0.97)}}
+        out["views"][view] = entry
+    either = {}
+    for t in (0.9, 0.93, 0.95, 0.97):
+        found = {kind: round(float((((pixels[k + 1] * pixels[0][:copies]).sum(1) >= t) | ((feats[k + 1] * feats[0][:copies]).sum(1) >= t)).float().mean()), 3)
+                 for k, kind in enumerate(kinds)}
+        both = torch.maximum(nearest(pixels[0], pixels[0], 1, same=True)[0][:, 0], nearest(feats[0], feats[0], 1, same=True)[0][:, 0])
+        either[t] = {"copies_found": found, "distinct_at_or_above": int((both >= t).sum())}
+    out["either_view"] = either
+    return out
+
+
 def full(work: Path, log) -> dict[str, Any]:
     out = work / "full"
     shutil.rmtree(out, ignore_errors=True)
@@ -230,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="work folder (default: a new temporary folder)")
     parser.add_argument("--full", action="store_true", help="also part B: all of CIFAR-10, timed")
     parser.add_argument("--only-full", action="store_true", help="part B alone")
+    parser.add_argument("--threshold-study", action="store_true", help="part C alone: where the near-duplicate threshold comes from")
     parser.add_argument("--json", default=None, help="also write the raw results here")
     args = parser.parse_args(argv)
     if not any(CIFAR10.glob("**/*.parquet")):
@@ -242,8 +306,18 @@ def main(argv: list[str] | None = None) -> int:
     builtin.resolve_model(LITE0)  # converted once, outside any timing
     print(f"bench/inspect.py: work folder {work}; {os.cpu_count()} CPUs; load average {load()}", flush=True)
     results: dict[str, Any] = {"seeds": {}, "load_start": load()}
+    if args.threshold_study:
+        start = time.perf_counter()
+        results["threshold_study"] = study = threshold_study()
+        print(f"part C: {study['images']:,} CIFAR-10 images, copies of {study['copies']:,} ({time.perf_counter() - start:.0f} s)")
+        for view, entry in study["views"].items():
+            print(f"  {view}: distinct images' nearest {entry['distinct_nearest']}, at or above t: {entry['distinct_at_or_above']}")
+            for kind in [k for k in entry if k not in ("distinct_nearest", "distinct_at_or_above")]:
+                print(f"    {kind:16s} p1 {entry[kind]['p1']:.4f} median {entry[kind]['median']:.4f} found at t: {entry[kind]['found_at']}")
+        for t, entry in study["either_view"].items():
+            print(f"  either view >= {t}: copies found {entry['copies_found']}; distinct images at or above: {entry['distinct_at_or_above']}")
     with (work / "bench.log").open("a") as log:
-        if not args.only_full:
+        if not args.only_full and not args.threshold_study:
             for seed in range(args.seeds):
                 print(f"seed {seed}:", flush=True)
                 built = build(work, seed, args.flips, args.plants)

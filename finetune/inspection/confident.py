@@ -43,7 +43,7 @@ from finetune.probe.head import fit_logistic
 L2_GRID = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
 #: The most L-BFGS iterations per fit: the probabilities are ranked, not reported to
 #: many digits, so the fit need not run to the last decimal.
-MAX_ITER = 300
+MAX_ITER = 100
 #: Above this many images λ is chosen on the first fold alone (see ``out_of_fold``).
 PATH_ON_ONE_FOLD = 10_000
 #: Added to the thresholds' comparison, as cleanlab does, so that a probability equal to

@@ -25,6 +25,14 @@ class Piece:
     selected: Any
     image_column: str
 
+    _fast: Any = None
+
+    def fast_rows(self) -> data.FastRows:
+        """The decoded split's rows for reading pixels (made once)."""
+        if self._fast is None:
+            self._fast = data.FastRows(self.decoded)
+        return self._fast
+
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
         """For each decoded row: its row in ``selected``, and in the data set's split."""
         return data.split_rows(self.selected, self.decoded)
@@ -95,7 +103,7 @@ class Part:
     def pixels_of(self, i: int) -> np.ndarray:
         """Image ``i`` as the model gets it (decoded, before normalisation), H×W×3 uint8."""
         piece, local, _, _ = self._where()
-        batch = data.FastRows(self.pieces[int(piece[i])].decoded).__getitems__([int(local[i])])
+        batch = self.pieces[int(piece[i])].fast_rows().__getitems__([int(local[i])])
         return _as_hwc(batch.collated["pixel_values"][0])
 
     def describe(self, images) -> list[dict[str, Any]]:

@@ -403,7 +403,7 @@ def terminal(findings, folder: Path) -> list[str]:
             li = p["label_issues"]
             out.append(
                 f"  labels, {p['name']}: {li['flagged']:,} likely wrong ({100 * li['flagged'] / max(p['images'], 1):.1f}%); "
-                f"the probe is right on {100 * (li['probe_accuracy'] or 0):.0f}% of them"
+                f"the probe agrees with {100 * (li['probe_accuracy'] or 0):.0f}% of the labels"
             )
     for p in parts:
         d = p["duplicates"]

@@ -203,9 +203,11 @@ def analyse(recipe: Recipe, options: Options) -> Findings:
     names = prepared.splits.class_names
     parts = build_parts(prepared, cfg, sets, _eval_set_rows(sets))
     training = parts[0]
-    if len(training) < options.folds:
+    largest = int(np.bincount(training.labels).max())
+    if largest < options.folds:
         raise data.DataError(
-            f"--folds {options.folds}: the training split has only {len(training)} images; give at most {len(training)}"
+            f"--folds {options.folds}: no class of the training split has that many images (the largest has "
+            f"{largest}), so the folds cannot be stratified; give --folds {max(2, largest)} or fewer"
         )
     clock.lap("data")
 
@@ -235,7 +237,10 @@ def analyse(recipe: Recipe, options: Options) -> Findings:
     )
     clock.lap("features")
 
-    fits = progress.bar(None, total=len(confident.L2_GRID) * options.folds, desc="label check (out-of-fold fits)", unit="fit")
+    # At most: the λ path on every fold, or on one and then the others once (confident.py).
+    most = len(confident.L2_GRID) * (options.folds if len(training) <= confident.PATH_ON_ONE_FOLD else 1)
+    most += 0 if len(training) <= confident.PATH_ON_ONE_FOLD else options.folds - 1
+    fits = progress.bar(None, total=most, desc="label check (out-of-fold fits)", unit="fit")
     oof = confident.out_of_fold(training.features, training.labels, len(names), options.folds, seed, on_fit=lambda l2, k: fits.update(1))
     fits.close()
     findings = Findings(recipe, options, parts, names, computed, oof)

@@ -39,7 +39,8 @@ logger = logging.getLogger("finetune")
 DB = "search.db"
 STUDY_NAME = "finetune-search"
 _OURS = {DB, DB + "-journal", search_report.RESULTS, search_report.RESULTS + ".tmp", search_report.BEST_RECIPE,
-         search_report.BEST_RECIPE + ".tmp", search_report.HISTORY_PNG, search_report.IMPORTANCE_PNG, "trials", "final"}
+         search_report.BEST_RECIPE + ".tmp", search_report.HISTORY_PNG, search_report.IMPORTANCE_PNG, "trials", "final",
+         "inspect"}  # finetune inspect's report on the recipe's data
 
 
 class SearchError(UserError):

@@ -209,6 +209,27 @@ def test_every_option_is_used(tmp_path, tiny_vit, fixed_features) -> None:
     assert summary()["settings"]["threshold"] == 1.0
 
 
+def test_eval_sets_and_a_reported_validation_piece_are_inspected_too(tmp_path, tiny_vit, fixed_features) -> None:
+    truth = generated_set(tmp_path / "images")
+    out = tmp_path / "run"
+    recipe = recipe_file(tmp_path, tiny_vit, tmp_path / "images", out)
+    sets = json.dumps({"again": {"dataset": str(tmp_path / "images"), "split": "test"}})
+    assert inspect(recipe, "--set", f"data.eval_sets={sets}") == 0
+    summary = json.loads((out / "inspect" / "summary.json").read_text())
+    assert [p["name"] for p in summary["parts"]] == ["train", "test", "eval set again"]
+    test, again = summary["parts"][1], summary["parts"][2]
+    assert again["leaked_from_training"] == test["leaked_from_training"]  # the same images, the same verdict
+    assert "label_issues" in again and (out / "inspect" / "label_issues_eval-set-again.png").is_file()
+    pairs = read_csv(out / "inspect" / "duplicates.csv")
+    assert {Path(r["source_b"]).name for r in pairs if r["where"] == "train → eval set again"} >= truth["planted"]
+
+    # data.eval_split null: the validation piece is what gets reported, and so the eval part.
+    assert inspect(recipe, "--set", "data.eval_split=null") == 0
+    summary = json.loads((out / "inspect" / "summary.json").read_text())
+    assert [p["name"] for p in summary["parts"]] == ["train", "train (validation piece)"]
+    assert summary["parts"][0]["images"] + summary["parts"][1]["images"] == 90
+
+
 def test_a_run_folder_is_inspected_without_touching_its_files(tmp_path, tiny_vit, fixed_features) -> None:
     from finetune.recipe import load_recipe
 
@@ -292,7 +313,7 @@ def test_the_command_on_a_tiny_model_end_to_end(tmp_path, tiny_vit) -> None:
     out = tmp_path / "run"
     result = run_cli("inspect", str(recipe_file(tmp_path, tiny_vit, tmp_path / "images", out)), "--folds", "3", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "inspect: 24 train, 9 test images" in result.stdout
+    assert "inspect: 24 train, 15 test images" in result.stdout  # 9 and the 6 planted copies
     assert "report: " in result.stdout
     summary = json.loads((out / "inspect" / "summary.json").read_text())
     assert summary["backbone"]["model"] == str(tiny_vit) and summary["backbone"]["dimension"] == 32
@@ -316,3 +337,27 @@ def test_help_and_a_bad_recipe_import_no_heavy_library(tmp_path) -> None:
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"codes": [0, 2], "loaded": []}, result.stderr[-2000:]
     assert "'data.leaked_eval' must be one of 'report', 'drop'" in result.stderr
+
+
+def test_training_drops_the_leaked_eval_images(tmp_path, tiny_vit) -> None:
+    """``data.leaked_eval: "drop"`` in a real (tiny) training run: the eval images that copy a
+    training image are out of the eval split, named in data_report.json and the log, and the
+    final scores count the others."""
+    truth = generated_set(tmp_path / "images", per_class=8, test_per_class=3)
+    out = tmp_path / "run"
+    recipe = json.loads(recipe_file(tmp_path, tiny_vit, tmp_path / "images", out).read_text())
+    # Threshold 1: the copies with the very pixels of a training image (the random tiny
+    # model's features say nothing about which images are alike).
+    recipe["data"] |= {"leaked_eval": "drop", "duplicate_threshold": 1.0}
+    recipe["model"]["probe_solver"] = "lbfgs"
+    recipe["model"]["probe_l2"] = [0.01]
+    path = tmp_path / "drop.json"
+    path.write_text(json.dumps(recipe))
+    result = run_cli("train", "--recipe", str(path), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "data_report.json").read_text())
+    record = report["leaked_eval"]
+    assert {Path(i["source"]).name for i in record["images"]} == {"copy_0.png", "copy_1.png"}
+    assert record["dropped"] == 2 and record["exact"] == 2 and record["eval_images"] == 9 + len(truth["planted"])
+    assert "data.leaked_eval 'drop': 2 of 15 eval images" in result.stderr
+    assert json.loads((out / "eval_report.json").read_text())["num_images"] == 13
