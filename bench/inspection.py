@@ -1,6 +1,9 @@
 """`finetune inspect` on real CIFAR-10: known label flips and planted duplicates found, against a plain baseline, and the time.
 
-    python bench/inspect.py [--seeds 3] [--flips 0.05] [--plants 50] [--work DIR] [--full] [--json FILE]
+(Named so, not bench/inspect.py: a script of that name would shadow the standard library's
+``inspect``, which numpy and torch import, for every script in this folder.)
+
+    python bench/inspection.py [--seeds 3] [--flips 0.05] [--plants 50] [--work DIR] [--full] [--json FILE]
 
 Part A, per seed (``--seeds``): 2,000 training images of ``../shared/datasets/cifar10``
 (200 per class, the same for every seed) with 5 % of their labels changed to another class
@@ -184,7 +187,7 @@ def ours(work: Path, built: dict[str, Any], seed: int, extra: list[str], log) ->
     shutil.rmtree(out, ignore_errors=True)
     recipe = work / f"recipe-{out.name}.json"
     recipe.write_text(json.dumps({
-        "description": f"bench/inspect.py: 2,000 CIFAR-10 training images, 5% of labels flipped (seed {seed}), planted test duplicates",
+        "description": f"bench/inspection.py: 2,000 CIFAR-10 training images, 5% of labels flipped (seed {seed}), planted test duplicates",
         "model": {"name_or_path": LITE0, "strategy": "linear_probe"},
         "data": {"dataset": str(built["dataset"]), "image_column": "img", "label_column": "label", "image_size": SIZE},
         "training": {"seed": 42},
@@ -273,7 +276,7 @@ def full(work: Path, log) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
     recipe = work / "recipe-full.json"
     recipe.write_text(json.dumps({
-        "description": "bench/inspect.py: all of CIFAR-10 (50,000 training, 10,000 test images), EfficientNet-Lite0 at 96 px",
+        "description": "bench/inspection.py: all of CIFAR-10 (50,000 training, 10,000 test images), EfficientNet-Lite0 at 96 px",
         "model": {"name_or_path": LITE0, "strategy": "linear_probe"},
         "data": {"dataset": str(CIFAR10), "image_column": "img", "label_column": "label", "image_size": SIZE},
         "training": {"seed": 42},
@@ -286,6 +289,7 @@ def full(work: Path, log) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CIFAR10
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="flip seeds of part A (default 3)")
     parser.add_argument("--flips", type=float, default=0.05, help="share of training labels flipped (default 0.05)")
@@ -295,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-full", action="store_true", help="part B alone")
     parser.add_argument("--threshold-study", action="store_true", help="part C alone: where the near-duplicate threshold comes from")
     parser.add_argument("--json", default=None, help="also write the raw results here")
+    parser.add_argument("--data", default=str(CIFAR10), help=f"the CIFAR-10 copy (default {CIFAR10})")
     args = parser.parse_args(argv)
+    CIFAR10 = Path(args.data)
     if not any(CIFAR10.glob("**/*.parquet")):
         raise SystemExit(f"bench: no CIFAR-10 at {CIFAR10}")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-inspect-"))
@@ -304,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.models import builtin
 
     builtin.resolve_model(LITE0)  # converted once, outside any timing
-    print(f"bench/inspect.py: work folder {work}; {os.cpu_count()} CPUs; load average {load()}", flush=True)
+    print(f"bench/inspection.py: work folder {work}; {os.cpu_count()} CPUs; load average {load()}", flush=True)
     results: dict[str, Any] = {"seeds": {}, "load_start": load()}
     if args.threshold_study:
         start = time.perf_counter()
