@@ -48,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline import CIFAR10, RESULT_TAG, ROOT, Scenario, recipe_dict, scenarios, warm_up  # noqa: E402
+from common import CIFAR10, RESULT_TAG, ROOT, Scenario, recipe_dict, scenarios, warm_up  # noqa: E402
 
 BIN = Path(sys.executable).parent
 #: The console scripts users type; ``python -m`` forms where a script is not installed.

@@ -6,7 +6,8 @@ It follows ``examples/pytorch/image-classification/run_image_classification.py``
 PIL/torchvision transforms through ``Dataset.with_transform`` at every step, a stacking
 collate function and a plain ``transformers.Trainer``, with the machine's default threads.
 ``bench/commands.py`` runs it as its users run the example (``python script.py``, timed from
-the shell); ``bench/pipeline.py`` calls ``reference_train`` inside its controlled worker. It
+the shell); ``bench/pipeline.py`` calls ``reference_train`` inside its controlled worker (what both
+share is in ``bench/common.py``). It
 takes two things from finetune so that the comparison is exact: the split indices
 (``data.make_splits``, a pure function of the labels and the seed) and the resized image
 processor (``model.load_processor``), from which it builds its own per-image transforms. It
@@ -24,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline import RESULT_TAG, ROOT, Scenario, model_path, processor_for, same_splits, training_dict  # noqa: E402
+from common import RESULT_TAG, ROOT, Scenario, model_path, processor_for, same_splits, training_dict  # noqa: E402
 
 
 def _reference_transforms(s: Scenario, processor):
@@ -53,7 +54,7 @@ def _reference_transforms(s: Scenario, processor):
     return T.Compose(train_steps), evaluation
 
 
-def _with_transforms(s: Scenario, processor, splits):
+def with_transforms(s: Scenario, processor, splits):
     train_tf, eval_tf = _reference_transforms(s, processor)
     image, label = splits.image_column, splits.label_column
 
@@ -86,7 +87,7 @@ def reference_train(s: Scenario, work: Path) -> dict[str, Any]:
     start = time.perf_counter()
     splits = same_splits(s)
     processor = processor_for(s, work)
-    train, validation, evaluation, collate_fn = _with_transforms(s, processor, splits)
+    train, validation, evaluation, collate_fn = with_transforms(s, processor, splits)
     names = splits.class_names
     set_seed(s.seed)
     from finetune.models import builtin

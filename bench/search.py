@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from commands import FINETUNE, drop_decode_cache, environment, timed  # noqa: E402
-from pipeline import CIFAR10, recipe_dict, scenarios, warm_up  # noqa: E402
+from common import CIFAR10, recipe_dict, scenarios, warm_up  # noqa: E402
 
 SPACE = {
     "training.learning_rate": {"log_uniform": [1e-4, 1e-1]},

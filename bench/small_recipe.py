@@ -7,7 +7,8 @@ CIFAR-10 training images of ``../shared/datasets/cifar10`` (a stratified 10 % mo
 validation piece), at 96 px, and are scored once on the same 1,000 test images:
 
 - OURS: ``finetune train --recipe recipes/cifar10_lite0_small.json`` as a user runs it (``--set``
-  adds overrides, for trying settings; the figures in the README are without any);
+  adds overrides, for trying settings; the figures in bench/README.md and docs/strategies.md
+  are without any);
 - REFERENCE: ``python bench/reference.py``, the design of transformers' image-classification
   example (per-image torchvision transforms through ``with_transform``, a plain Trainer),
   with that example's usual settings: AdamW at 1e-3, 3 epochs, batch 64, linear schedule,
@@ -34,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from commands import FINETUNE, drop_decode_cache, environment, run_reference, timed  # noqa: E402
-from pipeline import CIFAR10, LITE0, ROOT, Scenario, warm_up  # noqa: E402
+from common import CIFAR10, LITE0, ROOT, Scenario, warm_up  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "cifar10_lite0_small.json"
 TARGET_ACCURACY = 0.72

@@ -36,8 +36,8 @@ def cli() -> None:
     """The ``finetune`` console script and ``python finetune/run.py``: :func:`main`, then a quick exit.
 
     After a command returns, Python's own shutdown of the interpreter (freeing the few
-    thousand modules that torch, transformers and datasets import) took 1.7-2.0 s on the
-    2-core machine, after every byte was written. So the last exit handler (registered
+    thousand modules that torch, transformers and datasets import) takes seconds, after
+    every byte was written. So the last exit handler (registered
     first, exit handlers run last-in first-out) flushes the logs and the standard streams
     and ends the process with ``os._exit``: every other exit handler (multiprocessing's
     workers, temporary folders, the distributed process group) has run by then. When

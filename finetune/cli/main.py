@@ -1,6 +1,6 @@
 """The ``finetune`` parser and dispatch: each command's module adds its options and runs it.
 
-Exit codes (finetune/utils/errors.py): 0 success; 2 a problem with the recipe, data, model
+Exit codes (:mod:`finetune.utils.errors`): 0 success; 2 a problem with the recipe, data, model
 or output folder (a one-line message per problem says which file or key, and how to fix
 it; nothing was trained), or a full disk; 130 stopped by Ctrl-C and 143 by SIGTERM, after
 writing a checkpoint (run the same command to continue).
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `run.py --recipe R` without a subcommand means `train`.
+    # `finetune/run.py --recipe R` without a subcommand means `train`.
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["train", *argv]
     args = build_parser().parse_args(argv)

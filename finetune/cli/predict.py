@@ -8,7 +8,7 @@ import sys
 from finetune.cli.common import positive_int
 from finetune.deploy import onnx_classifier
 from finetune.deploy.predict import Writer, batches, collect_inputs, label_pixels, preprocess
-from finetune.deploy.saved import load_saved
+from finetune.deploy.saved_run import load_saved
 from finetune.utils.errors import InferenceError, first_line, report
 
 HELP = "label images with a saved model"

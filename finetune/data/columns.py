@@ -66,8 +66,7 @@ def find_columns(dataset, cfg: DataConfig) -> tuple[str, str]:
 
 def column(dataset, name: str) -> list[Any]:
     """All values of one column as a list. ``dataset[name]`` is a lazy column in datasets 5,
-    and ``np.asarray`` of it reads row by row (0.45 s for CIFAR-10's 50,000 labels, against
-    4 ms for the slice)."""
+    and ``np.asarray`` of it reads row by row, far slower than the slice on a large split."""
     return dataset[name][:]
 
 

@@ -56,7 +56,7 @@ class Decoder:
 
     - ``uint8``: the processor's own resize and crop with its float steps turned off
       (``do_rescale=False, do_normalize=False``; for a timm processor, its transforms up
-      to ``ToTensor``). About 10× faster: the float pass that is then undone makes and
+      to ``ToTensor``). Much faster: the float pass that is then undone makes and
       faults in three batch-sized float tensors.
     - ``float``: the processor as it is, with the normalisation undone and rounded.
 
@@ -197,9 +197,10 @@ SIZE_SAMPLES = 256
 
 def sampled_small_size(dataset, image_column: str, limit: tuple[int, int]) -> tuple[int, int] | None:
     """The (height, width) that :data:`SIZE_SAMPLES` images spread over the split share, when it
-    holds fewer pixels than ``limit``; else None. Headers only, a fraction of a second: a
-    full scan of CIFAR-10's 50,000 would cost every run 5-10 s, cache or not. An image of
-    another size that the sample missed is caught by the decode pass (:class:`SizeChanged`)."""
+    holds fewer pixels than ``limit``; else None. Headers only, so it is quick: a full scan
+    of a large split (CIFAR-10's 50,000 images) would cost every run seconds, cache or not.
+    An image of another size that the sample missed is caught by the decode pass
+    (:class:`SizeChanged`)."""
     n = len(dataset)
     if n == 0:
         return None
@@ -254,8 +255,8 @@ def decode(
     ``channels_last`` stores each image's bytes in H×W×3 order (column :data:`HWC_COLUMN`); :class:`FastRows`
     still gives N×3×H×W batches, as views with channels-last strides. For a split that
     will be randomly cropped: torch's uint8 antialiased resize works on channels-last
-    pixels, and given the usual layout it repacks its input and output, about 3× the time
-    of the resize itself (15 ms → 5 ms per 64 crops at 224 px on one core).
+    pixels, and given the usual layout it repacks its input and output, which costs more
+    than the resize itself.
     """
     from datasets import Image
 
@@ -282,7 +283,7 @@ def decode(
         keep = np.setdiff1d(np.arange(len(mapped)), bad_idx)
         mapped = mapped.select(keep)
     mapped = mapped.remove_columns(["bad_reason", "source"])
-    # Both datasets formatters widen the uint8 pixels to int64 (8× the bytes): the Trainer
+    # Both datasets formatters widen the uint8 pixels to int64 (eight bytes for each): the Trainer
     # reads batches through FastRows, which keeps them uint8; BatchTransform takes either.
     mapped.set_format("numpy", columns=[decoder.column, "labels"])
     _log_cache(mapped, decoder, desc)

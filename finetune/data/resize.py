@@ -41,7 +41,7 @@ class ProcessorResize:
             pixels = pixels.to(torch.uint8)  # datasets' numpy format widens the cached bytes to int64
         if pixels.device.type == "cpu" and not pixels.is_floating_point():
             # torch's uint8 resize works on channels-last pixels and repacks any other
-            # layout, on its output too (about 3× the resize's own time at 224 px); for a
+            # layout, on its output too (more than the resize's own time at 224 px); for a
             # small image, the repacking of the input is what costs little.
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         return self._geometry(pixels)

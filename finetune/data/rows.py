@@ -16,12 +16,12 @@ class FastRows(torch.utils.data.Dataset):
     """A decoded split as a DataLoader reads it: a batch is one gather into one uint8 tensor.
 
     Through datasets, a batch of ``Array3D`` rows costs an Arrow ``take`` (a copy), one
-    numpy array per row (datasets' numpy formatter also widens uint8 to int64, 8× the
-    bytes), and a stacking collator (another copy): about 5 ms per 64 images at 224 px,
-    as much as the whole rest of the input pipeline. Here each row is copied
-    once, from zero-copy numpy views of the memory-mapped Arrow buffers straight into the
-    batch tensor (about 0.6 ms). ``__getitems__`` returns a :class:`RowBatch`: the rows a
-    collator expects (views into the batch), carrying the batch itself for :func:`collate`.
+    numpy array per row (datasets' numpy formatter also widens uint8 to int64, eight bytes
+    for each), and a stacking collator (another copy): as much time as the whole rest of the
+    input pipeline at 224 px. Here each row is copied once, from zero-copy numpy views of
+    the memory-mapped Arrow buffers straight into the batch tensor, a fraction of that
+    time. ``__getitems__`` returns a :class:`RowBatch`: the rows a collator expects (views
+    into the batch), carrying the batch itself for :func:`collate`.
     A channels-last split (``decode(channels_last=True)``) gives the same N×3×H×W batches,
     with channels-last strides.
     """

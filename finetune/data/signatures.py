@@ -10,9 +10,9 @@ so that a copy in a split stored at another size still matches.
 - The thumbnail is the image shrunk to :data:`THUMBNAIL`×:data:`THUMBNAIL` pixels
   (antialiased), each channel's mean subtracted, as one vector of unit length: the cosine of two
   thumbnails is near 1 for a copy saved again as a JPEG, or resized a little, where a
-  backbone's features may change more than between two distinct photos of one class
-  (measured on CIFAR-10 in docs/inspect.md). A flat image has a zero thumbnail, similar to
-  nothing.
+  backbone's features of a small image may change more than between two distinct photos
+  of one class (the threshold's study in the inspect manual). A flat image has a zero
+  thumbnail, similar to nothing.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def signatures(dataset, processor=None, desc: str = "pixel signatures", args=Non
         batch = rows.__getitems__(list(range(start, min(start + BATCH, len(rows)))))
         pixels = batch.collated["pixel_values"]
         if resize is not None and tuple(pixels.shape[-2:]) != size:
-            pixels = resize(pixels)  # on the CPU, the processor's very bytes (resize.py)
+            pixels = resize(pixels)  # on the CPU, the processor's very bytes (finetune.data.resize)
         pixels = pixels.contiguous()  # N×3×H×W, whatever the stored layout
         shape = repr(tuple(pixels.shape[1:])).encode()
         for image in np.ascontiguousarray(pixels.numpy()):

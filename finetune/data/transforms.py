@@ -32,7 +32,7 @@ def _resized_crop_uint8(image: torch.Tensor, top: int, left: int, height: int, w
     """``v2.functional.resized_crop`` for a uint8 image on CPU with bilinear interpolation,
     the same bytes: torchvision crops by slicing and resizes with ``interpolate`` on the
     uint8 pixels (torch's antialiased uint8 kernel). Called directly, for speed:
-    torchvision's dispatch costs about 30 µs per image, and for a cropped channels-last
+    torchvision's dispatch has a cost per image, and for a cropped channels-last
     image its 1-image batch hides the layout, so the kernel repacks its output
     (pytorch/pytorch#68430, worked around in torchvision only for uncropped images).
     """
@@ -43,8 +43,8 @@ def _resized_crop_uint8(image: torch.Tensor, top: int, left: int, height: int, w
     batch = image.as_strided((1, *image.shape), (extent, *image.stride()))
     crop = batch[:, :, top : top + height, left : left + width]
     # Scaled up in both directions, the antialiased kernel is plain bilinear, and torch's
-    # kernel without antialiasing gives the same bytes about 20% faster (the equality is
-    # checked against v2 by tests/test_features.py::test_batch_augmentation_draws_exactly...).
+    # kernel without antialiasing gives the same bytes faster (a test checks every byte
+    # against torchvision's v2 transforms).
     antialias = antialias and (height > size[0] or width > size[1])
     return torch.nn.functional.interpolate(crop, size=size, mode="bilinear", align_corners=False, antialias=antialias)[0]
 
@@ -150,7 +150,7 @@ class BatchTransform:
         self.size = tuple(size)
         self.resize = resize
         #: Batches come out in channels-last memory (same shape and values) for a model
-        #: converted to it (``model.use_channels_last``).
+        #: converted to it (``finetune.models.classifier.use_channels_last``).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
         # (x / 255 - mean) / std as x * scale + shift: two passes over the batch, not three.
@@ -219,8 +219,8 @@ class BatchTransform:
             devices = [pixels.device] if pixels.device.type == "cuda" else []
             rng = torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext()
             # Each image is a small tensor, and on CPU splitting each of its ops
-            # across intra-op threads costs more than it saves (5-25× slower on a busy
-            # 2-core machine), so the per-image loop runs on one thread.
+            # across intra-op threads costs more than it saves (several times slower when
+            # another job holds a core), so the per-image loop runs on one thread.
             scale_one, shift_one = scale[0], shift[0]
             with rng, _one_cpu_thread(pixels.device):
                 if seed is not None:
@@ -235,8 +235,8 @@ class BatchTransform:
             return out
         if out.device.type == "cpu" and len(shape) == 4:
             # Image by image, each normalised while its floats are still in the CPU's cache:
-            # about 1.5× faster than two more passes over a batch-sized buffer (38 MB for 64
-            # images at 224 px), and on one thread, as the augmenting loop above.
+            # faster than two more passes over a batch-sized buffer, which does not fit in
+            # it, and on one thread, as the augmenting loop above.
             scale_one, shift_one = scale[0], shift[0]
             with _one_cpu_thread(out.device):
                 for one, image in zip(out, pixels):
@@ -251,7 +251,8 @@ class BatchTransform:
 
         On CPU a fresh batch-sized tensor is the single largest cost of normalisation: a
         float batch of 64 images at 224 px (38 MB) is above glibc's largest mmap threshold,
-        so every batch is a new mapping and 9,400 page faults, 4-5× the arithmetic itself.
+        so every batch is a new mapping and its page faults, which cost more than the
+        arithmetic itself.
         So buffers are reused, but only when nothing else can still read them: callers get
         a view, and while any view (a Python reference, an autograd graph that saved the
         input, a numpy array) is alive, the storage is shared (``compat.storage_shared``).
@@ -286,7 +287,8 @@ class BatchTransform:
             if isinstance(step, v2.RandomResizedCrop):
                 p = step.make_params([image])
                 top, left, height, width = p["top"], p["left"], p["height"], p["width"]
-                # torchvision keeps the mode as an InterpolationMode or, since 0.2x, its string.
+                # torchvision keeps the mode as an InterpolationMode or, in newer releases, its
+                # string.
                 bilinear = getattr(step.interpolation, "value", step.interpolation) == "bilinear"
                 if image.device.type == "cpu" and image.dtype == torch.uint8 and bilinear:
                     image = _resized_crop_uint8(image, top, left, height, width, list(step.size), step.antialias)

@@ -8,9 +8,9 @@
   when dynamo cannot trace the model (the report says which one ran and why);
 - ``config.json`` (class names; a timm model's preprocessing) and
   ``preprocessor_config.json`` when the model has one, so the folder is self-contained;
-- with ``--quantize int8``: ``model.int8.onnx`` (quantize.py), and the accuracy on the
-  run's eval split, the file sizes and CPU latency at batch 1 and 32 of PyTorch, ONNX fp32
-  and ONNX int8;
+- with ``--quantize int8``: ``model.int8.onnx`` (:mod:`finetune.deploy.quantize`), and the
+  accuracy on the run's eval split, the file sizes and CPU latency at batch 1 and 32 of
+  PyTorch, ONNX fp32 and ONNX int8;
 - ``export_report.json`` and ``README.md`` (the card of the exported folder).
 
 Every export is checked: ONNX Runtime against PyTorch on the same batch of real eval
@@ -40,7 +40,7 @@ FP32_BOUND = 1e-3
 DEFAULT_OPSET = 18
 #: Training images (a seeded sample) that int8 activation ranges are calibrated on.
 CALIBRATION_SIZE = 256
-#: Above this many bytes of weights, they go into a side file (protobuf's 2 GB limit).
+#: Above this many bytes of weights, they go into a side file (protobuf's 2 GiB limit).
 _EXTERNAL_DATA_BYTES = 1_500_000_000
 
 
@@ -175,7 +175,7 @@ def export(
     check_extra()
     images = Images(source, calibration_data, max_eval_images)  # before any export work: no images, no export
 
-    from finetune.deploy.saved import load_saved
+    from finetune.deploy.saved_run import load_saved
     from finetune.utils.threads import configure_threads
 
     threads = configure_threads().count

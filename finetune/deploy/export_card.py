@@ -1,4 +1,4 @@
-"""The exported folder's card (README.md): what was exported, how it was checked, and the int8 comparison as measured."""
+"""The exported folder's card (README.md): what was exported, how it was checked, and how its int8 model compared with fp32."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ predict`` on an exported folder does exactly that).
 The preprocessing follows the saved processor, as its PIL implementation computes it:
 Hugging Face processors (resize to a size or a shortest edge, ConvNeXt's ``crop_pct``,
 centre crop, rescale, normalise) and timm's evaluation transform (shortest-edge resize to
-``size / crop_pct``, centre crop, normalise). tests/test_export.py checks it against the
-processors themselves.
+``size / crop_pct``, centre crop, normalise). A test checks it against the processors
+themselves.
 """
 
 from __future__ import annotations

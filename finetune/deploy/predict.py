@@ -4,7 +4,7 @@
 softmax, after the same EXIF rotation and RGB conversion as training, and streams one
 CSV or JSON-lines row per file (the top-k classes, or why the file could not be read).
 On a folder written by ``finetune export`` it runs ``model.onnx`` (or ``model.int8.onnx``)
-with ONNX Runtime instead (onnx_model.py), without importing torch.
+with ONNX Runtime instead (:mod:`finetune.deploy.onnx_classifier`), without importing torch.
 
 Heavy libraries are imported inside the functions so that ``--help`` stays fast.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 from finetune.deploy import onnx_classifier as onnx_model
-from finetune.deploy.saved import Saved
+from finetune.deploy.saved_run import Saved
 from finetune.utils.images import is_junk
 
 

@@ -3,15 +3,16 @@
 Convolutional models are quantized statically: weights int8 per output channel, and
 activations uint8 with ranges calibrated on a seeded sample of training images (a
 ``CalibrationDataReader``), in the QOperator format (QLinearConv and friends, the kernels
-that make int8 faster than fp32 on a CPU). Two settings decide the accuracy, measured on
-the quickstart model (EfficientNet-Lite0 on digits, 360 held-out images, fp32 98.89%):
-``reduce_range`` (7-bit weights), because x86 CPUs without VNNI multiply uint8 by int8 in
-16-bit sums that saturate (98.89% → 91.11% without it, 97.78% with it); and percentile
-calibration (99.999th), which ignores the rare extreme activations that stretch a MinMax
-range over the depthwise convolutions' outputs (97.78% → 98.33%). Transformers are quantized dynamically (int8
-MatMul weights, activation ranges measured per batch at run time): their activations
-(softmax inputs, GELU, LayerNorm outputs) have outliers that one calibrated range per
-tensor clips, and their cost is in the MatMuls that dynamic quantization covers.
+that make int8 faster than fp32 on a CPU). Two settings decide the accuracy, as the
+quickstart model (EfficientNet-Lite0 on digits) showed: ``reduce_range`` (7-bit weights),
+because x86 CPUs without VNNI multiply uint8 by int8 in 16-bit sums that saturate, which
+without it cost many points of accuracy; and percentile calibration (99.999th), which
+ignores the rare extreme activations that stretch a MinMax range over the depthwise
+convolutions' outputs, and narrowed the rest of the gap to fp32. Transformers are
+quantized dynamically (int8 MatMul weights, activation ranges computed per batch at run
+time): their activations (softmax inputs, GELU, LayerNorm outputs) have outliers that one
+calibrated range per tensor clips, and their cost is in the MatMuls that dynamic
+quantization covers.
 """
 
 from __future__ import annotations

@@ -14,17 +14,16 @@ Heavy libraries are imported inside the functions so that ``--help`` stays fast.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from finetune.deploy import onnx_classifier as onnx_model
-from finetune.deploy.saved import load_saved
+from finetune.deploy.saved_run import load_saved
 from finetune.utils.devices import has_accelerator
 from finetune.utils.errors import InferenceError, first_line
-from finetune.utils.files import write_json
+from finetune.utils.files import slug, write_json
 from finetune.utils.locations import is_hub_id
 
 #: Recipe keys named in the data package's messages → the options of `finetune eval` that set them.
@@ -39,16 +38,11 @@ _CLI_NAMES = {
 # ----------------------------------------------------------------------- report folder
 
 
-def _slug(text: str) -> str:
-    """A folder-name-safe version of a data set name or split."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "data"
-
-
 def default_report_dir(output_dir: Path, dataset: str, split: str) -> Path:
     name = dataset.rstrip("/\\")
     # Hub ids keep their namespace (as in the Hub cache: "user--name"); paths their last part.
     name = name.replace("/", "--") if is_hub_id(name) else Path(name).name or name
-    return output_dir / f"eval-{_slug(name)}-{_slug(split)}"
+    return output_dir / f"eval-{slug(name, 'data')}-{slug(split, 'data')}"
 
 
 def _read_log_history(output_dir: Path) -> list[dict]:

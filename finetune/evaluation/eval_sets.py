@@ -2,13 +2,13 @@
 
 Each set is any data set a recipe accepts, one split of it. Before any training time is
 spent its labels are mapped onto the model's classes by name (``data.map_to_model_classes``,
-as ``finetune eval`` does): a set with a class the model lacks stops the run with one
-line; a set that lacks some of the model's classes is fine, and its macro scores average
-over the classes it has (metrics.py), its report naming the others. Its images are
-decoded then too, so that an unreadable set also stops the run before training. After
-training each set is scored once, like the eval split: metrics ``NAME_*`` in
-``eval_results.json``, a report folder ``eval-NAME/`` (``eval_report.json`` and the
-PNGs) and its own rows in the card.
+as ``finetune eval`` does): a set with a class the model lacks stops the run with one line;
+a set that lacks some of the model's classes is fine, and its macro scores average over the
+classes it has (:mod:`finetune.evaluation.metrics`), its report naming the others. Its
+images are decoded then too, so that an unreadable set also stops the run before training.
+After training each set is scored once, like the eval split: metrics ``NAME_*`` in
+``eval_results.json``, a report folder ``eval-NAME/`` (``eval_report.json`` and the PNGs)
+and its own rows in the card.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ Learning: Estimating Uncertainty in Dataset Labels", JAIR 70), on out-of-fold pr
 of a linear probe fitted on the backbone's cached features.
 
 1. Out-of-fold probabilities: the images are split into K stratified, seeded folds; for
-   each fold a multinomial logistic regression (probe/head.py's L-BFGS fit) is fitted on
+   each fold a multinomial logistic regression (``finetune.probe.head.fit_logistic``) is fitted on
    the other folds and gives the probabilities of this fold's images, so no image is
    judged by a model that saw its label. The L2 strength λ is chosen on the same
    out-of-fold probabilities, by their mean cross-entropy against the given labels,

@@ -1,7 +1,7 @@
 """Exact and near-duplicate images within each part, and eval images that duplicate training images (leakage).
 
 Two images are exact duplicates when their decoded pixels are identical (the hash of
-data/signatures.py), and near-duplicates when the cosine similarity of either of two views
+``finetune.data.signatures``), and near-duplicates when the cosine similarity of either of two views
 reaches the threshold (``data.duplicate_threshold``, ``--threshold``):
 
 - ``pixels``: the 16×16 thumbnails, which a copy keeps through JPEG re-encoding and a
@@ -9,7 +9,7 @@ reaches the threshold (``data.duplicate_threshold``, ``--threshold``):
 - ``features``: the backbone's features, which a copy keeps through a mirror image, a
   small crop or a colour change, and which are the model's own view of the image.
 
-The search is exact (probe/neighbours.py): every image against every other, in blocks.
+The search is exact (``finetune.probe.neighbours``): every image against every other, in blocks.
 Within a part each image keeps its :data:`NEIGHBOURS` most similar others per view, so a
 group of more copies than that is still found, through its members' own neighbours.
 """
@@ -90,7 +90,7 @@ def within(index: int, part, threshold: float, on_block: Callable[[int], None] |
 
 def leaks(train_index: int, train, eval_index: int, evaluation, threshold: float, on_block: Callable[[int], None] | None = None) -> tuple[Leaks, list[Pair]]:
     """Eval images (of part ``evaluation``) that duplicate a training image: the verdict per
-    eval image (probe/neighbours.py's ``find_leaks``, by which ``data.leaked_eval`` drops),
+    eval image (``finetune.probe.neighbours.find_leaks``, by which ``data.leaked_eval`` drops),
     and a pair for each leaked one with its most similar training image, most similar first."""
     found = find_leaks(views_of(train), train.hashes, views_of(evaluation), evaluation.hashes, threshold, on_block)
     pairs = [

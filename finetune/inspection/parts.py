@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from finetune import data
-from finetune.evaluation.plots import _as_hwc
+from finetune.evaluation.plots import as_hwc
 
 #: The roles a part plays in training.
 TRAINING, EVAL, EVAL_SET = "training", "eval", "eval set"
@@ -104,7 +104,7 @@ class Part:
         """Image ``i`` as the model gets it (decoded, before normalisation), H×W×3 uint8."""
         piece, local, _, _ = self._where()
         batch = self.pieces[int(piece[i])].fast_rows().__getitems__([int(local[i])])
-        return _as_hwc(batch.collated["pixel_values"][0])
+        return as_hwc(batch.collated["pixel_values"][0])
 
     def describe(self, images) -> list[dict[str, Any]]:
         """The identity of each of ``images`` for the report's files: split, row and source."""

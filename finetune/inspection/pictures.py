@@ -1,5 +1,5 @@
 """The report's pictures: the top label suspects, the closest duplicate pairs, the outliers,
-the class balance and the similarity histogram. Drawn as evaluation/plots.py draws the
+the class balance and the similarity histogram. Drawn as ``finetune.evaluation.plots`` draws the
 run's own (matplotlib's object API, written through a rename, class names in any script)."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def side_by_side(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def grid(cells: list[tuple[np.ndarray, str, str]], title: str, labels: ClassLabels, empty: str, wide: bool = False):
     """A grid of images, each with its caption (text, colour); ``empty``: what to say when there are none."""
     if not cells:
-        fig = plots._figure(6, 2.0)
+        fig = plots.new_figure(6, 2.0)
         ax = fig.subplots()
         ax.axis("off")
         ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=12)
@@ -48,7 +48,7 @@ def grid(cells: list[tuple[np.ndarray, str, str]], title: str, labels: ClassLabe
     columns = min(COLUMNS if not wide else COLUMNS // 2 + 1, len(cells))
     rows = math.ceil(len(cells) / columns)
     cell_w = 4.6 if wide else 2.9
-    fig = plots._figure(cell_w * columns, 3.1 * rows + 0.5)
+    fig = plots.new_figure(cell_w * columns, 3.1 * rows + 0.5)
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for ax in axes:
         ax.axis("off")
@@ -65,7 +65,7 @@ def balance_figure(parts: list[tuple[str, np.ndarray]], labels: ClassLabels):
     """Images per class in each part: grouped bars (up to 40 classes), else each part's
     counts sorted, as a curve (a long tail shows as one)."""
     n = len(labels.text)
-    fig = plots._figure(min(max(6.0, 0.35 * n * max(1, len(parts)) / 2 + 2), 30.0) if n <= 40 else 8.0, 4.2)
+    fig = plots.new_figure(min(max(6.0, 0.35 * n * max(1, len(parts)) / 2 + 2), 30.0) if n <= 40 else 8.0, 4.2)
     ax = fig.subplots()
     if n <= 40:
         width = 0.8 / max(1, len(parts))
@@ -87,7 +87,7 @@ def similarity_figure(series: list[tuple[str, np.ndarray]], threshold: float):
     """Histograms of each image's similarity to its nearest other image, per view and part:
     duplicates are the bump at the right, above the threshold."""
     views = sorted({name.split(": ")[0] for name, _ in series})
-    fig = plots._figure(5.2 * len(views), 3.8)
+    fig = plots.new_figure(5.2 * len(views), 3.8)
     axes = np.atleast_1d(fig.subplots(1, len(views)))
     for ax, view in zip(axes, views):
         for name, values in series:
@@ -104,4 +104,4 @@ def similarity_figure(series: list[tuple[str, np.ndarray]], threshold: float):
 
 
 def save(fig, path: Path) -> None:
-    plots._save(fig, path)
+    plots.save_figure(fig, path)

@@ -31,7 +31,7 @@ from finetune.probe.backbone import BackboneFeatures, backbone_features
 from finetune.recipe import DataConfig, Recipe
 from finetune.training.arguments import data_seed
 from finetune.training.output_dir import LOCK_NAME, HOLDER_NAME, OutputDirError, OutputLock, check_output_path
-from finetune.training.prepare import check_prepared, prepare_data
+from finetune.training.prepared_data import check_prepared, prepare_data
 from finetune.utils import progress
 
 logger = logging.getLogger("finetune")
@@ -60,7 +60,7 @@ class Options:
 
 @dataclass
 class Findings:
-    """Everything the report says, for report.py."""
+    """Everything the report says (``finetune.inspection.report`` writes it)."""
 
     recipe: Recipe
     options: Options
@@ -237,7 +237,7 @@ def analyse(recipe: Recipe, options: Options) -> Findings:
     )
     clock.lap("features")
 
-    # At most: the λ path on every fold, or on one and then the others once (confident.py).
+    # At most: the λ path on every fold, or on one and then the others once (``confident.out_of_fold``).
     most = len(confident.L2_GRID) * (options.folds if len(training) <= confident.PATH_ON_ONE_FOLD else 1)
     most += 0 if len(training) <= confident.PATH_ON_ONE_FOLD else options.folds - 1
     fits = progress.bar(None, total=most, desc="label check (out-of-fold fits)", unit="fit")

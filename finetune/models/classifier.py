@@ -1,11 +1,11 @@
-"""Model: a pretrained classifier with a new head for the user's classes, and a strategy.
+"""A pretrained classifier loaded with a new head for the user's classes, prepared for its strategy.
 
 ``AutoModelForImageClassification`` loads HF-native models (ViT, DeiT, ResNet, ConvNeXt,
 Swin, BEiT, ...) and timm models through TimmWrapper; ``builtin:`` names resolve to local
-checkpoints (builtin.py). Only head parameters may be re-initialised: anything else
-missing from the checkpoint means the wrong model was named, and is an error. With
-``model.from_scratch`` only the configuration is loaded, and every weight is drawn at random
-(the no-pretraining baseline of a study).
+checkpoints (:mod:`finetune.models.builtin`). Only head parameters may be re-initialised:
+anything else missing from the checkpoint means the wrong model was named, and is an error.
+With ``model.from_scratch`` only the configuration is loaded, and every weight is drawn at
+random (the no-pretraining baseline of a study).
 """
 
 from __future__ import annotations
@@ -18,16 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from finetune.models import builtin, lora
+from finetune.models import builtin, lora, strategies
 from finetune.recipe import ModelConfig
-from finetune.utils.errors import UserError, first_line
+from finetune.utils.devices import sharded
+from finetune.utils.errors import ModelError, first_line
 from finetune.utils.locations import looks_like_path
 
 logger = logging.getLogger(__name__)
-
-
-class ModelError(UserError, ValueError):
-    """A problem with the model the recipe names; one line, with the fix."""
 
 
 def _load_kwargs(cfg: ModelConfig) -> dict:
@@ -133,13 +130,21 @@ def resize_processor(processor, config, size: int):
 
 @dataclass
 class LoadedModel:
+    """A classifier with its new head, prepared for its strategy
+    (:mod:`finetune.models.strategies`)."""
+
     model: nn.Module
+    #: The tensors drawn anew for the user's classes (the head's).
     reinitialised: list[str]
     head: list[str]
     trainable: int
     total: int
     #: With ``strategy: lora``: the adapters' settings and sizes, for the log and the card.
     lora: lora.Summary | None = None
+
+    def describe(self, cfg: ModelConfig) -> str:
+        """The strategy's log line: what trains, and how much of the model that is."""
+        return strategies.of(cfg).describe(strategies.Prepared(self.model, self.trainable, self.total, self.lora))
 
 
 def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedModel:
@@ -189,24 +194,15 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
         )
     if reinit:
         logger.info("re-initialised for %d classes: %s", len(class_names), ", ".join(reinit))
-    if cfg.strategy == "lora":  # the model gets wrapped, so it is not frozen in place
-        total = sum(p.numel() for p in model.parameters())
-        model, adapters = lora.wrap(model, cfg, head)
-        keep_frozen_in_eval(model)
-        # What trains over the model as it is saved: the adapters and the head (peft's copy
-        # of the head, and the merged weights, are not counted twice).
-        trainable = adapters.adapter_parameters + adapters.head_parameters
-        return LoadedModel(model, reinit, head, trainable, total + adapters.adapter_parameters, adapters)
-    apply_strategy(model, cfg, head)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return LoadedModel(model, reinit, head, trainable, total)
+    prepared = strategies.of(cfg).prepare(model, cfg, head)
+    return LoadedModel(prepared.model, reinit, head, prepared.trainable, prepared.total, prepared.adapters)
 
 
 def _from_scratch(cfg: ModelConfig, config, class_names: list[str]) -> LoadedModel:
-    """``model.from_scratch``: the architecture of ``config`` with every weight drawn at random
-    (the architecture's own initialisation, seeded by the caller), nothing loaded: the
-    baseline that shows what pretraining is worth. Only strategy "full" is allowed (recipe_checks.py)."""
+    """``model.from_scratch``: the architecture of ``config`` with every weight drawn at
+    random (the architecture's own initialisation, seeded by the caller), nothing loaded:
+    the baseline that shows what pretraining is worth. Only strategy "full" is allowed (the
+    recipe checks say so)."""
     from transformers import AutoModelForImageClassification
 
     model = AutoModelForImageClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
@@ -230,62 +226,6 @@ def head_parameter_names(model: nn.Module, reinitialised: list[str]) -> list[str
             names.add(key)
     params = dict(model.named_parameters())
     return sorted(n for n in names if n in params)
-
-
-def find_blocks(model: nn.Module, head: list[str]) -> tuple[str, nn.ModuleList | nn.Sequential]:
-    """The backbone's main stack of blocks: the ModuleList/Sequential holding the most
-    parameters outside the head (ViT encoder.layer, ResNet stages, timm blocks, ...)."""
-    head_set = set(head)
-    best: tuple[int, str, nn.Module] | None = None
-    for name, module in model.named_modules():
-        if not isinstance(module, (nn.ModuleList, nn.Sequential)) or len(module) < 2:
-            continue
-        count = sum(
-            p.numel() for n, p in module.named_parameters(prefix=name) if n not in head_set
-        )
-        # Prefer the outermost container on ties: a stage list over a stage's own layers.
-        if best is None or count > best[0]:
-            best = (count, name, module)
-    if best is None:
-        raise ModelError("model.strategy 'partial': cannot find a stack of blocks in this model; use 'full' or 'linear_probe'")
-    return best[1], best[2]  # type: ignore[return-value]
-
-
-def apply_strategy(model: nn.Module, cfg: ModelConfig, head: list[str]) -> None:
-    """Freeze per strategy; frozen parts stay in eval mode while the rest trains, so
-    batch-norm statistics of a frozen backbone do not drift (and dropout is off there)."""
-    if cfg.strategy in ("full", "lp_ft"):  # lp_ft: its fine-tune phase trains everything (lp_ft.py)
-        return
-    params = list(model.named_parameters())
-    if cfg.strategy == "linear_probe":
-        trainable = set(head)
-    else:  # partial: the last n blocks, everything after them (final norm), and the head
-        blocks_name, blocks = find_blocks(model, head)
-        if cfg.unfreeze_last_n > len(blocks):
-            raise ModelError(
-                f"model.unfreeze_last_n: {cfg.unfreeze_last_n} but the model has {len(blocks)} blocks "
-                f"({blocks_name}); use at most {len(blocks)}, or strategy 'full'"
-            )
-        first = f"{blocks_name}.{len(blocks) - cfg.unfreeze_last_n}."
-        start = next(i for i, (n, _) in enumerate(params) if n.startswith(first))
-        trainable = {n for n, _ in params[start:]} | set(head)
-    for name, p in params:
-        p.requires_grad_(name in trainable)
-    keep_frozen_in_eval(model)
-
-
-def keep_frozen_in_eval(model: nn.Module) -> None:
-    """Put the frozen parts of ``model`` in eval mode at each forward pass, whatever mode
-    the Trainer sets: their batch-norm statistics do not drift, and dropout is off there."""
-    frozen = _frozen_modules(model)
-
-    def hook(module: nn.Module, args):  # forward pre-hook
-        if module.training:
-            for m in frozen:
-                m.eval()
-
-    model.register_forward_pre_hook(hook)
-    model.finetune_frozen_modules = frozen  # type: ignore[attr-defined] - for tests and logs
 
 
 def unused_parameters(model: nn.Module, size: tuple[int, int]) -> list[str]:
@@ -314,24 +254,6 @@ def unused_parameters(model: nn.Module, size: tuple[int, int]) -> list[str]:
     return [n for (n, _), g in zip(params, grads) if g is None]
 
 
-def _frozen_modules(model: nn.Module) -> list[nn.Module]:
-    """The outermost modules whose parameters are all frozen (and that have some state)."""
-    out: list[nn.Module] = []
-
-    def visit(module: nn.Module) -> None:
-        params = list(module.parameters())
-        state = params or list(module.buffers())
-        if state and all(not p.requires_grad for p in params):
-            out.append(module)
-            return
-        for child in module.children():
-            visit(child)
-
-    for child in model.children():
-        visit(child)
-    return out
-
-
 def is_convolutional(model: nn.Module) -> bool:
     """More than one Conv2d: a CNN, not a ViT-like model whose only conv is its patch embedding."""
     return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
@@ -342,10 +264,9 @@ def use_channels_last(model: nn.Module, cfg: ModelConfig, args: Any = None) -> b
     CPU, unless FSDP or DeepSpeed shard the weights (their flattening is not tested with it).
 
     cuDNN's convolutions run faster on NHWC tensors, and so do oneDNN's on the CPU, the
-    depthwise ones of EfficientNet most. ``bench/channels_last.py`` on 2 cores (torch 2.14):
-    EfficientNet-Lite0 at 96 px 1.82× faster in inference and 1.40× in training, at 224 px
-    2.53× and 1.59×; ResNet-18 1.22× and 1.01×; ConvNeXt-Atto and MobileNetV3-Small within
-    4% either way. Other accelerators (MPS, XPU) keep the default layout: not measured."""
+    depthwise ones of EfficientNet most; in no convolutional model timed on the CPU was it
+    clearly slower (bench/README.md, the channels-last table). Other accelerators (MPS, XPU)
+    keep the default layout: it has not been timed there."""
     if cfg.channels_last is not None:
         return cfg.channels_last
     other = torch.backends.mps.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
@@ -353,29 +274,3 @@ def use_channels_last(model: nn.Module, cfg: ModelConfig, args: Any = None) -> b
     return device_ok and is_convolutional(model) and not sharded(args)
 
 
-def sharded(args: Any = None) -> bool:
-    """Whether FSDP or DeepSpeed shard the weights (the training arguments, or accelerate's
-    launcher settings say so)."""
-    shards = args is not None and (bool(getattr(args, "fsdp", None)) or bool(getattr(args, "deepspeed", None)))
-    shards = shards or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-    return shards or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-
-
-def check_strategy_fits(cfg: ModelConfig, args: Any) -> None:
-    """Stop before any data is read when the strategy cannot run under these arguments."""
-    if cfg.strategy == "lora" and sharded(args):
-        # The merge on save needs the whole of each adapted weight in one process, and
-        # sharded peft models are not tested here.
-        raise ModelError(
-            "model.strategy 'lora' does not run under FSDP or DeepSpeed here; launch without them, "
-            "or use strategy 'full'"
-        )
-
-
-def describe_strategy(loaded: LoadedModel, cfg: ModelConfig) -> str:
-    share = 100.0 * loaded.trainable / max(loaded.total, 1)
-    adapters = f"; {loaded.lora.describe()}" if loaded.lora is not None else ""
-    return (
-        f"strategy {cfg.strategy}: {loaded.trainable:,} of {loaded.total:,} parameters trainable ({share:.2f}%)"
-        f"{adapters}"
-    )

@@ -61,7 +61,7 @@ class LayerDecayError(UserError, ValueError):
 
 def check_supported(config: Any) -> None:
     """Raise (one line, with the fix) when no depth map exists for a model of this config;
-    cheap, so train.py calls it before the data is prepared."""
+    cheap, so the training run calls it before the data is prepared."""
     kind = getattr(config, "model_type", None)
     if kind != TIMM and kind not in MATCHERS:
         supported = ", ".join(sorted({*MATCHERS, "timm models"}))

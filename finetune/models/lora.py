@@ -220,8 +220,9 @@ def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike) -> None:
 
 
 def load_if_adapted(model, checkpoint: str) -> bool:
-    """For the Trainer's reloads (utils/compat.py): a peft-wrapped model's adapters and head
-    loaded from ``checkpoint`` (True), or nothing done for any other model (False)."""
+    """For the Trainer's reloads (:mod:`finetune.utils.compat`): a peft-wrapped model's
+    adapters and head loaded from ``checkpoint`` (True), or nothing done for any other model
+    (False)."""
     if not is_adapted(model):
         return False
     load_checkpoint(model, checkpoint)

@@ -3,7 +3,8 @@
 The backbone is the model the recipe names, with its pretrained weights (never a
 fine-tuned one: a model trained on the labels has fitted their mistakes too, and would
 vouch for them). Its features are the input of its last Linear layer, computed by the
-cached feature pass (features.py), on ONNX Runtime on a CPU where that pays (engine.py).
+cached feature pass (``finetune.probe.features``), on ONNX Runtime on a CPU where that pays
+(``finetune.probe.engine``).
 With ``mirror`` each image is also passed mirrored left to right and the two features are
 averaged: a second view of every image, for data whose classes do not change in a mirror
 (the recipe's ``data.augment.hflip``); a mirrored copy of an image then has the same

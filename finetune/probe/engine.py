@@ -1,13 +1,10 @@
 """Which engine runs the frozen backbone's one feature pass: PyTorch, or ONNX Runtime on a CPU.
 
 A cached-feature probe spends most of its time in one inference pass of a frozen model, and
-on a CPU ONNX Runtime runs that pass faster than eager PyTorch. Measured on the 2-core
-machine for EfficientNet-Lite0 at 96 px, batch 64: PyTorch (channels-last) 368 images/s,
-ONNX Runtime 860-1,150 images/s, the features within 2e-5 of PyTorch's (values up to 5);
-at 224 px, batch 16, randomly initialised: ViT-B/16 4.4 against 9.1 images/s, ResNet-50
-24.2 against 50.5, ConvNeXt-T 17.2 against 26.2. The model is exported once per run, to
-memory, by the TorchScript exporter: 1 s for Lite0, 1.1 s for ResNet-50, 5.5 s for ViT-B/16;
-the dynamo exporter took 9 s for Lite0, more than the pass it would speed up.
+on a CPU ONNX Runtime runs that pass faster than eager PyTorch (even channels-last), for
+convolutional models and ViTs alike, with the same features to float rounding. The model is
+exported once per run, to memory, by the TorchScript exporter: the dynamo exporter takes
+longer than the pass it would speed up. (bench/README.md has the figures.)
 
 ``model.feature_runtime`` chooses:
 
@@ -22,8 +19,8 @@ the dynamo exporter took 9 s for Lite0, more than the pass it would speed up.
 
 Every ONNX Runtime session is checked before it is used: on the first batch of the first
 split it runs, its features must match PyTorch's within ``rtol`` 1e-3 / ``atol`` 1e-4.
-The exported graph has a fixed batch size, the pass's (static shapes ran 20-30% faster
-than a dynamic batch here); a last, shorter batch is padded with zeros and the padding's
+The exported graph has a fixed batch size, the pass's (static shapes run faster than a
+dynamic batch); a last, shorter batch is padded with zeros and the padding's
 rows dropped. That is exact because the frozen model runs in eval mode, where no layer
 mixes the images of a batch.
 """
@@ -48,10 +45,10 @@ logger = logging.getLogger("finetune")
 Runtime = Literal["auto", "torch", "onnxruntime"]
 RUNTIMES = ("auto", "torch", "onnxruntime")
 
-#: ``auto`` exports only for a split this large. For Lite0 at 96 px the export costs about
-#: 1 s and ONNX Runtime saves about 1.6 ms an image, so it pays from about 600 images;
-#: larger models save more per image (ViT-B/16: 5.5 s of export, 0.12 s an image saved,
-#: paid back after 50 images).
+#: ``auto`` exports only for a split this large. The export is a fixed cost and ONNX Runtime
+#: saves a little on each image, so the export pays only on a split of some hundreds of
+#: images for the smallest built-in model, EfficientNet-Lite0 at 96 px; larger models save
+#: more per image and pay back sooner. This threshold leaves a margin over the smallest.
 AUTO_MIN_IMAGES = 1000
 #: The agreement asked of ONNX Runtime's features with PyTorch's on the first batch.
 RTOL, ATOL = 1e-3, 1e-4
@@ -125,8 +122,8 @@ def build(model: nn.Module, head: nn.Linear, example: torch.Tensor, batch_size: 
     try:
         # Outside inference mode: tracing for export records ops on ordinary tensors.
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of dynamo's, which took 9 s
-            # instead of 1 s here; the test of this module fails when it is removed.
+            # The TorchScript exporter is deprecated in favour of dynamo's, which takes
+            # several times longer here; the test of this module fails when it is removed.
             warnings.simplefilter("ignore")
             dummy = torch.zeros(shape, dtype=torch.float32)
             torch.onnx.export(
@@ -138,7 +135,7 @@ def build(model: nn.Module, head: nn.Linear, example: torch.Tensor, batch_size: 
     finally:
         model.train(was_training)
     options = ort.SessionOptions()
-    # The process's share of the cores (threads.py has set torch's count to it).
+    # The process's share of the cores (finetune.utils.threads has set torch's count to it).
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     try:

@@ -1,4 +1,4 @@
-"""Linear probe on cached features: the frozen backbone runs once, and the head trains on what it computed.
+"""The linear probe's cached features: the frozen backbone's one pass, and the head alone that trains on them.
 
 With ``model.strategy: linear_probe`` only the classification head learns, and the
 backbone is frozen in eval mode, so its output for an image never changes during training.
@@ -6,15 +6,16 @@ Running it on every image in every epoch (and again for every per-epoch evaluati
 the same work. Here the backbone runs ONCE over the decoded train, validation and eval
 images. The head then trains on the cached features, with the recipe's own Trainer
 settings: learning rate, epochs, batch size, seed, optimizer, scheduler, per-epoch
-evaluation and ``metrics.MetricAccumulator``.
+evaluation and ``finetune.evaluation.metrics.MetricAccumulator``.
 
 What the head sees: the input of the model's last ``nn.Linear``, taken with a forward hook
-while the whole model runs in eval mode (``model.head_parameter_names`` names the head).
-This covers the pooling, flatten or dropout that some heads apply before their Linear
-(HF ResNet, timm), because those run inside the model exactly as they do at inference. For
-every batch the pass checks that the Linear's output *is* the model's logits. If it is not,
-something runs after the Linear (for example DeiT's averaged distillation head), and the run
-stops with a one-line error that says to set ``model.feature_cache`` to false.
+while the whole model runs in eval mode (``finetune.models.classifier.head_parameter_names``
+names the head). This covers the pooling, flatten or dropout that some heads apply before
+their Linear (HF ResNet, timm), because those run inside the model exactly as they do at
+inference. For every batch the pass checks that the Linear's output *is* the model's logits.
+If it is not, something runs after the Linear (for example DeiT's averaged distillation
+head), and the run stops with a one-line error that says to set ``model.feature_cache`` to
+false.
 
 What is saved: the full model (frozen backbone plus trained head) with ``save_pretrained``
 and the image processor. That is the same format as any other run, so ``pipeline()`` and
@@ -32,7 +33,8 @@ Two limits, reported in the log and in data_report.json's notes:
   ConvNeXt/Swin, timm with the default drop rate) has such dropout.
 
 What runs the pass: PyTorch for the first batch (where the check above happens), then, as
-``model.feature_runtime`` chooses, PyTorch or ONNX Runtime on a CPU (feature_runtime.py).
+``model.feature_runtime`` chooses, PyTorch or ONNX Runtime on a CPU
+(:mod:`finetune.probe.engine`).
 
 With several processes (``accelerate launch``), every rank computes the features of its
 own share of the images (``PartialState.split_between_processes``), and the shares are
@@ -58,7 +60,7 @@ from finetune.utils import progress
 
 logger = logging.getLogger("finetune")
 
-_FALSE_HINT = "set model.feature_cache to false to train the head with the backbone running every step"
+FEATURE_CACHE_OFF_HINT = "set model.feature_cache to false to train the head with the backbone running every step"
 
 
 # ------------------------------------------------------------------------------ head
@@ -68,7 +70,7 @@ def find_head(model: nn.Module) -> tuple[str, nn.Linear]:
     """The classification head: the model's last ``nn.Linear`` (as ``head_parameter_names`` says)."""
     names = head_parameter_names(model, [])
     if not names:
-        raise ModelError(f"model.feature_cache: this model has no Linear classification head; {_FALSE_HINT}")
+        raise ModelError(f"model.feature_cache: this model has no Linear classification head; {FEATURE_CACHE_OFF_HINT}")
     module_name = names[0].rsplit(".", 1)[0]
     head = model.get_submodule(module_name)
     assert isinstance(head, nn.Linear)
@@ -174,11 +176,12 @@ def _features_of(
     total: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) of every row of a decoded split, in order, on this process; with a
-    progress bar in images on the main process (the Trainer's rule, progress.py).
+    progress bar in images on the main process (the Trainer's rule,
+    :mod:`finetune.utils.progress`).
 
     PyTorch runs the first batch (it checks that the logits are the head's output); the
-    ``runtime`` may then hand the rest to ONNX Runtime (feature_runtime.py). ``total``: the
-    split's rows over all processes, which every rank's choice is based on.
+    ``runtime`` may then hand the rest to ONNX Runtime (:mod:`finetune.probe.engine`).
+    ``total``: the split's rows over all processes, which every rank's choice is based on.
     """
     capture = _Capture()
     handle = head.register_forward_hook(capture)
@@ -208,7 +211,7 @@ def _features_of(
                 if capture.output is None or capture.inputs is None or not torch.equal(capture.output, logits):
                     raise ModelError(
                         "model.feature_cache: this model's logits are not the output of its last Linear layer "
-                        f"(something runs after the head), so cached features cannot reproduce them; {_FALSE_HINT}"
+                        f"(something runs after the head), so cached features cannot reproduce them; {FEATURE_CACHE_OFF_HINT}"
                     )
                 features = capture.inputs.detach().float().cpu()
                 if try_onnx:
@@ -245,7 +248,7 @@ def compute_features(
     Across several processes each rank runs its share of the rows
     (``split_between_processes``, padded so every share has the same length) and the shares
     are all-gathered, then the padding is dropped, so every rank ends up with all features in
-    dataset order. ``runtime`` (feature_runtime.py) chooses the engine; None: PyTorch.
+    dataset order. ``runtime`` (:mod:`finetune.probe.engine`) chooses the engine; None: PyTorch.
     """
     from accelerate import PartialState
     from accelerate.utils import gather

@@ -1,11 +1,11 @@
 """The cached-feature linear probe's training: the head fitted by the Trainer or by L-BFGS on the
-features that features.py computes once, saved as a full model.
+features that :mod:`finetune.probe.features` computes once, saved as a full model.
 
-``probe_setup`` gives train.py a Trainer class and a batch transform for the probe; the
-Trainer subclass computes the features on first use (train, validation, eval), trains the
-head with the recipe's optimizer and schedule, or fits it as an L2-regularised multinomial
-logistic regression by full-batch L-BFGS (``model.probe_solver: lbfgs``), and saves the whole
-model (frozen backbone plus trained head), so the output folder is like any other run's.
+``probe_setup`` gives the training run a Trainer class and a batch transform for the probe; the
+Trainer subclass computes the features on first use (train, validation, eval), trains the head
+with the recipe's optimizer and schedule, or fits it as an L2-regularised multinomial logistic
+regression by full-batch L-BFGS (``model.probe_solver: lbfgs``), and saves the whole model
+(frozen backbone plus trained head), so the output folder is like any other run's.
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ from transformers.trainer_utils import TrainOutput
 from finetune import data
 from finetune.models.classifier import LoadedModel, ModelError
 from finetune.probe.engine import FeatureRuntime
-from finetune.probe.features import _FALSE_HINT, FeatureDataset, FeatureStats, HeadModel, compute_features, find_head
+from finetune.probe.features import (
+    FEATURE_CACHE_OFF_HINT,
+    FeatureDataset,
+    FeatureStats,
+    HeadModel,
+    compute_features,
+    find_head,
+)
 from finetune.recipe import ModelConfig
 from finetune.utils import progress
 from finetune.utils.files import write_json
@@ -109,45 +116,6 @@ def fit_logistic(
     return LogisticFit(l2, weight, bias, iterations, train_loss)
 
 
-# ------------------------------------------------------------- features across runs
-
-
-class SharedFeatures:
-    """Features kept across the runs of one process (a study's cells, study.py), so that runs
-    on the same decoded split with the same frozen backbone run it once between them.
-
-    A key is ``scope`` (what the features depend on besides the images: the backbone's name,
-    revision and input size, said by the caller, who must not share a randomly initialised
-    backbone) and the decoded split's fingerprint, which ``datasets`` derives from the source
-    data, every selection of rows and the decode pass with its processor: another k-shot
-    draw or seed is another split."""
-
-    def __init__(self) -> None:
-        self._store: dict[tuple, FeatureDataset] = {}
-        self.scope: tuple | None = None
-        self.hits = 0
-
-    def key(self, dataset: Any) -> tuple | None:
-        from finetune.utils.compat import dataset_fingerprint
-
-        return None if self.scope is None else (self.scope, dataset_fingerprint(dataset), len(dataset))
-
-    def get(self, dataset: Any) -> FeatureDataset | None:
-        key = self.key(dataset)
-        found = self._store.get(key) if key is not None else None
-        self.hits += found is not None
-        return found
-
-    def put(self, dataset: Any, features: FeatureDataset) -> None:
-        key = self.key(dataset)
-        if key is not None:
-            self._store[key] = features
-
-
-#: Set by a study while its cells run (study.py); None for a single run.
-SHARED: SharedFeatures | None = None
-
-
 # --------------------------------------------------------------------------- trainer
 
 
@@ -158,16 +126,21 @@ def probe_setup(
     report_path: str | Path | None,
     model_cfg: ModelConfig,
     training: dict[str, Any],
+    shared: Any = None,
+    scope: tuple | None = None,
 ):
-    """For train.py's one branch: (the Trainer class, the batch transform it will really use).
+    """For the run's one branch: (the Trainer class, the batch transform it will really use).
+
+    ``shared`` (``finetune.training.shared.SharedWork``, when a study or search runs) keeps the
+    features of each decoded split for the next run of the same ``scope``.
 
     Fails (one line, with the fix) when the strategy trains anything besides the final
-    Linear, because cached features could not train it. When the recipe asks for augmentation,
-    it says once in the log that augmentation does not apply, and adds that to the data
-    report's notes (rewriting ``report_path``, since train.py has written the report by then).
-    It returns a transform without augmentation, so later log lines describe what really
-    happens. With ``model.probe_solver: lbfgs`` it says so, and names the ``training`` keys
-    the recipe set that the L-BFGS fit does not use.
+    Linear, because cached features could not train it. When the recipe asks for
+    augmentation, it says once in the log that augmentation does not apply, and adds that to
+    the data report's notes (rewriting ``report_path``, since the training run has written
+    the report by then). It returns a transform without augmentation, so later log lines
+    describe what really happens. With ``model.probe_solver: lbfgs`` it says so, and names
+    the ``training`` keys the recipe set that the L-BFGS fit does not use.
     """
     head_name, head = find_head(loaded.model)
     head_params = {f"{head_name}.{p}" for p, _ in head.named_parameters()}
@@ -175,7 +148,7 @@ def probe_setup(
     if others:
         raise ModelError(
             f"model.feature_cache: the linear probe also trains {', '.join(others[:3])}"
-            f"{' …' if len(others) > 3 else ''}, outside the final Linear layer; {_FALSE_HINT}"
+            f"{' …' if len(others) > 3 else ''}, outside the final Linear layer; {FEATURE_CACHE_OFF_HINT}"
         )
     if transform.augments:
         from accelerate import PartialState
@@ -206,6 +179,8 @@ def probe_setup(
         l2=list(model_cfg.probe_l2),
         max_iter=model_cfg.probe_max_iter,
         runtime=model_cfg.feature_runtime,
+        shared=shared,
+        scope=scope,
     )
     return trainer_class, transform
 
@@ -213,14 +188,15 @@ def probe_setup(
 class FeatureProbeTrainer(Trainer):
     """A Trainer for the head alone, on features that the frozen backbone computes once.
 
-    It takes the same arguments as ``trainer.FinetuneTrainer``, so train.py only swaps the
-    class: ``model`` is the full model, and the datasets are the decoded uint8 splits (bare or
-    in ``data.FastRows``). Any decoded split given to ``evaluate``/``predict`` later (for
-    example the eval split) is mapped to its features, computed on first use and cached.
+    It takes the same arguments as ``finetune.training.trainer.FinetuneTrainer``, so the
+    training run only swaps the class: ``model`` is the full model, and the datasets are the
+    decoded uint8 splits (bare or in ``data.FastRows``). Any decoded split given to
+    ``evaluate``/``predict`` later (for example the eval split) is mapped to its features,
+    computed on first use and cached.
 
     Checkpoints hold the head alone (the Trainer's own saving of a model that is not a
     ``PreTrainedModel``): the backbone never changes, and would add its whole size to every
-    checkpoint. :meth:`save_full_model` saves what inference loads.
+    checkpoint. :meth:`save_final_model` saves what inference loads.
     """
 
     def __init__(
@@ -235,9 +211,12 @@ class FeatureProbeTrainer(Trainer):
         l2: list[float] | None = None,
         max_iter: int = 1000,
         runtime: str = "auto",
+        shared: Any = None,
+        scope: tuple | None = None,
         **kwargs: Any,
     ) -> None:
         self.solver, self.l2, self.max_iter = solver, list(l2 or [0.0]), max_iter
+        self._shared, self._scope = shared, scope
         self.feature_runtime = FeatureRuntime(runtime)
         self.full_model = model
         self.batch_transform = batch_transform
@@ -264,10 +243,10 @@ class FeatureProbeTrainer(Trainer):
         for known, features in self._cache:
             if known is dataset:
                 return features
-        shared = SHARED.get(dataset) if SHARED is not None else None
+        shared = self._shared.features_of(self._scope, dataset) if self._shared is not None else None
         if shared is not None:
             if self._feature_args.process_index == 0:
-                logger.info("feature cache: %d images' features from an earlier run of this study", len(shared))
+                logger.info("feature cache: %d images' features from an earlier run of this study or search", len(shared))
             self._cache.append((dataset, shared))
             return shared
         start = time.perf_counter()
@@ -291,8 +270,8 @@ class FeatureProbeTrainer(Trainer):
                 self.feature_runtime.chosen, features.features.shape[-1],
             )
         self._cache.append((dataset, features))
-        if SHARED is not None:
-            SHARED.put(dataset, features)
+        if self._shared is not None:
+            self._shared.keep_features(self._scope, dataset, features)
         return features
 
     def train(self, *args: Any, **kwargs: Any):
@@ -385,7 +364,7 @@ class FeatureProbeTrainer(Trainer):
     def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"):
         return super().predict(self.features_for(test_dataset), ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
-    def save_full_model(self, output_dir: str | None = None) -> None:
+    def save_final_model(self, output_dir: str | None = None) -> None:
         """The full model (frozen backbone + trained head), the image processor and the
         training arguments, as ``save_model`` writes them for any other run."""
         from transformers.trainer import TRAINING_ARGS_NAME

@@ -8,6 +8,7 @@ evaluation set's (``data.eval_sets``) under its own name.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ from finetune.recipe.builtins import is_builtin
 from finetune.recipe.metric_names import DISPLAY_NAMES, HUB_TYPES
 from finetune.utils.locations import is_hub_id
 
-#: Inside the package, so that an installed wheel has it; ``model_cards/template.md`` in
-#: the repository is the copy people read (tests/test_card.py keeps the two identical).
+#: Inside the package, so that an installed wheel has it (the only copy: the repository's
+#: model_cards/ explains it and shows a card rendered from it, which a test keeps current).
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 #: Hyper-parameters shown in the card when the recipe leaves them at the default.
 _SHOWN_ARGS = (
@@ -96,34 +97,44 @@ def _eval_sets(recipe: Recipe, scores: dict[str, Any], reports: dict[str, dict[s
     return results, shown, [(label, cells) for label, cells in rows if any(c is not None for c in cells)]
 
 
-def write_card(
-    out: Path,
-    *,
-    recipe: Recipe,
-    eval_metrics: dict[str, Any],
-    train_metrics: dict[str, Any],
-    eval_name: str,
-    class_names: list[str],
-    num_train: int,
-    num_validation: int,
-    report: dict[str, Any] | None,
-    loaded: Any,
-    image_size: int | None = None,
-    augmentation: str = "none",
-    model_name: str | None = None,
-    eval_set_metrics: dict[str, Any] | None = None,
-    eval_set_reports: dict[str, dict[str, Any]] | None = None,
-    search: dict[str, Any] | None = None,
-    lp_phase: list[str] | None = None,
-) -> Path:
-    """Render the card into ``out/README.md``. ``search``: how ``finetune search`` chose the
-    recipe (space, trials, score), for its own section. ``lp_phase``: what LP-FT's linear-probe
-    phase did, one item a line (``lp_ft.card_lines``), stated before the fine-tune's settings."""
+@dataclass
+class CardFacts:
+    """What a finished run tells its card: the numbers, the counts, and what really ran."""
+
+    #: The eval split's metrics as the Trainer reports them (``eval_accuracy``, ...).
+    eval_metrics: dict[str, Any]
+    #: train_results.json's numbers (``train_runtime``; the L-BFGS head's ``probe_*``).
+    train_metrics: dict[str, Any]
+    #: Which split the numbers are of ("test", or the validation piece).
+    eval_name: str
+    class_names: list[str]
+    num_train: int
+    num_validation: int
+    #: The per-class report (``finetune.evaluation.metrics.per_class_report``), or None.
+    report: dict[str, Any] | None = None
+    #: (trained parameters, all parameters), or None when not known.
+    trainable: tuple[int, int] | None = None
+    #: LoRA's adapters, one line; None for other strategies.
+    adapters: str | None = None
+    image_size: int | None = None
+    #: The augmentation that really ran (none for a probe on cached features).
+    augmentation: str = "none"
+    model_name: str | None = None
+    eval_set_metrics: dict[str, Any] = field(default_factory=dict)
+    eval_set_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: How ``finetune search`` chose the recipe (space, trials, score), for its own section.
+    search: dict[str, Any] | None = None
+    #: What LP-FT's linear-probe phase did, one item a line, stated before the fine-tune's settings.
+    lp_phase: list[str] | None = None
+
+
+def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
+    """Render the card of the run in ``out`` into ``out/README.md``."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     base = recipe.model.name_or_path
     dataset = recipe.data.dataset
-    name = model_name or (recipe.hub.repo_id.split("/")[-1] if recipe.hub.repo_id else Path(recipe.output_dir).name)
+    name = facts.model_name or (recipe.hub.repo_id.split("/")[-1] if recipe.hub.repo_id else Path(recipe.output_dir).name)
     dataset_label = _dataset_label(dataset)
     eval_results = [
         EvalResult(
@@ -135,13 +146,13 @@ def write_card(
             dataset_split=recipe.data.eval_split or f"{recipe.data.train_split} (validation piece)",
             metric_type=HUB_TYPES[metric],
             metric_name=DISPLAY_NAMES[metric],
-            metric_value=float(eval_metrics[f"eval_{metric}"]),
+            metric_value=float(facts.eval_metrics[f"eval_{metric}"]),
         )
         for metric in recipe.metrics
-        if f"eval_{metric}" in eval_metrics
+        if f"eval_{metric}" in facts.eval_metrics
     ]
     set_results, eval_sets, eval_set_rows = _eval_sets(
-        recipe, eval_set_metrics or {}, eval_set_reports or {}, len(class_names)
+        recipe, facts.eval_set_metrics, facts.eval_set_reports, len(facts.class_names)
     )
     eval_results += set_results
     scratch = recipe.model.from_scratch
@@ -159,16 +170,16 @@ def write_card(
         eval_results=eval_results or None,
     )
     headline = [
-        (DISPLAY_NAMES[m], float(eval_metrics[f"eval_{m}"])) for m in recipe.metrics if f"eval_{m}" in eval_metrics
+        (DISPLAY_NAMES[m], float(facts.eval_metrics[f"eval_{m}"])) for m in recipe.metrics if f"eval_{m}" in facts.eval_metrics
     ]
-    if train_metrics.get("probe_solver") == "lbfgs":
-        # No SGD loop ran: the optimizer settings in `training` were not used (probe.py).
+    if facts.train_metrics.get("probe_solver") == "lbfgs":
+        # No SGD loop ran: the optimizer settings in `training` were not used (finetune.probe.head).
         shown = {
             "head solver": "L-BFGS, multinomial logistic regression on cached features",
-            "L2 strength λ": train_metrics.get("probe_l2"),
-            "L-BFGS iterations": train_metrics.get("probe_iterations"),
+            "L2 strength λ": facts.train_metrics.get("probe_l2"),
+            "L-BFGS iterations": facts.train_metrics.get("probe_iterations"),
         }
-        tried = str(train_metrics.get("probe_l2_tried", ""))
+        tried = str(facts.train_metrics.get("probe_l2_tried", ""))
         if "," in tried:  # several: the one above won on the validation piece
             shown["λ tried (best on the validation piece)"] = tried
     else:
@@ -195,31 +206,31 @@ def write_card(
         dataset_display=dataset,
         dataset_config=recipe.data.config,
         strategy=recipe.model.strategy,
-        num_labels=len(class_names),
-        eval_name=eval_name,
+        num_labels=len(facts.class_names),
+        eval_name=facts.eval_name,
         eval_note=eval_note,
-        num_eval=int(eval_metrics.get("eval_num_images", 0)),
+        num_eval=int(facts.eval_metrics.get("eval_num_images", 0)),
         headline=headline,
         expected=recipe.expected,
-        per_class=list(report["per_class"].items()) if report else None,
+        per_class=list(facts.report["per_class"].items()) if facts.report else None,
         has_confusion=(out / "confusion_matrix.png").is_file(),
         eval_sets=eval_sets,
         eval_set_rows=eval_set_rows,
         use_id=recipe.hub.repo_id or str(out),
-        num_train=num_train,
-        num_validation=num_validation,
-        trainable=f"{loaded.trainable:,} of {loaded.total:,} parameters trained" if loaded is not None else "",
-        adapters=loaded.lora.describe() if getattr(loaded, "lora", None) is not None else None,
-        image_size=image_size or recipe.data.image_size or "the base model's",
-        augmentation=augmentation,
+        num_train=facts.num_train,
+        num_validation=facts.num_validation,
+        trainable=f"{facts.trainable[0]:,} of {facts.trainable[1]:,} parameters trained" if facts.trainable else "",
+        adapters=facts.adapters,
+        image_size=facts.image_size or recipe.data.image_size or "the base model's",
+        augmentation=facts.augmentation,
         hyperparameters=sorted((k, v) for k, v in shown.items()),
-        train_runtime=round(float(train_metrics.get("train_runtime", 0.0)), 1),
-        lp_phase=lp_phase,
-        labels=", ".join(f"`{c}`" for c in class_names),
+        train_runtime=round(float(facts.train_metrics.get("train_runtime", 0.0)), 1),
+        lp_phase=facts.lp_phase,
+        labels=", ".join(f"`{c}`" for c in facts.class_names),
         teacher=recipe.model.teacher,
         distill_alpha=recipe.model.alpha,
         distill_temperature=recipe.model.temperature,
-        search=search,
+        search=facts.search,
     )
     path = out / "README.md"
     card.save(path)

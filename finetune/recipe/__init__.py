@@ -1,9 +1,9 @@
 """Recipes: the schema, loading with ``--set`` overrides, and every check, before any model or data is loaded (no torch here).
 
 A recipe is data, not code (the torchtune / big_vision lesson): every key is declared in
-``schema.py`` with its type and default, unknown keys are errors with a "did you mean"
-suggestion, and every problem is one line naming the file, the key and the fix. All the
-problems of a recipe are found in one pass and raised together, one line each.
+:mod:`finetune.recipe.schema` with its type and default, unknown keys are errors with a "did
+you mean" suggestion, and every problem is one line naming the file, the key and the fix.
+All the problems of a recipe are found in one pass and raised together, one line each.
 
 The names below are the recipe's public API: the rest of finetune imports them from here;
 the modules of this package import each other directly.

@@ -19,7 +19,7 @@ class BuiltinModel:
     """A built-in model: the timm architecture its weights fit and the package holding them."""
 
     #: timm architecture whose state dict has the package's tensors in the same order
-    #: (checked by tests/test_builtin.py). The TF-ported weights expect mean = std = 0.5,
+    #: (a test checks it). The TF-ported weights expect mean = std = 0.5,
     #: the normalisation of timm's pretrained config for these architectures; the native
     #: input sizes are timm's: 224, 240 and 260 px.
     arch: str

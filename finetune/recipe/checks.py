@@ -227,7 +227,7 @@ def _check_lora(m: ModelConfig, source: str) -> list[str]:
 
 
 def _model_problems(m: ModelConfig) -> list[str]:
-    """Built-in model names, and the distillation keys (distill.py)."""
+    """Built-in model names, and the distillation keys (:mod:`finetune.training.distill`)."""
     problems = []
     for key, name in (("model.name_or_path", m.name_or_path), ("model.teacher", m.teacher)):
         if name and builtins.is_builtin(name):

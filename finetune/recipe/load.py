@@ -80,7 +80,8 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
 
 def _check_study(raw: dict[str, Any], study: StudyConfig, source: str, problems: list[str]) -> None:
     """The grid's keys are recipe keys and each value makes a valid recipe (the combinations
-    are checked by study.py, which builds every cell before the first one runs)."""
+    are checked by ``finetune.sweeps.study.plan``, which builds every cell before the first
+    one runs)."""
     if study.seeds < 1:
         problems.append(f"{source}: 'study.seeds' must be >= 1, got {study.seeds}")
     base = {k: v for k, v in raw.items() if k != "study"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-#: Metric names a recipe may list; ``metrics.py`` computes each one.
+#: Metric names a recipe may list; :mod:`finetune.evaluation.metrics` computes each one.
 KNOWN_METRICS = ("accuracy", "f1", "precision", "recall", "top5_accuracy")
 
 #: Our metric names → the Hub's metric types (the model card's model-index).

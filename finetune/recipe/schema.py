@@ -1,6 +1,7 @@
 """The recipe's schema: every section and key with its type and default, and the strict
 builder that turns a recipe's JSON into these dataclasses, one line per unknown key or wrong
-type (recipe.py loads recipes; recipe_checks.py checks keys against each other)."""
+type (:mod:`finetune.recipe.load` loads recipes; :mod:`finetune.recipe.checks` checks keys
+against each other)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from finetune.utils.errors import UserError
 
 Strategy = Literal["full", "linear_probe", "partial", "lora", "lp_ft"]
 
-# TrainingArguments fields that the recipe sets elsewhere, or that we own because the
-# pipeline depends on them (see train.py for why each is fixed).
+# TrainingArguments fields that the recipe sets elsewhere, or that we own because the pipeline
+# depends on them (finetune.training.arguments.training_arguments says why each is fixed).
 TRAINING_KEYS_ELSEWHERE = {
     "output_dir": "use the top-level 'output_dir' key",
     "hub_model_id": "use 'hub.repo_id'",
@@ -32,13 +33,15 @@ TRAINING_KEYS_ELSEWHERE = {
     "batch_eval_metrics": "finetune always accumulates metrics batch by batch to bound memory",
 }
 
-#: finetune's own keys in the ``training`` block, with their types; training_fields.py checks
-#: their values against the rest, and args.py keeps them out of TrainingArguments.
+#: finetune's own keys in the ``training`` block, with their types;
+#: :mod:`finetune.recipe.training_block` checks their values against the rest, and
+#: :mod:`finetune.training.arguments` keeps them out of TrainingArguments.
 FINETUNE_TRAINING_KEYS: dict[str, Any] = {
     "early_stopping_patience": int,  # evaluations without improvement before training stops
     "early_stopping_threshold": float,  # the least change in the metric that counts as one
-    # Exponential moving average of the weights (ema.py): its decay per step (null: off), and
-    # whether the decay ramps up from 0 over the first steps (timm's ModelEmaV3 warmup).
+    # Exponential moving average of the weights (finetune.training.ema): its decay per step
+    # (null: off), and whether the decay ramps up from 0 over the first steps (timm's ModelEmaV3
+    # warmup).
     "ema_decay": float | None,
     "ema_warmup": bool,
 }
@@ -54,7 +57,7 @@ class Expected:
 
     metric: str = "accuracy"
     value: float = 0.0
-    #: Free text: on what hardware / split / budget the value was measured.
+    #: Free text: on what hardware / split / budget the value was obtained.
     note: str | None = None
 
 
@@ -75,15 +78,15 @@ class ModelConfig:
     #: Hub code only runs when asked for AND pinned to a commit (a moving branch could change it).
     trust_remote_code: bool = False
     #: With ``strategy: linear_probe``: run the frozen backbone once and train the head on
-    #: its cached features (features.py); augmentation does not apply then.
+    #: its cached features (:mod:`finetune.probe.features`); augmentation does not apply then.
     #: false: the backbone runs every step, with augmentation.
     feature_cache: bool = True
     #: How a cached-feature linear probe fits its head: "trainer" (the recipe's optimizer,
     #: schedule and epochs) or "lbfgs": L2-regularised multinomial logistic regression by
     #: full-batch L-BFGS, the usual linear-probe protocol (CLIP, Radford et al. 2021, §3.2).
     probe_solver: Literal["trainer", "lbfgs"] = "trainer"
-    #: What runs the frozen backbone's one feature pass (feature_runtime.py): "torch", or
-    #: "onnxruntime" (on a CPU; the ``export`` extra), or "auto": ONNX Runtime on a CPU in
+    #: What runs the frozen backbone's one feature pass (:mod:`finetune.probe.engine`): "torch",
+    #: or "onnxruntime" (on a CPU; the ``export`` extra), or "auto": ONNX Runtime on a CPU in
     #: fp32 for a split of 1,000 images or more when it is installed, else PyTorch.
     feature_runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
     #: With "lbfgs": the L2 strengths λ to try (loss = mean cross-entropy + λ/2·‖W‖²). With
@@ -94,25 +97,27 @@ class ModelConfig:
     #: Channels-last memory format for the model and its input batches, which convolutions on
     #: GPUs and CPUs run faster in. null: on for convolutional models (more than one Conv2d:
     #: ResNet, ConvNeXt, EfficientNet; not ViT-like models) on CUDA or the CPU, without FSDP
-    #: or DeepSpeed (model.use_channels_last).
+    #: or DeepSpeed (``finetune.models.classifier.use_channels_last``).
     channels_last: bool | None = None
     #: The architecture only: its config is loaded and every weight initialised at random (the
     #: no-pretraining baseline that ``finetune study --scratch`` adds). Needs strategy "full".
     from_scratch: bool = False
-    #: With ``strategy: lora`` (lora.py), each null for its default there: the adapters' rank
-    #: (16), alpha (the rank: scale alpha/rank 1), dropout (0.1), the layers adapted (null:
-    #: the attention query/key/value projections, or for CNNs every Linear and ungrouped
-    #: convolution outside the head) and the variant ("lora", or "dora": weight-decomposed).
-    #: Null by default so that a recipe setting one without ``strategy: lora`` is an error.
+    #: With ``strategy: lora`` (:mod:`finetune.models.lora`), each null for its default there:
+    #: the adapters' rank (16), alpha (the rank: scale alpha/rank 1), dropout (0.1), the layers
+    #: adapted (null: the attention query/key/value projections, or for CNNs every Linear and
+    #: ungrouped convolution outside the head) and the variant ("lora", or "dora":
+    #: weight-decomposed). Null by default so that a recipe setting one without
+    #: ``strategy: lora`` is an error.
     lora_rank: int | None = None
     lora_alpha: float | None = None
     lora_dropout: float | None = None
     lora_target_modules: list[str] | None = None
     lora_variant: Literal["lora", "dora"] | None = None
-    #: Knowledge distillation (distill.py): a fine-tuned classifier with the same classes (a
-    #: finetune output folder, a Hub id, ``builtin:``), run frozen on each training batch;
-    #: the model trains on (1 - distill_alpha) × its usual loss + distill_alpha × T² ×
-    #: KL(teacher ‖ model) of the outputs softened by T = distill_temperature. null: none.
+    #: Knowledge distillation (:mod:`finetune.training.distill`): a fine-tuned classifier with
+    #: the same classes (a finetune output folder, a Hub id, ``builtin:``), run frozen on each
+    #: training batch; the model trains on (1 - distill_alpha) × its usual loss +
+    #: distill_alpha × T² × KL(teacher ‖ model) of the outputs softened by
+    #: T = distill_temperature. null: none.
     teacher: str | None = None
     #: Weight of the distillation term, in [0, 1]; null: 0.5 (only with a teacher).
     distill_alpha: float | None = None
@@ -129,7 +134,8 @@ class ModelConfig:
         """``distill_temperature`` with its default."""
         return DISTILL_TEMPERATURE if self.distill_temperature is None else self.distill_temperature
     #: Layer-wise learning-rate decay, in (0, 1]: the head trains at the learning rate, each
-    #: earlier block at this factor times the next one's (layer_decay.py). null: off.
+    #: earlier block at this factor times the next one's (:mod:`finetune.models.layer_decay`).
+    #: null: off.
     layer_decay: float | None = None
     #: With ``strategy: lp_ft`` and ``probe_solver: trainer``: the epochs of the linear-probe
     #: phase on cached features (its optimizer, learning rate and batch are ``training``'s).
@@ -158,7 +164,7 @@ class AugmentConfig:
     #: image, as torchvision's and DeiT's recipes apply it last; 0: off.
     random_erasing: float = 0.0
     #: Mixup (Zhang et al. 2018) of whole training batches: the Beta(α, α) parameter of the
-    #: mixing weight; 0: off. Targets become soft rows (data/transforms.py ``BatchMix``).
+    #: mixing weight; 0: off. Targets become soft rows (``finetune.data.transforms.BatchMix``).
     mixup_alpha: float = 0.0
     #: CutMix (Yun et al. 2019): the Beta(α, α) parameter of the pasted box's area; 0: off.
     #: With both alphas set, each mixed batch gets one of the two, with equal chance.
@@ -212,17 +218,19 @@ class DataConfig:
     #: Processes for the one-off decode/resize ``datasets.map`` pass (null: automatic).
     preprocessing_num_workers: int | None = None
     #: Extra evaluation sets, NAME → where to find them; each is mapped onto the model's
-    #: classes by name and scored once at the end (eval_sets.py).
+    #: classes by name and scored once at the end (:mod:`finetune.evaluation.eval_sets`).
     eval_sets: dict[str, EvalSetConfig] = field(default_factory=dict)
     #: "balanced": the training loss weights each class by n_images / (n_classes × its
     #: count in the train piece), as scikit-learn's compute_class_weight("balanced"). null: 1.
     class_weights: Literal["balanced"] | None = None
-    #: "balanced": each training draw picks a class with equal chance, then an image of it
-    #: (with replacement; seeded per epoch, balance.py). null: the Trainer's shuffled epochs.
+    #: "balanced": each training draw picks a class with equal chance, then an image of it (with
+    #: replacement; seeded per epoch, :mod:`finetune.training.balance`). null: the Trainer's
+    #: shuffled epochs.
     sampler: Literal["balanced"] | None = None
     #: Two images are near-duplicates when the cosine similarity of their 16×16 thumbnails, or
     #: of their features from the pretrained backbone, reaches this (``finetune inspect``, and
-    #: ``leaked_eval``). 0.95: measured on CIFAR-10 with EfficientNet-Lite0 (docs/inspect.md).
+    #: ``leaked_eval``). 0.95 separates copies from distinct images on CIFAR-10 with
+    #: EfficientNet-Lite0 (the study in the inspect manual).
     duplicate_threshold: float = 0.95
     #: What training does with eval-split images that duplicate a training-split image (the
     #: same pixels, or near-duplicates by ``duplicate_threshold``): "report": they stay, and
@@ -241,7 +249,8 @@ class HubConfig:
 
 @dataclass
 class StudyConfig:
-    """What `finetune study` runs (study.py): every combination of the grid's values, over seeds."""
+    """What `finetune study` runs (:mod:`finetune.sweeps.study`): every combination of the
+    grid's values, over seeds."""
 
     #: Dotted recipe key → the values to try, e.g. {"data.samples_per_class": [5, 20, 100]}.
     grid: dict[str, list[Any]] = field(default_factory=dict)
@@ -274,7 +283,8 @@ class Recipe:
     #: Read by `finetune study` only; `finetune train` trains the recipe as it is.
     study: StudyConfig | None = None
     #: The hyper-parameter search space of ``finetune search``: dotted recipe key → a range or
-    #: choices (search_space.py); ``finetune train`` refuses a recipe that has one.
+    #: choices (:mod:`finetune.recipe.search_space`); ``finetune train`` refuses a recipe that
+    #: has one.
     search: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:

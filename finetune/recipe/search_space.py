@@ -7,10 +7,11 @@ A dimension is one of::
     {"int": [low, high], "step": s, "log": b}   an integer (step and log optional, not both)
     {"choice": [v1, v2, ...]}                   one of the values (any JSON values)
 
-This module knows nothing about recipes: recipe.py checks the key names and builds a recipe
-with each value this module lists as a candidate (``Dimension.candidates``), so a value the
-key does not accept is refused before any training time is spent. optuna is imported only
-when a search samples (``Dimension.distribution``), so checking a recipe stays fast.
+This module knows nothing about recipes: :mod:`finetune.recipe.load` checks the key names
+and builds a recipe with each value this module lists as a candidate
+(``Dimension.candidates``), so a value the key does not accept is refused before any
+training time is spent. optuna is imported only when a search samples
+(``Dimension.distribution``), so checking a recipe stays fast.
 """
 
 from __future__ import annotations

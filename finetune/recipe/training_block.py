@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Why not `from transformers import TrainingArguments`: that import pulls in torch, 7+ s on
-# a 2-core machine, which is most of what `finetune validate` and a bad recipe's error took.
-# Parsing the annotations of transformers' training_args.py (and the modules its enums come
-# from) with `ast` says the same in about 0.15 s; tests/test_training_fields.py holds this
-# reading equal to the real class.
+# Why not `from transformers import TrainingArguments`: that import pulls in torch, seconds
+# on a small CPU, which was most of what `finetune validate` and a bad recipe's error took.
+# Parsing the annotations of the source of `transformers.training_args` (and of the modules
+# its enums come from) with `ast` says the same in a fraction of that time; a test holds
+# this reading equal to the real class.
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def fields() -> dict[str, Field]:
         return _from_source()
     except Exception:
         # A zipped or compiled-only install, or a source layout this reading does not know
-        # (tests/test_training_fields.py says which): importing the class is slow but correct.
+        # (the test of this reading says which): importing the class is slow but correct.
         return _from_import()
 
 
@@ -57,7 +57,8 @@ def _from_import() -> dict[str, Field]:
 
 
 def package_dir() -> Path:
-    """transformers' package folder, found without importing it (reporting.py reads it too)."""
+    """transformers' package folder, found without importing it (:mod:`finetune.recipe.trackers`
+    reads it too)."""
     # A top-level find_spec locates the package without running its __init__.
     spec = importlib.util.find_spec("transformers")
     if spec is None or not spec.submodule_search_locations:
@@ -328,9 +329,11 @@ def check_ranges(training: dict[str, Any], source: str) -> list[str]:
 
 
 def strategy_defaults(has_validation: bool) -> dict[str, Any]:
-    """finetune's defaults for the keys that consistency checks read (train.py applies them)."""
+    """finetune's defaults for the keys that consistency checks read
+    (``finetune.training.arguments`` applies them)."""
     return {
-        # Per-epoch scores on the validation piece (never on the eval split): see data/splits.py.
+        # Per-epoch scores on the validation piece (never on the eval split): see
+        # finetune.data.splits.
         "eval_strategy": "epoch" if has_validation else "no",
         "save_strategy": "epoch",
         "logging_strategy": "steps",
@@ -390,7 +393,8 @@ def _check_save_multiple(save: Any, evals: Any, source: str) -> list[str]:
 
 
 def early_stopping_defaults() -> dict[str, Any]:
-    """What early stopping needs from TrainingArguments when the recipe leaves it out (args.py applies it)."""
+    """What early stopping needs from TrainingArguments when the recipe leaves it out
+    (``finetune.training.arguments`` applies it)."""
     return {
         "load_best_model_at_end": True,
         "metric_for_best_model": "eval_loss",

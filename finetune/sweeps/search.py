@@ -3,14 +3,15 @@
 The eval split is read once, by the final run of the best recipe, never by a trial.
 
 The study lives in ``output_dir/search.db`` (SQLite), so running the same command again
-continues a search that was stopped, even by kill -9: finished trials are kept, a trial
-cut off mid-way is redone with the same values. Each trial trains like ``finetune train``
-(train.train_trial) in a temporary folder with no checkpoint unless the recipe loads its
-best epoch back; it reports its validation score at every evaluation, and the pruner
-(median by default) stops unpromising ones. Trials of one search share the decoded data
-and, for a cached-feature linear probe, the backbone's features (reuse.py), so such a
-search runs the backbone once. With several processes (``accelerate launch``, torchrun)
-every trial uses every rank: the main process samples and the others follow.
+continues a search that was stopped, even by kill -9: finished trials are kept, a trial cut
+off mid-way is redone with the same values. Each trial trains like ``finetune train``
+(``finetune.training.train.train_trial``) in a temporary folder with no checkpoint unless
+the recipe loads its best epoch back; it reports its validation score at every evaluation,
+and the pruner (median by default) stops unpromising ones. Trials of one search share the
+decoded data and, for a cached-feature linear probe, the backbone's features
+(:mod:`finetune.training.shared`), so such a search runs the backbone once. With several
+processes (``accelerate launch``, torchrun) every trial uses every rank: the main process
+samples and the others follow.
 
 Outputs: ``search_results.csv``, ``best_recipe.json``, ``search_history.png``,
 ``search_importance.png`` and, with ``--final`` (the default), the best recipe trained in
@@ -119,7 +120,7 @@ def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dim
     import optuna
     from optuna.trial import TrialState
 
-    from finetune.training.output_dir import OutputLock, _diff, check_output_path
+    from finetune.training.output_dir import OutputLock, check_output_path, recipe_differences
 
     check_output_path(out)
     if out.is_dir():
@@ -143,7 +144,7 @@ def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dim
         if recorded is None:
             study.set_user_attr("recipe", mine)
         elif recorded != mine:
-            shown = "; ".join(_diff(recorded, json.loads(json.dumps(mine)))[:3])
+            shown = "; ".join(recipe_differences(recorded, json.loads(json.dumps(mine)))[:3])
             raise SearchError(
                 f"output_dir: '{out}' holds a search of a different recipe ({shown}); choose another output_dir "
                 f"(--set output_dir=...) or delete {out / DB} to start again"
@@ -173,7 +174,7 @@ def search(recipe: Recipe, raw: dict[str, Any], source: str, options: Options) -
     from accelerate import PartialState
 
     from finetune.training.arguments import training_arguments
-    from finetune.training.shared import Reuse
+    from finetune.training.shared import SharedWork
 
     dimensions = check(recipe, options, source)
     metric, direction = objective(recipe)
@@ -190,18 +191,18 @@ def search(recipe: Recipe, raw: dict[str, Any], source: str, options: Options) -
     if problem is not None:
         raise SearchError(problem)
     try:
-        reuse = Reuse()
-        _trials(study, state, raw, source, options, dimensions, metric, out, base_args, reuse)
+        shared = SharedWork()
+        _trials(study, state, raw, source, options, dimensions, metric, out, base_args, shared)
         result = _after(study, state, raw, options, dimensions, metric, out)
         if options.final:
-            result["final"] = _final(state, result, out, reuse)
+            result["final"] = _final(state, result, out, shared)
         return result
     finally:
         if lock is not None:
             lock.release()
 
 
-def _trials(study, state, raw, source, options, dimensions, metric, out, base_args, reuse) -> None:
+def _trials(study, state, raw, source, options, dimensions, metric, out, base_args, shared) -> None:
     """The trial loop: the main process asks the study for values and the others follow."""
     from finetune.utils import progress
 
@@ -232,7 +233,7 @@ def _trials(study, state, raw, source, options, dimensions, metric, out, base_ar
         if params is None:
             break
         folder = out / "trials" / f"trial-{number:04d}"
-        value, pruned_at, failed, seconds = run_trial(trial, state, raw, source, params, metric, folder, reuse, quiet)
+        value, pruned_at, failed, seconds = run_trial(trial, state, raw, source, params, metric, folder, shared, quiet)
         if main:
             tell(study, trial, value, pruned_at, failed)
             done += 1
@@ -284,7 +285,7 @@ def _after(study, state, raw, options, dimensions, metric, out) -> dict[str, Any
     return result
 
 
-def _final(state, result: dict[str, Any], out: Path, reuse) -> dict[str, Any] | None:
+def _final(state, result: dict[str, Any], out: Path, shared) -> dict[str, Any] | None:
     """Train the best recipe in ``out/final`` and score it once on the eval split; nothing
     when that run is there already (the eval split is not read again)."""
     from finetune.training.train import train
@@ -309,4 +310,4 @@ def _final(state, result: dict[str, Any], out: Path, reuse) -> dict[str, Any] | 
         return json.loads((final / "eval_results.json").read_text())
     if status == "replace":
         logger.info("search: the best trial changed since the final run in %s; training the new best there", final)
-    return train(best, overwrite=status == "replace", source=source, reuse=reuse, search=result["summary"])
+    return train(best, overwrite=status == "replace", source=source, shared=shared, search=result["summary"])

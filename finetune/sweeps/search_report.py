@@ -20,7 +20,7 @@ BEST_RECIPE = "best_recipe.json"
 HISTORY_PNG = "search_history.png"
 IMPORTANCE_PNG = "search_importance.png"
 #: Why a trial failed, stored with it; a failed trial without one was stopped by a kill or
-#: Ctrl-C during it (search.py redoes those).
+#: Ctrl-C during it (:mod:`finetune.sweeps.search` redoes those).
 FAILED_ATTR = "failed"
 
 
@@ -101,7 +101,7 @@ def write_pictures(study, out: Path) -> list[str]:
 def summary(
     study, dimensions: list[Dimension], params: dict[str, Any], metric: str, sampler: str, pruner: str
 ) -> dict[str, Any]:
-    """The card's account of the search (card.py renders it)."""
+    """The card's account of the search (:mod:`finetune.publish.card` renders it)."""
     from optuna.trial import TrialState
 
     trials = [t for t in study.get_trials(deepcopy=False) if counts(t)]

@@ -101,7 +101,7 @@ def filtered(log_filter: logging.Filter):
         logger.removeFilter(log_filter)
 
 
-def run_trial(trial, state, raw, source, params, metric, folder: Path, reuse, quiet):
+def run_trial(trial, state, raw, source, params, metric, folder: Path, shared, quiet):
     """Train one trial on every process: (score, epoch it was pruned at, why it failed, seconds)."""
     import torch
 
@@ -114,7 +114,7 @@ def run_trial(trial, state, raw, source, params, metric, folder: Path, reuse, qu
     try:
         recipe = trial_recipe(raw, params, folder, f"{source} (trial)")
         with filtered(quiet):
-            scores = train_trial(recipe, [callback], reuse)
+            scores = train_trial(recipe, [callback], shared)
         value = float(scores[f"eval_{metric}"])
     # Values that clash with each other (only checked per trial), data or model problems that
     # depend on the values, or a batch too large for the device: this trial fails, the search goes on.

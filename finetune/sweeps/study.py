@@ -8,18 +8,18 @@ override key by key), each with K seeds: seed i adds i to ``training.seed`` and 
 full): the same architecture from random initialisation.
 
 Each cell × seed is a normal run of its own recipe in ``OUTPUT_DIR/runs/CELL/seed-I/``
-(model, ``eval_results.json``, card), trained in this process by ``train.train``. A run
+(model, ``eval_results.json``, card), trained in this process by ``training.train.train``. A run
 whose folder already holds its finished results for the same recipe is skipped, so a
 killed study continues where it stopped when the same command runs again (the cut-off
 run resumes from its last checkpoint, or starts again). Linear probes on cached features
 share the frozen backbone's features between runs on the same decoded split
-(``probe.SharedFeatures``): one backbone pass per seed and data subset, and one for the
-eval split.
+(``finetune.training.shared.SharedWork``): one backbone pass per seed and data subset, and one
+for the eval split.
 
 A study is a report, not a selection: every run is scored on the eval split, so choosing
 the best cell by these numbers and quoting its score would report a selected score as a
 test score (``finetune search`` selects on the validation piece instead). The study's
-files say so: ``study.csv``, ``study.md`` and ``study.png`` (study_report.py).
+files say so: ``study.csv``, ``study.md`` and ``study.png`` (:mod:`finetune.sweeps.study_report`).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ import itertools
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from finetune.recipe import Recipe, RecipeError, StudyConfig, apply_overrides, recipe_from_dict
 from finetune.sweeps.study_report import cell_label, short_key, text_of
+from finetune.utils.files import slug
 
 logger = logging.getLogger("finetune")
 
@@ -58,19 +58,16 @@ class Cell:
         return cell_label(self.values, self.scratch)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text).strip("-.") or "x"
-
-
 def _folder_name(values: dict[str, Any], scratch: bool) -> str:
     keys = list(values)
-    parts = [f"{short_key(k, keys)}-{_slug(text_of(v))}" for k, v in values.items()]
+    parts = [f"{short_key(k, keys)}-{slug(text_of(v), 'x')}" for k, v in values.items()]
     return "__".join(parts + (["scratch"] if scratch else [])) or "recipe"
 
 
 def seeds_of(recipe: Recipe) -> tuple[int, int]:
     """The recipe's (training.seed, training.data_seed) as a run uses them: seed 42 unless
-    set (args.training_arguments), the data seed following the seed unless set (args.data_seed)."""
+    set (``finetune.training.arguments.training_arguments``), the data seed following the
+    seed unless set (``finetune.training.arguments.data_seed``)."""
     from finetune.training.arguments import data_seed
 
     return int(recipe.training.get("seed", 42)), data_seed(recipe)
@@ -137,7 +134,7 @@ def plan(recipe: Recipe, source: str) -> list[Cell]:
 
 def is_finished(cell: Cell) -> bool:
     """The run's folder holds its results and card, for this very recipe."""
-    from finetune.training.output_dir import _comparable
+    from finetune.training.output_dir import comparable
 
     folder = cell.folder
     try:
@@ -147,18 +144,8 @@ def is_finished(cell: Cell) -> bool:
     return (
         (folder / "eval_results.json").is_file()
         and (folder / "README.md").is_file()
-        and _comparable(previous) == _comparable(cell.recipe.to_dict())
+        and comparable(previous) == comparable(cell.recipe.to_dict())
     )
-
-
-def feature_scope(recipe: Recipe) -> tuple | None:
-    """What a frozen backbone's features depend on besides the decoded images; None when
-    they must not be shared (a randomly initialised backbone differs with every seed)."""
-    m = recipe.model
-    if m.from_scratch or not m.caches_features:
-        return None
-    precision = tuple(recipe.training.get(k) for k in ("bf16", "fp16", "use_cpu"))
-    return (m.name_or_path, m.revision, recipe.data.image_size, m.channels_last, precision)
 
 
 def read_results(cell: Cell) -> dict[str, Any]:
@@ -187,15 +174,16 @@ def read_results(cell: Cell) -> dict[str, Any]:
 def run_study(recipe: Recipe, source: str = "recipe", overwrite: bool = False) -> list[dict[str, Any]]:
     """Run (or finish) every cell of the study, and write study.csv / .md / .png after each
     run; returns the rows of study.csv, in the study's order."""
-    from finetune.probe import head as probe
     from finetune.sweeps import study_report
+    from finetune.training.shared import SharedWork
     from finetune.training.train import train
     from finetune.utils import progress
     from finetune.utils.files import write_json
 
     cells = plan(recipe, source)
     # The launcher's rank, not PartialState(): its first construction decides the device and
-    # backend for the whole process, which each run's TrainingArguments must do (run.py).
+    # backend for the whole process, which each run's TrainingArguments must do (as in
+    # finetune.cli.common.setup_logging).
     rank = int(os.environ.get("RANK", "0"))
     out = Path(recipe.output_dir)
     study = recipe.study or StudyConfig()
@@ -215,18 +203,14 @@ def run_study(recipe: Recipe, source: str = "recipe", overwrite: bool = False) -
     rows: dict[int, dict[str, Any]] = {i: read_results(c) for i, c in enumerate(cells) if finished[i] and rank == 0}
     bar = progress.bar(None, total=len(cells), desc="study", unit="run", process_index=rank)
     bar.update(sum(finished))
-    shared = probe.SharedFeatures()
+    shared = SharedWork(keep_models=False)
     try:
         for i, cell in enumerate(cells):
             if finished[i]:
                 continue
             bar.set_postfix_str(f"{cell.label}, seed {cell.seed}", refresh=True)
-            shared.scope = feature_scope(cell.recipe)
-            probe.SHARED = shared
-            try:
-                train(cell.recipe, overwrite=overwrite, source=f"{source} (study cell {cell.label}, seed {cell.seed})")
-            finally:
-                probe.SHARED = None
+            train(cell.recipe, overwrite=overwrite, source=f"{source} (study cell {cell.label}, seed {cell.seed})",
+                  shared=shared)
             bar.update(1)
             if rank == 0:  # the report so far: a long study shows its results as it goes
                 rows[i] = read_results(cell)
@@ -236,6 +220,6 @@ def run_study(recipe: Recipe, source: str = "recipe", overwrite: bool = False) -
     ordered = [rows[k] for k in sorted(rows)]
     if rank == 0:
         study_report.write(out, recipe, ordered, len(cells))
-        if shared.hits:
-            logger.info("study: %d backbone pass(es) saved by sharing cached features between runs", shared.hits)
+        if shared.feature_hits:
+            logger.info("study: %d backbone pass(es) saved by sharing cached features between runs", shared.feature_hits)
     return ordered

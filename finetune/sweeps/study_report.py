@@ -168,7 +168,7 @@ def figure(recipe: Recipe, rows: list[dict[str, Any]]):
     categories = list(study.grid[x_key]) if x_key and not numeric else [""]
     panels = max(len(metrics), 1)
     per_row = min(panels, 3)
-    fig = plots._figure(4.6 * per_row, 3.8 * math.ceil(panels / per_row))
+    fig = plots.new_figure(4.6 * per_row, 3.8 * math.ceil(panels / per_row))
     axes = np.atleast_1d(fig.subplots(math.ceil(panels / per_row), per_row)).ravel()
     for ax, metric in zip(axes, metrics):
         for (label, points), text in zip(lines.items(), labels.text):
@@ -208,4 +208,4 @@ def write(out: Path, recipe: Recipe, rows: list[dict[str, Any]], total: int) -> 
     tmp.write_text(markdown(recipe, rows, total), encoding="utf-8")
     os.replace(tmp, out / "study.md")
     if rows:
-        plots._save(figure(recipe, rows), out / "study.png")
+        plots.save_figure(figure(recipe, rows), out / "study.png")

@@ -18,7 +18,8 @@ def train_labels(dataset: Any) -> np.ndarray:
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """scikit-learn's ``compute_class_weight("balanced")``: n_images / (n_classes × count of
     the class), so that every class weighs as much in the loss in all, and the weights
-    average 1 over the images. Every class must have an image (train.py checks that first)."""
+    average 1 over the images. Every class must have an image
+    (``finetune.training.prepared_data.check_prepared`` checks that first)."""
     from sklearn.utils.class_weight import compute_class_weight
 
     weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)

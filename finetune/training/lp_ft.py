@@ -5,12 +5,12 @@ and Underperform Out-of-Distribution"): a fine-tune that starts from a random he
 large, random gradients into the backbone in its first steps, and distorts the features
 it was chosen for. Fitting the head first, with the backbone frozen, and fine-tuning
 everything from there avoids that. The probe is the cached-feature probe of
-``model.strategy: linear_probe`` (features.py, probe.py): the backbone runs once over the
+``model.strategy: linear_probe`` (:mod:`finetune.probe`): the backbone runs once over the
 train split and the validation piece (never the eval split), and the head is fitted by
 ``model.probe_solver``: L-BFGS over ``model.probe_l2`` (λ chosen on the validation piece),
 or the Trainer for ``model.lp_epochs`` epochs with the ``training`` block's optimizer,
 learning rate and batch size. Its features are of the un-augmented images; the fine-tune
-phase then trains with the recipe's augmentation and ``training`` block (train.py).
+phase then trains with the recipe's augmentation and ``training`` block, as ``full`` does.
 
 The fitted head is written once, atomically, to ``lp_head.safetensors`` in the output
 folder (its settings and results in the file's metadata). A run resumed after SIGTERM or

@@ -28,8 +28,8 @@ LOCK_NAME = ".finetune.lock"
 HOLDER_NAME = ".finetune.lock.json"
 _LOCK_FILES = {LOCK_NAME, HOLDER_NAME, HOLDER_NAME + ".tmp"}
 #: What a run writes before training starts; a folder holding only these has nothing to lose.
-#: LP-FT's probed head (lp_ft.py): kept between attempts of a recipe like the checkpoints,
-#: and removed with them by --overwrite.
+#: LP-FT's probed head (:mod:`finetune.training.lp_ft`): kept between attempts of a recipe like
+#: the checkpoints, and removed with them by --overwrite.
 LP_HEAD = "lp_head.safetensors"
 #: ``inspect/``: finetune inspect's report on the recipe's data, which may come before any run.
 _BEFORE_TRAINING = {"recipe.json", "data_report.json", "recipe.json.tmp", "data_report.json.tmp", "inspect"} | _LOCK_FILES
@@ -44,17 +44,17 @@ class DiskFullError(UserError):
     """A write failed because the file system (or the user's quota) is full."""
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def recipe_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Where two recipe dicts differ, as ``key: old → new`` lines."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
-            out += _diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+            out += recipe_differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
         return out
     return [] if a == b else [f"{prefix}: {json.dumps(a)} → {json.dumps(b)}"]
 
 
-def _comparable(recipe_dict: dict[str, Any]) -> dict[str, Any]:
+def comparable(recipe_dict: dict[str, Any]) -> dict[str, Any]:
     # Publishing settings do not change what is trained, and a run folder may be moved.
     return {k: v for k, v in recipe_dict.items() if k not in ("hub", "output_dir")}
 
@@ -107,7 +107,7 @@ def _holds_this_recipe(out: Path, recipe: Recipe, overwrite: bool) -> bool:
             f"output_dir: '{previous}' is unreadable; choose another output_dir or pass --overwrite"
         ) from None
     defaults = type(recipe)().to_dict()
-    differences = _diff(_comparable(_with_new_defaults(old, defaults)), _comparable(recipe.to_dict()))
+    differences = recipe_differences(comparable(_with_new_defaults(old, defaults)), comparable(recipe.to_dict()))
     if differences:
         shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
         raise OutputDirError(
@@ -288,8 +288,9 @@ def what_a_rerun_does(out: Path, final_step: int | None = None) -> str:
 
 
 class FollowUmaskCallback(TrainerCallback):
-    """Each checkpoint's weights get the mode any new file gets (util.follow_umask:
-    safetensors leaves them readable by their owner only)."""
+    """Each checkpoint's weights get the mode any new file gets
+    (``finetune.utils.files.follow_umask``: safetensors leaves them readable by their owner
+    only)."""
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:

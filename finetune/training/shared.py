@@ -1,4 +1,4 @@
-"""What the runs of one search share in memory, so that its trials redo no work that cannot differ between them."""
+"""What the runs of one study or search share in memory, so that no run redoes work that cannot differ from an earlier one's."""
 
 from __future__ import annotations
 
@@ -10,20 +10,31 @@ from typing import Any
 
 from finetune.models import classifier as model_lib
 from finetune.recipe import Recipe
+from finetune.utils.compat import dataset_fingerprint
 
 
 @dataclass
-class Reuse:
-    """What the runs of one search share in memory: a trial's decoded splits, the processor,
-    the loaded model, and a cached-feature probe's train and validation features, so that
-    the backbone runs once for the whole search. Keyed by everything they depend on."""
+class SharedWork:
+    """The work the runs of one process share (a search's trials and its final run, a
+    study's cells): the image processor, the model as loaded, a run's decoded splits, and a
+    frozen backbone's features of a decoded split. Each is keyed by everything it depends
+    on, so a run that differs in any of those computes its own.
 
-    prepared: dict[str, Any] = field(default_factory=dict)
-    features: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    ``finetune search`` and ``finetune study`` each make one and pass it to every run
+    (``training.train.train(..., shared=...)``); a single ``finetune train`` has none.
+    """
+
+    #: Keep each model as loaded, before any run trained it, and give each run a copy
+    #: (loading again would give the same weights: the same seed draws the same new head).
+    #: A search's trials share one seed, so one copy serves them all; a study's cells differ
+    #: in seed, so keeping theirs would hold a model per seed in memory for nothing.
+    keep_models: bool = True
     processors: dict[str, Any] = field(default_factory=dict)
-    #: The model as loaded, before any trial trained it; each trial gets a copy. Loading again
-    #: would give the same weights: the seed that draws the new head cannot be searched.
     models: dict[str, Any] = field(default_factory=dict)
+    prepared: dict[str, Any] = field(default_factory=dict)
+    features: dict[tuple, Any] = field(default_factory=dict)
+    #: How many splits' features came from an earlier run (the log says so; tests count them).
+    feature_hits: int = 0
 
     def processor(self, recipe: Recipe):
         m = recipe.model
@@ -33,23 +44,46 @@ class Reuse:
         return self.processors[key]
 
     def model(self, recipe: Recipe, class_names: list[str], processor, seed: int):
-        model = {k: v for k, v in dataclasses.asdict(recipe.model).items() if not k.startswith("probe_")}
-        key = json.dumps([model, class_names, seed], sort_keys=True)
+        if not self.keep_models:
+            return model_lib.load_model(recipe.model, class_names, processor)
+        settings = {k: v for k, v in dataclasses.asdict(recipe.model).items() if not k.startswith("probe_")}
+        key = json.dumps([settings, class_names, seed], sort_keys=True)
         if key not in self.models:
             self.models[key] = model_lib.load_model(recipe.model, class_names, processor)
         return copy.deepcopy(self.models[key])
 
     @staticmethod
     def data_key(recipe: Recipe, seed: int) -> str:
+        """What a run's decoded splits depend on: the processor (model and image size), the
+        data block and the seed; whether the run caches features decides the stored layout
+        (channels-last for randomly cropped splits)."""
         m = recipe.model
-        # The processor (model and image size), the data block, the seed; the strategy
-        # decides the stored layout (channels-last for randomly cropped splits).
         parts = [dataclasses.asdict(recipe.data), m.name_or_path, m.revision, m.trust_remote_code, m.caches_features, seed]
         return json.dumps(parts, sort_keys=True)
 
     @staticmethod
-    def features_key(recipe: Recipe, seed: int) -> str:
-        # The head's solver settings do not change the features; the backbone's precision does.
-        model = {k: v for k, v in dataclasses.asdict(recipe.model).items() if not k.startswith("probe_")}
-        precision = {k: recipe.training.get(k) for k in ("bf16", "fp16", "tf32", "use_cpu")}
-        return json.dumps([Reuse.data_key(recipe, seed), model, precision], sort_keys=True)
+    def feature_scope(recipe: Recipe) -> tuple | None:
+        """What a frozen backbone's features depend on besides the decoded images; None when
+        they must not be shared (a randomly initialised backbone differs with every seed)."""
+        m = recipe.model
+        if m.from_scratch:
+            return None
+        precision = tuple(recipe.training.get(k) for k in ("bf16", "fp16", "tf32", "use_cpu"))
+        return (m.name_or_path, m.revision, m.trust_remote_code, recipe.data.image_size, m.channels_last,
+                m.feature_runtime, precision)
+
+    def features_of(self, scope: tuple | None, dataset: Any) -> Any | None:
+        """The features an earlier run computed for this decoded split under ``scope``, or None.
+
+        The split's fingerprint, which ``datasets`` derives from the source data, every
+        selection of rows and the decode pass with its processor, keys it: another k-shot
+        draw or seed is another split."""
+        if scope is None:
+            return None
+        found = self.features.get((scope, dataset_fingerprint(dataset), len(dataset)))
+        self.feature_hits += found is not None
+        return found
+
+    def keep_features(self, scope: tuple | None, dataset: Any, features: Any) -> None:
+        if scope is not None:
+            self.features[(scope, dataset_fingerprint(dataset), len(dataset))] = features

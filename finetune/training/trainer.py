@@ -1,4 +1,4 @@
-"""The HF Trainer as finetune runs it: uint8 batches become normalised (and augmented) floats on the device, and the loss is finetune's own (losses.py)."""
+"""The HF Trainer as finetune runs it: uint8 batches become normalised (and augmented) floats on the device, and the loss is finetune's own (:mod:`finetune.training.losses`)."""
 
 from __future__ import annotations
 
@@ -44,13 +44,13 @@ class FinetuneTrainer(Trainer):
     memory-mapped cache); nothing in the Trainer needs them as ``datasets.Dataset``
     (``remove_unused_columns`` is off, and no length-grouped sampler is used).
 
-    ``teacher``: knowledge distillation (distill.py), a term added to the training loss.
-    The regularisers: ``class_weights`` "balanced" weights the training loss by class
-    (balance.class_weights, from the train dataset's labels); ``sampler`` "balanced" draws
-    classes evenly (balance.BalancedSampler, seeded by ``data_seed``, else ``seed``);
-    ``ema_decay`` keeps an EMA of the weights (ema.py) that evaluation, model selection
-    and the saved model use. Mixup/CutMix come from ``batch_transform.mix``, label
-    smoothing from ``args.label_smoothing_factor``.
+    ``teacher``: knowledge distillation (:mod:`finetune.training.distill`), a term added to
+    the training loss. The regularisers: ``class_weights`` "balanced" weights the training
+    loss by class (balance.class_weights, from the train dataset's labels); ``sampler``
+    "balanced" draws classes evenly (balance.BalancedSampler, seeded by ``data_seed``, else
+    ``seed``); ``ema_decay`` keeps an EMA of the weights (:mod:`finetune.training.ema`) that
+    evaluation, model selection and the saved model use. Mixup/CutMix come from
+    ``batch_transform.mix``, label smoothing from ``args.label_smoothing_factor``.
     """
 
     def __init__(
@@ -67,10 +67,11 @@ class FinetuneTrainer(Trainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.batch_transform = batch_transform
-        #: Knowledge distillation (distill.py): a frozen model run on each training batch,
-        #: kept outside ``self.model`` so that it is neither trained nor saved.
+        #: Knowledge distillation (:mod:`finetune.training.distill`): a frozen model run on each
+        #: training batch, kept outside ``self.model`` so that it is neither trained nor saved.
         self.teacher = teacher.to(self.args.device) if teacher is not None else None
-        #: ``model.layer_decay``: the optimizer gets one parameter group per depth (layer_decay.py).
+        #: ``model.layer_decay``: the optimizer gets one parameter group per depth
+        #: (:mod:`finetune.models.layer_decay`).
         self.layer_decay = layer_decay
         # The loss below is a batch mean; the Trainer must average micro-batches and
         # processes rather than sum them.
@@ -148,9 +149,18 @@ class FinetuneTrainer(Trainer):
         super().save_model(output_dir, _internal_call)
         # In training, the average goes beside the weights of each checkpoint. The Trainer
         # saves the weights first and trainer_state.json last, so a checkpoint that
-        # outputs.checkpoint_is_complete accepts holds the average too.
+        # finetune.training.output_dir.checkpoint_is_complete accepts holds the average too.
         if self.ema is not None and not self.ema.applied and self.args.should_save:
             self.ema.save(output_dir or self.args.output_dir, self.state.global_step)
+
+    def save_final_model(self) -> None:
+        """The run's model in the output folder, as ``pipeline()`` loads it without finetune
+        or peft: LoRA's adapters merged into the weights, any other model as ``save_model``
+        writes it (the checkpoints of a LoRA run hold the adapters alone)."""
+        if lora.is_adapted(self.accelerator.unwrap_model(self.model)):
+            lora.save_merged(self)
+        else:
+            self.save_model()
 
     def _augmentation_seed(self) -> int:
         """One seed per (run seed, optimizer step, micro-batch, rank): augmentation is a pure

@@ -58,10 +58,8 @@ def storage_shared(tensor) -> bool:
     but only when no view of the last batch is alive; PyTorch's CUDA-graph trees ask the
     same question before reusing memory, with this same query. No public API counts the
     holders of a storage (``sys.getrefcount`` sees Python references only, not views or
-    an autograd graph's saved tensors). Measured on a busy 2-core CPU (torch 2.14.1,
-    64×3×224×224 uint8 batches, medians of 80 and 32 calls): the reused buffers take
-    normalisation from 177 ms to 76 ms a batch, and a crop-and-flip training batch from
-    282 ms to 142 ms.
+    an autograd graph's saved tensors). The reused buffers make a CPU batch's normalisation,
+    and a crop-and-flip training batch, much faster (bench/README.md has the figures).
     Checked with torch 2.14.1 (``torch._C._storage_Use_Count`` of ``UntypedStorage._cdata``:
     a tensor alone reads 2, its own reference and the storage's Python object, which the
     query makes and torch then keeps with the storage; each view adds one).
@@ -79,7 +77,7 @@ def storage_shared(tensor) -> bool:
 # --- transformers Trainer
 #
 # Checked with transformers 5.24.0; pyproject.toml bounds transformers below the next
-# minor release, which tests/test_compat.py must pass before the bound moves.
+# minor release, which the tests of this module must pass before the bound moves.
 
 
 def loss_is_a_batch_mean(trainer: Any) -> None:

@@ -27,6 +27,10 @@ def report(message: str) -> int:
     return EXIT_USER_ERROR
 
 
+class ModelError(UserError, ValueError):
+    """A problem with the model the recipe names, or its strategy; one line, with the fix."""
+
+
 class InferenceError(UserError, ValueError):
     """A problem with a saved model, the data or the options of `finetune eval` or
     `finetune predict`; one line, with the fix."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,7 @@ def follow_umask(folder: Path) -> None:
             os.chmod(path, mode)
 
 
+def slug(text: str, fallback: str) -> str:
+    """A folder-name-safe version of ``text`` (a data set name, a split, a study cell's
+    value): runs of other characters become one '-'; ``fallback`` when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text).strip("-.") or fallback

@@ -19,9 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, run_cli
-
-pytestmark = pytest.mark.e2e
+from tests.helpers import ROOT
+from tests.helpers.cli import run_cli
 
 CLASSES = ["red", "green", "blue"]
 

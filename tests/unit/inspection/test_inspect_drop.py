@@ -1,4 +1,4 @@
-"""``data.leaked_eval: "drop"`` (training/prepare.py): the eval images dropped are exactly the leaked ones, and the rest of the eval split is untouched."""
+"""``data.leaked_eval: "drop"`` (training/prepared_data.py): the eval images dropped are exactly the leaked ones, and the rest of the eval split is untouched."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from finetune import data
 from finetune.recipe import recipe_from_dict
-from finetune.training import prepare
+from finetune.training import prepared_data as prepare
 
 
 def picture(seed: int, size: int = 24) -> Image.Image:

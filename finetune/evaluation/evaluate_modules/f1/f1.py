@@ -1,4 +1,4 @@
-"""F1 as a local `evaluate` module (offline; see accuracy/accuracy.py for why)."""
+"""F1 as a local `evaluate` module (offline; by name, `evaluate.load` would fetch it from the Hub)."""
 
 import datasets
 import evaluate

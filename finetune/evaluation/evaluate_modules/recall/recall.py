@@ -1,4 +1,4 @@
-"""Recall as a local `evaluate` module (offline; see accuracy/accuracy.py for why)."""
+"""Recall as a local `evaluate` module (offline; by name, `evaluate.load` would fetch it from the Hub)."""
 
 import datasets
 import evaluate

@@ -1,4 +1,4 @@
-"""Top-k accuracy as a local `evaluate` module (offline; see accuracy/accuracy.py for why).
+"""Top-k accuracy as a local `evaluate` module (offline; by name, `evaluate.load` would fetch it from the Hub).
 
 Takes the k best class indices per example rather than the full score matrix, so callers
 can reduce logits batch by batch and never hold N×C scores in memory.

@@ -1,0 +1,37 @@
+"""A second SIGTERM or Ctrl-C stops a process at once, by that signal, with one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "first, signum", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM)]
+)
+def test_second_signal_stops_at_once(first, signum) -> None:
+    """The first signal asks for a checkpoint; a second one (training stuck in a long step)
+    ends the process by that signal, so a calling shell script sees it, with one line."""
+    script = (
+        "import os, signal, time\n"
+        "from finetune.training.interrupts import InterruptCallback\n"
+        "cb = InterruptCallback()\n"
+        f"os.kill(os.getpid(), {int(first)})\n"
+        "time.sleep(0.1)\n"
+        "assert cb.requested\n"
+        f"os.kill(os.getpid(), {int(signum)})\n"
+        "time.sleep(5)\n"
+        "print('still running')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signum, result.stderr[-2000:]
+    assert "still running" not in result.stdout and "Traceback" not in result.stderr
+    assert "again: stopping at once" in result.stderr

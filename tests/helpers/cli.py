@@ -1,0 +1,65 @@
+"""The real command line in a subprocess (offline), the recipes it reads, and what its quick answers may import."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import ROOT
+
+
+def write_recipe(path: Path, model_path: Path | str, dataset: Path | str, output_dir: Path, **extra) -> Path:
+    """A small full fine-tune recipe written to ``path``; ``section__key=value`` or ``section=value`` change it."""
+    recipe = {
+        "description": "test recipe",
+        "expected": {"metric": "accuracy", "value": 0.9},
+        "model": {"name_or_path": str(model_path), "strategy": "full"},
+        "data": {"dataset": str(dataset), "augment": {"crop_scale": [0.8, 1.0], "hflip": True}},
+        "training": {
+            "num_train_epochs": 2,
+            "learning_rate": 1e-2,
+            "per_device_train_batch_size": 8,
+            "seed": 0,
+            "use_cpu": True,
+            "disable_tqdm": True,
+        },
+        "output_dir": str(output_dir),
+    }
+    for key, value in extra.items():
+        section, _, field = key.partition("__")
+        if field:
+            recipe.setdefault(section, {})[field] = value
+        else:
+            recipe[section] = value
+    path.write_text(json.dumps(recipe, indent=2))
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, launcher: list[str] | None = None, timeout: int = 600):
+    """Run the real command line in a subprocess (offline)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    command = (launcher or [sys.executable]) + [str(ROOT / "finetune" / "run.py"), *args]
+    return subprocess.run(command, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+#: Modules that take seconds to import on a small machine; none is needed to print help, check
+#: a recipe or report what is wrong with one.
+HEAVY = ("torch", "transformers", "datasets", "matplotlib", "timm", "huggingface_hub")
+
+#: A script that runs finetune.run.main on each argv of its first argument (JSON), then prints
+#: the exit codes and which of the modules named in its second argument got imported.
+IMPORT_PROBE = """
+import json, sys
+from finetune.run import main
+
+codes = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        codes.append(main(argv))
+    except SystemExit as exit:  # argparse's --help
+        codes.append(exit.code)
+print(json.dumps({"codes": codes, "loaded": sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)}))
+"""

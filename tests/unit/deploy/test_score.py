@@ -1,0 +1,82 @@
+"""score.py: `finetune eval` through the Trainer's evaluation, on a run trained through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from finetune.cli.main import main
+from finetune.deploy import score as evaluation
+from tests.helpers.images import CLASSES, class_image
+from tests.helpers.runs import file_hashes, trained_run
+
+PNGS = ("confusion_matrix.png", "misclassified.png", "training_curves.png")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return trained_run(tmp_path_factory)
+
+
+def test_eval_writes_report_into_new_folder(run, capsys):
+    before = file_hashes(run.out)
+    # batch size 8 as in training, so the logits (and the argmax) are bit-identical
+    code = main(["eval", str(run.out), "--data", str(run.images), "--split", "test", "--batch-size", "8"])
+    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    target = run.out / "eval-images-test"
+    assert str(target) in out and "accuracy" in out and "18 images" in out
+    report = json.loads((target / "eval_report.json").read_text())
+    trained = json.loads((run.out / "eval_results.json").read_text())
+    assert report["num_images"] == 18 and report["split"] == "test"
+    assert report["accuracy"] == pytest.approx(trained["eval_accuracy"], abs=1e-9)
+    assert report["macro_f1"] == pytest.approx(trained["eval_f1"], abs=1e-9)
+    # The same Trainer evaluation as training's final one: the same mean loss, too.
+    assert report["loss"] == pytest.approx(trained["eval_loss"], rel=1e-6)
+    assert sorted(report["per_class"]) == sorted(CLASSES)
+    for name in PNGS:
+        with Image.open(target / name) as image:
+            assert image.format == "PNG"
+    after = file_hashes(run.out)
+    assert {k: v for k, v in after.items() if not k.startswith("eval-images-test/")} == before
+    shutil.rmtree(target)  # other tests (push) see the run as trained
+
+
+def test_eval_unknown_class_is_one_line_error(run, tmp_path, capsys):
+    import numpy as np
+
+    data = tmp_path / "other"
+    shutil.copytree(run.images / "test", data / "test")
+    (data / "test" / "purple").mkdir()
+    class_image("red", np.random.default_rng(0)).save(data / "test" / "purple" / "p.png")
+    assert main(["eval", str(run.out), "--data", str(data), "--report-dir", str(tmp_path / "rep")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("finetune: error: ")
+    assert "purple" in errors[0] and "does not know" in errors[0]
+    assert not (tmp_path / "rep").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--split", "validation"], "is not a split of"),
+        (["--image-column", "photo"], "--image-column: no column 'photo'"),
+        (["--report-dir", "{out}"], "is the run's own folder"),
+    ],
+)
+def test_eval_bad_options(run, capsys, args, message):
+    args = [a.format(out=run.out) for a in args]
+    assert main(["eval", str(run.out), "--data", str(run.images), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("finetune: error: ") and message in err[-1]
+
+
+def test_default_report_dir_names():
+    out = Path("/runs/x")
+    assert evaluation.default_report_dir(out, "/data/flowers/", "test") == out / "eval-flowers-test"
+    assert evaluation.default_report_dir(out, "user/some-set", "validation") == out / "eval-user--some-set-validation"
+    assert evaluation.default_report_dir(out, "builtin:digits", "test") == out / "eval-builtin-digits-test"

@@ -1,0 +1,123 @@
+"""interrupts.py: processes agree on the stopping step only at steps they all know in advance;
+once training is over a signal stops the run at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from finetune.training.interrupts import InterruptCallback, Interrupted, StopNow
+
+
+@pytest.fixture
+def callback():
+    cb = InterruptCallback(every=10)
+    yield cb
+    cb.restore()
+
+
+class Ranks:
+    """Two pretend gloo ranks; the other one gets SIGTERM at step ``others_requested_from``."""
+
+    def __init__(self, others_requested_from: int | None, signum: int = signal.SIGTERM) -> None:
+        self.others_requested_from = others_requested_from
+        self.signum = signum
+        self.now = 0
+        self.calls: list[int] = []  # the steps at which an all-reduce ran
+
+    def all_reduce(self, flag, op=None) -> None:
+        self.calls.append(self.now)
+        if self.others_requested_from is not None and self.now >= self.others_requested_from:
+            flag.fill_(max(float(self.signum), flag.item()))
+
+
+def _fake_ranks(monkeypatch, others_requested_from: int | None, signum: int = signal.SIGTERM) -> Ranks:
+    dist = torch.distributed
+    ranks = Ranks(others_requested_from, signum)
+
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    monkeypatch.setattr(dist, "all_reduce", ranks.all_reduce)
+    return ranks
+
+
+def _run(callback, ranks: Ranks | None, steps: int, planned: dict[int, str]) -> int | None:
+    """Call on_step_end for steps 1..steps, with the Trainer's flags set at ``planned`` steps;
+    the step at which training was told to stop."""
+    args = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none")
+    for step in range(1, steps + 1):
+        if ranks is not None:
+            ranks.now = step
+        control, state = TrainerControl(), TrainerState(global_step=step)
+        if step in planned:
+            setattr(control, planned[step], True)
+        control = callback.on_step_end(args, state, control)
+        if control.should_training_stop:
+            assert control.should_save
+            return step
+    return None
+
+
+def test_ranks_agree_only_at_known_steps(callback, monkeypatch) -> None:
+    ranks = _fake_ranks(monkeypatch, others_requested_from=None)
+    assert _run(callback, ranks, 25, {7: "should_save", 13: "should_evaluate", 15: "should_log"}) is None
+    assert ranks.calls == [7, 10, 13, 15, 20]  # not one host-device sync per step
+
+
+def test_sigterm_on_another_rank_stops_every_rank_at_the_next_agreed_step(callback, monkeypatch) -> None:
+    ranks = _fake_ranks(monkeypatch, others_requested_from=12)
+    assert _run(callback, ranks, 25, {}) == 20
+    assert callback.requested and ranks.calls == [10, 20]
+
+
+def test_epoch_end_is_always_an_agreed_step(callback, monkeypatch) -> None:
+    ranks = _fake_ranks(monkeypatch, others_requested_from=0)
+    args = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none")
+    control = callback.on_epoch_end(args, TrainerState(global_step=3), TrainerControl())
+    assert ranks.calls == [0] and control.should_training_stop and control.should_save
+
+
+def test_one_process_needs_no_collective(callback, monkeypatch) -> None:
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a single process must not all-reduce")
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", forbidden)
+    assert not torch.distributed.is_initialized()
+    assert _run(callback, None, 5, {}) is None
+    callback.requested = True  # as the SIGTERM handler does
+    assert _run(callback, None, 3, {}) == 1  # the end of the very next step
+
+
+def test_ctrl_c_on_another_rank_gives_every_rank_its_exit_code(callback, monkeypatch) -> None:
+    ranks = _fake_ranks(monkeypatch, others_requested_from=3, signum=signal.SIGINT)
+    assert _run(callback, ranks, 25, {}) == 10
+    assert callback.signum == signal.SIGINT
+    assert Interrupted("stopped", callback.signum).exit_code == 130
+    assert Interrupted("stopped", signal.SIGTERM).exit_code == 143
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_in_training_asks_for_a_checkpoint_and_after_training_stops_at_once(callback, signum) -> None:
+    os.kill(os.getpid(), signum)  # the handler runs before the next line
+    assert callback.signum == signum
+    assert _run(callback, None, 3, {}) == 1  # checkpoint and stop at the end of the step
+    callback.training_over()
+    with pytest.raises(StopNow) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # give the interpreter a bytecode boundary to run the handler at
+            pass
+    assert stop.value.signum == signal.SIGTERM
+
+
+def test_restore_puts_back_the_previous_handlers() -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    cb = InterruptCallback()
+    assert signal.getsignal(signal.SIGINT) == cb._handle
+    cb.restore()
+    assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before
