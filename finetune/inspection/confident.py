@@ -100,8 +100,7 @@ def out_of_fold(
     With more than :data:`PATH_ON_ONE_FOLD` images, λ is chosen on the first fold alone (its
     held-out images, 2,000 or more, are plenty to choose by) and the other folds are fitted
     with it, starting from the first fold's solution: K + (λ values walked) fits instead of
-    K × (λ values walked), the difference between one and several minutes on CIFAR-10's
-    50,000 training images on two cores."""
+    K × (λ values walked), which on a large set is most of the command's arithmetic."""
     x = torch.as_tensor(features).float()
     given = np.asarray(labels)
     y = torch.as_tensor(given, dtype=torch.long)

@@ -410,7 +410,8 @@ def terminal(findings, folder: Path) -> list[str]:
         leak = p.get("leaked_from_training")
         text = f"  duplicates, {p['name']}: {d['exact_pairs']:,} exact and {d['near_pairs']:,} near pairs inside"
         if leak is not None:
-            text += f"; {leak['images']:,} images ({100 * leak['share']:.1f}%) duplicate training images ({leak['exact']:,} exact)"
+            text += (f"; {leak['images']:,} of its images ({100 * leak['share']:.1f}%) duplicate training images "
+                     f"({leak['exact']:,} exact)")
         out.append(text)
     out.append("  outliers: " + ", ".join(f"{p['outliers']:,} in {p['name']}" for p in parts)
                + "; class balance (largest/smallest): " + ", ".join(f"{p['imbalance_ratio']:.1f} in {p['name']}" for p in parts if p["imbalance_ratio"]))
