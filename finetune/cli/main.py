@@ -23,6 +23,7 @@ COMMANDS = {
     "search": "search",
     "export": "export",
     "cache": "cache",
+    "inspect": "inspect",
 }
 
 

@@ -22,6 +22,9 @@ The path, a module per step:
    erasing) and normalisation of whole batches on the training device with
    ``torchvision.transforms.v2`` — no per-image PIL work in the training loop.
 
+Beside the path, ``signatures.signatures``: each decoded image's pixel hash and thumbnail,
+for finding duplicates.
+
 Everything the other steps use is importable from here (``from finetune import data``).
 """
 
@@ -39,7 +42,8 @@ from finetune.data.decode import (
     processor_normalization,
 )
 from finetune.data.resize import ProcessorResize
-from finetune.data.rows import FastRows, RowBatch, collate
+from finetune.data.rows import FastRows, RowBatch, collate, image_sources, split_rows
+from finetune.data.signatures import Signatures, signatures
 from finetune.data.sources import IMAGE_EXTENSIONS, DataError, count_junk, load_raw
 from finetune.data.splits import Splits, balanced_sample, empty_class_reason, make_splits, stratified_sample
 from finetune.data.transforms import BatchTransform
@@ -58,6 +62,7 @@ __all__ = [
     "JUNK_FILES",
     "ProcessorResize",
     "RowBatch",
+    "Signatures",
     "SizeChanged",
     "Splits",
     "balanced_sample",
@@ -70,6 +75,7 @@ __all__ = [
     "find_columns",
     "image_size",
     "image_source",
+    "image_sources",
     "is_junk",
     "load_raw",
     "make_splits",
@@ -78,6 +84,8 @@ __all__ = [
     "output_size",
     "pixel_column",
     "processor_normalization",
+    "signatures",
+    "split_rows",
     "stratified_sample",
     "to_rgb",
 ]

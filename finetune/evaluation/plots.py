@@ -64,12 +64,13 @@ def write_plots(
             "evaluate again",
             len(labels.by_index), shown, ", …" if len(labels.by_index) > 5 else "", install_hint(labels.missing),
         )
-    _save(confusion_figure(predictions, class_names, labels), out / "confusion_matrix.png")
-    _save(mistakes_figure(predictions, class_names, eval_dataset, labels), out / "misclassified.png")
-    _save(curves_figure(log_history), out / "training_curves.png")
+    save_figure(confusion_figure(predictions, class_names, labels), out / "confusion_matrix.png")
+    save_figure(mistakes_figure(predictions, class_names, eval_dataset, labels), out / "misclassified.png")
+    save_figure(curves_figure(log_history), out / "training_curves.png")
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write a figure as a PNG through a temporary file and a rename: never half an image."""
     # format= is needed because a file object has no name to tell it by; the constrained
     # layout already fits the labels, so no bbox_inches="tight" (a second render).
     with replacing(path) as f:
@@ -81,7 +82,8 @@ def _short(name: str) -> str:
     return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 1] + "…"
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib ``Figure`` of width × height inches, laid out to fit its labels (no pyplot)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
@@ -227,7 +229,7 @@ def confusion_figure(predictions: Predictions, class_names: list[str], labels: C
     # label sets still give a PNG of a few megapixels.
     side = float(min(max(5.0, 1.5 + 0.28 * n), 40.0))
     tick_size = float(np.clip(220.0 / max(n, 1), 5.0, 10.0))
-    fig = _figure(side + 1.2, side)
+    fig = new_figure(side + 1.2, side)
     ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="share of the true class (row)")
@@ -258,7 +260,7 @@ def top_confusions_figure(predictions: Predictions, class_names: list[str], labe
     labels = class_labels(class_names) if labels is None else labels
     index = {name: i for i, name in enumerate(class_names)}
     pairs = top_confusions(predictions, class_names, PICTURED_CONFUSIONS)
-    fig = _figure(9.0, 1.6 + 0.3 * max(len(pairs), 3))
+    fig = new_figure(9.0, 1.6 + 0.3 * max(len(pairs), 3))
     ax = fig.subplots()
     total = len(predictions.labels)
     accuracy = float(np.mean(np.asarray(predictions.preds) == np.asarray(predictions.labels))) if total else 0.0
@@ -299,7 +301,7 @@ def worst_mistakes(predictions: Predictions, limit: int = MAX_MISTAKES) -> np.nd
     return wrong[order[:limit]]
 
 
-def _as_hwc(pixels: Any) -> np.ndarray:
+def as_hwc(pixels: Any) -> np.ndarray:
     """A dataset row's uint8 C×H×W pixels (tensor or array) as H×W×3, or H×W for one channel."""
     if hasattr(pixels, "detach"):
         pixels = pixels.detach().cpu().numpy()
@@ -318,7 +320,7 @@ def mistakes_figure(
     chosen = worst_mistakes(predictions)
     total_wrong = int((np.asarray(predictions.preds) != np.asarray(predictions.labels)).sum())
     if len(chosen) == 0:
-        fig = _figure(6, 2.5)
+        fig = new_figure(6, 2.5)
         ax = fig.subplots()
         ax.axis("off")
         ax.text(
@@ -329,14 +331,14 @@ def mistakes_figure(
     labels = class_labels(class_names) if labels is None else labels
     cols = min(4, len(chosen))
     rows = math.ceil(len(chosen) / cols)
-    fig = _figure(3.0 * cols, 3.3 * rows + 0.4)
+    fig = new_figure(3.0 * cols, 3.3 * rows + 0.4)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax in axes:
         ax.axis("off")
     for ax, index in zip(axes, chosen):
         # One row at a time: the eval set can be far bigger than memory.
         row = eval_dataset[int(index)]
-        image = _as_hwc(row["pixel_values"])
+        image = as_hwc(row["pixel_values"])
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
         true_name = labels.text[int(predictions.labels[index])]
         pred_name = labels.text[int(predictions.preds[index])]
@@ -392,7 +394,7 @@ def split_history(log_history: list[dict]) -> dict[str, list[tuple[float, float]
 def curves_figure(log_history: list[dict]):
     """Loss (train and validation) and validation accuracy against the epoch."""
     s = split_history(log_history or [])
-    fig = _figure(11, 4)
+    fig = new_figure(11, 4)
     loss_ax, acc_ax = fig.subplots(1, 2)
 
     def plot(ax, points, **style) -> None:

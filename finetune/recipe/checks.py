@@ -72,6 +72,11 @@ def validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) ->
         problems.append(
             f"{source}: set only one of 'data.samples_per_class' and 'data.max_train_samples'"
         )
+    if not 0 < d.duplicate_threshold <= 1:
+        problems.append(
+            f"{source}: 'data.duplicate_threshold' is a cosine similarity: use a number in (0, 1], e.g. 0.95, "
+            f"got {d.duplicate_threshold}"
+        )
     if not 0 <= d.max_bad_fraction <= 1:
         problems.append(f"{source}: 'data.max_bad_fraction' must be in [0, 1], got {d.max_bad_fraction}")
     scale = d.augment.crop_scale

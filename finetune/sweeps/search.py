@@ -41,7 +41,8 @@ logger = logging.getLogger("finetune")
 DB = "search.db"
 STUDY_NAME = "finetune-search"
 _OURS = {DB, DB + "-journal", search_report.RESULTS, search_report.RESULTS + ".tmp", search_report.BEST_RECIPE,
-         search_report.BEST_RECIPE + ".tmp", search_report.HISTORY_PNG, search_report.IMPORTANCE_PNG, "trials", "final"}
+         search_report.BEST_RECIPE + ".tmp", search_report.HISTORY_PNG, search_report.IMPORTANCE_PNG, "trials", "final",
+         "inspect"}  # finetune inspect's report on the recipe's data
 
 
 class SearchError(UserError):
@@ -121,12 +122,14 @@ def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dim
     from optuna.trial import TrialState
 
     from finetune.training.output_dir import OutputLock, check_output_path, recipe_differences
+    from finetune.training.run_files import MANIFEST
 
     check_output_path(out)
     if out.is_dir():
+        # The manifest: finetune inspect's, naming its report.
         foreign = sorted(
             p.name for p in out.iterdir()
-            if p.name not in _OURS and not p.name.startswith(".finetune.lock") and not is_temporary(p.name)
+            if p.name not in _OURS | {MANIFEST} and not p.name.startswith(".finetune.lock") and not is_temporary(p.name)
         )
         if foreign:
             raise SearchError(

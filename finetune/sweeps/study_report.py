@@ -166,7 +166,7 @@ def figure(recipe: Recipe, rows: list[dict[str, Any]]):
     categories = list(study.grid[x_key]) if x_key and not numeric else [""]
     panels = max(len(metrics), 1)
     per_row = min(panels, 3)
-    fig = plots._figure(4.6 * per_row, 3.8 * math.ceil(panels / per_row))
+    fig = plots.new_figure(4.6 * per_row, 3.8 * math.ceil(panels / per_row))
     axes = np.atleast_1d(fig.subplots(math.ceil(panels / per_row), per_row)).ravel()
     for ax, metric in zip(axes, metrics):
         for (label, points), text in zip(lines.items(), labels.text):
@@ -204,4 +204,4 @@ def write(out: Path, recipe: Recipe, rows: list[dict[str, Any]], total: int) -> 
     write_csv(out / "study.csv", rows)
     write_text(out / "study.md", markdown(recipe, rows, total))
     if rows:
-        plots._save(figure(recipe, rows), out / "study.png")
+        plots.save_figure(figure(recipe, rows), out / "study.png")

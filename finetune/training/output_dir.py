@@ -31,8 +31,9 @@ logger = logging.getLogger("finetune")
 #: LP-FT's probed head (:mod:`finetune.training.lp_ft`): kept between attempts of a recipe like
 #: the checkpoints, and removed with them by --overwrite.
 LP_HEAD = "lp_head.safetensors"
-#: What a run writes before training starts; a folder holding only these has nothing to lose.
-_BEFORE_TRAINING = {"recipe.json", "data_report.json"}
+#: What a run writes before training starts, and ``inspect/`` (finetune inspect's report on the
+#: recipe's data, which may come before any run); a folder holding only these has nothing to lose.
+_BEFORE_TRAINING = {"recipe.json", "data_report.json", run_files.INSPECT_FOLDER}
 
 
 class OutputDirError(UserError):
@@ -94,8 +95,8 @@ def _holds_this_recipe(out: Path, recipe: Recipe, overwrite: bool) -> bool:
     if not out.exists():
         return False
     found = run_files.survey(out)
-    if not found.foreign and {p for p in found.own if not run_files.is_scratch(p)} <= _BEFORE_TRAINING:
-        return False  # an earlier attempt stopped before training: nothing to keep
+    if _before_training(found) and not (overwrite and found.foreign):
+        return False  # an earlier attempt stopped before training, or only inspect ran: nothing to keep
     previous = out / "recipe.json"
     is_run = found.manifest or previous.is_file()
     if found.foreign and (overwrite or not is_run):
@@ -137,6 +138,13 @@ def _holds_this_recipe(out: Path, recipe: Recipe, overwrite: bool) -> bool:
             "command again"
         )
     return True
+
+
+def _before_training(found: run_files.Survey) -> bool:
+    """Whether the folder holds only what comes before training: the files a run writes then,
+    inspect's report (which a fresh run keeps), and the user's files put into that report's folder."""
+    own = {p.partition("/")[0] for p in found.own if not run_files.is_scratch(p)}
+    return own <= _BEFORE_TRAINING and all(p.startswith(run_files.INSPECT_FOLDER + "/") for p in found.foreign)
 
 
 def check_output_path(out: Path) -> None:

@@ -6,7 +6,7 @@ added *before* it is written, by appending one line with ``O_APPEND``: a kill at
 leaves every file that exists listed (a listed name that was never written costs nothing),
 at most the last line cut off (skipped when read), and two readers writing reports at once
 (they share the folder's lock) cannot lose each other's lines. A folder listed is the run's
-whole, with all that is in it.
+whole, with all that is in it, but for ``finetune inspect``'s, where only the report's files are.
 
 A folder written by a version before the manifest counts as a run when it holds
 ``recipe.json``; then finetune's own file names are the run's, and the
@@ -51,6 +51,14 @@ KNOWN_FILES = frozenset({
 })
 #: What an eval report folder (``eval-*/``) holds.
 REPORT_FILES = frozenset({"eval_report.json", "confusion_matrix.png", "misclassified.png", "training_curves.png"})
+#: ``finetune inspect``'s report folder, and the files it writes there. Recorded whole when
+#: inspect makes it, yet a file of another name put into it stays the user's (a reviewed list,
+#: notes): ``--overwrite`` then refuses rather than take it with the report.
+INSPECT_FOLDER = "inspect"
+INSPECT_FILES = re.compile(
+    r"^(report\.md|summary\.json|label_issues\.csv|duplicates\.csv|outliers\.csv|class_balance\.csv|"
+    r"label_issues_[A-Za-z0-9_-]+\.png|duplicates\.png|outliers\.png|class_balance\.png|similarity\.png)$"
+)
 _CHECKPOINT = re.compile(r"^checkpoint-\d+$")
 _SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 #: What ``finetune export`` leaves when killed mid-way (its folder is made under this name, then renamed).
@@ -168,13 +176,19 @@ def _legacy_own(path: Path) -> bool:
         return all(p.name.startswith("events.out.tfevents.") for p in path.rglob("*") if not p.is_dir())
     if name == "onnx":
         return (path / "export_report.json").is_file()
+    if name == INSPECT_FOLDER:  # inspect writes into a run without a manifest as a reader does
+        return _only_reports(path, _inspect_file)
     return name.startswith("eval-") and _only_reports(path)
 
 
-def _only_reports(folder: Path) -> bool:
+def _inspect_file(name: str) -> bool:
+    return INSPECT_FILES.match(name) is not None
+
+
+def _only_reports(folder: Path, report_file=REPORT_FILES.__contains__) -> bool:
     try:
         return all(
-            (p.name in REPORT_FILES or is_temporary(p.name)) and not p.is_symlink() and p.is_file()
+            (report_file(p.name) or is_temporary(p.name)) and not p.is_symlink() and p.is_file()
             for p in folder.iterdir()
         )
     except OSError:
@@ -233,6 +247,14 @@ def survey(out: Path) -> Survey:
 def _sort(path: Path, rel: str, listed: set[str], result: Survey) -> None:
     parent = rel.rpartition("/")[0]
     siblings = {e.rpartition("/")[2] for e in listed if e.rpartition("/")[0] == parent}
+    if rel == INSPECT_FOLDER and rel in listed and path.is_dir() and not path.is_symlink():
+        if not _only_reports(path, _inspect_file):  # the report's files are its own, the rest the user's
+            for child in sorted(path.iterdir()):
+                mine = (_inspect_file(child.name) or is_temporary(child.name)) and not child.is_dir()
+                (result.own if mine else result.foreign).append(f"{rel}/{child.name}")
+                if mine and child.is_symlink():
+                    result.links.append(f"{rel}/{child.name}")
+            return
     if rel in listed or _scratch(path.name, siblings):
         result.own.append(rel)
         if path.is_symlink():

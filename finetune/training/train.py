@@ -43,7 +43,7 @@ from finetune.training.output_dir import (
     disk_full_is_a_user_error,
     what_a_rerun_does,
 )
-from finetune.training.prepared_data import Prepared, check_prepared, prepare_data
+from finetune.training.prepared_data import Prepared, check_prepared, drop_leaked_eval, prepare_data
 from finetune.training.run_files import CheckpointFilesCallback, record
 from finetune.training.run_state import Run
 from finetune.training.shared import SharedWork
@@ -239,6 +239,11 @@ def _build(run: Run) -> Run:
         record(run.out, "data_report.json")
         write_json(run.out / "data_report.json", prepared.data_report)
     check_prepared(prepared, recipe.data)
+    if recipe.data.leaked_eval == "drop" and not run.for_trial:
+        # Before the eval sets and the model: this loads the pretrained backbone by itself.
+        prepared = drop_leaked_eval(prepared, recipe, processor, args)
+        if run.main:
+            write_json(run.out / "data_report.json", prepared.data_report)
     splits = prepared.splits
     if recipe.data.eval_sets and not run.for_trial:
         # Before training: a set with a class the model lacks, or unreadable, stops the run now.

@@ -41,3 +41,28 @@ def test_the_table_follows_the_database_whatever_a_kill_left(tmp_path: Path) -> 
     finished = resumed.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     assert _csv(out) == [(str(t.number), t.state.name.lower()) for t in finished]
     assert [state for _, state in _csv(out)] == ["complete", "complete", "fail"]  # the cut-off one, to be redone
+
+
+def test_a_folder_holding_finetune_inspects_report_takes_a_search(tmp_path: Path) -> None:
+    """inspect's report and the manifest that names it are finetune's; a file of the user's is not."""
+    import pytest
+
+    from finetune.training import run_files
+
+    out = tmp_path / "out"
+    out.mkdir()
+    run_files.record(out, "inspect")
+    (out / "inspect").mkdir()
+    (out / "inspect" / "summary.json").write_text("{}")
+    recipe = recipe_from_dict({
+        "description": "d", "model": {"name_or_path": "m/m"}, "data": {"dataset": "d/d"}, "output_dir": str(out),
+        "search": {"training.learning_rate": {"log_uniform": [1e-5, 1e-2]}},
+    })
+    options = search.Options(trials=4, final=False)
+    dimensions = search.check(recipe, options, "r.json")
+    metric, direction = search.objective(recipe)
+    lock, _ = search._open_study(out, recipe, options, direction, dimensions, metric)
+    lock.release()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(search.SearchError, match=r"not a finetune search \(notes.txt\)"):
+        search._open_study(out, recipe, options, direction, dimensions, metric)

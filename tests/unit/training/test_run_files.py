@@ -227,3 +227,82 @@ def test_an_earlier_versions_run_gets_a_manifest_when_claimed(tmp_path: Path) ->
         "README.md", "all_results.json", "checkpoint-2", "config.json", "eval-other-test", "model.safetensors",
         "recipe.json",
     }
+
+
+# ------------------------------------------------------------------ finetune inspect's report
+
+
+def _report(out: Path, record: bool = True) -> None:
+    """``inspect/`` as finetune inspect leaves it (``record``: listed in the manifest first)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if record:
+        run_files.record(out, "inspect")
+    (out / "inspect").mkdir()
+    for name in ("report.md", "summary.json", "label_issues.csv", "label_issues_train.png"):
+        (out / "inspect" / name).write_text(name)
+
+
+def test_the_report_is_finetunes_and_a_users_file_in_it_stays_the_users(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _a_run(out)
+    _report(out)
+    assert "inspect" in run_files.survey(out).own and not run_files.survey(out).foreign
+    (out / "inspect" / "reviewed.csv").write_text("mine")
+    (out / "inspect" / ".report.md.abcd1234.tmp").write_text("a write a kill cut off")
+    found = run_files.survey(out)
+    assert found.foreign == ["inspect/reviewed.csv"]
+    assert {p for p in found.own if p.startswith("inspect")} == {
+        "inspect/.report.md.abcd1234.tmp", "inspect/label_issues.csv", "inspect/label_issues_train.png",
+        "inspect/report.md", "inspect/summary.json",
+    }
+    before = _tree(out)
+    with pytest.raises(OutputDirError, match=r"did not make \(inspect/reviewed.csv\) beside a finetune run"):
+        claim_output_dir(_recipe(out, learning_rate=0.5), overwrite=True)
+    assert _tree(out) == before
+    assert check_output_dir(_recipe(out), overwrite=False) == str(out / "checkpoint-2")  # the same recipe goes on
+    (out / "inspect" / "reviewed.csv").unlink()
+    lock, _ = claim_output_dir(_recipe(out, learning_rate=0.5), overwrite=True)
+    lock.release()
+    assert not (out / "inspect").exists() and run_files.recorded(out) == set()
+
+
+def test_a_folder_with_only_the_report_starts_afresh_and_keeps_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _report(out)
+    assert check_output_dir(_recipe(out), overwrite=False) is None
+    lock, resume = claim_output_dir(_recipe(out), overwrite=False)
+    lock.release()
+    assert resume is None and (out / "inspect" / "summary.json").is_file()
+    run_files.record(out, "recipe.json", "checkpoint-2")  # the run goes on writing into the same manifest
+    (out / "recipe.json").write_text(json.dumps(_recipe(out).to_dict()))
+    _checkpoint(out, 2)
+    assert run_files.recorded(out) == {"inspect", "recipe.json", "checkpoint-2"}
+    assert check_output_dir(_recipe(out), overwrite=False) == str(out / "checkpoint-2")
+    lock, _ = claim_output_dir(_recipe(out, learning_rate=0.5), overwrite=True)
+    lock.release()
+    assert {p.name for p in out.iterdir()} <= {LOCK_NAME, run_files.MANIFEST}
+
+
+def test_a_users_file_in_the_report_of_a_folder_without_a_run(tmp_path: Path) -> None:
+    """A fresh run keeps it beside the report; --overwrite refuses rather than remove anything."""
+    out = tmp_path / "out"
+    _report(out)
+    (out / "inspect" / "reviewed.csv").write_text("mine")
+    assert check_output_dir(_recipe(out), overwrite=False) is None
+    before = _tree(out)
+    with pytest.raises(OutputDirError, match=r"did not make \(inspect/reviewed.csv\)"):
+        claim_output_dir(_recipe(out), overwrite=True)
+    assert _tree(out) == before
+
+
+def test_an_inspect_folder_finetune_did_not_make_is_the_users(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _a_run(out)
+    _report(out, record=False)  # not in the manifest: the user's, whatever is in it
+    assert "inspect" in run_files.survey(out).foreign
+    old = tmp_path / "old"
+    _a_run(old, manifest=False)
+    _report(old, record=False)  # a run without a manifest: the report's names make it finetune's
+    assert "inspect" in run_files.survey(old).own
+    (old / "inspect" / "reviewed.csv").write_text("mine")
+    assert "inspect" in run_files.survey(old).foreign
