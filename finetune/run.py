@@ -11,6 +11,7 @@ module each):
     finetune study R.json [--grid KEY=V1,V2,...] [--seeds K] [--scratch] [--set KEY=VALUE ...]
     finetune search R.json --trials N [--timeout S] [--sampler tpe|random|grid] [--no-final]
     finetune export OUTPUT_DIR [--quantize int8] [--opset N] [--out DIR]
+    finetune cache list | remove --run OUTPUT_DIR | --older-than DAYS | --orphaned | --all [--dry-run]
 
 The command line is the top of the import graph: it imports the steps, and no module
 imports it (the layers are declared in pyproject.toml and checked by import-linter).

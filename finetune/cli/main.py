@@ -22,6 +22,8 @@ COMMANDS = {
     "study": "study",
     "search": "search",
     "export": "export",
+    "cache": "cache",
+    "inspect": "inspect",
 }
 
 

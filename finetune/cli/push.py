@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from finetune.publish.hub import PushError, check_folder, check_repo_id, has_token, push, read_run_recipe
+from finetune.publish.hub import (
+    PushError,
+    check_folder,
+    check_repo_id,
+    has_token,
+    public_warning,
+    push,
+    read_run_recipe,
+)
 from finetune.utils.errors import report
 
 HELP = "upload an output folder to the Hugging Face Hub"
@@ -17,9 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     visibility = parser.add_mutually_exclusive_group()
     visibility.add_argument(
         "--private", dest="private", action="store_const", const=True, default=None,
-        help="create the repo private (the default, unless recipe.json says hub.private false)",
+        help="create the repo private (the default, unless recipe.json says hub.private false); "
+        "a repo that is public on the Hub is refused",
     )
-    visibility.add_argument("--public", dest="private", action="store_const", const=False, help="create the repo public")
+    visibility.add_argument(
+        "--public", dest="private", action="store_const", const=False,
+        help="create the repo public, or push into one that is public (warns first, naming what goes up)",
+    )
     parser.add_argument("--revision", default=None, help="push to this branch, created if needed (default: main)")
     parser.add_argument(
         "--dry-run", action="store_true",
@@ -45,14 +57,22 @@ def run(args: argparse.Namespace) -> int:
         )
         for name in plan.files:
             print(f"  {name}")
+        if plan.replaced:
+            print(f"local paths: {plan.describe_replaced()}: {', '.join(plan.local_paths)}")
+        if not private:
+            print(f"warning: {public_warning(plan, repo_id, new=None)}")
         print(
             f"card ok: metadata parses, model-index has the {plan.num_results} result(s) of eval_results.json; "
             f"token: {'configured' if has_token() else 'none found (set HF_TOKEN or run `hf auth login`)'}; "
             "nothing was uploaded"
         )
         return 0
+    from finetune.training.readers import reading
+
     try:
-        url = push(out, repo_id, private=private, revision=revision)
+        # While a run rewrites the folder, the weights and the card could go up from two runs.
+        with reading(out, PushError):
+            url = push(out, repo_id, private=private, revision=revision)
     except PushError as err:
         return report(str(err))
     print(f"pushed {out} to {url}")

@@ -13,16 +13,22 @@ The path, a module per step:
    rotation first, any mode to RGB, bad files set aside, not fatal: ``finetune.utils.images``), or keeps
    it at its own size when a split's images all share one smaller size;
    fingerprinted so a re-run reuses the cache; channels-last for a split that is randomly
-   cropped. ``rows.FastRows`` gathers a batch from the memory-mapped cache in one copy per
+   cropped. ``decode_plan``: its workers, batches and memory budget, and the pieces a
+   stopped run keeps; ``cache_store``: the index of decode caches that ``finetune cache``
+   lists and removes. ``rows.FastRows`` gathers a batch from the memory-mapped cache in one copy per
    image.
 5. ``transforms.BatchTransform``: the processor's resize for splits stored small
    (``resize.ProcessorResize``), augmentation (crop, flip, an automatic policy, random
    erasing) and normalisation of whole batches on the training device with
    ``torchvision.transforms.v2`` — no per-image PIL work in the training loop.
 
+Beside the path, ``signatures.signatures``: each decoded image's pixel hash and thumbnail,
+for finding duplicates.
+
 Everything the other steps use is importable from here (``from finetune import data``).
 """
 
+from finetune.data.cache_store import Owner as CacheOwner
 from finetune.data.columns import column, encode_labels, find_columns, map_to_model_classes
 from finetune.data.decode import (
     HWC_COLUMN,
@@ -36,7 +42,8 @@ from finetune.data.decode import (
     processor_normalization,
 )
 from finetune.data.resize import ProcessorResize
-from finetune.data.rows import FastRows, RowBatch, collate
+from finetune.data.rows import FastRows, RowBatch, collate, image_sources, split_rows
+from finetune.data.signatures import Signatures, signatures
 from finetune.data.sources import IMAGE_EXTENSIONS, DataError, count_junk, load_raw
 from finetune.data.splits import Splits, balanced_sample, empty_class_reason, make_splits, stratified_sample
 from finetune.data.transforms import BatchTransform
@@ -44,6 +51,7 @@ from finetune.utils.images import JUNK_DIRS, JUNK_FILES, image_source, is_junk, 
 
 __all__ = [
     "BatchTransform",
+    "CacheOwner",
     "DataError",
     "Decoded",
     "Decoder",
@@ -54,6 +62,7 @@ __all__ = [
     "JUNK_FILES",
     "ProcessorResize",
     "RowBatch",
+    "Signatures",
     "SizeChanged",
     "Splits",
     "balanced_sample",
@@ -66,6 +75,7 @@ __all__ = [
     "find_columns",
     "image_size",
     "image_source",
+    "image_sources",
     "is_junk",
     "load_raw",
     "make_splits",
@@ -74,6 +84,8 @@ __all__ = [
     "output_size",
     "pixel_column",
     "processor_normalization",
+    "signatures",
+    "split_rows",
     "stratified_sample",
     "to_rgb",
 ]

@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from finetune.data import cache_store, decode_plan
+from finetune.data.cache_store import Owner
+from finetune.data.decode_plan import PROCESSOR_COPIES
 from finetune.data.resize import ProcessorResize, before_to_tensor
 from finetune.utils import compat
 from finetune.utils.errors import first_line
@@ -90,6 +93,9 @@ class Decoder:
         self.way = "uint8" if self._uint8_matches() else "float"
         #: (height, width) of the processor's output: the model's input size.
         self.model_size = output_size(processor, self)
+        #: Decoded bytes held before the images so far go through the processor (None: a
+        #: batch at once); see :mod:`finetune.data.decode_plan`.
+        self.hold_bytes: int | None = None
         self._pid = os.getpid()
 
     def pixels(self, images: list) -> torch.Tensor:
@@ -132,29 +138,41 @@ class Decoder:
             # inside the processor, datasets 5.2 / torch 2.14). One thread per worker also
             # keeps num_proc workers from oversubscribing the cores.
             torch.set_num_threads(1)
-        good, bad_reason = [], []
-        for value in batch[self.image_column]:
+        values = batch[self.image_column]
+        out_pixels: list = [None] * len(values)
+        bad_reason = [""] * len(values)
+        # Decoded images wait here, with their rows, until they go through the processor
+        # together: all of the batch at once, or, should that hold more than hold_bytes
+        # (large photos), the ones so far. The processor treats each image alone, so the
+        # bytes are the same either way.
+        waiting: list = []
+        held = 0
+        for row, value in enumerate(values):
             try:
-                good.append(to_rgb(open_image(value)))
-                bad_reason.append("")
+                image = to_rgb(open_image(value))
             except Exception as err:  # noqa: BLE001 - every decode failure is reported, none is fatal here
-                good.append(None)
-                bad_reason.append(f"{type(err).__name__}: {first_line(err)}")
-        ok = [im for im in good if im is not None]
-        pixels = self._stored(ok) if ok else None
-        out_pixels, j = [], 0
-        for im in good:
-            if im is None:
-                out_pixels.append(None)
-            else:
-                out_pixels.append(pixels[j])
-                j += 1
+                bad_reason[row] = f"{type(err).__name__}: {first_line(err)}"
+                continue
+            size = 3 * image.width * image.height
+            if waiting and self.hold_bytes is not None and held + size > self.hold_bytes / PROCESSOR_COPIES:
+                self._store(waiting, out_pixels)
+                waiting, held = [], 0
+            waiting.append((row, image))
+            held += size
+        if waiting:
+            self._store(waiting, out_pixels)
         return {
             self.column: out_pixels,
             "labels": batch[self.label_column],
             "bad_reason": bad_reason,
             "source": [image_source(v) for v in batch[self.image_column]],
         }
+
+    def _store(self, waiting: list, out_pixels: list) -> None:
+        """The stored bytes of the ``waiting`` (row, image) pairs, into their rows of ``out_pixels``."""
+        pixels = self._stored([image for _, image in waiting])
+        for k, (row, _) in enumerate(waiting):
+            out_pixels[row] = pixels[k]
 
     def _stored(self, images: list) -> np.ndarray:
         """The bytes stored for ``images``: N×3×H×W, or N×H×(W×3) channels-last."""
@@ -195,29 +213,34 @@ def output_size(processor, decoder: Decoder | None = None) -> tuple[int, int]:
 SIZE_SAMPLES = 256
 
 
-def sampled_small_size(dataset, image_column: str, limit: tuple[int, int]) -> tuple[int, int] | None:
-    """The (height, width) that :data:`SIZE_SAMPLES` images spread over the split share, when it
-    holds fewer pixels than ``limit``; else None. Headers only, so it is quick: a full scan
-    of a large split (CIFAR-10's 50,000 images) would cost every run seconds, cache or not.
-    An image of another size that the sample missed is caught by the decode pass
-    (:class:`SizeChanged`)."""
+def sampled_sizes(dataset, image_column: str) -> list[tuple[int, int]]:
+    """(height, width) of up to :data:`SIZE_SAMPLES` images spread over the split, from their
+    headers alone (a full scan of a large split, CIFAR-10's 50,000 images, would cost every
+    run seconds, cache or not); unreadable files are left out (the decode pass sets them aside)."""
     n = len(dataset)
     if n == 0:
-        return None
+        return []
     rows = sorted({int(i) for i in np.linspace(0, n - 1, min(n, SIZE_SAMPLES))})
-    size = None
+    sizes = []
     for value in dataset.select(rows).select_columns([image_column])[image_column]:
         try:
-            this = upright_size(value)
+            sizes.append(upright_size(value))
         except Exception:  # noqa: BLE001 - the decode pass sets unreadable files aside
             continue
-        if size is None:
-            if this[0] * this[1] >= limit[0] * limit[1]:
-                return None
-            size = this
-        elif this != size:
-            return None
-    return size
+    return sizes
+
+
+def sampled_small_size(
+    dataset, image_column: str, limit: tuple[int, int], sizes: list[tuple[int, int]] | None = None
+) -> tuple[int, int] | None:
+    """The (height, width) that the sampled images (:func:`sampled_sizes`, or ``sizes`` when
+    given) share, when it holds fewer pixels than ``limit``; else None. An image of another
+    size that the sample missed is caught by the decode pass (:class:`SizeChanged`)."""
+    sizes = sampled_sizes(dataset, image_column) if sizes is None else sizes
+    if not sizes or len(set(sizes)) > 1:
+        return None
+    (h, w), = set(sizes)
+    return (h, w) if h * w < limit[0] * limit[1] else None
 
 
 @dataclass
@@ -234,6 +257,7 @@ def decode(
     num_proc: int | None,
     desc: str,
     channels_last: bool = False,
+    owner: Owner | None = None,
 ) -> Decoded:
     """Decode, fix and (when larger than the model's input) resize every image once: a
     fingerprinted, cached ``datasets.map``.
@@ -257,6 +281,13 @@ def decode(
     will be randomly cropped: torch's uint8 antialiased resize works on channels-last
     pixels, and given the usual layout it repacks its input and output, which costs more
     than the resize itself.
+
+    How the pass runs (:mod:`finetune.data.decode_plan`, from the sampled headers): its
+    workers (``num_proc``; None: automatic), batches and the decoded bytes each worker holds
+    within a fixed memory budget, and the pieces it is mapped in, each cached as it
+    finishes, so that a stopped run keeps what was decoded. ``owner``: the data set and run
+    the split is decoded for, noted in the index of decode caches
+    (:mod:`finetune.data.cache_store`, which ``finetune cache`` lists and removes).
     """
     from datasets import Image
 
@@ -266,14 +297,22 @@ def decode(
     if isinstance(dataset.features[image_column], Image):
         dataset = dataset.cast_column(image_column, Image(decode=False))
     decoder = Decoder(processor, image_column, label_column, channels_last)
-    small = sampled_small_size(dataset, image_column, decoder.model_size)
+    sizes = sampled_sizes(dataset, image_column)
+    small = sampled_small_size(dataset, image_column, decoder.model_size, sizes)
     if small is not None and ProcessorResize(processor).matches(small, decoder.pixels):
         decoder.small_size = small
+    plan = decode_plan.plan(sizes, len(dataset), num_proc, chunked=bool(dataset.cache_files))
+    decoder.hold_bytes = plan.hold_bytes
+    logger.info("data: %s: %d images, %s", desc, len(dataset), plan.describe())
+    entry = _entry(dataset, decoder, processor, plan, desc, owner)
     try:
-        mapped = _map(dataset, decoder, processor, num_proc, desc)
+        mapped = _map(dataset, decoder, processor, plan, desc)
     except SizeChanged:  # an image of another size than the sample's: this split is stored at the model's size
+        if entry is not None:  # the pieces stored small so far: of no use to any run
+            cache_store.remove(entry)
         decoder.small_size = None
-        mapped = _map(dataset, decoder, processor, num_proc, desc)
+        _entry(dataset, decoder, processor, plan, desc, owner)
+        mapped = _map(dataset, decoder, processor, plan, desc)
     # Only the two small text columns are read here: a row read would also decode pixels.
     reasons = mapped["bad_reason"][:]
     bad_idx = [i for i, r in enumerate(reasons) if r]
@@ -290,18 +329,41 @@ def decode(
     return Decoded(mapped, bad)
 
 
-def _map(dataset, decoder: Decoder, processor, num_proc: int | None, desc: str):
-    from datasets import Array2D, Array3D, Features, Value
-
+def _fingerprints(dataset, decoder: Decoder, processor, plan: decode_plan.Plan) -> tuple[str, list[str]]:
+    """The cache's key for the split as ``decoder`` stores it, and the fingerprint of each
+    piece of ``plan`` (a split of one piece keeps the fingerprint it always had)."""
     small = decoder.small_size
-    fingerprint = hashlib.sha256(
-        "|".join(
-            [compat.dataset_fingerprint(dataset), processor.to_json_string(), decoder.image_column]
-            + [decoder.label_column, _DECODE_VERSION]
-            + (["hwc"] if decoder.channels_last else [])
-            + ([f"small{small[0]}x{small[1]}"] if small else [])
-        ).encode()
-    ).hexdigest()[:32]
+    base = "|".join(
+        [compat.dataset_fingerprint(dataset), processor.to_json_string(), decoder.image_column]
+        + [decoder.label_column, _DECODE_VERSION]
+        + (["hwc"] if decoder.channels_last else [])
+        + ([f"small{small[0]}x{small[1]}"] if small else [])
+    )
+    key = hashlib.sha256(base.encode()).hexdigest()[:32]
+    if plan.pieces == [(0, len(dataset))]:
+        return key, [key]
+    return key, [hashlib.sha256(f"{base}|piece{a}-{b}".encode()).hexdigest()[:32] for a, b in plan.pieces]
+
+
+def _entry(dataset, decoder: Decoder, processor, plan: decode_plan.Plan, desc: str, owner: Owner | None):
+    """The split's entry in the index of decode caches (written now, when ``owner`` is given
+    and the split is cached in files), or None for an in-memory split."""
+    if not dataset.cache_files:
+        return None
+    key, fingerprints = _fingerprints(dataset, decoder, processor, plan)
+    folder = os.path.dirname(dataset.cache_files[0]["filename"])
+    if owner is not None:
+        problem = cache_store.record(key, folder, fingerprints, owner, desc.removeprefix("decoding "), len(dataset))
+        if problem is not None:
+            logger.warning("data: the index of decode caches could not be written (%s)", first_line(problem))
+    return cache_store.Entry(key, folder, fingerprints, owner.dataset if owner else "", desc.removeprefix("decoding "))
+
+
+def _map(dataset, decoder: Decoder, processor, plan: decode_plan.Plan, desc: str):
+    """The split through ``decoder``, a piece of ``plan`` at a time, each piece cached under a
+    fingerprint of its own (:func:`_fingerprints`)."""
+    from datasets import Array2D, Array3D, Features, Value, concatenate_datasets
+
     pixels = (Array2D if decoder.channels_last else Array3D)(shape=decoder.output_shape(), dtype="uint8")
     features = Features(
         {
@@ -311,18 +373,24 @@ def _map(dataset, decoder: Decoder, processor, num_proc: int | None, desc: str):
             "source": Value("string"),
         }
     )
-    if num_proc is None:
-        num_proc = min(os.cpu_count() or 1, 8) if len(dataset) >= 4000 else None
-    return dataset.map(
-        decoder,
-        batched=True,
-        batch_size=64,
-        remove_columns=dataset.column_names,
-        features=features,
-        num_proc=num_proc,
-        new_fingerprint=fingerprint,
-        desc=desc,
-    )
+    _, fingerprints = _fingerprints(dataset, decoder, processor, plan)
+    done = []
+    for (start, stop), fingerprint in zip(plan.pieces, fingerprints):
+        whole = (start, stop) == (0, len(dataset))
+        workers = min(plan.workers or 1, stop - start)
+        done.append(
+            (dataset if whole else dataset.select(range(start, stop))).map(
+                decoder,
+                batched=True,
+                batch_size=plan.batch_size,
+                remove_columns=dataset.column_names,
+                features=features,
+                num_proc=workers if workers > 1 else None,
+                new_fingerprint=fingerprint,
+                desc=desc if whole else f"{desc} ({start}-{stop} of {len(dataset)})",
+            )
+        )
+    return done[0] if len(done) == 1 else concatenate_datasets(done)
 
 
 def _log_cache(dataset, decoder: Decoder, desc: str) -> None:

@@ -138,3 +138,31 @@ def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     from transformers import default_data_collator
 
     return default_data_collator(rows)
+
+
+def split_rows(selected, decoded) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``decoded`` (``decode`` of ``selected``): its row in ``selected``, and
+    its row in the data set's split that ``selected`` takes rows of (as ``datasets`` numbers
+    them), for telling the user which image is meant.
+
+    ``decode`` maps ``selected`` row for row, then sets unreadable images aside with a
+    ``select``; ``selected`` is a split as loaded, or a ``select`` of its rows (the recipe's
+    sampling), whose table keeps the split's row order.
+    """
+    logical = compat.physical_rows(decoded)
+    logical = np.arange(len(decoded)) if logical is None else logical
+    original = compat.physical_rows(selected)
+    return logical, (logical if original is None else original[logical])
+
+
+def image_sources(selected, rows, image_column: str) -> list[str]:
+    """Where the images of ``selected``'s ``rows`` came from: a file's path, or
+    ``<embedded bytes>`` for an image stored in a data file."""
+    from datasets import Image
+
+    from finetune.utils.images import image_source
+
+    picked = selected.select([int(r) for r in rows]).select_columns([image_column])
+    if isinstance(picked.features[image_column], Image):
+        picked = picked.cast_column(image_column, Image(decode=False))
+    return [image_source(v) for v in picked[image_column][:]]

@@ -167,8 +167,21 @@ def export(
     overwrite: bool = False,
     command: str = "",
 ) -> tuple[dict[str, Any], Path]:
-    """Export the run in ``output_dir``; returns the report and the export folder."""
-    source = Path(output_dir)
+    """Export the run in ``output_dir``; returns the report and the export folder. Under the
+    run's lock, shared: refused while a run holds it (:mod:`finetune.training.readers`)."""
+    from finetune.training.readers import reading
+
+    with reading(output_dir, ExportError):
+        return _export(
+            Path(output_dir), out, quantize=quantize, opset=opset, calibration_data=calibration_data,
+            calibration_size=calibration_size, max_eval_images=max_eval_images, overwrite=overwrite, command=command,
+        )
+
+
+def _export(
+    source: Path, out: str | Path | None, *, quantize: str | None, opset: int, calibration_data: str | None,
+    calibration_size: int, max_eval_images: int | None, overwrite: bool, command: str,
+) -> tuple[dict[str, Any], Path]:
     target = Path(out) if out else source / "onnx"
     check_source(source)
     check_target(source, target, overwrite)
@@ -189,6 +202,12 @@ def export(
     check_images = images.check_batch()
     if not check_images:
         raise ExportError("none of the check images could be read; make the run's data set (or --calibration-data) readable")
+    if (source / "recipe.json").is_file():
+        from finetune.training import run_files
+
+        # Into the run's manifest before it is made (the folder it is first made in, under a
+        # temporary name, is recognised as finetune's by that name).
+        run_files.record_made(source, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:

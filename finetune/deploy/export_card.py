@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from finetune.utils.files import write_text
+
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
@@ -70,4 +72,4 @@ def render(result: dict[str, Any]) -> str:
 
 
 def write_card(path: Path, result: dict[str, Any]) -> None:
-    Path(path).write_text(render(result), encoding="utf-8")
+    write_text(Path(path), render(result))

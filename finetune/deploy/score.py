@@ -45,6 +45,16 @@ def default_report_dir(output_dir: Path, dataset: str, split: str) -> Path:
     return output_dir / f"eval-{slug(name, 'data')}-{slug(split, 'data')}"
 
 
+def _record(out: Path, target: Path) -> None:
+    """What the report adds inside a run's folder goes into the run's manifest before it is written."""
+    from finetune.training import run_files
+    from finetune.training.readers import run_folder
+
+    run = run_folder(out)
+    if run is not None:
+        run_files.record_made(run, target, sorted(run_files.REPORT_FILES))
+
+
 def _read_log_history(output_dir: Path) -> list[dict]:
     try:
         state = json.loads((output_dir / "trainer_state.json").read_text())
@@ -155,7 +165,17 @@ def onnx_scores(classifier, rows, image_col: str, label_col: str, batch_size: in
     return predictions, loss, _ExportedImages(classifier, rows, image_col, kept), bad
 
 
-def evaluate_saved(
+def evaluate_saved(output_dir: str | Path, dataset: str, split: str = "test", **options: Any) -> tuple[dict[str, Any], Path]:
+    """Score the saved (or exported) model on ``dataset[split]``; returns the report and where it
+    went. The options are ``_evaluate``'s. Under the run's lock, shared: refused while a run
+    holds it (:mod:`finetune.training.readers`)."""
+    from finetune.training.readers import reading
+
+    with reading(output_dir, InferenceError):
+        return _evaluate(output_dir, dataset, split, **options)
+
+
+def _evaluate(
     output_dir: str | Path,
     dataset: str,
     split: str = "test",
@@ -168,7 +188,6 @@ def evaluate_saved(
     report_dir: str | Path | None = None,
     int8: bool = False,
 ) -> tuple[dict[str, Any], Path]:
-    """Score the saved (or exported) model on ``dataset[split]``; returns the report and where it went."""
     from finetune import data
     from finetune.recipe import DataConfig
 
@@ -201,7 +220,9 @@ def evaluate_saved(
                 out, target, dataset, config, split, saved.class_names,
                 *onnx_scores(saved, rows, image_col, label_col, batch_size), model_file=saved.model_file.name,
             )
-        decoded = data.decode(rows, saved.processor, image_col, label_col, None, f"decoding {split}")
+        decoded = data.decode(
+            rows, saved.processor, image_col, label_col, None, f"decoding {split}", owner=data.CacheOwner(dataset, str(out))
+        )
     except data.DataError as err:
         raise InferenceError(_cli_message(err)) from None
     images = decoded.dataset
@@ -237,6 +258,7 @@ def _write_report(
     result.update({"loss": loss, "dataset": dataset, "config": config, "split": split, "model": str(out), "bad_files": bad})
     if model_file:
         result["runtime"] = f"ONNX Runtime ({model_file})"
+    _record(out, target)
     target.mkdir(parents=True, exist_ok=True)
     write_json(target / "eval_report.json", result)
     plots.write_plots(target, predictions, class_names, images, _read_log_history(out))

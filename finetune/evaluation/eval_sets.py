@@ -59,10 +59,12 @@ def prepare(
     processor,
     workers: int | None,
     max_bad_fraction: float,
+    run: str | None = None,
 ) -> dict[str, EvalSet]:
     """Load, class-map and decode every set; raises a one-line DataError naming the set's key
     (``data.eval_sets.NAME...``) for a missing split or column, a class the model lacks,
-    unlabelled images, or too many unreadable ones."""
+    unlabelled images, or too many unreadable ones. ``run``: the run folder the sets are
+    decoded for (noted in the index of decode caches)."""
     out: dict[str, EvalSet] = {}
     for name, cfg in sets.items():
         where = f"data.eval_sets.{name}"
@@ -79,7 +81,10 @@ def prepare(
             rows = raw[cfg.split]
             image_col, label_col = data.find_columns(rows, as_data)
             rows = data.map_to_model_classes(rows, label_col, class_names, f"{where} ('{cfg.dataset}' split '{cfg.split}')")
-            decoded = data.decode(rows, processor, image_col, label_col, workers, f"decoding eval set {name}")
+            decoded = data.decode(
+                rows, processor, image_col, label_col, workers, f"decoding eval set {name}",
+                owner=data.CacheOwner(cfg.dataset, run) if run is not None else None,
+            )
         except data.DataError as err:
             raise data.DataError(_keyed(str(err), where)) from None
         total = len(decoded.dataset) + len(decoded.bad)

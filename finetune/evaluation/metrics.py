@@ -29,6 +29,13 @@ MODULE_DIR = Path(__file__).parent / "evaluate_modules"
 TOP_K = 5
 #: The label of rows that are not scored (padding of a streamed evaluation).
 IGNORE_INDEX = -100
+#: Up to this many classes ``eval_report.json`` holds the full C×C confusion matrix (at 1,000
+#: a million counts, a few MB of JSON); above it the matrix is left out (``null``: at 20,000
+#: classes it would be 400 million counts, more memory than the run had) and
+#: ``top_confusions`` says what the model mixes up.
+MAX_MATRIX_CLASSES = 1000
+#: How many of the most frequent confusions ``eval_report.json`` lists.
+TOP_CONFUSIONS = 50
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,11 +138,34 @@ class MetricAccumulator:
         return out
 
 
+def top_confusions(p: Predictions, names: list[str], limit: int = TOP_CONFUSIONS) -> list[dict[str, Any]]:
+    """The ``limit`` most frequent mistakes as (true class, predicted class) pairs, most
+    frequent first (ties: by class index), each with its count and its share of the true
+    class's images. Counted from the mistakes alone, in memory linear in the images and
+    classes (never a C×C array)."""
+    n = len(names)
+    labels = np.asarray(p.labels, dtype=np.int64)
+    preds = np.asarray(p.preds, dtype=np.int64)
+    wrong = (labels >= 0) & (labels != preds)
+    pairs, counts = np.unique(labels[wrong] * n + preds[wrong], return_counts=True)
+    order = np.lexsort((pairs, -counts))[:limit]
+    support = np.bincount(labels[labels >= 0], minlength=n)
+    out = []
+    for pair, count in zip(pairs[order].tolist(), counts[order].tolist()):
+        true, predicted = divmod(pair, n)
+        out.append(
+            {"true": names[true], "predicted": names[predicted], "count": count, "share_of_true": count / support[true]}
+        )
+    return out
+
+
 def per_class_report(p: Predictions, names: list[str]) -> dict[str, Any]:
     """Per-class precision/recall/F1/support plus overall scores, for ``eval_report.json``.
 
     Every class has a row; the macro and weighted means leave out the classes with no
     image in the evaluated set, which ``absent_classes`` names (and one warning logs).
+    ``confusion_matrix`` is the C×C counts up to :data:`MAX_MATRIX_CLASSES` classes, else
+    None; ``top_confusions`` (:func:`top_confusions`) is there for any number of classes.
     """
     from sklearn.metrics import confusion_matrix
 
@@ -145,9 +175,16 @@ def per_class_report(p: Predictions, names: list[str]) -> dict[str, Any]:
     absent = [names[c] for c in classes if c not in set(present)]
     if absent:
         logger.warning(
-            "%d class(es) have no image in the evaluated set: %s; macro and weighted scores average over the "
+            "%d class(es) have no image in the evaluated set: %s%s; macro and weighted scores average over the "
             "%d class(es) present",
-            len(absent), ", ".join(absent), len(present),
+            len(absent), ", ".join(absent[:20]), f" and {len(absent) - 20} more (absent_classes in the report)"
+            if len(absent) > 20 else "", len(present),
+        )
+    if len(names) > MAX_MATRIX_CLASSES:
+        logger.info(
+            "report: %d classes, more than %d: eval_report.json lists the %d most frequent confusions "
+            "(top_confusions) instead of the full confusion matrix",
+            len(names), MAX_MATRIX_CLASSES, TOP_CONFUSIONS,
         )
     per: dict[str, list[float]] = {}
     for name in ("precision", "recall", "f1"):
@@ -175,7 +212,10 @@ def per_class_report(p: Predictions, names: list[str]) -> dict[str, Any]:
             }
             for c in classes
         },
-        "confusion_matrix": confusion_matrix(refs, preds, labels=classes).tolist(),
+        "confusion_matrix": (
+            confusion_matrix(refs, preds, labels=classes).tolist() if len(names) <= MAX_MATRIX_CLASSES else None
+        ),
+        "top_confusions": top_confusions(p, names),
     }
     if len(names) > TOP_K:
         report["top5_accuracy"] = load_metric("top_k_accuracy").compute(

@@ -2,8 +2,9 @@
 
 Drawn with matplotlib's object API (``Figure`` rendered by the Agg canvas) rather than
 ``pyplot``: no global backend switch, no figure registry that leaks memory across calls,
-and it works on machines without a display. Each PNG is written to a ``.tmp`` file and
-renamed, so a crash never leaves a half-written image that the card links to.
+and it works on machines without a display. Each PNG is written to a new temporary file and
+renamed (``finetune.utils.files.replacing``), so a crash never leaves a half-written image
+that the card links to.
 
 Class names are drawn in any script: when matplotlib's default font (DejaVu Sans) lacks
 some of their characters (Chinese, Japanese, Korean...), an installed font that has them
@@ -17,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from finetune.evaluation.metrics import Predictions
+from finetune.evaluation.metrics import Predictions, top_confusions
+from finetune.utils.files import replacing
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,13 @@ logger = logging.getLogger(__name__)
 MAX_MISTAKES = 16
 #: Above this many classes the confusion matrix has no numbers in its cells (unreadable).
 MAX_ANNOTATED_CLASSES = 20
+#: Above this many classes ``confusion_matrix.png`` shows the most frequent confusions as bars
+#: instead of the matrix: at the picture's largest size a cell is then under a fifth of an
+#: inch and no class name can be read, and the matrix's memory and drawing time grow with
+#: the square of the classes.
+MAX_MATRIX_PICTURE_CLASSES = 200
+#: How many confusions that picture shows.
+PICTURED_CONFUSIONS = 30
 #: Class names longer than this are cut with "…" on axes and titles.
 MAX_NAME_CHARS = 24
 
@@ -56,17 +64,17 @@ def write_plots(
             "evaluate again",
             len(labels.by_index), shown, ", …" if len(labels.by_index) > 5 else "", install_hint(labels.missing),
         )
-    _save(confusion_figure(predictions, class_names, labels), out / "confusion_matrix.png")
-    _save(mistakes_figure(predictions, class_names, eval_dataset, labels), out / "misclassified.png")
-    _save(curves_figure(log_history), out / "training_curves.png")
+    save_figure(confusion_figure(predictions, class_names, labels), out / "confusion_matrix.png")
+    save_figure(mistakes_figure(predictions, class_names, eval_dataset, labels), out / "misclassified.png")
+    save_figure(curves_figure(log_history), out / "training_curves.png")
 
 
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    # format= is needed because the temporary name does not end in .png; the constrained
+def save_figure(fig, path: Path) -> None:
+    """Write a figure as a PNG through a temporary file and a rename: never half an image."""
+    # format= is needed because a file object has no name to tell it by; the constrained
     # layout already fits the labels, so no bbox_inches="tight" (a second render).
-    fig.savefig(tmp, format="png", dpi=fig.dpi)
-    os.replace(tmp, path)
+    with replacing(path) as f:
+        fig.savefig(f, format="png", dpi=fig.dpi)
 
 
 def _short(name: str) -> str:
@@ -74,7 +82,8 @@ def _short(name: str) -> str:
     return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 1] + "…"
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib ``Figure`` of width × height inches, laid out to fit its labels (no pyplot)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
@@ -207,9 +216,12 @@ def confusion_counts(predictions: Predictions, num_classes: int) -> np.ndarray:
 
 def confusion_figure(predictions: Predictions, class_names: list[str], labels: ClassLabels | None = None):
     """Rows normalised to recall (so small and big classes share one colour scale); the
-    counts are written in the cells while there are few enough classes to read them."""
+    counts are written in the cells while there are few enough classes to read them.
+    Above :data:`MAX_MATRIX_PICTURE_CLASSES` classes, :func:`top_confusions_figure` instead."""
     labels = class_labels(class_names) if labels is None else labels
     n = len(class_names)
+    if n > MAX_MATRIX_PICTURE_CLASSES:
+        return top_confusions_figure(predictions, class_names, labels)
     counts = confusion_counts(predictions, n)
     support = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, support, out=np.zeros(counts.shape, dtype=float), where=support > 0)
@@ -217,7 +229,7 @@ def confusion_figure(predictions: Predictions, class_names: list[str], labels: C
     # label sets still give a PNG of a few megapixels.
     side = float(min(max(5.0, 1.5 + 0.28 * n), 40.0))
     tick_size = float(np.clip(220.0 / max(n, 1), 5.0, 10.0))
-    fig = _figure(side + 1.2, side)
+    fig = new_figure(side + 1.2, side)
     ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="share of the true class (row)")
@@ -241,6 +253,42 @@ def confusion_figure(predictions: Predictions, class_names: list[str], labels: C
     return fig
 
 
+def top_confusions_figure(predictions: Predictions, class_names: list[str], labels: ClassLabels | None = None):
+    """The most frequent (true → predicted) mistakes as horizontal bars, each with its count
+    and its share of the true class: what the confusion matrix of many classes would show
+    in its brightest off-diagonal cells. Its size does not grow with the classes."""
+    labels = class_labels(class_names) if labels is None else labels
+    index = {name: i for i, name in enumerate(class_names)}
+    pairs = top_confusions(predictions, class_names, PICTURED_CONFUSIONS)
+    fig = new_figure(9.0, 1.6 + 0.3 * max(len(pairs), 3))
+    ax = fig.subplots()
+    total = len(predictions.labels)
+    accuracy = float(np.mean(np.asarray(predictions.preds) == np.asarray(predictions.labels))) if total else 0.0
+    ax.set_title(
+        f"Most frequent confusions: {len(class_names)} classes (too many for a matrix), "
+        f"{total} images, accuracy {accuracy:.3f}",
+        fontsize=10,
+    )
+    if not pairs:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No misclassified images", ha="center", va="center", fontsize=14)
+        return fig
+    names = [f"{labels.text[index[p['true']]]} → {labels.text[index[p['predicted']]]}" for p in pairs]
+    counts = [p["count"] for p in pairs]
+    rows = np.arange(len(pairs))
+    ax.barh(rows, counts, color="tab:blue")
+    ax.set_yticks(rows, names, fontsize=8, fontfamily=labels.family)
+    ax.invert_yaxis()  # the most frequent on top
+    for row, pair in zip(rows, pairs):
+        ax.text(pair["count"], row, f" {pair['count']} ({pair['share_of_true']:.0%} of the true class)",
+                va="center", fontsize=7)
+    ax.set_xlim(0, max(counts) * 1.35)
+    ax.set_xlabel("images (true → predicted)")
+    if labels.note:
+        fig.supxlabel(labels.note, fontsize=8)
+    return fig
+
+
 # ------------------------------------------------------------------------ mistakes
 
 
@@ -253,7 +301,7 @@ def worst_mistakes(predictions: Predictions, limit: int = MAX_MISTAKES) -> np.nd
     return wrong[order[:limit]]
 
 
-def _as_hwc(pixels: Any) -> np.ndarray:
+def as_hwc(pixels: Any) -> np.ndarray:
     """A dataset row's uint8 C×H×W pixels (tensor or array) as H×W×3, or H×W for one channel."""
     if hasattr(pixels, "detach"):
         pixels = pixels.detach().cpu().numpy()
@@ -272,7 +320,7 @@ def mistakes_figure(
     chosen = worst_mistakes(predictions)
     total_wrong = int((np.asarray(predictions.preds) != np.asarray(predictions.labels)).sum())
     if len(chosen) == 0:
-        fig = _figure(6, 2.5)
+        fig = new_figure(6, 2.5)
         ax = fig.subplots()
         ax.axis("off")
         ax.text(
@@ -283,14 +331,14 @@ def mistakes_figure(
     labels = class_labels(class_names) if labels is None else labels
     cols = min(4, len(chosen))
     rows = math.ceil(len(chosen) / cols)
-    fig = _figure(3.0 * cols, 3.3 * rows + 0.4)
+    fig = new_figure(3.0 * cols, 3.3 * rows + 0.4)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax in axes:
         ax.axis("off")
     for ax, index in zip(axes, chosen):
         # One row at a time: the eval set can be far bigger than memory.
         row = eval_dataset[int(index)]
-        image = _as_hwc(row["pixel_values"])
+        image = as_hwc(row["pixel_values"])
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
         true_name = labels.text[int(predictions.labels[index])]
         pred_name = labels.text[int(predictions.preds[index])]
@@ -346,7 +394,7 @@ def split_history(log_history: list[dict]) -> dict[str, list[tuple[float, float]
 def curves_figure(log_history: list[dict]):
     """Loss (train and validation) and validation accuracy against the epoch."""
     s = split_history(log_history or [])
-    fig = _figure(11, 4)
+    fig = new_figure(11, 4)
     loss_ax, acc_ax = fig.subplots(1, 2)
 
     def plot(ax, points, **style) -> None:

@@ -20,18 +20,10 @@ from pathlib import Path
 
 from finetune.recipe.builtins import PREFIX, SPECS, BuiltinError, is_builtin, model_problem
 from finetune.utils.files import current_umask, follow_umask
+from finetune.utils.locations import cache_root
 
 # Bump when the conversion changes, so stale caches are not reused.
 _FORMAT = "1"
-
-
-def cache_root() -> Path:
-    """Where converted models live: $FINETUNE_CACHE, else the HF cache's sibling folder."""
-    root = os.environ.get("FINETUNE_CACHE")
-    if root:
-        return Path(root)
-    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return Path(hf_home).parent / "finetune"
 
 
 def resolve_model(name: str, key: str = "model.name_or_path") -> str:

@@ -10,6 +10,7 @@ random (the no-pretraining baseline of a study).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -28,7 +29,57 @@ logger = logging.getLogger(__name__)
 
 
 def _load_kwargs(cfg: ModelConfig) -> dict:
-    return {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    """What every config, processor and model load of ``cfg`` passes to transformers."""
+    if not cfg.trust_remote_code:
+        return {"revision": cfg.revision, "trust_remote_code": False}
+    check_remote_code(cfg)
+    # transformers takes a repository's code from its moving main branch unless told
+    # otherwise: the pinned commit for the code too, not only for the weights.
+    return {"revision": cfg.revision, "trust_remote_code": True, "code_revision": cfg.revision}
+
+
+#: The files whose ``auto_map`` names the code a remote-code model runs.
+_CODE_MAPS = ("config.json", "preprocessor_config.json")
+
+
+def check_remote_code(cfg: ModelConfig) -> None:
+    """Refuse a model whose ``auto_map`` takes code from another repository
+    (``"other/repo--module.Class"``): its pinned ``model.revision`` would not cover that code,
+    which transformers loads from the other repository's moving main branch. Read as plain
+    JSON, before transformers sees the files (it would import the code while reading them)."""
+    path = model_path(cfg)
+    for name in _CODE_MAPS:
+        raw = _read_json(path, name, cfg.revision)
+        auto_map = raw.get("auto_map") if isinstance(raw, dict) else None
+        if not isinstance(auto_map, dict):
+            continue
+        for value in auto_map.values():
+            for ref in value if isinstance(value, list) else [value]:
+                if not isinstance(ref, str) or "--" not in ref:
+                    continue
+                repo = ref.split("--", 1)[0]
+                if os.path.isdir(path) or repo != cfg.name_or_path:
+                    raise ModelError(
+                        f"model.name_or_path: {name} of '{cfg.name_or_path}' takes its code from another repository "
+                        f"(auto_map '{ref}'), which the pinned model.revision does not cover; finetune does not run "
+                        "it: use a model whose code is in its own repository, pinned by model.revision"
+                    )
+
+
+def _read_json(path: str, name: str, revision: str | None) -> Any:
+    """``name`` of a local folder or a Hub repo at ``revision`` (from the cache when offline),
+    parsed; None when there is none or it does not parse (the loader then says why)."""
+    try:
+        if os.path.isdir(path):
+            file = os.path.join(path, name)
+        else:
+            from huggingface_hub import hf_hub_download
+
+            file = hf_hub_download(path, name, revision=revision)
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except Exception:  # noqa: BLE001 - missing, offline and not cached, unreadable: the loader reports it
+        return None
 
 
 def resolve_name(name: str, key: str, fix: str, error: type[Exception]) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from finetune.recipe import Recipe
 from finetune.recipe.builtins import is_builtin
 from finetune.recipe.metric_names import DISPLAY_NAMES, HUB_TYPES
+from finetune.utils.files import write_text
 from finetune.utils.locations import is_hub_id
 
 #: Inside the package, so that an installed wheel has it (the only copy: the repository's
@@ -234,6 +235,9 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         search=facts.search,
     )
     path = out / "README.md"
-    card.save(path)
+    # What ModelCard.save writes, through a new temporary file and a rename (never in place:
+    # a push reading the card meanwhile, or a link planted at its name, sees the whole old card
+    # or the whole new one).
+    write_text(path, str(card))
     return path
 

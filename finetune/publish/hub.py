@@ -1,13 +1,20 @@
 """Publishing to the Hugging Face Hub: `finetune push` and `hub.push` in recipes.
 
-What goes up is decided in one place (``UPLOAD_ALLOW`` / ``UPLOAD_IGNORE``) and filtered
-with huggingface_hub's own ``filter_repo_objects``, the function ``upload_folder`` uses, so
-``--dry-run`` lists exactly what a push uploads. Before anything is sent the folder is
+What goes up is decided in one place (``UPLOAD_ALLOW`` / ``UPLOAD_IGNORE``), filtered with
+huggingface_hub's own ``filter_repo_objects`` (as ``upload_folder`` filters), and sent as one
+commit of exactly those files, so ``--dry-run`` lists exactly what a push uploads. Before anything is sent the folder is
 checked (weights, config, a card whose metadata parses and whose model-index equals
 ``eval_results.json``), then one bounded request finds out whether the Hub can be reached
 with the token; only then are the repo, the branch and the commit made. Every failure is a
 ``PushError`` whose one-line message gives the command to retry with; the local folder is
 only read, never written.
+
+What goes public is said first: before a push makes anything public (a new public repo, or
+an existing one), one warning on the terminal names the files and that ``misclassified.png``
+shows images of the eval split; ``--private`` (``hub.private: true``) against a repo that is
+public on the Hub is refused rather than published into. ``recipe.json`` and the card go up
+with the absolute local paths in them (data, model, output folder) replaced by
+``<local>/NAME``, and the upload's log line says so; the local files stay as they are.
 
 The token comes from ``HF_TOKEN`` or ``hf auth login`` (``huggingface_hub.get_token``),
 never from a recipe or an option, and is never printed, logged or written.
@@ -18,8 +25,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +75,11 @@ UPLOAD_IGNORE = (
 )
 #: Files a pushed model cannot do without.
 REQUIRED = ("config.json", "README.md", "eval_results.json")
+#: What an absolute local path becomes in the uploaded recipe.json and card: ``<local>/NAME``.
+LOCAL = "<local>"
+#: Uploaded files that show images of the eval split, or its per-class results.
+EVAL_IMAGES = ("misclassified.png",)
+EVAL_RESULTS = ("confusion_matrix.png", "eval_report.json")
 
 
 class PushError(UserError, RuntimeError):
@@ -78,6 +93,67 @@ class Plan:
     folder: Path
     files: list[str]
     num_results: int
+    #: Uploaded files whose content goes up with local paths replaced: name → the bytes sent.
+    replaced: dict[str, bytes] = field(default_factory=dict)
+    #: The local paths replaced, as they were.
+    local_paths: list[str] = field(default_factory=list)
+
+    def describe_replaced(self) -> str:
+        """One clause for the log, or "" when nothing was replaced."""
+        if not self.replaced:
+            return ""
+        return (
+            f"{len(self.local_paths)} local path(s) replaced by {LOCAL}/NAME in the uploaded "
+            f"{' and '.join(sorted(self.replaced))} (the local files are unchanged)"
+        )
+
+
+# ------------------------------------------------------------------------ local paths
+
+
+def _is_local_path(value: str) -> bool:
+    """An absolute path of this machine (POSIX, ``~``, a Windows drive or share)."""
+    return "\n" not in value and (value.startswith(("/", "~", "\\\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", value)))
+
+
+def _public_name(path: str) -> str:
+    name = re.split(r"[\\/]", path.rstrip("/\\"))[-1]
+    return f"{LOCAL}/{name}" if name and name != "~" else LOCAL
+
+
+def scrub_recipe(recipe: Any, found: dict[str, str]) -> Any:
+    """``recipe`` with every absolute local path (data set, model, teacher, output folder...)
+    replaced by ``<local>/NAME``; ``found`` gets each path and what replaced it."""
+    if isinstance(recipe, dict):
+        return {k: scrub_recipe(v, found) for k, v in recipe.items()}
+    if isinstance(recipe, list):
+        return [scrub_recipe(v, found) for v in recipe]
+    if isinstance(recipe, str) and _is_local_path(recipe):
+        found[recipe] = _public_name(recipe)
+        return found[recipe]
+    return recipe
+
+
+def _scrubbed(out: Path) -> tuple[dict[str, bytes], list[str]]:
+    """The bytes that go up instead of recipe.json and README.md, when they hold local paths:
+    the recipe's paths, and the output folder's, wherever the card shows them."""
+    found: dict[str, str] = {}
+    recipe = read_run_recipe(out)
+    public = scrub_recipe(recipe, found)
+    for folder in {str(out.absolute()), str(out.resolve())}:
+        found.setdefault(folder, _public_name(folder))
+    replaced: dict[str, bytes] = {}
+    if public != recipe:
+        replaced["recipe.json"] = (json.dumps(public, indent=2) + "\n").encode("utf-8")
+    card = (out / "README.md").read_text(encoding="utf-8")
+    scrubbed = card
+    for path in sorted(found, key=len, reverse=True):  # the longest first: no path is cut in two
+        scrubbed = scrubbed.replace(path, found[path])
+    if scrubbed != card:
+        replaced["README.md"] = scrubbed.encode("utf-8")
+    in_recipe: dict[str, str] = {}
+    scrub_recipe(recipe, in_recipe)
+    return replaced, sorted(p for p in found if p in in_recipe or p in card)
 
 
 # ------------------------------------------------------------------------ local checks
@@ -157,7 +233,30 @@ def check_folder(out: Path) -> Plan:
             f"OUTPUT_DIR: '{out}' lacks {', '.join(missing)}; push the output_dir of a finished run "
             "(re-run the recipe to finish it)"
         )
-    return Plan(out, files, check_card(out))
+    num_results = check_card(out)
+    replaced, local_paths = _scrubbed(out)
+    return Plan(out, files, num_results, {k: v for k, v in replaced.items() if k in files}, local_paths)
+
+
+def public_warning(plan: Plan, repo_id: str, new: bool | None) -> str:
+    """What a push to a public repo makes public, in one line."""
+    shown = ", ".join(plan.files[:8]) + (f" and {len(plan.files) - 8} more" if len(plan.files) > 8 else "")
+    split = (read_run_recipe(plan.folder).get("data") or {}).get("eval_split") or "validation piece"
+    eval_images = [f for f in EVAL_IMAGES if f in plan.files]
+    eval_results = [f for f in EVAL_RESULTS if f in plan.files]
+    about = (f"; {' and '.join(eval_images)} shows images of the eval split ({split})" if eval_images else "") + (
+        f", and {', '.join(eval_results)} its per-class results" if eval_results else ""
+    )
+    return (
+        f"{repo_id} {'is PUBLIC' if new is False else 'will be a new PUBLIC repo' if new else 'will be PUBLIC'} on the "
+        "Hub: anyone can download the "
+        f"{len(plan.files)} files that go up ({shown}){about}; to keep them private, stop now and pass --private "
+        "(or set hub.private: true)"
+    )
+
+
+def _say(text: str) -> None:
+    print(f"finetune: {text}", file=sys.stderr, flush=True)
 
 
 def check_repo_id(repo_id: str | None) -> str:
@@ -233,9 +332,15 @@ def _preflight(endpoint: str, token: str) -> None:
         raise PushError("the token (from HF_TOKEN or `hf auth login`) is read-only; use a token with write access")
 
 
-def push(out: Path, repo_id: str, private: bool = True, revision: str | None = None) -> str:
+def push(
+    out: Path, repo_id: str, private: bool = True, revision: str | None = None, say: Callable[[str], None] = _say,
+) -> str:
     """Upload ``out`` to the model repo ``repo_id`` (created if needed; ``revision`` is a
-    branch, created from main if needed); returns the commit's URL. Raises PushError."""
+    branch, created from main if needed); returns the commit's URL. Raises PushError.
+
+    ``private``: a new repo is made private; an existing public one is refused rather than
+    published into. Before anything goes to a public repo, ``say`` gets one line (a warning)
+    saying what becomes public; and one saying which local paths the upload replaced."""
     out = Path(out)
     retry = retry_command(out, repo_id or "USER/NAME", private, revision)
 
@@ -264,26 +369,62 @@ def push(out: Path, repo_id: str, private: bool = True, revision: str | None = N
         _preflight(api.endpoint, token)
     except PushError as err:
         raise fail(str(err), token) from None
-    step = "creating the repo"
     try:
+        public = _is_public(api, repo_id)
+    except Exception as err:  # noqa: BLE001 - HTTP errors, network errors, ...
+        raise fail(f"looking up {repo_id} ({type(err).__name__}: {first_line(err)})", token) from None
+    if public and private:
+        raise PushError(
+            f"push to the Hub refused: {repo_id} is public on the Hub, and --private (or hub.private: true) asks for "
+            f"a private repo, so nothing was published into it; make it private on the Hub first (its Settings), "
+            f"or pass --public knowingly: {retry_command(out, repo_id, False, revision)}"
+        )
+    try:
+        if public or (public is None and not private):
+            say("warning: " + public_warning(plan, repo_id, new=public is None))
+        elif not private:  # (public is False) the Hub's setting stays: the push does not change it
+            say(f"note: {repo_id} is private on the Hub; --public does not change that (its Settings on the Hub do)")
+        step = "creating the repo"
         api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
         if revision:
             step = f"creating branch '{revision}'"
             api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
         step = "uploading"
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=out,
+        info = api.create_commit(
+            repo_id,
+            operations=_operations(plan),
+            commit_message=f"finetune: upload {out.name} ({len(plan.files)} files)",
+            commit_description=plan.describe_replaced() or None,
             repo_type="model",
             revision=revision,
-            # Copies: upload_folder appends its defaults to the list it is given.
-            allow_patterns=list(UPLOAD_ALLOW),
-            ignore_patterns=list(UPLOAD_IGNORE),
-            commit_message=f"finetune: upload {out.name} ({len(plan.files)} files)",
         )
     except Exception as err:  # noqa: BLE001 - HTTP errors, network errors, quota, ...
         raise fail(f"{step} in {repo_id} ({type(err).__name__}: {first_line(err)})", token) from None
+    if plan.replaced:
+        say(f"push: {plan.describe_replaced()}")
     return str(getattr(info, "commit_url", info))
+
+
+def _is_public(api, repo_id: str) -> bool | None:
+    """Whether the repo is public (None: there is none, or none this token can see)."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return not api.repo_info(repo_id, repo_type="model").private
+    except RepositoryNotFoundError:
+        return None
+
+
+def _operations(plan: Plan) -> list:
+    """One commit of exactly the planned files (``planned_files``: the patterns above, through
+    ``filter_repo_objects`` as ``upload_folder`` applies them), the scrubbed recipe and card
+    sent from memory."""
+    from huggingface_hub import CommitOperationAdd
+
+    return [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=plan.replaced.get(name, plan.folder / name))
+        for name in plan.files
+    ]
 
 
 # --------------------------------------------------------------------------------- CLI

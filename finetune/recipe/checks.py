@@ -18,6 +18,8 @@ from finetune.recipe.schema import (
     DataConfig,
     FINETUNE_TRAINING_KEYS,
     LORA_KEYS,
+    MAX_DECODE_WORKERS,
+    MAX_IMAGE_SIZE,
     RESERVED_EVAL_SET_NAMES,
     TRAINING_KEYS_ELSEWHERE,
     EvalSetConfig,
@@ -56,9 +58,25 @@ def validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) ->
         value = getattr(d, key)
         if value is not None and value < 1:
             problems.append(f"{source}: 'data.{key}' must be a positive integer or null, got {value}")
+    if d.image_size is not None and d.image_size > MAX_IMAGE_SIZE:
+        problems.append(
+            f"{source}: 'data.image_size' is at most {MAX_IMAGE_SIZE} (one image of {d.image_size} px would be "
+            f"{3 * d.image_size**2 / 1e9:.1f} GB decoded), got {d.image_size}; use the model's own size (null) or a smaller one"
+        )
+    workers = d.preprocessing_num_workers
+    if workers is not None and not 1 <= workers <= MAX_DECODE_WORKERS:
+        problems.append(
+            f"{source}: 'data.preprocessing_num_workers' must be from 1 to {MAX_DECODE_WORKERS} or null (automatic), "
+            f"got {workers}"
+        )
     if d.samples_per_class is not None and d.max_train_samples is not None:
         problems.append(
             f"{source}: set only one of 'data.samples_per_class' and 'data.max_train_samples'"
+        )
+    if not 0 < d.duplicate_threshold <= 1:
+        problems.append(
+            f"{source}: 'data.duplicate_threshold' is a cosine similarity: use a number in (0, 1], e.g. 0.95, "
+            f"got {d.duplicate_threshold}"
         )
     if not 0 <= d.max_bad_fraction <= 1:
         problems.append(f"{source}: 'data.max_bad_fraction' must be in [0, 1], got {d.max_bad_fraction}")
@@ -302,6 +320,8 @@ def needs_decode_cache(recipe: Recipe) -> list[str]:
         out.append("'data.class_weights' counts the training images of each class before training")
     if d.sampler is not None:
         out.append("'data.sampler' draws images by class from the whole split at random")
+    if d.leaked_eval == "drop":
+        out.append("'data.leaked_eval' 'drop' compares every eval image with every training image, decoded, before training")
     if recipe.training.get("dataloader_persistent_workers"):
         out.append("'training.dataloader_persistent_workers' keeps loader workers, which would keep the first epoch's order")
     return out

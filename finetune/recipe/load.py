@@ -126,6 +126,8 @@ _NOT_SEARCHABLE = {
     "expected": "the result a recipe claims is not a setting",
     "data.eval_split": "trials never read the eval split, so nothing can be tuned on it",
     "data.max_eval_samples": "trials never read the eval split, so nothing can be tuned on it",
+    "data.leaked_eval": "trials never read the eval split, so nothing can be tuned on it",
+    "data.duplicate_threshold": "it decides which eval images data.leaked_eval drops, and trials never read the eval split",
     "metrics": "it changes the score trials are compared by",
     "training.metric_for_best_model": "it changes the score trials are compared by",
     "training.greater_is_better": "it changes the score trials are compared by",

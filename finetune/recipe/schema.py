@@ -198,6 +198,17 @@ EVAL_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RESERVED_EVAL_SET_NAMES = {"eval", "train", "all"}
 
 
+#: The largest ``data.image_size``: several times the input of any common pretrained
+#: classifier, and already an image whose decoded copy in the cache, and float copy in the
+#: batch the model takes, weigh tens to hundreds of megabytes each; above it a run of any
+#: size cannot fit in memory or on disk (the arithmetic: bench/README.md).
+MAX_IMAGE_SIZE = 4096
+#: The most ``data.preprocessing_num_workers``: each worker is a forked copy of the main
+#: process with its share of the decode pass's memory budget (finetune.data.decode), and
+#: beyond this many the pass waits on the disk, not the cores.
+MAX_DECODE_WORKERS = 64
+
+
 @dataclass
 class DataConfig:
     dataset: str = ""
@@ -211,11 +222,13 @@ class DataConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     samples_per_class: int | None = None
+    #: The model's input size in pixels (null: the model's own); at most :data:`MAX_IMAGE_SIZE`.
     image_size: int | None = None
     #: Stop before training when more than this share of the images cannot be decoded.
     max_bad_fraction: float = 0.01
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    #: Processes for the one-off decode/resize ``datasets.map`` pass (null: automatic).
+    #: Processes for the one-off decode/resize ``datasets.map`` pass (null: automatic); at
+    #: most :data:`MAX_DECODE_WORKERS`.
     preprocessing_num_workers: int | None = None
     #: Stream the images (decoded, cropped and flipped in DataLoader workers every epoch,
     #: nothing written to disk) instead of decoding every split into a cache first
@@ -237,6 +250,16 @@ class DataConfig:
     #: replacement; seeded per epoch, :mod:`finetune.training.balance`). null: the Trainer's
     #: shuffled epochs.
     sampler: Literal["balanced"] | None = None
+    #: Two images are near-duplicates when the cosine similarity of their 16×16 thumbnails, or
+    #: of their features from the pretrained backbone, reaches this (``finetune inspect``, and
+    #: ``leaked_eval``). 0.95 separates copies from distinct images on CIFAR-10 with
+    #: EfficientNet-Lite0 (the study in the inspect manual).
+    duplicate_threshold: float = 0.95
+    #: What training does with eval-split images that duplicate a training-split image (the
+    #: same pixels, or near-duplicates by ``duplicate_threshold``): "report": they stay, and
+    #: ``finetune inspect`` reports them; "drop": before training, one pass of the pretrained
+    #: backbone finds them and they are removed from the eval split (data_report.json lists them).
+    leaked_eval: Literal["report", "drop"] = "report"
 
 
 @dataclass

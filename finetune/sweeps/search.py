@@ -34,13 +34,15 @@ from finetune.sweeps import search_report
 from finetune.sweeps.search_trial import Quiet, run_trial, share, tell
 from finetune.utils import extras
 from finetune.utils.errors import UserError
+from finetune.utils.files import is_temporary
 
 logger = logging.getLogger("finetune")
 
 DB = "search.db"
 STUDY_NAME = "finetune-search"
 _OURS = {DB, DB + "-journal", search_report.RESULTS, search_report.RESULTS + ".tmp", search_report.BEST_RECIPE,
-         search_report.BEST_RECIPE + ".tmp", search_report.HISTORY_PNG, search_report.IMPORTANCE_PNG, "trials", "final"}
+         search_report.BEST_RECIPE + ".tmp", search_report.HISTORY_PNG, search_report.IMPORTANCE_PNG, "trials", "final",
+         "inspect"}  # finetune inspect's report on the recipe's data
 
 
 class SearchError(UserError):
@@ -113,18 +115,21 @@ def _grid_class():
     return Grid
 
 
-def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dimensions):
+def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dimensions, metric: str):
     """Lock the folder and open (or continue) its study; trials a kill cut off are failed and
     queued again with the same values. Main process only."""
     import optuna
     from optuna.trial import TrialState
 
     from finetune.training.output_dir import OutputLock, check_output_path, recipe_differences
+    from finetune.training.run_files import MANIFEST
 
     check_output_path(out)
     if out.is_dir():
+        # The manifest: finetune inspect's, naming its report.
         foreign = sorted(
-            p.name for p in out.iterdir() if p.name not in _OURS and not p.name.startswith(".finetune.lock")
+            p.name for p in out.iterdir()
+            if p.name not in _OURS | {MANIFEST} and not p.name.startswith(".finetune.lock") and not is_temporary(p.name)
         )
         if foreign:
             raise SearchError(
@@ -153,6 +158,9 @@ def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dim
             study.enqueue_trial(stale.params)
             logger.info("search: trial %d was cut off when the search stopped; it runs again", stale.number)
         shutil.rmtree(out / "trials", ignore_errors=True)  # what cut-off trials left
+        # The table follows the database: a kill after a trial was told and before the table
+        # was written left it one trial short.
+        search_report.write_results(study, dimensions, out / search_report.RESULTS, metric)
         seed = int(recipe.training.get("seed", 42)) + len(study.trials)  # a continued search draws new values
         _Grid = _grid_class()
         samplers = {
@@ -183,7 +191,7 @@ def search(recipe: Recipe, raw: dict[str, Any], source: str, options: Options) -
     lock = study = problem = None
     if state.is_main_process:
         try:
-            lock, study = _open_study(out, recipe, options, direction, dimensions)
+            lock, study = _open_study(out, recipe, options, direction, dimensions, metric)
         except UserError as err:
             problem = str(err)
     (problem,) = share(state, problem)

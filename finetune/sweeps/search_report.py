@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 from finetune.recipe.search_space import Dimension
-from finetune.utils.files import write_json
+from finetune.utils.files import replacing, write_json
 
 logger = logging.getLogger("finetune")
 
@@ -46,12 +45,17 @@ def _note(trial) -> str:
 
 
 def write_results(study, dimensions: list[Dimension], path: Path, metric: str) -> None:
-    """One row per trial: its number, state, validation score, seconds and parameters (atomic)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    """One row per finished trial of the study's database, which is the record that counts: its
+    number, state, validation score, seconds and parameters. Written whole from the database each
+    time (atomic), so a kill between a trial's end and this write costs nothing: the next write
+    has it."""
+    from optuna.trial import TrialState
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    with replacing(path, binary=False) as f:
         writer = csv.writer(f)
         writer.writerow(["trial", "state", f"validation_{metric}", "seconds", *(d.key for d in dimensions), "note"])
-        for trial in study.get_trials(deepcopy=False):
+        for trial in study.get_trials(deepcopy=False, states=finished):
             seconds = trial.duration.total_seconds() if trial.duration is not None else ""
             value = trial.value if trial.value is not None else ""
             params = [
@@ -59,7 +63,6 @@ def write_results(study, dimensions: list[Dimension], path: Path, metric: str) -
             ]
             state = trial.state.name.lower()
             writer.writerow([trial.number, state, value, seconds and round(seconds, 2), *params, _note(trial)])
-    os.replace(tmp, path)
 
 
 def best_recipe(raw: dict[str, Any], params: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -92,7 +95,8 @@ def write_pictures(study, out: Path) -> list[str]:
             logger.info("search: no %s (%s)", name, str(err).splitlines()[0] if str(err) else type(err).__name__)
             continue
         figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        figure.savefig(out / name, dpi=110, bbox_inches="tight")
+        with replacing(out / name) as f:
+            figure.savefig(f, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)
         written.append(name)
     return written

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from finetune.recipe import Recipe, StudyConfig
 from finetune.recipe.metric_names import DISPLAY_NAMES
+from finetune.utils.files import replacing, write_text
 
 #: The column of study.csv that says how a run's network started: "pretrained" or "scratch".
 INIT = "init"
@@ -85,12 +85,10 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         columns += [k for k in row if k not in columns]
     first = [c for c in ("cell",) if c in columns]
     ordered = first + [c for c in columns if c not in first and c != "folder"] + (["folder"] if "folder" in columns else [])
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with replacing(path, binary=False) as f:
         writer = csv.DictWriter(f, fieldnames=ordered)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _format(mean: float, std: float, n: int) -> str:
@@ -168,7 +166,7 @@ def figure(recipe: Recipe, rows: list[dict[str, Any]]):
     categories = list(study.grid[x_key]) if x_key and not numeric else [""]
     panels = max(len(metrics), 1)
     per_row = min(panels, 3)
-    fig = plots._figure(4.6 * per_row, 3.8 * math.ceil(panels / per_row))
+    fig = plots.new_figure(4.6 * per_row, 3.8 * math.ceil(panels / per_row))
     axes = np.atleast_1d(fig.subplots(math.ceil(panels / per_row), per_row)).ravel()
     for ax, metric in zip(axes, metrics):
         for (label, points), text in zip(lines.items(), labels.text):
@@ -204,8 +202,6 @@ def write(out: Path, recipe: Recipe, rows: list[dict[str, Any]], total: int) -> 
 
     out = Path(out)
     write_csv(out / "study.csv", rows)
-    tmp = out / "study.md.tmp"
-    tmp.write_text(markdown(recipe, rows, total), encoding="utf-8")
-    os.replace(tmp, out / "study.md")
+    write_text(out / "study.md", markdown(recipe, rows, total))
     if rows:
-        plots._save(figure(recipe, rows), out / "study.png")
+        plots.save_figure(figure(recipe, rows), out / "study.png")

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from finetune import data
+from finetune.data.stream import ImageStream
 from finetune.evaluation import eval_sets, metrics, plots
 from finetune.publish import card
-from finetune.data.stream import ImageStream
-from finetune.training import lp_ft, streamed_data
+from finetune.training import lp_ft, run_files, streamed_data
 from finetune.training.interrupts import signal_name
 from finetune.training.output_dir import disk_full_is_a_user_error, what_a_rerun_does
 from finetune.training.run_state import Run
@@ -40,7 +40,6 @@ def finish(run: Run, result) -> dict[str, Any]:
     stages of ``AFTER_TRAINING``, each added to ``run.done`` when it is)."""
     recipe, trainer, out, prepared = run.recipe, run.trainer, run.out, run.prepared
     args = trainer.args
-    splits = prepared.splits
     if "early_stopping_patience" in recipe.training and trainer.state.global_step < trainer.state.max_steps:
         logger.info(
             "training: stopped early at step %d of %d (epoch %g): %s on the validation piece stopped improving",
@@ -48,12 +47,30 @@ def finish(run: Run, result) -> dict[str, Any]:
         )
     weights = sum(p.numel() * p.element_size() for p in run.loaded.model.parameters())
     final_step = trainer.state.global_step
-    with disk_full_is_a_user_error(out, "the model", weights, final_step, main_process=run.main):
+    with (
+        disk_full_is_a_user_error(out, "the model", weights, final_step, main_process=run.main),
+        run_files.writing(out, *run_files.MODEL_FILES, active=run.main) as written,
+    ):
         # What inference loads (not what the checkpoints hold: a probe's head, LoRA's adapters).
         trainer.save_final_model()
-    if trainer.args.should_save:
-        follow_umask(out)
+    follow_umask(*(out / name for name in written))  # what this save wrote, nothing else
     run.done.append("model")
+    if run.main:
+        run_files.record(out, *_REPORT_FILES, *(eval_sets.report_dir(out, n).name for n in prepared.eval_sets))
+    return _push(run, _reports(run, result))
+
+
+#: What ``finish`` writes after the model.
+_REPORT_FILES = (
+    "train_results.json", "all_results.json", "trainer_state.json", "eval_results.json", "eval_report.json",
+    "confusion_matrix.png", "misclassified.png", "training_curves.png", "README.md",
+)
+
+
+def _reports(run: Run, result) -> dict[str, Any]:
+    """Metrics, the final evaluation, the report and the card."""
+    recipe, trainer, out, prepared = run.recipe, run.trainer, run.out, run.prepared
+    splits = prepared.splits
     trainer.log_metrics("train", result.metrics)
     if trainer.is_world_process_zero():
         save_metrics(out, "train", result.metrics)
@@ -98,6 +115,11 @@ def finish(run: Run, result) -> dict[str, Any]:
             lp_phase=lp_ft.card_lines(run.lp_record) if run.lp_record is not None else None,
         ))
     run.done.append("report and card")
+    return final
+
+
+def _push(run: Run, final: dict[str, Any]) -> dict[str, Any]:
+    recipe, trainer, out = run.recipe, run.trainer, run.out
     push_error = None
     if recipe.hub.push and trainer.is_world_process_zero():
         from finetune.publish import hub

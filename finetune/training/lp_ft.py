@@ -25,7 +25,8 @@ import dataclasses
 import gc
 import json
 import logging
-import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,11 @@ from finetune.evaluation import metrics
 from finetune.models.classifier import ModelError
 from finetune.probe.features import find_head
 from finetune.recipe import FINETUNE_TRAINING_KEYS, Recipe
+from finetune.training import run_files
 from finetune.training.arguments import training_arguments
 from finetune.training.interrupts import signal_name
 from finetune.training.output_dir import LP_HEAD, last_complete_checkpoint
-from finetune.utils.files import follow_umask
+from finetune.utils.files import write_bytes
 
 logger = logging.getLogger("finetune")
 
@@ -105,20 +107,21 @@ def load_saved(out: Path, recipe: Recipe, head: torch.nn.Linear) -> dict[str, An
 
 def _save(out: Path, record: dict[str, Any], head: torch.nn.Linear) -> None:
     """The head and its record, written to a temporary file and renamed: never half a file."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = out / LP_HEAD
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()}
-    save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(record, default=str)})
-    os.replace(tmp, path)
-    follow_umask(out)
+    run_files.record(out, LP_HEAD)
+    write_bytes(out / LP_HEAD, save(tensors, metadata={_METADATA_KEY: json.dumps(record, default=str)}))
 
 
-def probe_phase(recipe: Recipe, loaded: Any, transform: data.BatchTransform, prepared: Any, out: Path, state: Any) -> dict[str, Any]:
+def probe_phase(
+    recipe: Recipe, loaded: Any, transform: data.BatchTransform, prepared: Any, out: Path, state: Any,
+    solving: Callable[[], AbstractContextManager] = nullcontext,
+) -> dict[str, Any]:
     """Fit the head of ``loaded.model`` in place by a linear probe on cached features, or
     load the one an earlier attempt of this recipe fitted; returns the phase's record
-    (``settings``, ``metrics``, ``head``, ``reused``).
+    (``settings``, ``metrics``, ``head``, ``reused``). ``solving()`` is entered around the
+    fit itself, after the feature pass (a signal then lets the fit end and its head be saved).
 
     ``prepared`` gives the train split and the validation piece; the eval split is never
     looked at. Every process fits the same head (the L-BFGS head is rank 0's, broadcast);
@@ -144,7 +147,7 @@ def probe_phase(recipe: Recipe, loaded: Any, transform: data.BatchTransform, pre
         )
         return record
     try:
-        record = _fit(recipe, loaded, transform, prepared, head_name)
+        record = _fit(recipe, loaded, transform, prepared, head_name, solving)
     except ModelError as err:
         raise _for_lp_ft(err) from None
     if state.is_main_process:
@@ -161,7 +164,10 @@ def _for_lp_ft(err: ModelError) -> ModelError:
     return ModelError(f"{reason}; its linear probe needs the head to be the model's last step: use strategy 'full'")
 
 
-def _fit(recipe: Recipe, loaded: Any, transform: data.BatchTransform, prepared: Any, head_name: str) -> dict[str, Any]:
+def _fit(
+    recipe: Recipe, loaded: Any, transform: data.BatchTransform, prepared: Any, head_name: str,
+    solving: Callable[[], AbstractContextManager] = nullcontext,
+) -> dict[str, Any]:
     from finetune.probe.head import FeatureProbeTrainer
 
     args = training_arguments(dataclasses.replace(recipe, training=_probe_training(recipe)), "recipe")
@@ -190,7 +196,8 @@ def _fit(recipe: Recipe, loaded: Any, transform: data.BatchTransform, prepared: 
         max_iter=recipe.model.probe_max_iter,
         runtime=recipe.model.feature_runtime,
     )
-    result = trainer.train()
+    with solving():
+        result = trainer.train()
     scores = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}
     validation = [e for e in trainer.state.log_history if "eval_accuracy" in e]
     if validation:  # the Trainer solver's last per-epoch score on the validation piece

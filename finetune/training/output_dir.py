@@ -15,23 +15,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from finetune.recipe import Recipe
+from finetune.training import run_files
+from finetune.training.checkpoints import (
+    checkpoint_step,
+    cut_off_checkpoints,
+    last_complete_checkpoint,
+)
+from finetune.training.run_files import HOLDER_NAME, LOCK_NAME
 from finetune.utils.errors import UserError, first_line
-from finetune.utils.files import follow_umask, write_json
+from finetune.utils.files import write_json
 
 logger = logging.getLogger("finetune")
 
-#: The lock a run holds on its output folder, and who holds it (pid, host, start, command).
-LOCK_NAME = ".finetune.lock"
-HOLDER_NAME = ".finetune.lock.json"
-_LOCK_FILES = {LOCK_NAME, HOLDER_NAME, HOLDER_NAME + ".tmp"}
-#: What a run writes before training starts; a folder holding only these has nothing to lose.
 #: LP-FT's probed head (:mod:`finetune.training.lp_ft`): kept between attempts of a recipe like
 #: the checkpoints, and removed with them by --overwrite.
 LP_HEAD = "lp_head.safetensors"
-_BEFORE_TRAINING = {"recipe.json", "data_report.json", "recipe.json.tmp", "data_report.json.tmp"} | _LOCK_FILES
+#: What a run writes before training starts, and ``inspect/`` (finetune inspect's report on the
+#: recipe's data, which may come before any run); a folder holding only these has nothing to lose.
+_BEFORE_TRAINING = {"recipe.json", "data_report.json", run_files.INSPECT_FOLDER}
 
 
 class OutputDirError(UserError):
@@ -83,21 +85,33 @@ def check_output_dir(recipe: Recipe, overwrite: bool) -> str | None:
 
 
 def _holds_this_recipe(out: Path, recipe: Recipe, overwrite: bool) -> bool:
-    """Whether ``out`` holds an earlier run of this recipe; raises when the run must stop."""
+    """Whether ``out`` holds an earlier run of this recipe; raises when the run must stop.
+
+    What is the run's and what is not comes from its manifest
+    (:mod:`finetune.training.run_files`): a file finetune did not make stops the run whenever
+    the run would remove it or write over it, and the message never suggests --overwrite
+    while such files are there."""
     check_output_path(out)
     if not out.exists():
         return False
-    entries = [p for p in out.iterdir()]
-    if {p.name for p in entries} <= _BEFORE_TRAINING:
-        return False  # an earlier attempt stopped before training: nothing to keep
+    found = run_files.survey(out)
+    if _before_training(found) and not (overwrite and found.foreign):
+        return False  # an earlier attempt stopped before training, or only inspect ran: nothing to keep
     previous = out / "recipe.json"
+    is_run = found.manifest or previous.is_file()
+    if found.foreign and (overwrite or not is_run):
+        beside = " beside a finetune run" if is_run else ""
+        raise OutputDirError(
+            f"output_dir: '{out}' holds files that finetune did not make ({found.describe(found.foreign)}){beside}, "
+            "and finetune never deletes or writes over those; choose another output_dir (--set output_dir=...), "
+            "or move them out of the folder"
+        )
     if overwrite:
         return False
     if not previous.is_file():
-        foreign = sorted(p.name for p in entries if p.name not in _LOCK_FILES)[:5]
         raise OutputDirError(
-            f"output_dir: '{out}' already holds files that are not a finetune run ({', '.join(foreign)}); "
-            "choose another output_dir (--set output_dir=...) or pass --overwrite"
+            f"output_dir: '{out}' holds a finetune run without its recipe.json; choose another output_dir "
+            "(--set output_dir=...) or pass --overwrite to replace the run"
         )
     try:
         old = json.loads(previous.read_text())
@@ -109,11 +123,28 @@ def _holds_this_recipe(out: Path, recipe: Recipe, overwrite: bool) -> bool:
     differences = recipe_differences(comparable(_with_new_defaults(old, defaults)), comparable(recipe.to_dict()))
     if differences:
         shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+        fix = (
+            f"move the files finetune did not make ({found.describe(found.foreign)}) out of the folder and pass "
+            "--overwrite to replace the run, or choose another output_dir (--set output_dir=...)"
+            if found.foreign
+            else "choose another output_dir (--set output_dir=...) or pass --overwrite to replace it "
+            "(it removes that run's files, and nothing else)"
+        )
+        raise OutputDirError(f"output_dir: '{out}' holds a run of a different recipe ({shown}); {fix}")
+    if clash := run_files.collisions(found):
         raise OutputDirError(
-            f"output_dir: '{out}' holds a run of a different recipe ({shown}); "
-            "choose another output_dir (--set output_dir=...) or pass --overwrite to replace it"
+            f"output_dir: '{out}' holds {found.describe(clash)} where the run writes, and finetune did not make "
+            "them (or they are links, which it never makes); move them out of the folder, then run the same "
+            "command again"
         )
     return True
+
+
+def _before_training(found: run_files.Survey) -> bool:
+    """Whether the folder holds only what comes before training: the files a run writes then,
+    inspect's report (which a fresh run keeps), and the user's files put into that report's folder."""
+    own = {p.partition("/")[0] for p in found.own if not run_files.is_scratch(p)}
+    return own <= _BEFORE_TRAINING and all(p.startswith(run_files.INSPECT_FOLDER + "/") for p in found.foreign)
 
 
 def check_output_path(out: Path) -> None:
@@ -155,7 +186,7 @@ class OutputLock:
             self._lock.acquire()
         except Timeout:
             raise OutputDirError(
-                f"output_dir: '{self.out}' is in use by another finetune run ({self._holder()}); "
+                f"output_dir: '{self.out}' is in use by another finetune run ({self.holder()}); "
                 "wait for it to finish or choose another output_dir (--set output_dir=...)"
             ) from None
         except OSError as err:
@@ -167,14 +198,18 @@ class OutputLock:
         (self.out / HOLDER_NAME).unlink(missing_ok=True)
         return self
 
-    def _holder(self) -> str:
+    def holder(self) -> str:
+        """Who holds the lock: pid, host and start time, as the holder wrote them."""
         try:
             holder = json.loads((self.out / HOLDER_NAME).read_text())
             started = datetime.fromisoformat(holder["started"])
             when = started.strftime("%H:%M:%S" if started.date() == datetime.now().date() else "%Y-%m-%d %H:%M:%S")
+            if holder["host"] == socket.gethostname() and not _alive(int(holder["pid"])):
+                raise ValueError("the details of a run that was killed")
             return f"pid {holder['pid']} on {holder['host']}, started {when}"
         except (OSError, ValueError, KeyError, TypeError):
-            return f"it has just started; see {self.out / HOLDER_NAME}"
+            # Readers (finetune push, export, eval) share the lock and write no details.
+            return f"one that has just started, or a finetune push, export or eval reading it; see {self.out / HOLDER_NAME}"
 
     def write_holder(self) -> None:
         write_json(
@@ -191,6 +226,19 @@ class OutputLock:
         if self._lock.is_locked:
             (self.out / HOLDER_NAME).unlink(missing_ok=True)
             self._lock.release()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine exists (signal 0 only asks)."""
+    if os.name != "posix":  # there, os.kill's 0 is CTRL_C_EVENT: a real signal
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it exists
+        return True
+    return True
 
 
 def claim_output_dir(recipe: Recipe, overwrite: bool) -> tuple[OutputLock, str | None]:
@@ -216,63 +264,18 @@ def claim_output_dir(recipe: Recipe, overwrite: bool) -> tuple[OutputLock, str |
     lock = OutputLock(out).acquire()
     try:
         resume = check_output_dir(recipe, overwrite)
+        found = run_files.survey(out)
         if overwrite:
-            for ckpt in out.glob("checkpoint-*"):
-                shutil.rmtree(ckpt, ignore_errors=True)
-            (out / LP_HEAD).unlink(missing_ok=True)
+            # Exactly the old run's files (checkpoints, model, reports, its eval-*/ and onnx/),
+            # so nothing of it (all_results.json's keys, say) mixes into the new run.
+            run_files.start_afresh(out, keep=run_files.remove(out, found.own))
+        elif not found.manifest and found.own:
+            run_files.record(out, *found.own)  # an earlier version's run: its known names, from now on listed
         lock.write_holder()
     except BaseException:
         lock.release()
         raise
     return lock, resume
-
-
-def _checkpoint_step(path: Path) -> int:
-    try:
-        return int(path.name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
-
-
-def _safetensors_complete(path: Path) -> bool:
-    """The header parses and the file is as long as the header says (not cut off)."""
-    try:
-        with path.open("rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        return path.stat().st_size >= 8 + size + end
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def checkpoint_is_complete(path: Path) -> bool:
-    """The Trainer writes weights, optimizer, RNG state, then ``trainer_state.json``: a
-    checkpoint is complete when that last file parses and names this step, and every
-    weights file is whole."""
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    weights = list(path.glob("*.safetensors"))
-    return (
-        state.get("global_step") == _checkpoint_step(path)
-        and bool(weights)
-        and all(_safetensors_complete(w) for w in weights)
-    )
-
-
-def last_complete_checkpoint(out: Path, quiet: bool = False) -> str | None:
-    """The newest checkpoint that is whole; ones cut off mid-write are skipped (and said,
-    unless ``quiet``)."""
-    for path in sorted(out.glob("checkpoint-*"), key=_checkpoint_step, reverse=True):
-        if not path.is_dir() or _checkpoint_step(path) < 0:
-            continue
-        if checkpoint_is_complete(path):
-            return str(path)
-        if not quiet:
-            logger.warning("skipping %s: it was cut off mid-write", path)
-    return None
 
 
 def what_a_rerun_does(out: Path, final_step: int | None = None) -> str:
@@ -281,19 +284,9 @@ def what_a_rerun_does(out: Path, final_step: int | None = None) -> str:
     last = last_complete_checkpoint(out, quiet=True)
     if last is None:
         return "it trains again from the start (there is no checkpoint to resume from)"
-    if final_step is not None and _checkpoint_step(Path(last)) >= final_step:
+    if final_step is not None and checkpoint_step(Path(last)) >= final_step:
         return f"it resumes from {last}, where training ended, and only redoes what comes after training"
     return f"it resumes from {last}"
-
-
-class FollowUmaskCallback(TrainerCallback):
-    """Each checkpoint's weights get the mode any new file gets
-    (``finetune.utils.files.follow_umask``: safetensors leaves them readable by their owner
-    only)."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if args.should_save:
-            follow_umask(Path(args.output_dir))
 
 
 # ------------------------------------------------------------------ a full disk
@@ -358,13 +351,10 @@ def _size(n: float) -> str:
 
 
 def _remove_cut_off_checkpoints(out: Path) -> None:
-    """Checkpoints newer than the last complete one are a failed save's leftovers: useless
-    (a resumed run skips them) and in the way of the space the next attempt needs."""
-    last = last_complete_checkpoint(out, quiet=True)
-    newest = _checkpoint_step(Path(last)) if last else -1
-    for path in out.glob("checkpoint-*"):
-        if path.is_dir() and _checkpoint_step(path) > newest:
-            shutil.rmtree(path, ignore_errors=True)
+    """Checkpoints that a failed save left part-written are useless (a resumed run skips
+    them) and in the way of the space the next attempt needs."""
+    for path in cut_off_checkpoints(out):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager

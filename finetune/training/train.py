@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +34,18 @@ from finetune.evaluation import eval_sets, metrics
 from finetune.models import classifier as model_lib
 from finetune.models import strategies
 from finetune.recipe import Recipe
-from finetune.training import distill, lp_ft
+from finetune.training import distill, lp_ft, streamed_data
 from finetune.training.arguments import callbacks, data_seed, precision, training_arguments
 from finetune.training.finish import AFTER_TRAINING, finish, stopped_after_training
 from finetune.training.interrupts import InterruptCallback, Interrupted, StopNow, signal_name
 from finetune.training.output_dir import (
-    FollowUmaskCallback,
     OutputDirError,
     claim_output_dir,
     disk_full_is_a_user_error,
     what_a_rerun_does,
 )
-from finetune.training.prepared_data import Prepared, check_prepared, prepare_data
-from finetune.training import streamed_data
+from finetune.training.prepared_data import Prepared, check_prepared, drop_leaked_eval, prepare_data
+from finetune.training.run_files import CheckpointFilesCallback, record
 from finetune.training.run_state import Run
 from finetune.training.shared import SharedWork
 from finetune.training.trainer import FinetuneTrainer, trainer_options
@@ -140,11 +141,18 @@ def train_trial(recipe: Recipe, trial_callbacks: list[TrainerCallback], shared: 
 
 def _run(run: Run) -> dict[str, Any]:
     if run.main:
+        record(run.out, "recipe.json")  # each file into the run's manifest before it is written
         write_json(run.out / "recipe.json", run.recipe.to_dict())
     if run.resume:
         logger.info("resuming from %s (same recipe found in %s)", run.resume, run.out)
+    if run.main and run.recipe.hub.push and not run.recipe.hub.private:
+        logger.warning(  # now, not hours later when the push says it again: there is time to stop
+            "hub: hub.private is false: at its end this run publishes its model, card, metrics, recipe and report "
+            "pictures (misclassified.png shows images of the eval split) to %s, where anyone can download them; "
+            "stop now and set hub.private: true to keep them private", run.recipe.hub.repo_id,
+        )
     # From here on SIGTERM and Ctrl-C stop the run cleanly (in training: at a checkpoint).
-    run.interrupts = InterruptCallback()
+    run.interrupts = InterruptCallback(stop_line=lambda signum: _stopped_before_training(run.out, signum))
     try:
         return _train(run)
     finally:
@@ -156,30 +164,41 @@ def _train(run: Run) -> dict[str, Any]:
     the outputs (``finetune.training.finish``); a signal stops it cleanly, with one line saying
     what is saved."""
     recipe, args, interrupts = run.recipe, run.args, run.interrupts
-    trainer = _build(run).trainer
-    if run.lp_record is not None:
-        logger.info("LP-FT: fine-tune phase: every parameter trains, starting from the probed head")
-    world = args.world_size
-    effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
-    if not (run.strategy.caches_features(recipe.model) and recipe.model.probe_solver == "lbfgs"):
-        # (The L-BFGS head has no batches or learning rate.)
-        logger.info(
-            "training: effective batch %d = %d per device × %d process(es) × %d accumulation step(s); "
-            "learning rate %g (not rescaled for the batch size); augmentation %s",
-            effective, args.per_device_train_batch_size, world, args.gradient_accumulation_steps,
-            args.learning_rate, run.transform.describe(),
-        )
-    if isinstance(trainer, FinetuneTrainer):
-        logger.info("training: regularisers: %s", trainer.describe_regularisers())
-    trainer.add_callback(interrupts)
-    trainer.add_callback(FollowUmaskCallback())
-    weights, trainable = _parameter_bytes(run.loaded.model)
-    # A checkpoint holds what the strategy says (the weights, the head alone, or LoRA's
-    # adapters and head) and, for the Adam family, two optimizer tensors per trained weight.
-    holds_model = run.strategy.checkpoint_holds(recipe.model) == "model"
-    checkpoint = weights + 2 * trainable if holds_model else 3 * trainable
-    with disk_full_is_a_user_error(run.out, "a checkpoint", checkpoint, main_process=run.main):
-        result = trainer.train(resume_from_checkpoint=run.resume)
+    try:
+        trainer = _build(run).trainer
+        if run.lp_record is not None:
+            logger.info("LP-FT: fine-tune phase: every parameter trains, starting from the probed head")
+        world = args.world_size
+        effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
+        if not (run.strategy.caches_features(recipe.model) and recipe.model.probe_solver == "lbfgs"):
+            # (The L-BFGS head has no batches or learning rate.)
+            logger.info(
+                "training: effective batch %d = %d per device × %d process(es) × %d accumulation step(s); "
+                "learning rate %g (not rescaled for the batch size); augmentation %s",
+                effective, args.per_device_train_batch_size, world, args.gradient_accumulation_steps,
+                args.learning_rate, run.transform.describe(),
+            )
+        if isinstance(trainer, FinetuneTrainer):
+            logger.info("training: regularisers: %s", trainer.describe_regularisers())
+        trainer.add_callback(interrupts)
+        trainer.add_callback(CheckpointFilesCallback())
+        weights, trainable = _parameter_bytes(run.loaded.model)
+        # A checkpoint holds what the strategy says (the weights, the head alone, or LoRA's
+        # adapters and head) and, for the Adam family, two optimizer tensors per trained weight.
+        holds_model = run.strategy.checkpoint_holds(recipe.model) == "model"
+        checkpoint = weights + 2 * trainable if holds_model else 3 * trainable
+        if run.main:
+            record(run.out, *_tracker_folders(run))  # (each checkpoint: CheckpointFilesCallback)
+        with disk_full_is_a_user_error(run.out, "a checkpoint", checkpoint, main_process=run.main):
+            result = trainer.train(resume_from_checkpoint=run.resume)
+    except BaseException:
+        # A signal before the first step stops at once (StopNow); a library on the way up
+        # may have turned it into an error of its own (a worker pool's timeout), so the
+        # callback's record, not the exception, says that it was the signal.
+        if interrupts.stopped_early is not None:
+            signum = interrupts.stopped_early
+            raise Interrupted(_stopped_before_training(run.out, signum), signum) from None
+        raise
     if run.lp_record is not None:
         result.metrics.update(lp_ft.train_metrics(run.lp_record))
     try:
@@ -225,6 +244,7 @@ def _build(run: Run) -> Run:
         if key is not None:
             shared.prepared[key] = prepared
     if run.main and not run.for_trial:
+        record(run.out, "data_report.json")
         write_json(run.out / "data_report.json", prepared.data_report)
     streamed = isinstance(prepared.train, ImageStream)
     if streamed:
@@ -234,13 +254,18 @@ def _build(run: Run) -> Run:
         lost = streamed_data.crop_loss(prepared, recipe)
         if lost is not None:
             logger.info("data: %s", lost)
+        if recipe.data.leaked_eval == "drop" and not run.for_trial:
+            # Before the eval sets and the model: this loads the pretrained backbone by itself.
+            prepared = drop_leaked_eval(prepared, recipe, processor, args)
+            if run.main:
+                write_json(run.out / "data_report.json", prepared.data_report)
     splits = prepared.splits
     if recipe.data.eval_sets and not run.for_trial:
         # Before training: a set with a class the model lacks, or unreadable, stops the run now.
         with args.main_process_first(desc="eval sets"):
             prepared.eval_sets = eval_sets.prepare(
                 recipe.data.eval_sets, splits.class_names, processor,
-                recipe.data.preprocessing_num_workers, recipe.data.max_bad_fraction,
+                recipe.data.preprocessing_num_workers, recipe.data.max_bad_fraction, run=recipe.output_dir,
             )
     _log_data(prepared)
     run.prepared = prepared
@@ -300,7 +325,8 @@ def _build(run: Run) -> Run:
     if run.strategy.probe_first:
         # Before the fine-tune's Trainer exists: its set_seed then leaves the random state
         # the same whether the probe was fitted now or loaded from an earlier attempt.
-        run.lp_record = lp_ft.probe_phase(recipe, loaded, transform, prepared, run.out, run.state)
+        solving = run.interrupts.recording if run.interrupts is not None else nullcontext
+        run.lp_record = lp_ft.probe_phase(recipe, loaded, transform, prepared, run.out, run.state, solving)
         if run.interrupts is not None and run.interrupts.requested:
             raise Interrupted(lp_ft.stopped_after_probe(run.out, run.interrupts.signum), run.interrupts.signum)
     if "ddp_find_unused_parameters" not in recipe.training:
@@ -346,10 +372,28 @@ def _log_data(prepared: Prepared) -> None:
         logger.warning("data: %s", note)
 
 
+def _tracker_folders(run: Run) -> list[str]:
+    """The folder TensorBoard writes its curves to (transformers' callback: the environment's
+    ``TENSORBOARD_LOGGING_DIR``, else ``runs/`` in the output folder), when that is inside the
+    output folder."""
+    if "tensorboard" not in (run.args.report_to or []):
+        return []
+    folder = os.path.expanduser(os.environ.get("TENSORBOARD_LOGGING_DIR") or os.path.join(run.out, "runs"))
+    rel = Path(os.path.relpath(os.path.abspath(folder), os.path.abspath(run.out)))
+    return [] if rel.parts[0] in ("..", ".") else [rel.parts[0]]
+
+
 def _parameter_bytes(model: torch.nn.Module) -> tuple[int, int]:
     """(bytes of all parameters, bytes of the trained ones)."""
     sizes = [(p.numel() * p.element_size(), p.requires_grad) for p in model.parameters()]
     return sum(n for n, _ in sizes), sum(n for n, trained in sizes if trained)
+
+
+def _stopped_before_training(out: Path, signum: int) -> str:
+    return (
+        f"stopped by {signal_name(signum)} before training started (nothing to checkpoint yet); run the same "
+        f"command again to continue: {what_a_rerun_does(out)}; the images decoded so far stay in the decode cache"
+    )
 
 
 def _stopped_in_training(out: Path, signum: int, trainer_state) -> str:

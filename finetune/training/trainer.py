@@ -181,7 +181,7 @@ class FinetuneTrainer(Trainer):
         super().save_model(output_dir, _internal_call)
         # In training, the average goes beside the weights of each checkpoint. The Trainer
         # saves the weights first and trainer_state.json last, so a checkpoint that
-        # finetune.training.output_dir.checkpoint_is_complete accepts holds the average too.
+        # finetune.training.checkpoints.checkpoint_is_complete accepts holds the average too.
         if self.ema is not None and not self.ema.applied and self.args.should_save:
             self.ema.save(output_dir or self.args.output_dir, self.state.global_step)
 

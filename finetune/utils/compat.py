@@ -164,3 +164,24 @@ def load_best_model(
         return upstream()
     logger.info("loading the best model by validation score (step %s)", trainer.state.best_global_step)
     reload_weights(trainer, trainer.state.best_model_checkpoint, load_adapters)
+
+
+def dcp_extents(folder: str) -> dict[str, int]:
+    """For a ``torch.distributed.checkpoint`` folder (FSDP's sharded state dict), each data
+    file its ``.metadata`` names and the length that file must have at least.
+
+    Works around: a checkpoint counts as whole only when every file it needs is whole, and
+    the public ``FileSystemReader.read_metadata()`` gives the metadata, whose
+    ``storage_data`` maps each tensor to where it lies, but the values are the private
+    ``_StorageInfo`` (``relative_path``, ``offset``, ``length``); no public call checks a
+    checkpoint without loading every tensor into a model of the right shape.
+    Checked with torch 2.14 (``torch.distributed.checkpoint.filesystem._StorageInfo``).
+    Raises what reading the metadata raises (a cut-off or missing ``.metadata``).
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+
+    extents: dict[str, int] = {}
+    for info in FileSystemReader(folder).read_metadata().storage_data.values():
+        end = int(info.offset) + int(info.length)
+        extents[info.relative_path] = max(extents.get(info.relative_path, 0), end)
+    return extents

@@ -1,4 +1,4 @@
-"""Whether a model or data set name means a Hub repo or a local path."""
+"""Whether a model or data set name means a Hub repo or a local path, and where finetune keeps its caches."""
 
 from __future__ import annotations
 
@@ -25,3 +25,14 @@ def looks_like_path(name: str) -> bool:
         or (os.altsep is not None and os.altsep != "/" and os.altsep in name)
         or os.path.isabs(name)
     )
+
+
+def cache_root() -> Path:
+    """Where finetune keeps what it makes for later runs (converted built-in models, the
+    index of decode caches): $FINETUNE_CACHE, else the Hugging Face cache's sibling folder
+    (``~/.cache/finetune``)."""
+    root = os.environ.get("FINETUNE_CACHE")
+    if root:
+        return Path(root)
+    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(hf_home).parent / "finetune"

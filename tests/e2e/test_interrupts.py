@@ -21,8 +21,10 @@ def test_second_signal_stops_at_once(first, signum) -> None:
     ends the process by that signal, so a calling shell script sees it, with one line."""
     script = (
         "import os, signal, time\n"
+        "from transformers import TrainerState\n"
         "from finetune.training.interrupts import InterruptCallback\n"
         "cb = InterruptCallback()\n"
+        "cb.on_train_begin(None, TrainerState(), None)  # in training: the first signal asks for a checkpoint\n"
         f"os.kill(os.getpid(), {int(first)})\n"
         "time.sleep(0.1)\n"
         "assert cb.requested\n"

@@ -129,13 +129,13 @@ def test_a_signal_in_the_probe_phase_keeps_its_head_and_the_rerun_ends_as_an_uni
     raw = _recipe(tmp_path, tiny_resnet, images, "reference", probe_solver="lbfgs", probe_l2=[1e-3], layer_decay=0.8)
     train_lib.train(recipe_from_dict(raw))
 
-    real_fit = lp_ft._fit
+    real_train = probe.FeatureProbeTrainer.train
 
-    def signalled(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)  # the handler notes it; the probe runs to its end
-        return real_fit(*args, **kwargs)
+    def signalled(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # in the probe's solve: the handler notes it; the solve runs to its end
+        return real_train(self, *args, **kwargs)
 
-    monkeypatch.setattr(lp_ft, "_fit", signalled)
+    monkeypatch.setattr(probe.FeatureProbeTrainer, "train", signalled)
     raw["output_dir"] = str(tmp_path / "stopped")
     with pytest.raises(Interrupted) as stopped:
         train_lib.train(recipe_from_dict(raw))
@@ -147,6 +147,7 @@ def test_a_signal_in_the_probe_phase_keeps_its_head_and_the_rerun_ends_as_an_uni
     assert not list(out.glob("checkpoint-*"))
     kept = (out / LP_HEAD).read_bytes()
 
+    monkeypatch.setattr(probe.FeatureProbeTrainer, "train", real_train)
     monkeypatch.setattr(lp_ft, "_fit", lambda *a, **k: pytest.fail("the probe was fitted again"))
     train_lib.train(recipe_from_dict(raw))
     assert (out / LP_HEAD).read_bytes() == kept

@@ -20,6 +20,7 @@ from finetune.training.output_dir import (
     OutputLock,
     claim_output_dir,
 )
+from finetune.training.run_files import MANIFEST
 from tests.helpers import ROOT
 from tests.helpers.cli import run_cli, write_recipe
 from tests.helpers.disk import leave_free
@@ -96,7 +97,7 @@ def test_a_run_that_stopped_before_training_does_not_block_the_folder(tmp_path: 
     out = tmp_path / "out"
     broken = write_recipe(tmp_path / "broken.json", tmp_path / "no-such-model", images, out)
     assert run_cli("--recipe", str(broken)).returncode == 2
-    assert {p.name for p in out.iterdir()} <= {"recipe.json", "data_report.json", LOCK_NAME}
+    assert {p.name for p in out.iterdir()} <= {"recipe.json", "data_report.json", LOCK_NAME, MANIFEST}
     fixed = write_recipe(tmp_path / "fixed.json", tiny_vit, images, out, training__num_train_epochs=1)
     result = run_cli("--recipe", str(fixed))
     assert result.returncode == 0, result.stderr[-2000:]

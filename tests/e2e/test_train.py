@@ -124,7 +124,7 @@ def test_foreign_folder_is_untouched_unless_overwrite(tmp_path: Path, tiny_vit: 
     (out / "thesis.tex").write_text("years of work")
     recipe = write_recipe(tmp_path / "r.json", tiny_vit, images, out, training__num_train_epochs=1)
     refused = run_cli("--recipe", str(recipe))
-    assert refused.returncode == 2 and "not a finetune run (thesis.tex)" in refused.stderr
+    assert refused.returncode == 2 and "did not make (thesis.tex)" in refused.stderr
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
 
 

@@ -221,3 +221,16 @@ def test_checkpoints_still_save_the_model_before_the_trainer_state() -> None:
         f"{TF} no longer saves a checkpoint's model (save_model) before trainer_state.json; the EMA could "
         "be missing from a checkpoint that looks complete; see FinetuneTrainer.save_model"
     )
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # DCP saving in one process, without a process group
+def test_dcp_metadata_still_names_each_file_with_offset_and_length(tmp_path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    tensors = {"a": torch.zeros(100), "b": torch.ones(7)}
+    dcp.save({"model": tensors}, storage_writer=dcp.FileSystemWriter(str(tmp_path)))
+    extents = compat.dcp_extents(str(tmp_path))
+    assert set(extents) == {p.name for p in tmp_path.glob("*.distcp")}, _changed(
+        "torch", torch.__version__, "the files torch.distributed.checkpoint's metadata names"
+    )
+    assert all(0 < end <= (tmp_path / name).stat().st_size for name, end in extents.items())

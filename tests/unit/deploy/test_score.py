@@ -11,6 +11,7 @@ from PIL import Image
 
 from finetune.cli.main import main
 from finetune.deploy import score as evaluation
+from finetune.training.run_files import MANIFEST, recorded
 from tests.helpers.images import CLASSES, class_image
 from tests.helpers.runs import file_hashes, trained_run
 
@@ -42,7 +43,10 @@ def test_eval_writes_report_into_new_folder(run, capsys):
         with Image.open(target / name) as image:
             assert image.format == "PNG"
     after = file_hashes(run.out)
-    assert {k: v for k, v in after.items() if not k.startswith("eval-images-test/")} == before
+    assert {k: v for k, v in after.items() if not k.startswith("eval-images-test/") and k != MANIFEST} == {
+        k: v for k, v in before.items() if k != MANIFEST
+    }
+    assert "eval-images-test" in recorded(run.out)  # the run's now: --overwrite removes it with the run
     shutil.rmtree(target)  # other tests (push) see the run as trained
 
 

@@ -139,9 +139,9 @@ def test_rows_as_images_from_numpy_or_torch():
 
     chw = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
     expected = chw.transpose(1, 2, 0)
-    assert np.array_equal(plots._as_hwc(chw), expected)
-    assert np.array_equal(plots._as_hwc(torch.from_numpy(chw)), expected)
-    assert plots._as_hwc(chw[:1]).shape == (4, 5)  # one channel → greyscale
+    assert np.array_equal(plots.as_hwc(chw), expected)
+    assert np.array_equal(plots.as_hwc(torch.from_numpy(chw)), expected)
+    assert plots.as_hwc(chw[:1]).shape == (4, 5)  # one channel → greyscale
 
 
 # ------------------------------------------------------------- class names in any script
@@ -193,11 +193,11 @@ def font_list(monkeypatch):
 
 def test_the_glyph_check_sees_boxes(tmp_path):
     """The warning the tests below look for is what matplotlib says when it draws boxes."""
-    fig = plots._figure(3, 2)
+    fig = plots.new_figure(3, 2)
     fig.subplots().set_title("猫")
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        plots._save(fig, tmp_path / "boxes.png")
+        plots.save_figure(fig, tmp_path / "boxes.png")
     assert _glyph_warnings(record)
 
 

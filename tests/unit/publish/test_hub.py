@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from huggingface_hub import HfApi, ModelCard
@@ -98,8 +99,8 @@ def test_dry_run_needs_a_finished_run(run_copy, capsys):
 
 @pytest.fixture
 def fake_hub(monkeypatch, tmp_path):
-    """Online mode with a fake token; the HTTP client answers from a MockTransport and
-    HfApi's repo/branch/upload methods are recorders. Yields the record."""
+    """Online mode with a fake token; the HTTP client answers from a MockTransport (the token
+    check, and no repo found) and HfApi's repo/branch/commit methods are recorders. Yields the record."""
     import httpx2
     from huggingface_hub import constants, set_client_factory
     from huggingface_hub.utils import _http
@@ -113,6 +114,8 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
 
     def handler(request):
+        if request.url.path.startswith("/api/models/"):  # the repo's visibility: there is none yet
+            return httpx2.Response(404, headers={"X-Error-Code": "RepoNotFound"}, json={"error": "Repository not found"})
         if request.url.path != "/api/whoami-v2":
             return httpx2.Response(404, json={"error": "not stubbed"})
         record["requests"].append(request)
@@ -129,7 +132,7 @@ def fake_hub(monkeypatch, tmp_path):
     commit = type("CommitInfo", (), {"commit_url": f"https://hub.invalid/{REPO_ID}/commit/abc123"})()
     monkeypatch.setattr(HfApi, "create_repo", recorder("create_repo"))
     monkeypatch.setattr(HfApi, "create_branch", recorder("create_branch"))
-    monkeypatch.setattr(HfApi, "upload_folder", recorder("upload_folder", commit))
+    monkeypatch.setattr(HfApi, "create_commit", recorder("create_commit", commit))
     set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(handler), event_hooks={"request": [_http.hf_request_event_hook]}))
     try:
         yield record
@@ -143,20 +146,20 @@ def test_push_call_sequence_with_revision(run, fake_hub):
     before = file_hashes(run.out)
     url = hub.push(run.out, "me/tiny", private=True, revision="exp-1")
     assert url.endswith("/commit/abc123")
-    assert [name for name, _, _ in fake_hub["calls"]] == ["create_repo", "create_branch", "upload_folder"]
-    (_, repo_args, repo_kw), (_, br_args, br_kw), (_, _, up_kw) = fake_hub["calls"]
+    assert [name for name, _, _ in fake_hub["calls"]] == ["create_repo", "create_branch", "create_commit"]
+    (_, repo_args, repo_kw), (_, br_args, br_kw), (_, up_args, up_kw) = fake_hub["calls"]
     assert repo_args == ("me/tiny",) and repo_kw["private"] is True and repo_kw["exist_ok"] is True
     assert br_args == ("me/tiny",) and br_kw["branch"] == "exp-1" and br_kw["exist_ok"] is True
-    assert up_kw["repo_id"] == "me/tiny" and up_kw["revision"] == "exp-1"
-    assert up_kw["folder_path"] == run.out
-    assert up_kw["allow_patterns"] == list(hub.UPLOAD_ALLOW)
-    assert up_kw["ignore_patterns"] == list(hub.UPLOAD_IGNORE)
-    # what upload_folder would pick with these patterns (its own filter) = the dry-run list
+    assert up_args == ("me/tiny",) and up_kw["revision"] == "exp-1"
+    # One commit of what upload_folder would pick with the patterns (its own filter) = the dry-run
+    # list; each file from the folder, but the recipe and the card, sent without local paths.
+    sent = {op.path_in_repo: op.path_or_fileobj for op in up_kw["operations"]}
     files = sorted(p.relative_to(run.out).as_posix() for p in run.out.rglob("*") if p.is_file())
     picked = filter_repo_objects(
-        files, allow_patterns=up_kw["allow_patterns"], ignore_patterns=up_kw["ignore_patterns"] + DEFAULT_IGNORE_PATTERNS
+        files, allow_patterns=list(hub.UPLOAD_ALLOW), ignore_patterns=list(hub.UPLOAD_IGNORE) + DEFAULT_IGNORE_PATTERNS
     )
-    assert set(picked) == EXPECTED_FILES == set(hub.planned_files(run.out))
+    assert set(picked) == set(sent) == EXPECTED_FILES == set(hub.planned_files(run.out))
+    assert all(Path(sent[name]) == run.out / name for name in EXPECTED_FILES - {"recipe.json", "README.md"})
     # one bounded token check went out first, authenticated, before any repo call
     (request,) = fake_hub["requests"]
     assert request.url.path == "/api/whoami-v2"
@@ -167,7 +170,7 @@ def test_push_call_sequence_with_revision(run, fake_hub):
 
 def test_push_without_revision_skips_branch_and_can_be_public(run, fake_hub, capsys):
     assert main(["push", str(run.out), "--repo-id", "me/pub", "--public"]) == 0
-    assert [name for name, _, _ in fake_hub["calls"]] == ["create_repo", "upload_folder"]
+    assert [name for name, _, _ in fake_hub["calls"]] == ["create_repo", "create_commit"]
     assert fake_hub["calls"][0][2]["private"] is False
     assert fake_hub["calls"][1][2]["revision"] is None
     out = capsys.readouterr().out
@@ -190,10 +193,10 @@ def test_push_stops_at_a_bad_token(run, fake_hub, status, body, message):
 
 
 def test_push_upload_failure_is_push_error(run, fake_hub, monkeypatch):
-    def broken(self, **kwargs):
+    def broken(self, *args, **kwargs):
         raise OSError(f"connection reset while sending Bearer {FAKE_TOKEN}")
 
-    monkeypatch.setattr(HfApi, "upload_folder", broken)
+    monkeypatch.setattr(HfApi, "create_commit", broken)
     with pytest.raises(hub.PushError) as info:
         hub.push(run.out, "me/tiny")
     assert "uploading in me/tiny" in str(info.value) and FAKE_TOKEN not in str(info.value)

@@ -29,6 +29,7 @@ def test_defaults_and_types() -> None:
     ({"data": {"max_eval_samples": 50}}, "data.max_eval_samples"),
     ({"data": {"class_weights": "balanced"}}, "data.class_weights"),
     ({"data": {"sampler": "balanced"}}, "data.sampler"),
+    ({"data": {"leaked_eval": "drop"}}, "'data.leaked_eval' 'drop'"),
     ({"model": {"strategy": "linear_probe"}}, "'model.strategy' 'linear_probe'"),
     ({"data": {"dataset": "builtin:digits"}}, "built-in set"),
     ({"training": {"dataloader_persistent_workers": True}}, "dataloader_persistent_workers"),

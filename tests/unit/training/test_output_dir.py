@@ -89,7 +89,7 @@ def test_lock_files_do_not_make_a_folder_foreign_and_a_foreign_folder_gets_none(
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
-    with pytest.raises(OutputDirError, match=r"not a finetune run \(thesis.tex\)"):
+    with pytest.raises(OutputDirError, match=r"did not make \(thesis.tex\)"):
         claim_output_dir(output_recipe(mine), overwrite=False)
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]  # no lock file left in it
 
@@ -97,7 +97,7 @@ def test_lock_files_do_not_make_a_folder_foreign_and_a_foreign_folder_gets_none(
     lock, _ = claim_output_dir(output_recipe(fresh), overwrite=False)
     lock.release()
     (fresh / "thesis.tex").write_text("x")
-    with pytest.raises(OutputDirError, match=r"not a finetune run \(thesis.tex\)"):  # the lock file is not named
+    with pytest.raises(OutputDirError, match=r"did not make \(thesis.tex\)"):  # the lock file is not named
         check_output_dir(output_recipe(fresh), overwrite=False)
 
 

@@ -1,0 +1,68 @@
+"""search.py on resume: the study database is the truth, and search_results.csv is rewritten from it before anything else runs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from finetune.recipe import recipe_from_dict
+from finetune.sweeps import search, search_report
+
+
+def _csv(out: Path) -> list[tuple[str, str]]:
+    with (out / search_report.RESULTS).open(newline="") as f:
+        return [(row["trial"], row["state"]) for row in csv.DictReader(f)]
+
+
+def test_the_table_follows_the_database_whatever_a_kill_left(tmp_path: Path) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    out = tmp_path / "out"
+    out.mkdir()
+    recipe = recipe_from_dict({
+        "description": "d", "model": {"name_or_path": "m/m"}, "data": {"dataset": "d/d"}, "output_dir": str(out),
+        "search": {"training.learning_rate": {"log_uniform": [1e-5, 1e-2]}},
+    })
+    options = search.Options(trials=4, final=False)
+    dimensions = search.check(recipe, options, "r.json")
+    metric, direction = search.objective(recipe)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{out / search.DB}", study_name=search.STUDY_NAME, direction=direction)
+    space = {d.key: d.distribution() for d in dimensions}
+    study.tell(study.ask(space), 0.5)
+    search_report.write_results(study, dimensions, out / search_report.RESULTS, metric)
+    study.tell(study.ask(space), 0.25)  # the kill landed after this was told, before the table was written
+    study.ask(space)  # and this one was running
+    assert len(_csv(out)) == 1
+
+    lock, resumed = search._open_study(out, recipe, options, direction, dimensions, metric)
+    lock.release()
+    finished = resumed.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    assert _csv(out) == [(str(t.number), t.state.name.lower()) for t in finished]
+    assert [state for _, state in _csv(out)] == ["complete", "complete", "fail"]  # the cut-off one, to be redone
+
+
+def test_a_folder_holding_finetune_inspects_report_takes_a_search(tmp_path: Path) -> None:
+    """inspect's report and the manifest that names it are finetune's; a file of the user's is not."""
+    import pytest
+
+    from finetune.training import run_files
+
+    out = tmp_path / "out"
+    out.mkdir()
+    run_files.record(out, "inspect")
+    (out / "inspect").mkdir()
+    (out / "inspect" / "summary.json").write_text("{}")
+    recipe = recipe_from_dict({
+        "description": "d", "model": {"name_or_path": "m/m"}, "data": {"dataset": "d/d"}, "output_dir": str(out),
+        "search": {"training.learning_rate": {"log_uniform": [1e-5, 1e-2]}},
+    })
+    options = search.Options(trials=4, final=False)
+    dimensions = search.check(recipe, options, "r.json")
+    metric, direction = search.objective(recipe)
+    lock, _ = search._open_study(out, recipe, options, direction, dimensions, metric)
+    lock.release()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(search.SearchError, match=r"not a finetune search \(notes.txt\)"):
+        search._open_study(out, recipe, options, direction, dimensions, metric)
