@@ -123,13 +123,14 @@ def make_set(work: Path, n_train: int, n_test: int, cifar10: Path = CIFAR10) -> 
 
 
 class Sampler(threading.Thread):
-    """Peak RSS (summed over a process and its children; the process's own; its largest
-    child's) and bytes written by them."""
+    """Peak RSS summed over a process and its children, and bytes written by them; and the
+    peak PSS of the process alone and of its largest child (forked workers share pages, which
+    RSS counts in each and PSS divides among them: the projection's per-process figures)."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_rss, self.written, self.stop = pid, 0, {}, threading.Event()
-        self.main_rss = self.worker_rss = 0
+        self.main_pss = self.worker_pss = 0
 
     def run(self) -> None:
         import psutil
@@ -143,15 +144,15 @@ class Sampler(threading.Thread):
             rss = 0
             for p in procs:
                 try:
-                    one = p.memory_info().rss
+                    memory = p.memory_full_info()
                     self.written[p.pid] = max(self.written.get(p.pid, 0), p.io_counters().write_bytes)
                 except psutil.Error:
                     continue
-                rss += one
+                rss += memory.rss
                 if p.pid == self.pid:
-                    self.main_rss = max(self.main_rss, one)
+                    self.main_pss = max(self.main_pss, memory.pss)
                 else:
-                    self.worker_rss = max(self.worker_rss, one)
+                    self.worker_pss = max(self.worker_pss, memory.pss)
             self.peak_rss = max(self.peak_rss, rss)
             time.sleep(0.2)
 
@@ -182,7 +183,7 @@ def measure(command: list[str], env: dict[str, str], log, label: str) -> dict[st
     if proc.returncode != 0:
         raise SystemExit(f"bench: {label} failed (exit {proc.returncode}); see {log.name}\n{''.join(lines[-30:])}")
     return {"wall_s": wall, "first_step_s": first, "peak_rss_bytes": sampler.peak_rss,
-            "main_rss_bytes": sampler.main_rss, "worker_rss_bytes": sampler.worker_rss,
+            "main_pss_bytes": sampler.main_pss, "worker_pss_bytes": sampler.worker_pss,
             "written_bytes": sum(sampler.written.values()), "load_before": load, "load_after": os.getloadavg()[0]}
 
 

@@ -58,13 +58,17 @@ def crossover(m: dict[str, float], epochs: int, images: int) -> str:
     if per_s >= per_c:
         return f"streaming never catches up over {epochs} epoch(s): {per_s * 1e3:.2f} ms an image against {per_c * 1e3:.2f}"
     n = (fixed_s - fixed_c) / (per_c - per_s)
-    return f"streaming is faster above about {max(n, 0):,.0f} training images over {epochs} epoch(s)"
+    if n <= 0:
+        return (f"streaming is faster at every size over {epochs} epoch(s): start-up {fixed_s:.1f} s against "
+                f"{fixed_c:.1f} s, then {per_s * 1e3:.2f} ms an image against {per_c * 1e3:.2f}")
+    return f"streaming is faster above about {n:,.0f} training images over {epochs} epoch(s)"
 
 
 def project(rows: dict[tuple[str, str], dict[str, float]], costs: dict[str, float], model: str, cores: int,
             gpus: int, machines: int) -> list[str]:
     """One table row per path: first step (s), input ceiling (images/s), peak RSS (GB) and
-    bytes written (GB) per machine, for ImageNet-1k on ``machines`` machines."""
+    bytes written (GB) per machine, for ImageNet-1k on ``machines`` machines. Memory: one
+    process a GPU, each its measured PSS plus its workers' (the largest one's PSS each)."""
     n_bench = costs["bench_train_images"] + costs["bench_test_images"]
     extra = IMAGENET_TRAIN + IMAGENET_VAL - n_bench
     scale = IMAGENET_MEAN_PIXELS / costs["bench_mean_pixels"]
@@ -85,10 +89,10 @@ def project(rows: dict[tuple[str, str], dict[str, float]], costs: dict[str, floa
             ceiling = "not input-bound (rows read from the cache; the crop runs on the GPU)"
         else:
             ceiling = f"{machines * gpus * workers * 1000 / (worker_ms * scale):,.0f}"
-        rss = gpus * (m["main_rss_bytes"] + workers * m["worker_rss_bytes"]) / 1e9
+        rss = gpus * (m["main_pss_bytes"] + workers * m["worker_pss_bytes"]) / 1e9
         per_image = m["cache_bytes"] / n_bench
         written = (m["written_bytes"] - m["cache_bytes"] + per_image * (n_bench + extra)) / 1e9
-        out.append(f"| {model} | {path} | {machines} | {first:,.0f} | {ceiling} | {rss:.1f} | {written:,.1f} |")
+        out.append(f"| {model} | {path} | {machines} | {first:,.0f} | {ceiling} | {rss:.1f} | {written:,.3f} |")
     return out
 
 
@@ -122,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nImageNet-1k ({IMAGENET_TRAIN:,} + {IMAGENET_VAL:,} images, mean {IMAGENET_MEAN_PIXELS:,} pixels as "
           f"commonly cited), machines of {args.gpus_per_machine} GPUs and {args.cores_per_machine} cores, one process a "
           "GPU; per machine unless said; images/s is the input pipeline's ceiling over all machines:\n")
-    print("| model | path | machines | first step (s) | input ceiling (images/s) | peak RSS a machine (GB) | written a machine (GB) |")
+    print(f"The bench's JPEGs average {costs['jpeg_bytes'] / 1e3:,.0f} KB (upsampled CIFAR-10 is smoother than a "
+          "photo); ImageNet's are larger for the same pixels, so its decode costs more than this pixel scaling says.\n")
+    print("| model | path | machines | first step (s) | input ceiling (images/s) | peak memory a machine (GB, PSS) | "
+          "written a machine (GB) |")
     print("|---|---|---|---|---|---|---|")
     for model in sorted({k[0] for k in rows}):
         for machines in (1, 4):
