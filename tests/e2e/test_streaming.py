@@ -1,4 +1,4 @@
-"""The streaming path end to end: a streamed run writes nothing but its output folder, resumes after kill -9 mid-epoch with the weights of a run that never stopped, and on two CPU processes reads every image exactly once per epoch and scores every eval image once."""
+"""The streaming path end to end: a streamed run writes nothing but its output folder, resumes after kill -9 mid-epoch with the weights of a run that never stopped, on two CPU processes reads every image exactly once per epoch and scores every eval image once, and trains on shards of unknown sizes for max_steps, resuming after kill -9 the same way."""
 
 from __future__ import annotations
 
@@ -201,3 +201,36 @@ def test_shards_of_unknown_size_train_for_max_steps_and_count_the_eval_split(tmp
     assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["eval_num_images"] == 9
     report = json.loads((tmp_path / "out" / "data_report.json").read_text())
     assert report["splits"]["train"] == {"images": None, "bad": 0, "images_read": 9 * 4}
+
+
+def test_shards_of_unknown_size_resume_after_kill_9_with_an_uninterrupted_runs_weights(tmp_path: Path, tiny_vit: Path) -> None:
+    """Two shards of 12 in batches of 4, two lanes: 9 steps go round the shards twice; the
+    checkpoint at step 3 is mid-round, with random crops, flips and a policy on."""
+    from tests.helpers.streams import write_arrow_folder
+
+    dataset = write_arrow_folder(tmp_path / "arrow", {"train": (24, 2), "test": (9, 1)})
+    recipe = write_recipe(
+        tmp_path / "r.json", tiny_vit, dataset, tmp_path / "reference",
+        data={"dataset": str(dataset), "streaming": True, "validation_fraction": 0.0, "shuffle_buffer": 5,
+              "augment": {"crop_scale": [0.5, 1.0], "hflip": True, "preset": "trivial_augment"}},
+        training={"max_steps": 9, "learning_rate": 1e-3, "per_device_train_batch_size": 4, "seed": 0, "use_cpu": True,
+                  "disable_tqdm": True, "dataloader_num_workers": 2, "save_strategy": "steps", "save_steps": 3,
+                  "save_total_limit": 10},
+    )
+    reference = run_cli("--recipe", str(recipe))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    out = tmp_path / "killed"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "finetune" / "run.py"), "--recipe", str(recipe), "--set", f"output_dir={out}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _wait_for_checkpoint(out, 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists(), "finished before the kill"
+    resumed = run_cli("--recipe", str(recipe), "--set", f"output_dir={out}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "the stream resumes at batch" in resumed.stderr
+    ours, theirs = saved_weights(out), saved_weights(tmp_path / "reference")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "resumed weights differ from an uninterrupted run"
