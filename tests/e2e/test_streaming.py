@@ -234,3 +234,24 @@ def test_shards_of_unknown_size_resume_after_kill_9_with_an_uninterrupted_runs_w
     assert "the stream resumes at batch" in resumed.stderr
     ours, theirs = saved_weights(out), saved_weights(tmp_path / "reference")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "resumed weights differ from an uninterrupted run"
+
+
+def test_shards_of_unknown_size_on_two_processes_train_equal_steps_and_score_each_eval_image_once(
+    tmp_path: Path, tiny_vit: Path, monkeypatch
+) -> None:
+    from tests.helpers.streams import write_arrow_folder
+
+    dataset = write_arrow_folder(tmp_path / "arrow", {"train": (30, 3), "test": (11, 2)})  # 3 shards for 2 processes
+    recipe = write_recipe(
+        tmp_path / "r.json", tiny_vit, dataset, tmp_path / "out",
+        data={"dataset": str(dataset), "streaming": True, "validation_fraction": 0.0},
+        training={"max_steps": 6, "learning_rate": 1e-3, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 5,
+                  "seed": 0, "use_cpu": True, "disable_tqdm": True, "dataloader_num_workers": 1, "save_strategy": "no"},
+    )
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two ranks on two cores
+    result = run_cli("--recipe", str(recipe), launcher=TORCHRUN + ["--master_port", "29613"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 6
+    assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["eval_num_images"] == 11
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    assert report["splits"]["train"]["images_read"] == 6 * 4 * 2
