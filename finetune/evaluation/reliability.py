@@ -3,18 +3,20 @@
 A perfectly calibrated model's bars sit on the diagonal; bars below it mean the model is
 more sure than it is right (over-confident), bars above it less. The lower panel shows the
 share of images in each bin, since a bin with few images says little. Drawn like the other
-report images (:mod:`finetune.evaluation.plots`: matplotlib's object API, written atomically).
+report images (:mod:`finetune.evaluation.plots`): matplotlib's object API (no global backend,
+no figure registry), written to a temporary file and renamed, so a card never links to a
+half-written picture.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from finetune.evaluation import calibration
 from finetune.evaluation.metrics import Predictions
-from finetune.evaluation.plots import _figure, _save
 
 NAME = "reliability.png"
 
@@ -33,7 +35,9 @@ def reliability_figure(predictions: Predictions, title: str = ""):
     edges = np.linspace(0.0, 1.0, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     width = 1.0 / bins / len(curves)
-    fig = _figure(6.4, 6.4)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 6.4), dpi=100, layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
     for i, (label, confidence, colour) in enumerate(curves):
@@ -58,5 +62,7 @@ def write_reliability(out: Path, predictions: Predictions, title: str = "") -> P
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / NAME
-    _save(reliability_figure(predictions, title), path)
+    tmp = path.with_name(path.name + ".tmp")
+    reliability_figure(predictions, title).savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)
     return path

@@ -1,6 +1,6 @@
 """The card's words on how far to trust its numbers: the intervals, the calibration and the abstention threshold.
 
-Everything here reads what the run measured (``eval_results.json``'s values and
+Everything here reads what the run found (``eval_results.json``'s values and
 ``calibration.json``'s record) and says it in sentences for the template; nothing is
 computed again.
 """
@@ -117,7 +117,7 @@ def context(
 
 
 def eval_set_cell(scores: dict[str, Any], name: str, metric: str) -> str | None:
-    """A cell of the eval sets' table: "0.7640 (0.7370–0.7900)", or None when not measured."""
+    """A cell of the eval sets' table: "0.7640 (0.7370–0.7900)", or None when the set has no such score."""
     value = scores.get(f"{name}_{metric}")
     if value is None:
         return None
