@@ -41,9 +41,16 @@ def run(args: argparse.Namespace) -> int:
     except InferenceError as err:
         return report(str(err))
     bad = len(result["bad_files"])
+    intervals = result.get("confidence_intervals", {})
+
+    def shown(name: str) -> str:
+        ci = intervals.get(name)
+        return f"{result[name]:.4f}" + (f" ({intervals['level'] * 100:g}% CI {ci[0]:.4f}–{ci[1]:.4f})" if ci else "")
+
+    ece = f"; ECE {result['ece']:.4f}" if "ece" in result else ""
     print(
-        f"eval: accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f} on "
-        f"{result['num_images']} images of '{args.data}' (split {args.split})"
+        f"eval: accuracy {shown('accuracy')}, macro F1 {shown('macro_f1')} on "
+        f"{result['num_images']} images of '{args.data}' (split {args.split}){ece}"
         f"{f'; {bad} unreadable file(s) left out' if bad else ''}; report in {target}"
     )
     return 0

@@ -2,7 +2,8 @@
 
 ``finetune predict OUTPUT_DIR IMAGE_OR_FOLDER...`` runs the saved image processor, then
 softmax, after the same EXIF rotation and RGB conversion as training, and streams one
-CSV or JSON-lines row per file (the top-k classes, or why the file could not be read).
+CSV or JSON-lines row per file (the top-k classes, with ``--min-probability`` whether it is
+abstained on, or why the file could not be read).
 On a folder written by ``finetune export`` it runs ``model.onnx`` (or ``model.int8.onnx``)
 with ONNX Runtime instead (:mod:`finetune.deploy.onnx_classifier`), without importing torch.
 
@@ -53,22 +54,32 @@ def collect_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
 
 
 class Writer:
-    """Streams one row per input: the top-k classes and probabilities, or the error."""
+    """Streams one row per input: the top-k classes and probabilities, or the error.
 
-    def __init__(self, stream: IO[str], fmt: str, k: int) -> None:
-        self.stream, self.fmt, self.k = stream, fmt, k
+    With ``min_probability``, an image whose top probability is below it is marked abstained
+    (an ``abstained`` column or field), its top classes still listed: the model's answer is
+    there, and the caller decides what to do with an unsure one.
+    """
+
+    def __init__(self, stream: IO[str], fmt: str, k: int, min_probability: float | None = None) -> None:
+        self.stream, self.fmt, self.k, self.min_probability = stream, fmt, k, min_probability
         if fmt == "csv":
             self.csv = csv.writer(stream, lineterminator="\n")
             header = ["path"]
             for i in range(1, k + 1):
                 header += [f"label_{i}", f"probability_{i}"]
-            self.csv.writerow(header + ["error"])
+            self.csv.writerow(header + (["abstained"] if min_probability is not None else []) + ["error"])
 
-    def row(self, path: str, top: list[tuple[str, float]] | None = None, error: str | None = None) -> None:
+    def row(self, path: str, top: list[tuple[str, float]] | None = None, error: str | None = None) -> bool:
+        """Write one row; returns whether the image was abstained on."""
+        judged = self.min_probability is not None and error is None
+        abstained = bool(judged and top and top[0][1] < self.min_probability)
         if self.fmt == "jsonl":
             record: dict[str, Any] = {"path": path}
             if error is None:
                 record["predictions"] = [{"label": label, "probability": round(p, 6)} for label, p in top or []]
+                if judged:
+                    record["abstained"] = abstained
             else:
                 record["error"] = error
             self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -77,8 +88,11 @@ class Writer:
             for label, p in top or []:
                 cells += [label, f"{p:.6f}"]
             cells += [""] * (1 + 2 * self.k - len(cells))
+            if self.min_probability is not None:
+                cells.append(("true" if abstained else "false") if judged else "")
             self.csv.writerow(cells + [error or ""])
         self.stream.flush()
+        return abstained
 
 
 def preprocess(saved: Saved | onnx_model.OnnxClassifier, path: str):

@@ -245,7 +245,8 @@ def _write_report(
     out: Path, target: Path, dataset: str, config: str | None, split: str, class_names: list[str],
     predictions, loss: float, images, bad: list[dict], model_file: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    from finetune.evaluation import metrics, plots
+    from finetune.evaluation import metrics, plots, reliability, trust
+    from finetune.recipe.metric_names import KNOWN_METRICS
 
     if predictions is None:
         first = bad[0] if bad else {"path": dataset, "reason": "no rows"}
@@ -256,12 +257,38 @@ def _write_report(
         print(f"finetune: warning: cannot read {item['path']} ({item['reason']}); left out", file=sys.stderr)
     result = metrics.per_class_report(predictions, class_names)
     result.update({"loss": loss, "dataset": dataset, "config": config, "split": split, "model": str(out), "bad_files": bad})
+    # The intervals and calibration error, as the run's own evaluation gives them (its
+    # recipe's evaluation settings when the folder has them).
+    found = trust.trust_metrics(predictions, list(KNOWN_METRICS), len(class_names), evaluation_settings(out))
+    result.update(trust.report_fields(found))
     if model_file:
         result["runtime"] = f"ONNX Runtime ({model_file})"
     _record(out, target)
     target.mkdir(parents=True, exist_ok=True)
     write_json(target / "eval_report.json", result)
     plots.write_plots(target, predictions, class_names, images, _read_log_history(out))
+    reliability.write_reliability(target, predictions, f"Reliability on '{dataset}' split {split}: {len(predictions.labels)} images")
     return result, target
+
+
+def evaluation_settings(output_dir: Path):
+    """The ``evaluation`` block of the run's ``recipe.json`` (defaults where it has none, or
+    none that this version reads)."""
+    import dataclasses
+
+    from finetune.recipe import EvaluationConfig
+
+    try:
+        saved = json.loads((Path(output_dir) / "recipe.json").read_text())
+        block = saved.get("evaluation") if isinstance(saved, dict) else None
+    except (OSError, json.JSONDecodeError):
+        block = None
+    if not isinstance(block, dict):
+        return EvaluationConfig()
+    known = {f.name for f in dataclasses.fields(EvaluationConfig)}
+    try:
+        return EvaluationConfig(**{k: v for k, v in block.items() if k in known})
+    except TypeError:
+        return EvaluationConfig()
 
 

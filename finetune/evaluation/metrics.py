@@ -53,6 +53,9 @@ class Predictions:
     topk: np.ndarray  # N×k best classes, best first
     confidence: np.ndarray  # probability of the predicted class
     true_prob: np.ndarray  # probability given to the true class
+    #: The predicted class's probability before temperature scaling, when the model evaluated
+    #: has a temperature folded into its head (``MetricAccumulator.temperature``); else None.
+    uncalibrated_confidence: np.ndarray | None = None
 
 
 def present_classes(labels: np.ndarray, num_labels: int) -> list[int]:
@@ -97,6 +100,10 @@ class MetricAccumulator:
         self.metrics = metrics
         self.num_labels = num_labels
         self.last: Predictions | None = None
+        #: The temperature folded into the evaluated model's head (its logits are the
+        #: uncalibrated ones / T): the predicted class's probability before that division is
+        #: kept too, for the calibration error before and after. None: nothing folded.
+        self.temperature: float | None = None
         self._parts: list[tuple[np.ndarray, ...]] = []
 
     def __call__(self, eval_pred: Any, compute_result: bool = True) -> dict[str, float]:
@@ -107,15 +114,18 @@ class MetricAccumulator:
         probs = logits.softmax(-1)
         k = min(TOP_K, probs.shape[-1])
         top = probs.topk(k, dim=-1)
-        self._parts.append(
-            (
-                labels.cpu().numpy(),
-                top.indices[:, 0].cpu().numpy(),
-                top.indices.cpu().numpy(),
-                top.values[:, 0].cpu().numpy(),
-                probs.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1).cpu().numpy(),
-            )
+        part = (
+            labels.cpu().numpy(),
+            top.indices[:, 0].cpu().numpy(),
+            top.indices.cpu().numpy(),
+            top.values[:, 0].cpu().numpy(),
+            probs.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1).cpu().numpy(),
         )
+        if self.temperature is not None:
+            # The same top class: a positive temperature keeps the order of the logits.
+            raw = (logits * self.temperature).softmax(-1).gather(1, top.indices[:, :1]).squeeze(1)
+            part += (raw.cpu().numpy(),)
+        self._parts.append(part)
         if not compute_result:
             return {}
         columns = [np.concatenate(col) for col in zip(*self._parts)]

@@ -55,6 +55,8 @@ UPLOAD_ALLOW = (
     "confusion_matrix.png",
     "misclassified.png",
     "training_curves.png",
+    "calibration.json",
+    "reliability.png",  # the card shows it
 )
 #: Never uploaded, even if a pattern above matched: checkpoints and optimizer state
 #: (big, and only for resuming), the pickled TrainingArguments (unsafe to unpickle, full

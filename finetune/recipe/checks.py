@@ -1,6 +1,6 @@
 """The checks between a recipe's keys that their types alone cannot express, each problem one line naming the file, the key and the fix.
 
-Ranges, strategies and the keys that go with them, eval sets, LoRA, distillation, the
+Ranges, strategies and the keys that go with them, eval sets, the evaluation block, LoRA, distillation, the
 regularisers (mixup/CutMix, class imbalance, the EMA), and the training block against
 TrainingArguments."""
 
@@ -136,6 +136,7 @@ def validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) ->
             f"{source}: 'expected.metric' is '{recipe.expected.metric}' but 'metrics' does not compute it; "
             f"use one of {', '.join(recipe.metrics)}"
         )
+    problems += _check_evaluation(recipe, source)
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append(f"{source}: 'hub.push' is true but 'hub.repo_id' is missing; set it to USER/NAME")
     _check_training(recipe.training, source, problems)
@@ -172,6 +173,28 @@ def _check_training(training: dict[str, Any], source: str, problems: list[str]) 
             tp = Any
         if not check_type(value, tp):
             problems.append(f"{source}: '{path}' must be {describe(tp)}, got {json.dumps(value)}")
+
+
+def _check_evaluation(recipe: Recipe, source: str) -> list[str]:
+    """The ``evaluation`` block: the interval's level and resamples, the abstention target,
+    and calibration only where a validation piece can fit it."""
+    e, problems = recipe.evaluation, []
+    if not 0 < e.ci_level < 1:
+        problems.append(f"{source}: 'evaluation.ci_level' must be in (0, 1), e.g. 0.95, got {e.ci_level}")
+    if e.bootstrap_resamples < 100:
+        problems.append(
+            f"{source}: 'evaluation.bootstrap_resamples' must be >= 100 (fewer cannot place the interval's ends), "
+            f"got {e.bootstrap_resamples}"
+        )
+    if not 0 < e.abstain_accuracy <= 1:
+        problems.append(f"{source}: 'evaluation.abstain_accuracy' must be in (0, 1], e.g. 0.95, got {e.abstain_accuracy}")
+    if e.calibrate and recipe.data.validation_fraction == 0:
+        problems.append(
+            f"{source}: 'evaluation.calibrate' true fits the temperature on the validation piece, which "
+            "'data.validation_fraction' 0 leaves out; set data.validation_fraction > 0, or evaluation.calibrate "
+            "to null (on when there is a validation piece) or false"
+        )
+    return problems
 
 
 def _check_eval_sets(sets: dict[str, EvalSetConfig], source: str, problems: list[str]) -> None:

@@ -123,6 +123,7 @@ _NOT_SEARCHABLE = {
     "description": "it names the run; it does not change training",
     "output_dir": "each trial runs in its own folder, and the final run in '<output_dir>/final'",
     "hub": "publishing settings do not change what is trained",
+    "evaluation": "it changes how the final model is scored and calibrated, which no trial does",
     "expected": "the result a recipe claims is not a setting",
     "data.eval_split": "trials never read the eval split, so nothing can be tuned on it",
     "data.max_eval_samples": "trials never read the eval split, so nothing can be tuned on it",

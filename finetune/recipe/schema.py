@@ -251,6 +251,25 @@ class HubConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """How far to trust the reported numbers (:mod:`finetune.evaluation.trust`): bootstrap
+    intervals, calibration and the abstention threshold of the card."""
+
+    #: The level of the bootstrap confidence intervals of the eval metrics, in (0, 1).
+    ci_level: float = 0.95
+    #: Bootstrap resamples of the evaluated images behind each interval (at least 100).
+    bootstrap_resamples: int = 1000
+    #: The resampling's seed: the same predictions always give the same interval.
+    bootstrap_seed: int = 0
+    #: Temperature scaling, fitted on the validation piece and folded into the saved head
+    #: (:mod:`finetune.training.calibrate`). null: on when there is a validation piece and the
+    #: head can be folded; true: on, refused before training where it cannot be; false: off.
+    calibrate: bool | None = None
+    #: The accuracy on the eval split that the card's abstention threshold keeps, in (0, 1].
+    abstain_accuracy: float = 0.95
+
+
+@dataclass
 class StudyConfig:
     """What `finetune study` runs (:mod:`finetune.sweeps.study`): every combination of the
     grid's values, over seeds."""
@@ -283,6 +302,8 @@ class Recipe:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: list(KNOWN_METRICS))
     hub: HubConfig = field(default_factory=HubConfig)
+    #: Intervals, calibration and abstention of the final evaluation.
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     #: Read by `finetune study` only; `finetune train` trains the recipe as it is.
     study: StudyConfig | None = None
     #: The hyper-parameter search space of ``finetune search``: dotted recipe key → a range or

@@ -33,7 +33,7 @@ from finetune.evaluation import eval_sets, metrics
 from finetune.models import classifier as model_lib
 from finetune.models import strategies
 from finetune.recipe import Recipe
-from finetune.training import distill, lp_ft
+from finetune.training import calibrate, distill, lp_ft
 from finetune.training.arguments import callbacks, data_seed, precision, training_arguments
 from finetune.training.finish import AFTER_TRAINING, finish, stopped_after_training
 from finetune.training.interrupts import InterruptCallback, Interrupted, StopNow, signal_name
@@ -283,6 +283,9 @@ def _build(run: Run) -> Run:
     transform = data.BatchTransform.for_processor(processor, recipe.data.augment, channels_last=channels_last)
     size = transform.size
     run.accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
+    if not run.for_trial:
+        # Before training: a run that asks for calibration where it cannot work stops now.
+        run.calibration = calibrate.plan(run, size)
     trainer_class: Callable[..., Trainer] = functools.partial(FinetuneTrainer, layer_decay=recipe.model.layer_decay)
     caches = run.strategy.caches_features(recipe.model)
     if caches:

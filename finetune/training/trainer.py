@@ -10,6 +10,8 @@ from transformers import Trainer
 
 from finetune import data
 from finetune.models import lora
+from finetune.models import temperature as head_temperature
+from finetune.probe.features import find_head
 from finetune.recipe import Recipe
 from finetune.training import losses
 from finetune.training.distill import Teacher
@@ -153,13 +155,17 @@ class FinetuneTrainer(Trainer):
         if self.ema is not None and not self.ema.applied and self.args.should_save:
             self.ema.save(output_dir or self.args.output_dir, self.state.global_step)
 
-    def save_final_model(self) -> None:
+    def save_final_model(self, temperature: float | None = None) -> None:
         """The run's model in the output folder, as ``pipeline()`` loads it without finetune
         or peft: LoRA's adapters merged into the weights, any other model as ``save_model``
-        writes it (the checkpoints of a LoRA run hold the adapters alone)."""
-        if lora.is_adapted(self.accelerator.unwrap_model(self.model)):
-            lora.save_merged(self)
-        else:
+        writes it (the checkpoints of a LoRA run hold the adapters alone). ``temperature``:
+        folded into the saved head (for LoRA after merging); the live model is left as it was."""
+        model = self.accelerator.unwrap_model(self.model)
+        if lora.is_adapted(model):
+            fold = (lambda merged: head_temperature.fold(find_head(merged)[1], temperature)) if temperature else None
+            lora.save_merged(self, prepare=fold)
+            return
+        with head_temperature.folded(find_head(model)[1] if temperature else None, temperature):
             self.save_model()
 
     def _augmentation_seed(self) -> int:

@@ -105,6 +105,34 @@ def test_predict_matches_transformers_pipeline(run, mixed_folder, capsys):
         assert a["probability"] == pytest.approx(b["score"], abs=1e-4)
 
 
+def test_min_probability_marks_unsure_images_abstained(run, mixed_folder, tmp_path, capsys):
+    """Below the threshold an image is abstained on, its top classes still listed; the terminal counts them."""
+    images = [str(mixed_folder / "a" / "r.png"), str(mixed_folder / "b" / "deeper" / "b.png"), str(mixed_folder / "notes.txt")]
+    assert main(["predict", str(run.out), *images, "--format", "jsonl"]) == 0
+    plain = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all("abstained" not in r for r in plain)  # no option, no field
+    tops = [r["predictions"][0]["probability"] for r in plain[:2]]
+    between = sum(sorted(tops)) / 2  # one image below it, one above
+    assert main(["predict", str(run.out), *images, "--format", "jsonl", "--min-probability", f"{between:.6f}"]) == 0
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r.get("abstained") for r in records] == [p < between for p in tops] + [None]
+    assert all(len(r["predictions"]) == 3 for r in records[:2])
+    assert "labelled 2 image(s); abstained on 1 of them (top probability below" in captured.err
+    # CSV: an 'abstained' column before 'error'; P = 1 abstains on every image.
+    assert main(["predict", str(run.out), *images, "--min-probability", "1"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(rows[0])[-2:] == ["abstained", "error"]
+    assert [r["abstained"] for r in rows] == ["true", "true", ""]
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "high"])
+def test_min_probability_must_be_a_probability(run, mixed_folder, value, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["predict", str(run.out), str(mixed_folder), "--min-probability", value])
+    assert exit.value.code == 2 and "must be a number in [0, 1]" in capsys.readouterr().err
+
+
 def test_predict_nothing_readable_exits_2(run, tmp_path, capsys):
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / "readme.txt").write_text("hello")

@@ -39,6 +39,14 @@ def test_eval_writes_report_into_new_folder(run, capsys):
     # The same Trainer evaluation as training's final one: the same mean loss, too.
     assert report["loss"] == pytest.approx(trained["eval_loss"], rel=1e-6)
     assert sorted(report["per_class"]) == sorted(CLASSES)
+    # The same predictions and the same seed: the run's own intervals and calibration error.
+    intervals = report["confidence_intervals"]
+    assert intervals["level"] == 0.95 and intervals["resamples"] == 1000
+    assert intervals["accuracy"] == [trained["eval_accuracy_ci_low"], trained["eval_accuracy_ci_high"]]
+    assert intervals["macro_f1"] == [trained["eval_f1_ci_low"], trained["eval_f1_ci_high"]]
+    assert report["ece"] == pytest.approx(trained["eval_ece"], abs=1e-6)
+    assert "95% CI" in out and "ECE" in out
+    assert (target / "reliability.png").is_file()
     for name in PNGS:
         with Image.open(target / name) as image:
             assert image.format == "PNG"

@@ -117,3 +117,31 @@ def test_checks_between_keys(patch: dict, needle: str) -> None:
 def test_trust_remote_code_with_pinned_commit_is_accepted() -> None:
     recipe = recipe_from_dict({**base(), "model": {"name_or_path": "m", "trust_remote_code": True, "revision": "a" * 40}})
     assert recipe.model.trust_remote_code
+
+
+def test_the_evaluation_block_defaults() -> None:
+    e = recipe_from_dict(base()).evaluation
+    assert (e.ci_level, e.bootstrap_resamples, e.bootstrap_seed, e.calibrate, e.abstain_accuracy) == (0.95, 1000, 0, None, 0.95)
+
+
+@pytest.mark.parametrize(
+    "patch, needle",
+    [
+        ({"evaluation": {"ci_level": 95}}, "'evaluation.ci_level' must be in (0, 1), e.g. 0.95, got 95"),
+        ({"evaluation": {"bootstrap_resamples": 20}}, "'evaluation.bootstrap_resamples' must be >= 100"),
+        ({"evaluation": {"abstain_accuracy": 0}}, "'evaluation.abstain_accuracy' must be in (0, 1]"),
+        ({"evaluation": {"calibrate": "yes"}}, "'evaluation.calibrate' must be true/false or null"),
+        ({"evaluation": {"calibrate": True}, "data": {"validation_fraction": 0}},
+         "'evaluation.calibrate' true fits the temperature on the validation piece, which 'data.validation_fraction' 0"),
+        ({"evaluation": {"ece_bins": 10}}, "unknown key 'evaluation.ece_bins'"),
+    ],
+)
+def test_evaluation_block_mistakes(patch: dict, needle: str) -> None:
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict(base(**patch))
+    assert needle in str(err.value)
+
+
+def test_calibration_may_be_on_without_a_validation_piece_only_by_default() -> None:
+    recipe = recipe_from_dict(base(data={"validation_fraction": 0}))
+    assert recipe.evaluation.calibrate is None  # off at run time, with a log line
