@@ -48,9 +48,12 @@ KNOWN_FILES = frozenset({
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "training_args.bin",
     "trainer_state.json", "train_results.json", "eval_results.json", "all_results.json", "eval_report.json",
     "confusion_matrix.png", "misclassified.png", "training_curves.png", "lp_head.safetensors",
+    "calibration.json", "reliability.png",
 })
 #: What an eval report folder (``eval-*/``) holds.
-REPORT_FILES = frozenset({"eval_report.json", "confusion_matrix.png", "misclassified.png", "training_curves.png"})
+REPORT_FILES = frozenset({
+    "eval_report.json", "confusion_matrix.png", "misclassified.png", "training_curves.png", "reliability.png",
+})
 _CHECKPOINT = re.compile(r"^checkpoint-\d+$")
 _SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 #: What ``finetune export`` leaves when killed mid-way (its folder is made under this name, then renamed).

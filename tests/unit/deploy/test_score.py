@@ -55,6 +55,12 @@ def test_eval_writes_report_into_new_folder(run, capsys):
         k: v for k, v in before.items() if k != MANIFEST
     }
     assert "eval-images-test" in recorded(run.out)  # the run's now: --overwrite removes it with the run
+    # Again into the folder that is there now: each file it writes (the reliability diagram too) is listed.
+    shutil.rmtree(target)
+    target.mkdir()
+    assert main(["eval", str(run.out), "--data", str(run.images), "--split", "test", "--report-dir", str(target)]) == 0
+    written = {f"eval-images-test/{p.name}" for p in target.iterdir()}
+    assert "eval-images-test/reliability.png" in written and written <= recorded(run.out)
     shutil.rmtree(target)  # other tests (push) see the run as trained
 
 
