@@ -188,8 +188,9 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         shown |= {f"data.{k}": getattr(recipe.data, k) for k in ("class_weights", "sampler") if getattr(recipe.data, k)}
         for key in _SHOWN_ARGS:
             shown.setdefault(key, "(default)")
-        if recipe.model.layer_decay is not None:
-            shown["model.layer_decay"] = recipe.model.layer_decay
+        for key in ("layer_decay", "drop_path_rate"):
+            if getattr(recipe.model, key) is not None:
+                shown[f"model.{key}"] = getattr(recipe.model, key)
     eval_note = (
         "The recipe named no eval split, so these numbers come from the held-out validation piece of the "
         "training split, which was also used for per-epoch scores: they are less independent than a test split's."

@@ -127,6 +127,7 @@ _NOT_SEARCHABLE = {
     "data.eval_split": "trials never read the eval split, so nothing can be tuned on it",
     "data.max_eval_samples": "trials never read the eval split, so nothing can be tuned on it",
     "metrics": "it changes the score trials are compared by",
+    "evaluation": "trials are scored on the validation piece with one view; it applies to the final scores only",
     "training.metric_for_best_model": "it changes the score trials are compared by",
     "training.greater_is_better": "it changes the score trials are compared by",
     **{

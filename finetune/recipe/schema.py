@@ -137,6 +137,10 @@ class ModelConfig:
     #: earlier block at this factor times the next one's (:mod:`finetune.models.layer_decay`).
     #: null: off.
     layer_decay: float | None = None
+    #: Stochastic depth (Huang et al. 2016): the largest drop rate of the residual branches'
+    #: DropPath layers, in [0, 1), set in a timm model's create kwargs or a transformers config
+    #: that has the attribute (:mod:`finetune.models.drop_path`). null: the checkpoint's own.
+    drop_path_rate: float | None = None
     #: With ``strategy: lp_ft`` and ``probe_solver: trainer``: the epochs of the linear-probe
     #: phase on cached features (its optimizer, learning rate and batch are ``training``'s).
     lp_epochs: float = 10.0
@@ -229,6 +233,22 @@ class DataConfig:
     sampler: Literal["balanced"] | None = None
 
 
+#: Test-time augmentation: the views each image is scored on (:mod:`finetune.data.views`).
+TTA = Literal["none", "hflip", "hflip+crops"]
+
+
+@dataclass
+class EvaluationConfig:
+    """How the final scores are made: the eval split's and the eval sets' after training, and
+    the default of ``finetune eval`` and ``finetune predict`` on the run's folder."""
+
+    #: "hflip": each image and its mirror image; "hflip+crops": those and four corner crops
+    #: (87.5% of each side, resized back to the input size), each mirrored too (10 views). The
+    #: softmax is averaged over the views. The per-epoch scores on the validation piece stay
+    #: single-view.
+    tta: TTA = "none"
+
+
 @dataclass
 class HubConfig:
     push: bool = False
@@ -270,6 +290,7 @@ class Recipe:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: list(KNOWN_METRICS))
     hub: HubConfig = field(default_factory=HubConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     #: Read by `finetune study` only; `finetune train` trains the recipe as it is.
     study: StudyConfig | None = None
     #: The hyper-parameter search space of ``finetune search``: dotted recipe key → a range or

@@ -1,0 +1,145 @@
+"""Stochastic depth and test-time augmentation on real CIFAR-10: accuracy, and what the views cost.
+
+    python bench/depth_tta.py drop-path [--rates none,0.1,0.2] [--seeds 42,43] [--work DIR]
+    python bench/depth_tta.py kshot [--cells full:5,full:20,full:100,linear_probe:100] [--work DIR]
+    python bench/depth_tta.py tta [--work DIR] [--modes none,hflip,hflip+crops]
+
+``drop-path`` trains ``recipes/cifar10_lite0_small.json`` as a user runs it (``finetune
+train --recipe ...``) with ``--set model.drop_path_rate=R`` (``none``: the recipe as it is)
+and ``--set training.seed=S``; ``training.data_seed`` stays 42, so every run has the same
+2,000 training images, validation piece and 1,000 test images, and only the training draws
+(head init, batch order, crops, the drops themselves) change with the seed. Each run's test
+and last validation accuracy and wall time go to ``WORK/drop_path.json``.
+
+``kshot`` trains cells of ``recipes/study_cifar10_kshot.json`` (strategy:k, its first seed)
+with ``finetune train --set model.strategy=... --set data.samples_per_class=...``.
+
+``tta`` scores every model trained above (the ``none`` rate's for the small recipe) with
+``finetune eval RUN --data CIFAR10 --split test --tta MODE`` on all 10,000 test images,
+timing each command (a warm-up ``none`` pass first, so the decode cache is warm and every
+timed command does the same decoding); accuracy, mean cross-entropy and wall time go to
+``WORK/tta.json``. Each mode scores the same model on the same images, so the accuracy
+differences are paired.
+
+Timed from the shell, on the machine's default threads; the load average is recorded
+around every command: on a shared machine, times taken under another job's load are not a
+result, the accuracies are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from commands import environment, timed  # noqa: E402
+from common import CIFAR10, ROOT  # noqa: E402
+
+#: This checkout's entry point (run as a script it imports the package next to it, not an
+#: installed copy), with the subcommands of the ``finetune`` console script.
+FINETUNE = [sys.executable, str(ROOT / "finetune" / "run.py")]
+
+SMALL = ROOT / "recipes" / "cifar10_lite0_small.json"
+KSHOT = ROOT / "recipes" / "study_cifar10_kshot.json"
+
+
+def _train(recipe: Path, out: Path, sets: list[str], work: Path, data: Path, log) -> dict[str, Any]:
+    args = [arg for s in [*sets, f"output_dir={out}", f"data.dataset={data}"] for arg in ("--set", s)]
+    load = os.getloadavg()[0]
+    wall, proc = timed([*FINETUNE, "train", "--recipe", str(recipe), "--overwrite", *args], environment(work), log, out.name)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {out.name} failed (exit {proc.returncode}); see {log.name}\n{proc.stderr[-2000:]}")
+    final = json.loads((out / "eval_results.json").read_text())
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    validation = [e["eval_accuracy"] for e in history if "eval_accuracy" in e]
+    return {
+        "run": str(out), "test_accuracy": float(final["eval_accuracy"]),
+        "validation_accuracy": validation[-1] if validation else None,
+        "wall_s": round(wall, 1), "load_before": load, "load_after": os.getloadavg()[0],
+    }
+
+
+def drop_path(args, work: Path, log) -> None:
+    results = []
+    for seed in args.seeds.split(","):
+        for rate in args.rates.split(","):
+            out = work / "runs" / f"small-dp{rate}-s{seed}"
+            sets = [f"training.seed={seed}", "training.data_seed=42"]
+            if rate != "none":
+                sets.append(f"model.drop_path_rate={rate}")
+            result = {"rate": rate, "seed": int(seed), **_train(SMALL, out, sets, work, args.data, log)}
+            print(json.dumps(result), flush=True)
+            results.append(result)
+            (work / "drop_path.json").write_text(json.dumps(results, indent=1))
+
+
+def kshot(args, work: Path, log) -> None:
+    results = []
+    for cell in args.cells.split(","):
+        strategy, k = cell.split(":")
+        out = work / "runs" / f"kshot-{strategy}-k{k}"
+        sets = [f"model.strategy={strategy}", f"data.samples_per_class={k}"]
+        result = {"cell": cell, **_train(KSHOT, out, sets, work, args.data, log)}
+        print(json.dumps(result), flush=True)
+        results.append(result)
+        (work / "kshot.json").write_text(json.dumps(results, indent=1))
+
+
+def _score(run: Path, mode: str, work: Path, data: Path, log) -> dict[str, Any]:
+    report = work / "tta-reports" / f"{run.name}-{mode}"
+    command = [*FINETUNE, "eval", str(run), "--data", str(data), "--split", "test", "--tta", mode,
+               "--batch-size", "128", "--report-dir", str(report)]
+    load = os.getloadavg()[0]
+    wall, proc = timed(command, environment(work), log, f"{run.name} {mode}")
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: eval of {run.name} failed (exit {proc.returncode}); see {log.name}\n{proc.stderr[-2000:]}")
+    result = json.loads((report / "eval_report.json").read_text())
+    return {
+        "run": run.name, "tta": mode, "accuracy": result["accuracy"], "loss": result["loss"],
+        "images": result["num_images"], "wall_s": round(wall, 1), "load_before": load, "load_after": os.getloadavg()[0],
+    }
+
+
+def tta(args, work: Path, log) -> None:
+    runs = sorted(p for p in (work / "runs").glob("*") if (p / "model.safetensors").is_file()
+                  and ("-dpnone-" in p.name or p.name.startswith("kshot-")))
+    results = []
+    for run in runs:
+        _score(run, "none", work, args.data, log)  # warm-up: decodes the test split into the cache
+        for mode in args.modes.split(","):
+            result = _score(run, mode, work, args.data, log)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+            (work / "tta.json").write_text(json.dumps(results, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("phase", choices=("drop-path", "kshot", "tta"))
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "finetune-depth-tta"), help="runs, caches and results go here")
+    parser.add_argument("--data", type=Path, default=CIFAR10, help="the CIFAR-10 copy (Hub parquet layout)")
+    parser.add_argument("--rates", default="none,0.1,0.2", help="drop-path: model.drop_path_rate values (none: unset)")
+    parser.add_argument("--seeds", default="42,43", help="drop-path: training.seed values")
+    parser.add_argument("--cells", default="full:5,full:20,full:100,linear_probe:100", help="kshot: strategy:k cells")
+    parser.add_argument("--modes", default="none,hflip,hflip+crops", help="tta: the modes scored")
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        raise SystemExit(f"bench: no CIFAR-10 copy at {args.data}; pass --data")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
+    with open(work / f"{args.phase}-{time.strftime('%Y%m%d-%H%M%S')}.log", "w") as log:
+        {"drop-path": drop_path, "kshot": kshot, "tta": tta}[args.phase](args, work, log)
+    print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
