@@ -14,12 +14,13 @@ and last validation accuracy and wall time go to ``WORK/drop_path.json``.
 ``kshot`` trains cells of ``recipes/study_cifar10_kshot.json`` (strategy:k, its first seed)
 with ``finetune train --set model.strategy=... --set data.samples_per_class=...``.
 
-``tta`` scores every model trained above (the ``none`` rate's for the small recipe) with
-``finetune eval RUN --data CIFAR10 --split test --tta MODE`` on all 10,000 test images,
-timing each command (a warm-up ``none`` pass first, so the decode cache is warm and every
-timed command does the same decoding); accuracy, mean cross-entropy and wall time go to
-``WORK/tta.json``. Each mode scores the same model on the same images, so the accuracy
-differences are paired.
+``tta`` scores every model trained above with ``finetune eval RUN --data CIFAR10 --split
+test --tta MODE`` on all 10,000 test images: each mode for the small recipe's runs without
+drop path and for the k-shot cells, one view for the drop-path runs (a larger test set than
+the recipe's 1,000 images). Each command is timed, after a warm-up pass per input size that
+fills the decode cache, so every timed command decodes alike; accuracy, mean cross-entropy
+and wall time go to ``WORK/tta.json``. Each mode scores the same model on the same images,
+so the accuracy differences between modes are paired.
 
 Timed from the shell, on the machine's default threads; the load average is recorded
 around every command: on a shared machine, times taken under another job's load are not a
@@ -51,18 +52,22 @@ KSHOT = ROOT / "recipes" / "study_cifar10_kshot.json"
 
 
 def _train(recipe: Path, out: Path, sets: list[str], work: Path, data: Path, log) -> dict[str, Any]:
+    """Train one run (a finished one in ``out`` is kept: the phases resume where they stopped)."""
     args = [arg for s in [*sets, f"output_dir={out}", f"data.dataset={data}"] for arg in ("--set", s)]
     load = os.getloadavg()[0]
-    wall, proc = timed([*FINETUNE, "train", "--recipe", str(recipe), "--overwrite", *args], environment(work), log, out.name)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: {out.name} failed (exit {proc.returncode}); see {log.name}\n{proc.stderr[-2000:]}")
+    wall = None
+    if not (out / "eval_results.json").is_file():
+        command = [*FINETUNE, "train", "--recipe", str(recipe), "--overwrite", *args]
+        wall, proc = timed(command, environment(work), log, out.name)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: {out.name} failed (exit {proc.returncode}); see {log.name}\n{proc.stderr[-2000:]}")
     final = json.loads((out / "eval_results.json").read_text())
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     validation = [e["eval_accuracy"] for e in history if "eval_accuracy" in e]
     return {
         "run": str(out), "test_accuracy": float(final["eval_accuracy"]),
         "validation_accuracy": validation[-1] if validation else None,
-        "wall_s": round(wall, 1), "load_before": load, "load_after": os.getloadavg()[0],
+        "wall_s": round(wall, 1) if wall is not None else None, "load_before": load, "load_after": os.getloadavg()[0],
     }
 
 
@@ -92,28 +97,37 @@ def kshot(args, work: Path, log) -> None:
         (work / "kshot.json").write_text(json.dumps(results, indent=1))
 
 
-def _score(run: Path, mode: str, work: Path, data: Path, log) -> dict[str, Any]:
-    report = work / "tta-reports" / f"{run.name}-{mode}"
+def _score(run: Path, mode: str, work: Path, data: Path, log, name: str | None = None) -> dict[str, Any]:
+    report = work / "tta-reports" / (name or f"{run.name}-{mode}")
     command = [*FINETUNE, "eval", str(run), "--data", str(data), "--split", "test", "--tta", mode,
                "--batch-size", "128", "--report-dir", str(report)]
     load = os.getloadavg()[0]
-    wall, proc = timed(command, environment(work), log, f"{run.name} {mode}")
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: eval of {run.name} failed (exit {proc.returncode}); see {log.name}\n{proc.stderr[-2000:]}")
+    wall = None
+    if not (report / "eval_report.json").is_file():  # scored before: kept
+        wall, proc = timed(command, environment(work), log, f"{run.name} {mode}")
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: eval of {run.name} failed (exit {proc.returncode}); see {log.name}\n{proc.stderr[-2000:]}")
     result = json.loads((report / "eval_report.json").read_text())
     return {
         "run": run.name, "tta": mode, "accuracy": result["accuracy"], "loss": result["loss"],
-        "images": result["num_images"], "wall_s": round(wall, 1), "load_before": load, "load_after": os.getloadavg()[0],
+        "images": result["num_images"], "wall_s": round(wall, 1) if wall is not None else None, "load_before": load, "load_after": os.getloadavg()[0],
     }
 
 
 def tta(args, work: Path, log) -> None:
-    runs = sorted(p for p in (work / "runs").glob("*") if (p / "model.safetensors").is_file()
-                  and ("-dpnone-" in p.name or p.name.startswith("kshot-")))
-    results = []
+    """Every mode for the small recipe's runs without drop path and for the k-shot cells; one
+    view (the 10,000-image test accuracy) for the drop-path runs."""
+    runs = sorted(p for p in (work / "runs").glob("*") if (p / "model.safetensors").is_file())
+    results, warm = [], set()
     for run in runs:
-        _score(run, "none", work, args.data, log)  # warm-up: decodes the test split into the cache
-        for mode in args.modes.split(","):
+        kind = run.name.split("-")[0]
+        if kind not in warm:
+            # Warm-up: decodes the test split into the cache (one per input size), so every
+            # timed command decodes alike.
+            _score(run, "none", work, args.data, log, name=f"{run.name}-warm-up")
+            warm.add(kind)
+        modes = args.modes.split(",") if ("-dpnone-" in run.name or kind == "kshot") else ["none"]
+        for mode in modes:
             result = _score(run, mode, work, args.data, log)
             print(json.dumps(result), flush=True)
             results.append(result)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finetune.cli.common import positive_int
+from finetune.cli.common import add_tta, positive_int
 from finetune.deploy import onnx_classifier
 from finetune.deploy.predict import Writer, batches, collect_inputs, label_pixels, preprocess
-from finetune.deploy.saved_run import load_saved
+from finetune.deploy.saved_run import choose_tta, load_saved
 from finetune.utils.errors import InferenceError, first_line, report
 
 HELP = "label images with a saved model"
@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="write here instead of to stdout")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     parser.add_argument("--int8", action="store_true", help="with a folder from `finetune export --quantize int8`: run model.int8.onnx")
+    add_tta(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         return report(f"--int8: '{args.output_dir}' is not an exported folder; run `finetune export OUTPUT_DIR --quantize int8` and pass its folder")
     try:
         saved = onnx_classifier.load_export(args.output_dir, int8=args.int8) if exported else load_saved(args.output_dir)
+        tta = choose_tta(saved, args.tta)
     except InferenceError as err:
         return report(str(err))
     items = collect_inputs(args.inputs)
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                 tensors.append(tensor)
                 problems.append(problem)
             ok = [t for t in tensors if t is not None]
-            tops = iter(label_pixels(saved, ok, k) if ok else [])
+            tops = iter(label_pixels(saved, ok, k, tta) if ok else [])
             # Rows in input order, good and bad interleaved as they were named.
             for (path, _), tensor, problem in zip(chunk, tensors, problems):
                 if tensor is None:
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return report(f"none of the {failed} file(s) could be labelled (see the warnings above); name image files")
     print(
         f"finetune: labelled {labelled} image(s)"
+        + (f" with test-time augmentation {tta}" if tta != "none" else "")
         + (f"; {failed} file(s) could not be read (see the 'error' {'field' if fmt == 'jsonl' else 'column'})" if failed else "")
         + (f"; written to {args.output}" if args.output else ""),
         file=sys.stderr,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.deploy import onnx_classifier as onnx_model
-from finetune.deploy.saved_run import load_saved
+from finetune.deploy.saved_run import choose_tta, load_saved
 from finetune.utils.devices import has_accelerator
 from finetune.utils.errors import InferenceError, first_line
 from finetune.utils.files import slug, write_json
@@ -68,13 +68,16 @@ def _cli_message(err: BaseException) -> str:
 # ------------------------------------------------------------------------- scoring
 
 
-def trainer_scores(saved, images, batch_size: int, output_dir: str):
+def trainer_scores(saved, images, batch_size: int, output_dir: str, tta: str = "none"):
     """The training's final evaluation, on a decoded split: (Trainer metrics, Predictions).
 
-    The same ``FinetuneTrainer`` with the same batch transform (no augmentation), collator
-    and batch-by-batch ``MetricAccumulator``; full precision, so the numbers do not depend
-    on whether the GPU has bf16.
+    The same ``FinetuneTrainer`` with the same batch transform (no augmentation), collator,
+    batch-by-batch ``MetricAccumulator`` and test-time views (``tta``, a mode of
+    ``evaluation.tta``); full precision, so the numbers do not depend on whether the GPU has
+    bf16.
     """
+    from finetune.evaluation.tta import TestTimeAugmentation
+
     from transformers import TrainingArguments
 
     from finetune import data
@@ -101,6 +104,7 @@ def trainer_scores(saved, images, batch_size: int, output_dir: str):
         data_collator=data.collate,
         compute_metrics=accumulator,
         batch_transform=transform,
+        tta=TestTimeAugmentation(tta) if tta != "none" else None,
     )
     # Batches gathered from the memory-mapped cache in one read, as training reads them.
     scores = trainer.evaluate(eval_dataset=data.FastRows.wrap(images), metric_key_prefix="eval")
@@ -167,8 +171,10 @@ def evaluate_saved(
     batch_size: int = 32,
     report_dir: str | Path | None = None,
     int8: bool = False,
+    tta: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Score the saved (or exported) model on ``dataset[split]``; returns the report and where it went."""
+    """Score the saved (or exported) model on ``dataset[split]``; returns the report and where
+    it went. ``tta``: the test-time views (None: those the run recorded; an export scores one)."""
     from finetune import data
     from finetune.recipe import DataConfig
 
@@ -179,6 +185,7 @@ def evaluate_saved(
             f"--int8: '{output_dir}' is not an exported folder; run `finetune export OUTPUT_DIR --quantize int8` and pass its folder"
         )
     saved = onnx_model.load_export(out, int8=int8) if exported else load_saved(out)
+    views = choose_tta(saved, tta)
     target = Path(report_dir) if report_dir else default_report_dir(out, dataset, split)
     if target.resolve() == out.resolve():
         raise InferenceError(
@@ -200,6 +207,7 @@ def evaluate_saved(
             return _write_report(
                 out, target, dataset, config, split, saved.class_names,
                 *onnx_scores(saved, rows, image_col, label_col, batch_size), model_file=saved.model_file.name,
+                tta=views,
             )
         decoded = data.decode(rows, saved.processor, image_col, label_col, None, f"decoding {split}")
     except data.DataError as err:
@@ -214,15 +222,16 @@ def evaluate_saved(
         print(f"finetune: warning: cannot read {item['path']} ({item['reason']}); left out", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="finetune-eval-") as scratch:  # the Trainer's output_dir
-        scores, predictions = trainer_scores(saved, images, batch_size, scratch)
+        scores, predictions = trainer_scores(saved, images, batch_size, scratch, views)
     return _write_report(
-        out, target, dataset, config, split, saved.class_names, predictions, float(scores["eval_loss"]), images, decoded.bad
+        out, target, dataset, config, split, saved.class_names, predictions, float(scores["eval_loss"]), images,
+        decoded.bad, tta=views,
     )
 
 
 def _write_report(
     out: Path, target: Path, dataset: str, config: str | None, split: str, class_names: list[str],
-    predictions, loss: float, images, bad: list[dict], model_file: str | None = None,
+    predictions, loss: float, images, bad: list[dict], model_file: str | None = None, tta: str = "none",
 ) -> tuple[dict[str, Any], Path]:
     from finetune.evaluation import metrics, plots
 
@@ -234,7 +243,10 @@ def _write_report(
     for item in bad if model_file else []:  # the PyTorch path warned while decoding
         print(f"finetune: warning: cannot read {item['path']} ({item['reason']}); left out", file=sys.stderr)
     result = metrics.per_class_report(predictions, class_names)
-    result.update({"loss": loss, "dataset": dataset, "config": config, "split": split, "model": str(out), "bad_files": bad})
+    result.update({
+        "loss": loss, "dataset": dataset, "config": config, "split": split, "model": str(out), "tta": tta,
+        "bad_files": bad,
+    })
     if model_file:
         result["runtime"] = f"ONNX Runtime ({model_file})"
     target.mkdir(parents=True, exist_ok=True)

@@ -119,6 +119,9 @@ class CardFacts:
     image_size: int | None = None
     #: The augmentation that really ran (none for a probe on cached features).
     augmentation: str = "none"
+    #: The test-time augmentation of the reported scores (``TestTimeAugmentation.describe``);
+    #: None: one view per image.
+    tta: str | None = None
     model_name: str | None = None
     eval_set_metrics: dict[str, Any] = field(default_factory=dict)
     eval_set_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -224,6 +227,7 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         adapters=facts.adapters,
         image_size=facts.image_size or recipe.data.image_size or "the base model's",
         augmentation=facts.augmentation,
+        tta=facts.tta,
         hyperparameters=sorted((k, v) for k, v in shown.items()),
         train_runtime=round(float(facts.train_metrics.get("train_runtime", 0.0)), 1),
         lp_phase=facts.lp_phase,

@@ -233,6 +233,14 @@ class DataConfig:
     sampler: Literal["balanced"] | None = None
 
 
+@dataclass
+class HubConfig:
+    push: bool = False
+    repo_id: str | None = None
+    private: bool = True
+    revision: str | None = None
+
+
 #: Test-time augmentation: the views each image is scored on (:mod:`finetune.data.views`).
 TTA = Literal["none", "hflip", "hflip+crops"]
 
@@ -247,14 +255,6 @@ class EvaluationConfig:
     #: softmax is averaged over the views. The per-epoch scores on the validation piece stay
     #: single-view.
     tta: TTA = "none"
-
-
-@dataclass
-class HubConfig:
-    push: bool = False
-    repo_id: str | None = None
-    private: bool = True
-    revision: str | None = None
 
 
 @dataclass
@@ -290,6 +290,7 @@ class Recipe:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: list(KNOWN_METRICS))
     hub: HubConfig = field(default_factory=HubConfig)
+    #: How the final scores are made (test-time augmentation).
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     #: Read by `finetune study` only; `finetune train` trains the recipe as it is.
     study: StudyConfig | None = None

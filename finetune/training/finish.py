@@ -8,11 +8,14 @@ from typing import Any
 
 from finetune import data
 from finetune.evaluation import eval_sets, metrics, plots
+from finetune.evaluation.tta import TestTimeAugmentation
 from finetune.publish import card
 from finetune.training import lp_ft
 from finetune.training.interrupts import signal_name
 from finetune.training.output_dir import disk_full_is_a_user_error, what_a_rerun_does
 from finetune.training.run_state import Run
+from finetune.training.trainer import FinetuneTrainer
+from finetune.utils.errors import UserError
 from finetune.utils.files import follow_umask, save_metrics, write_json
 
 logger = logging.getLogger("finetune")
@@ -32,6 +35,22 @@ def stopped_after_training(out: Path, signum: int, step: int, planned: list[str]
         f"stopped by {signal_name(signum)} after training had finished (step {step}): {state}; "
         f"run the same command again to finish: {what_a_rerun_does(out, step)}"
     )
+
+
+def final_views(run: Run) -> TestTimeAugmentation | None:
+    """Set the trainer's test-time augmentation for the final scores (``evaluation.tta``);
+    returns it, or None for one view. The recipe checks refuse it for a probe on cached
+    features, whose Trainer scores cached single-view features."""
+    mode = run.recipe.evaluation.tta
+    if mode == "none":
+        return None
+    trainer = run.trainer
+    if not isinstance(trainer, FinetuneTrainer):
+        raise UserError(f"evaluation.tta: '{mode}' needs the whole model to score each view; this run's "
+                        "Trainer scores cached features (set model.feature_cache false)")
+    trainer.tta = TestTimeAugmentation(mode)
+    logger.info("final evaluation: test-time augmentation %s", trainer.tta.describe())
+    return trainer.tta
 
 
 def finish(run: Run, result) -> dict[str, Any]:
@@ -59,7 +78,9 @@ def finish(run: Run, result) -> dict[str, Any]:
     trainer.save_state()
 
     # The reported numbers: the eval split, once, after training (and after loading the
-    # best checkpoint by validation score when the recipe asks for it).
+    # best checkpoint by validation score when the recipe asks for it), over the test-time
+    # views of evaluation.tta, as are the eval sets' below.
+    tta = final_views(run)
     final = trainer.evaluate(eval_dataset=data.FastRows.wrap(prepared.eval), metric_key_prefix="eval")
     trainer.log_metrics("eval", final)
     predictions = run.accumulator.last
@@ -87,6 +108,7 @@ def finish(run: Run, result) -> dict[str, Any]:
             image_size=int(run.transform.size[0]),
             # What really ran: a linear probe on cached features applies no augmentation.
             augmentation=run.transform.describe(),
+            tta=tta.describe() if tta is not None else None,
             eval_set_metrics=set_scores,
             eval_set_reports=set_reports,
             search=run.search,
