@@ -14,13 +14,13 @@ and last validation accuracy and wall time go to ``WORK/drop_path.json``.
 ``kshot`` trains cells of ``recipes/study_cifar10_kshot.json`` (strategy:k, its first seed)
 with ``finetune train --set model.strategy=... --set data.samples_per_class=...``.
 
-``tta`` scores every model trained above with ``finetune eval RUN --data CIFAR10 --split
-test --tta MODE`` on all 10,000 test images: each mode for the small recipe's runs without
-drop path and for the k-shot cells, one view for the drop-path runs (a larger test set than
-the recipe's 1,000 images). Each command is timed, after a warm-up pass per input size that
-fills the decode cache, so every timed command decodes alike; accuracy, mean cross-entropy
-and wall time go to ``WORK/tta.json``. Each mode scores the same model on the same images,
-so the accuracy differences between modes are paired.
+``tta`` scores the small recipe's runs without drop path and the k-shot cells with ``finetune
+eval RUN --data SUBSET --split test --tta MODE`` for each mode, SUBSET being the first
+``--per-class`` (100) test images of each class (``--per-class 0``: all 10,000). Each command
+is timed, after a warm-up pass per input size that fills the decode cache, so every timed
+command decodes alike; accuracy, mean cross-entropy and wall time go to ``WORK/tta.json``.
+Each mode scores the same model on the same images, so the accuracy differences between
+modes are paired.
 
 Timed from the shell, on the machine's default threads; the load average is recorded
 around every command: on a shared machine, times taken under another job's load are not a
@@ -114,21 +114,43 @@ def _score(run: Path, mode: str, work: Path, data: Path, log, name: str | None =
     }
 
 
+def test_subset(data: Path, per_class: int, work: Path) -> Path:
+    """The first ``per_class`` images of each class of the CIFAR-10 test split, as a folder
+    with one parquet file (the class names in its ``datasets`` features): a fixed,
+    class-balanced set, the same for every model scored."""
+    from datasets import load_dataset
+
+    target = work / f"cifar10-test-{per_class}-per-class"
+    file = target / "test-00000-of-00001.parquet"
+    if file.is_file():
+        return target
+    test = load_dataset(str(data), split="test")
+    seen: dict[int, int] = {}
+    keep = []
+    for i, label in enumerate(test["label"]):
+        if seen.get(label, 0) < per_class:
+            seen[label] = seen.get(label, 0) + 1
+            keep.append(i)
+    target.mkdir(parents=True, exist_ok=True)
+    test.select(keep).to_parquet(str(file))
+    return target
+
+
 def tta(args, work: Path, log) -> None:
-    """Every mode for the small recipe's runs without drop path and for the k-shot cells; one
-    view (the 10,000-image test accuracy) for the drop-path runs."""
-    runs = sorted(p for p in (work / "runs").glob("*") if (p / "model.safetensors").is_file())
+    """Every mode, for the small recipe's runs without drop path and for the k-shot cells."""
+    runs = sorted(p for p in (work / "runs").glob("*") if (p / "model.safetensors").is_file()
+                  and ("-dpnone-" in p.name or p.name.startswith("kshot-")))
+    data = test_subset(args.data, args.per_class, work) if args.per_class else args.data
     results, warm = [], set()
     for run in runs:
         kind = run.name.split("-")[0]
         if kind not in warm:
-            # Warm-up: decodes the test split into the cache (one per input size), so every
+            # Warm-up: decodes the test images into the cache (one per input size), so every
             # timed command decodes alike.
-            _score(run, "none", work, args.data, log, name=f"{run.name}-warm-up")
+            _score(run, "none", work, data, log, name=f"{run.name}-warm-up")
             warm.add(kind)
-        modes = args.modes.split(",") if ("-dpnone-" in run.name or kind == "kshot") else ["none"]
-        for mode in modes:
-            result = _score(run, mode, work, args.data, log)
+        for mode in args.modes.split(","):
+            result = _score(run, mode, work, data, log)
             print(json.dumps(result), flush=True)
             results.append(result)
             (work / "tta.json").write_text(json.dumps(results, indent=1))
@@ -143,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="42,43", help="drop-path: training.seed values")
     parser.add_argument("--cells", default="full:5,full:20,full:100,linear_probe:100", help="kshot: strategy:k cells")
     parser.add_argument("--modes", default="none,hflip,hflip+crops", help="tta: the modes scored")
+    parser.add_argument("--per-class", type=int, default=100,
+                        help="tta: score the first N test images of each class (0: all 10,000)")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         raise SystemExit(f"bench: no CIFAR-10 copy at {args.data}; pass --data")
