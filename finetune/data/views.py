@@ -12,8 +12,8 @@ The set is closed under mirroring (the mirror of the top-left crop is the top-ri
 the mirror image), so an averaged prediction does not change when the input is mirrored.
 The whole image stands in for the centre crop of the classic ten-crop: it is what the model
 was validated on, and the processor's own centre crop already made it. The corner crops
-zoom in by 1/0.875 (an area of 77%), inside the range that the shipped recipes' random
-resized crops train on.
+zoom in by 1/:data:`CROP_FRACTION`, keeping about three quarters of the area: inside the
+range that the shipped recipes' random resized crops train on.
 """
 
 from __future__ import annotations

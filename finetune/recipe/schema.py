@@ -251,9 +251,9 @@ class EvaluationConfig:
     the default of ``finetune eval`` and ``finetune predict`` on the run's folder."""
 
     #: "hflip": each image and its mirror image; "hflip+crops": those and four corner crops
-    #: (87.5% of each side, resized back to the input size), each mirrored too (10 views). The
-    #: softmax is averaged over the views. The per-epoch scores on the validation piece stay
-    #: single-view.
+    #: (``finetune.data.views.CROP_FRACTION`` of each side, resized back to the input size),
+    #: each mirrored too (10 views). The softmax is averaged over the views. The per-epoch
+    #: scores on the validation piece stay single-view.
     tta: TTA = "none"
 
 
