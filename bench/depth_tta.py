@@ -9,7 +9,7 @@ train --recipe ...``) with ``--set model.drop_path_rate=R`` (``none``: the recip
 and ``--set training.seed=S``; ``training.data_seed`` stays 42, so every run has the same
 2,000 training images, validation piece and 1,000 test images, and only the training draws
 (head init, batch order, crops, the drops themselves) change with the seed. Each run's test
-and last validation accuracy and wall time go to ``WORK/drop_path.json``.
+and last validation accuracy and wall time go to ``WORK/drop_path-rRATES-sSEEDS.json``.
 
 ``kshot`` trains cells of ``recipes/study_cifar10_kshot.json`` (strategy:k, its first seed)
 with ``finetune train --set model.strategy=... --set data.samples_per_class=...``.
@@ -82,7 +82,8 @@ def drop_path(args, work: Path, log) -> None:
             result = {"rate": rate, "seed": int(seed), **_train(SMALL, out, sets, work, args.data, log)}
             print(json.dumps(result), flush=True)
             results.append(result)
-            (work / "drop_path.json").write_text(json.dumps(results, indent=1))
+            # Named by what it holds, so that phases run side by side keep their own files.
+            (work / f"drop_path-r{args.rates}-s{args.seeds}.json").write_text(json.dumps(results, indent=1))
 
 
 def kshot(args, work: Path, log) -> None:
