@@ -76,12 +76,11 @@ def trainer_scores(saved, images, batch_size: int, output_dir: str, tta: str = "
     ``evaluation.tta``); full precision, so the numbers do not depend on whether the GPU has
     bf16.
     """
-    from finetune.evaluation.tta import TestTimeAugmentation
-
     from transformers import TrainingArguments
 
     from finetune import data
     from finetune.evaluation import metrics
+    from finetune.evaluation.tta import TestTimeAugmentation
     from finetune.training.trainer import FinetuneTrainer
 
     args = TrainingArguments(

@@ -46,7 +46,7 @@ def test_in_training_mode_a_drop_path_layer_drops_whole_images(tmp_path: Path) -
     """The built layers really drop (per image, scaled by 1/(1−p)) in training, and pass
     everything through in eval mode."""
     model = _loaded(save_tiny("convnext", tmp_path / "convnext"), 0.5)
-    layer = [m for m in model.modules() if getattr(m, "drop_prob", 0) == 0.5][0]
+    layer = next(m for m in model.modules() if getattr(m, "drop_prob", 0) == 0.5)
     x = torch.ones(64, 4, 2, 2)
     layer.train()
     torch.manual_seed(0)
