@@ -2,7 +2,8 @@
 
     python bench/depth_tta.py drop-path [--rates none,0.1,0.2] [--seeds 42,43] [--work DIR]
     python bench/depth_tta.py kshot [--cells full:5,full:20,full:100,linear_probe:100] [--work DIR]
-    python bench/depth_tta.py tta [--work DIR] [--modes none,hflip,hflip+crops]
+    python bench/depth_tta.py tta [--work DIR] [--modes none,hflip,hflip+crops] [--per-class 100]
+    python bench/depth_tta.py summary [--work DIR]
 
 ``drop-path`` trains ``recipes/cifar10_lite0_small.json`` as a user runs it (``finetune
 train --recipe ...``) with ``--set model.drop_path_rate=R`` (``none``: the recipe as it is)
@@ -157,9 +158,26 @@ def tta(args, work: Path, log) -> None:
             (work / "tta.json").write_text(json.dumps(results, indent=1))
 
 
+def summary(args, work: Path, log) -> None:
+    """The tables of docs/strategies.md, from the run folders and ``tta.json``."""
+    print("| drop_path_rate | seed | validation (last epoch) | test (1,000) |\n|---|---|---|---|")
+    for run in sorted((work / "runs").glob("small-dp*")):
+        if not (run / "eval_results.json").is_file():
+            continue
+        found = _train(SMALL, run, [], work, args.data, log)  # finished: only read
+        rate, seed = run.name.removeprefix("small-dp").rsplit("-s", 1)
+        print(f"| {rate} | {seed} | {found['validation_accuracy']:.3f} | {found['test_accuracy']:.3f} |")
+    if (work / "tta.json").is_file():
+        rows = json.loads((work / "tta.json").read_text())
+        print("\n| run | tta | accuracy | cross-entropy | wall s |\n|---|---|---|---|---|")
+        for r in rows:
+            wall = f"{r['wall_s']:.1f}" if r["wall_s"] is not None else "–"
+            print(f"| {r['run']} | {r['tta']} | {r['accuracy']:.4f} | {r['loss']:.4f} | {wall} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("phase", choices=("drop-path", "kshot", "tta"))
+    parser.add_argument("phase", choices=("drop-path", "kshot", "tta", "summary"))
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "finetune-depth-tta"), help="runs, caches and results go here")
     parser.add_argument("--data", type=Path, default=CIFAR10, help="the CIFAR-10 copy (Hub parquet layout)")
     parser.add_argument("--rates", default="none,0.1,0.2", help="drop-path: model.drop_path_rate values (none: unset)")
@@ -175,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
     with open(work / f"{args.phase}-{time.strftime('%Y%m%d-%H%M%S')}.log", "w") as log:
-        {"drop-path": drop_path, "kshot": kshot, "tta": tta}[args.phase](args, work, log)
+        {"drop-path": drop_path, "kshot": kshot, "tta": tta, "summary": summary}[args.phase](args, work, log)
     print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
     return 0
 
