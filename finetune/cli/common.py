@@ -31,6 +31,18 @@ def probability(text: str) -> float:
     return value
 
 
+def add_tta(parser: argparse.ArgumentParser) -> None:
+    """``--tta MODE``: the test-time views (``evaluation.tta``); None when not given."""
+    from finetune.deploy.saved_run import TTA_MODES
+
+    parser.add_argument(
+        "--tta", choices=TTA_MODES, default=None,
+        help="test-time augmentation, the softmax averaged over the views: none, hflip (the image and its mirror "
+        "image) or hflip+crops (those and 4 corner crops, each mirrored: 10 views); default: what the run's "
+        "recipe.json says (evaluation.tta), none for an exported folder",
+    )
+
+
 def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
     """``--set KEY=VALUE``, repeatable, collected in ``args.overrides``."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)

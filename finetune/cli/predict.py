@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finetune.cli.common import positive_int, probability
+from finetune.cli.common import add_tta, positive_int, probability
 from finetune.deploy import onnx_classifier
 from finetune.deploy.predict import Writer, batches, collect_inputs, label_pixels, preprocess
-from finetune.deploy.saved_run import load_saved
+from finetune.deploy.saved_run import choose_tta, load_saved
 from finetune.utils.errors import InferenceError, first_line, report
 
 HELP = "label images with a saved model"
@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="mark an image abstained when its top probability is below P (its top classes still listed); "
         "the model card gives the P that keeps the eval split's accuracy at the recipe's level",
     )
+    add_tta(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         return report(f"--int8: '{args.output_dir}' is not an exported folder; run `finetune export OUTPUT_DIR --quantize int8` and pass its folder")
     try:
         saved = onnx_classifier.load_export(args.output_dir, int8=args.int8) if exported else load_saved(args.output_dir)
+        tta = choose_tta(saved, args.tta)
     except InferenceError as err:
         return report(str(err))
     items = collect_inputs(args.inputs)
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 tensors.append(tensor)
                 problems.append(problem)
             ok = [t for t in tensors if t is not None]
-            tops = iter(label_pixels(saved, ok, k) if ok else [])
+            tops = iter(label_pixels(saved, ok, k, tta) if ok else [])
             # Rows in input order, good and bad interleaved as they were named.
             for (path, _), tensor, problem in zip(chunk, tensors, problems):
                 if tensor is None:
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     where = "field" if fmt == "jsonl" else "column"
     print(
         f"finetune: labelled {labelled} image(s)"
+        + (f" with test-time augmentation {tta}" if tta != "none" else "")
         + (
             f"; abstained on {abstained} of them (top probability below {args.min_probability:g}; see the "
             f"'abstained' {where})"

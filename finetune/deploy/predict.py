@@ -3,7 +3,9 @@
 ``finetune predict OUTPUT_DIR IMAGE_OR_FOLDER...`` runs the saved image processor, then
 softmax, after the same EXIF rotation and RGB conversion as training, and streams one
 CSV or JSON-lines row per file (the top-k classes, with ``--min-probability`` whether it is
-abstained on, or why the file could not be read).
+abstained on, or why the file could not be read). ``--tta`` averages the softmax over
+test-time views of each image (by default those the run's final scores used,
+``evaluation.tta`` in its recipe.json); the abstention reads that average.
 On a folder written by ``finetune export`` it runs ``model.onnx`` (or ``model.int8.onnx``)
 with ONNX Runtime instead (:mod:`finetune.deploy.onnx_classifier`), without importing torch.
 
@@ -107,8 +109,12 @@ def preprocess(saved: Saved | onnx_model.OnnxClassifier, path: str):
     return saved.processor(images=[image], return_tensors="pt")["pixel_values"]
 
 
-def label_pixels(saved: Saved | onnx_model.OnnxClassifier, pixels, k: int) -> list[list[tuple[str, float]]]:
-    """Top-k (class name, probability) for each image of a batch (a list of 1×3×H×W inputs)."""
+def label_pixels(
+    saved: Saved | onnx_model.OnnxClassifier, pixels, k: int, tta: str = "none"
+) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for each image of a batch (a list of 1×3×H×W inputs);
+    with ``tta`` (a mode of ``evaluation.tta``, PyTorch only) the probabilities are the
+    softmax averaged over its views."""
     if isinstance(saved, onnx_model.OnnxClassifier):
         import numpy as np
 
@@ -118,11 +124,18 @@ def label_pixels(saved: Saved | onnx_model.OnnxClassifier, pixels, k: int) -> li
         return [[(saved.class_names[int(i)], float(p[i])) for i in row] for p, row in zip(probs, best)]
     import torch
 
+    from finetune.evaluation.tta import TestTimeAugmentation
+
     pixels = torch.cat(pixels)
     with torch.inference_mode():
         dtype = next(saved.model.parameters()).dtype
-        logits = saved.model(pixel_values=pixels.to(saved.device, dtype)).logits.float()
-        top = logits.softmax(-1).topk(min(k, logits.shape[-1]), dim=-1)
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            return saved.model(pixel_values=batch).logits.float()
+
+        # Mode "none" is the one view itself: the same numbers as without the option.
+        probs = TestTimeAugmentation(tta).probabilities(forward, pixels.to(saved.device, dtype))
+        top = probs.topk(min(k, probs.shape[-1]), dim=-1)
     return [
         [(saved.class_names[int(i)], float(p)) for i, p in zip(indices, values)]
         for indices, values in zip(top.indices.tolist(), top.values.tolist())

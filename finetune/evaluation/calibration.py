@@ -11,6 +11,10 @@ of the logits stays), only how sure the probabilities are: T > 1 softens an over
 model. The likelihood is convex in 1/T, so a bounded one-dimensional search finds the best T.
 When every held-out image is classified right the likelihood keeps rising as T → 0 and no T
 can be fitted; :func:`fit_temperature` says so instead of returning the bound.
+
+With test-time views the prediction is the softmax of each view's logits / T, averaged over
+the views; :func:`fit_temperature` then takes every view's logits and fits T to that average
+(its likelihood need not be convex in 1/T; the same bounded search finds a minimum).
 """
 
 from __future__ import annotations
@@ -74,11 +78,20 @@ def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> fl
 # --------------------------------------------------------------------- temperature
 
 
-def _nll(logits: np.ndarray, labels: np.ndarray, inverse_t: float) -> float:
+def log_probabilities(logits: np.ndarray, inverse_t: float = 1.0) -> np.ndarray:
+    """log softmax(logits / T) of N×C logits, or of N×V×C logits (V test-time views) the log
+    of that softmax averaged over the views: N×C."""
     from scipy.special import logsumexp
 
     scaled = logits * inverse_t
-    return float(np.mean(logsumexp(scaled, axis=1) - scaled[np.arange(len(labels)), labels]))
+    log_p = scaled - logsumexp(scaled, axis=-1, keepdims=True)
+    if log_p.ndim == 3:
+        log_p = logsumexp(log_p, axis=1) - np.log(log_p.shape[1])
+    return log_p
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, inverse_t: float) -> float:
+    return float(-np.mean(log_probabilities(logits, inverse_t)[np.arange(len(labels)), labels]))
 
 
 @dataclass
@@ -95,7 +108,8 @@ class TemperatureFit:
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> TemperatureFit:
     """The T in [``T_MIN``, ``T_MAX``] that minimises the mean negative log-likelihood of
-    softmax(logits / T) for ``labels`` (float64, deterministic)."""
+    softmax(logits / T) for ``labels`` (float64, deterministic). ``logits``: N×C, or N×V×C
+    for the softmax averaged over V test-time views."""
     from scipy.optimize import minimize_scalar
 
     logits = np.asarray(logits, dtype=np.float64)
@@ -104,13 +118,16 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> TemperatureFit:
     if n == 0:
         return TemperatureFit(None, 0, float("nan"), float("nan"), "the held-out piece has no images")
     before = _nll(logits, labels, 1.0)
-    if np.all(logits.argmax(axis=1) == labels):
+    # Over views: each view of each image right (the averaged one alone is not enough: a wrong
+    # view keeps the likelihood below 1 as T → 0).
+    if np.all(logits.argmax(axis=-1) == (labels if logits.ndim == 2 else labels[:, None])):
+        views = " (in every view)" if logits.ndim == 3 else ""
         return TemperatureFit(
             None, n, before, before,
-            f"every one of its {n} images is classified right, so the likelihood keeps rising as T → 0 and no "
-            "temperature can be fitted",
+            f"every one of its {n} images is classified right{views}, so the likelihood keeps rising as T → 0 and "
+            "no temperature can be fitted",
         )
-    # Convex in 1/T: Brent's bounded search finds the global minimum.
+    # Convex in 1/T for one view: Brent's bounded search finds the global minimum.
     best = minimize_scalar(
         lambda inverse_t: _nll(logits, labels, inverse_t), bounds=(1 / T_MAX, 1 / T_MIN), method="bounded",
         options={"xatol": 1e-7},

@@ -27,10 +27,11 @@ def reliability_figure(predictions: Predictions, title: str = ""):
     correct = np.asarray(predictions.preds) == np.asarray(predictions.labels)
     curves = []
     if predictions.uncalibrated_confidence is not None:
-        curves.append(("before temperature scaling", predictions.uncalibrated_confidence, "#d95f02"))
-        curves.append(("after (the saved model)", predictions.confidence, "#1b9e77"))
+        before = predictions.correct_before_calibration()
+        curves.append(("before temperature scaling", predictions.uncalibrated_confidence, before, "#d95f02"))
+        curves.append(("after (the saved model)", predictions.confidence, correct, "#1b9e77"))
     else:
-        curves.append(("the saved model", predictions.confidence, "#1b9e77"))
+        curves.append(("the saved model", predictions.confidence, correct, "#1b9e77"))
     bins = calibration.ECE_BINS
     edges = np.linspace(0.0, 1.0, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
@@ -40,8 +41,8 @@ def reliability_figure(predictions: Predictions, title: str = ""):
     fig = Figure(figsize=(6.4, 6.4), dpi=100, layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
-    for i, (label, confidence, colour) in enumerate(curves):
-        r = calibration.reliability(confidence, correct, bins)
+    for i, (label, confidence, right, colour) in enumerate(curves):
+        r = calibration.reliability(confidence, right, bins)
         offset = (i - (len(curves) - 1) / 2) * width
         shown = r.counts > 0
         top.bar(centres[shown] + offset, r.accuracy[shown], width=width, color=colour, alpha=0.8,

@@ -54,7 +54,7 @@ def trust_metrics(
     correct = np.asarray(p.preds) == np.asarray(p.labels)
     out["ece"] = calibration.ece(p.confidence, correct)
     if p.uncalibrated_confidence is not None:
-        out["ece_uncalibrated"] = calibration.ece(p.uncalibrated_confidence, correct)
+        out["ece_uncalibrated"] = calibration.ece(p.uncalibrated_confidence, p.correct_before_calibration())
     abstain = calibration.abstention_threshold(p.confidence, correct, cfg.abstain_accuracy)
     out["abstain_target_accuracy"] = cfg.abstain_accuracy
     if abstain.threshold is not None:

@@ -126,6 +126,9 @@ class CardFacts:
     image_size: int | None = None
     #: The augmentation that really ran (none for a probe on cached features).
     augmentation: str = "none"
+    #: The test-time augmentation of the reported scores (``TestTimeAugmentation.describe``);
+    #: None: one view per image.
+    tta: str | None = None
     model_name: str | None = None
     eval_set_metrics: dict[str, Any] = field(default_factory=dict)
     eval_set_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -199,8 +202,9 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         shown |= {f"data.{k}": getattr(recipe.data, k) for k in ("class_weights", "sampler") if getattr(recipe.data, k)}
         for key in _SHOWN_ARGS:
             shown.setdefault(key, "(default)")
-        if recipe.model.layer_decay is not None:
-            shown["model.layer_decay"] = recipe.model.layer_decay
+        for key in ("layer_decay", "drop_path_rate"):
+            if getattr(recipe.model, key) is not None:
+                shown[f"model.{key}"] = getattr(recipe.model, key)
     eval_note = (
         "The recipe named no eval split, so these numbers come from the held-out validation piece of the "
         "training split, which was also used for per-epoch scores: they are less independent than a test split's."
@@ -234,6 +238,7 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         adapters=facts.adapters,
         image_size=facts.image_size or recipe.data.image_size or "the base model's",
         augmentation=facts.augmentation,
+        tta=facts.tta,
         hyperparameters=sorted((k, v) for k, v in shown.items()),
         train_runtime=round(float(facts.train_metrics.get("train_runtime", 0.0)), 1),
         lp_phase=facts.lp_phase,

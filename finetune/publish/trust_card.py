@@ -61,10 +61,20 @@ def _calibration_text(calibration: dict[str, Any] | None, values: dict[str, Any]
     if t is None:
         why = (calibration or {}).get("not_calibrated") or "calibration was off"
         return f"The probabilities are not temperature-scaled: {why}. {ece}: **{values['eval_ece']:.4f}**."
+    tta = calibration.get("tta") or "none"
+    views = (
+        f" (the softmax averaged over the test-time views {tta}, as the scores here are)" if tta != "none" else ""
+    )
+    served = (
+        "`finetune predict` on the run's folder returns the calibrated probabilities averaged over the same views; "
+        "`pipeline()` and an ONNX export score one view, with the same T"
+        if tta != "none" else
+        "`pipeline()` and an ONNX export of this model return the calibrated probabilities as they are"
+    )
     text = (
         f"The probabilities are temperature-scaled: T = {t:.4f}, fitted on the {calibration.get('validation_images', 0):,} "
-        f"images of the validation piece, is folded into the classifier head (its weight and bias divided by T), so "
-        f"`pipeline()` and an ONNX export of this model return the calibrated probabilities as they are. {ece}: "
+        f"images of the validation piece{views}, is folded into the classifier head (its weight and bias divided by "
+        f"T), so {served}. {ece}: "
         f"**{values.get('eval_ece_uncalibrated', values['eval_ece']):.4f} before, {values['eval_ece']:.4f} after**."
     )
     if on_validation:

@@ -285,7 +285,8 @@ def _model_problems(m: ModelConfig) -> list[str]:
 
 
 def _check_strategy_keys(recipe: Recipe, source: str, problems: list[str]) -> None:
-    """``model.layer_decay`` and the LP-FT keys against the strategy and the optimizer."""
+    """``model.layer_decay``, ``model.drop_path_rate``, ``evaluation.tta`` and the LP-FT keys
+    against the strategy and the optimizer."""
     m = recipe.model
     if m.layer_decay is not None:
         if not 0 < m.layer_decay <= 1:
@@ -310,6 +311,24 @@ def _check_strategy_keys(recipe: Recipe, source: str, problems: list[str]) -> No
                 f"{source}: 'training.optim' '{optim}' builds its own parameter groups, so 'model.layer_decay' "
                 "cannot apply; use e.g. adamw_torch or sgd, or remove model.layer_decay"
             )
+    if m.drop_path_rate is not None:
+        if not 0 <= m.drop_path_rate < 1:
+            problems.append(
+                f"{source}: 'model.drop_path_rate' must be in [0, 1) (e.g. 0.1; null: the model's own), "
+                f"got {m.drop_path_rate}"
+            )
+        if m.caches_features:
+            problems.append(
+                f"{source}: 'model.drop_path_rate' drops residual branches of the backbone in training, but the "
+                "linear probe on cached features runs it once, in eval mode; set model.feature_cache false or "
+                "remove drop_path_rate"
+            )
+    if recipe.evaluation.tta != "none" and m.caches_features:
+        problems.append(
+            f"{source}: 'evaluation.tta' '{recipe.evaluation.tta}' scores every view with the whole model, but the "
+            "linear probe on cached features scores the cached single-view features; set model.feature_cache "
+            f"false, or score the saved model with `finetune eval OUTPUT_DIR --tta {recipe.evaluation.tta}`"
+        )
     if m.strategy == "lp_ft":
         if not m.feature_cache:
             problems.append(

@@ -123,11 +123,14 @@ _NOT_SEARCHABLE = {
     "description": "it names the run; it does not change training",
     "output_dir": "each trial runs in its own folder, and the final run in '<output_dir>/final'",
     "hub": "publishing settings do not change what is trained",
-    "evaluation": "it changes how the final model is scored and calibrated, which no trial does",
     "expected": "the result a recipe claims is not a setting",
     "data.eval_split": "trials never read the eval split, so nothing can be tuned on it",
     "data.max_eval_samples": "trials never read the eval split, so nothing can be tuned on it",
     "metrics": "it changes the score trials are compared by",
+    "evaluation": (
+        "trials are scored on the validation piece with one view and no calibration; it applies to the final "
+        "scores only"
+    ),
     "training.metric_for_best_model": "it changes the score trials are compared by",
     "training.greater_is_better": "it changes the score trials are compared by",
     **{

@@ -8,7 +8,9 @@ is the model's logits (:func:`finetune.models.temperature.output_is_logits`). Wh
 spent, and the default (null) goes on uncalibrated, saying why in the log and the card.
 
 After training (:func:`fit`) the validation piece's logits (never the eval split's) give T
-(:func:`finetune.evaluation.calibration.fit_temperature`). The saved model gets T folded into
+(:func:`finetune.evaluation.calibration.fit_temperature`); with test-time views
+(``evaluation.tta``) each view's logits, so that T calibrates the softmax averaged over them,
+which is what the final scores, the abstention threshold and ``predict --tta`` read. The saved model gets T folded into
 its head (for LoRA: into the merged copy that is saved); the final evaluation runs with T
 folded into the live model (:func:`folded`) and the weights come back bit for bit afterwards,
 so the checkpoints a rerun resumes from stay uncalibrated and a rerun fits and folds T once
@@ -91,19 +93,45 @@ def plan(run: Run, size: tuple[int, int]) -> Plan:
     return Plan(False, reason, head)
 
 
-def fit(run: Run) -> calibration.TemperatureFit:
-    """T fitted on the validation piece's logits (one prediction pass over it; the eval split
-    is not read). Every process gets the same gathered logits, so the same T."""
+def _predict(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """The validation piece's logits (N×C) as the trainer scores it now, and its labels."""
     output = run.trainer.predict(data.FastRows.wrap(run.prepared.validation), metric_key_prefix="calibration")
     logits = output.predictions[0] if isinstance(output.predictions, (tuple, list)) else output.predictions
-    result = calibration.fit_temperature(np.asarray(logits, dtype=np.float32), np.asarray(output.label_ids))
+    return np.asarray(logits, dtype=np.float32), np.asarray(output.label_ids)
+
+
+def view_logits(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """The validation piece's logits, N×C, or N×V×C over the V test-time views the final
+    scores average (the trainer's ``tta``): one prediction pass per view, so that T is fitted
+    to the averaged softmax the final scores read. Each view's pass returns its log-softmax,
+    the logits less a constant per image, which gives every temperature the same softmax."""
+    tta = getattr(run.trainer, "tta", None)
+    if tta is None or len(tta.views) == 1:
+        return _predict(run)
+    per_view, labels = [], None
+    try:
+        for one in tta.each_view():
+            run.trainer.tta = one
+            logits, labels = _predict(run)
+            per_view.append(logits)
+    finally:
+        run.trainer.tta = tta
+    return np.stack(per_view, axis=1), labels
+
+
+def fit(run: Run) -> calibration.TemperatureFit:
+    """T fitted on the validation piece's logits (over the final scores' test-time views; the
+    eval split is not read). Every process gets the same gathered logits, so the same T."""
+    logits, labels = view_logits(run)
+    result = calibration.fit_temperature(logits, labels)
+    views = f", the softmax averaged over {logits.shape[1]} test-time views" if logits.ndim == 3 else ""
     if result.temperature is None:
-        logger.warning("calibration: skipped: on the validation piece, %s", result.reason)
+        logger.warning("calibration: skipped: on the validation piece%s, %s", views, result.reason)
     else:
         logger.info(
-            "calibration: temperature T = %.4f fitted on the %d images of the validation piece (negative "
+            "calibration: temperature T = %.4f fitted on the %d images of the validation piece%s (negative "
             "log-likelihood %.4f → %.4f); folded into the saved head",
-            result.temperature, result.num_images, result.nll_before, result.nll_after,
+            result.temperature, result.num_images, views, result.nll_before, result.nll_after,
         )
     return result
 
@@ -122,18 +150,32 @@ def folded(run: Run, temperature: float | None) -> Iterator[None]:
         yield
         return
     run.accumulator.temperature = temperature
+    # Over several views the uncalibrated average is not the calibrated one's logits times T:
+    # the views' probabilities before T are averaged too, and come as a second output.
+    tta = getattr(run.trainer, "tta", None)
+    views = tta is not None and len(tta.views) > 1
+    if views:
+        tta.temperature = temperature
+        run.accumulator.uncalibrated_output = True
     try:
         with head_temperature.folded(live_head(run), temperature):
             yield
     finally:
         run.accumulator.temperature = None
+        run.accumulator.uncalibrated_output = False
+        if views:
+            tta.temperature = None
 
 
-def record(plan_: Plan, fitted: calibration.TemperatureFit | None, eval_name: str, final: dict[str, Any]) -> dict[str, Any]:
-    """What ``calibration.json`` holds and the card shows."""
+def record(
+    plan_: Plan, fitted: calibration.TemperatureFit | None, eval_name: str, final: dict[str, Any], tta: str = "none"
+) -> dict[str, Any]:
+    """What ``calibration.json`` holds and the card shows (``tta``: the test-time views that
+    the fit and the eval split's numbers averaged over)."""
     out: dict[str, Any] = {
         "temperature": fitted.temperature if fitted is not None else None,
         "fitted_on": "the validation piece",
+        "tta": tta,
         "head": plan_.head,
         "eval_split": eval_name,
         "ece_bins": calibration.ECE_BINS,

@@ -8,11 +8,14 @@ from typing import Any
 
 from finetune import data
 from finetune.evaluation import calibration, eval_sets, metrics, plots, reliability, trust
+from finetune.evaluation.tta import TestTimeAugmentation
 from finetune.publish import card
 from finetune.training import calibrate, lp_ft, run_files
 from finetune.training.interrupts import signal_name
 from finetune.training.output_dir import disk_full_is_a_user_error, what_a_rerun_does
 from finetune.training.run_state import Run
+from finetune.training.trainer import FinetuneTrainer
+from finetune.utils.errors import UserError
 from finetune.utils.files import follow_umask, save_metrics, write_json
 
 logger = logging.getLogger("finetune")
@@ -34,6 +37,22 @@ def stopped_after_training(out: Path, signum: int, step: int, planned: list[str]
     )
 
 
+def final_views(run: Run) -> TestTimeAugmentation | None:
+    """Set the trainer's test-time augmentation for the final scores (``evaluation.tta``);
+    returns it, or None for one view. The recipe checks refuse it for a probe on cached
+    features, whose Trainer scores cached single-view features."""
+    mode = run.recipe.evaluation.tta
+    if mode == "none":
+        return None
+    trainer = run.trainer
+    if not isinstance(trainer, FinetuneTrainer):
+        raise UserError(f"evaluation.tta: '{mode}' needs the whole model to score each view; this run's "
+                        "Trainer scores cached features (set model.feature_cache false)")
+    trainer.tta = TestTimeAugmentation(mode)
+    logger.info("final evaluation: test-time augmentation %s", trainer.tta.describe())
+    return trainer.tta
+
+
 def finish(run: Run, result) -> dict[str, Any]:
     """After training: the final model, metrics, evaluation, report, card and push (the
     stages of ``AFTER_TRAINING``, each added to ``run.done`` when it is)."""
@@ -44,6 +63,9 @@ def finish(run: Run, result) -> dict[str, Any]:
             "training: stopped early at step %d of %d (epoch %g): %s on the validation piece stopped improving",
             trainer.state.global_step, trainer.state.max_steps, trainer.state.epoch or 0, args.metric_for_best_model,
         )
+    # The final scores' test-time views, set before the temperature is fitted: what gets
+    # calibrated is the prediction the final scores read, the softmax averaged over the views.
+    tta = final_views(run)
     # Temperature scaling, fitted on the validation piece before anything reads the eval split.
     fitted = calibrate.fit(run) if run.calibration is not None and run.calibration.on else None
     temperature = fitted.temperature if fitted is not None else None
@@ -60,7 +82,7 @@ def finish(run: Run, result) -> dict[str, Any]:
     run.done.append("model")
     if run.main:
         run_files.record(out, *_REPORT_FILES, *(eval_sets.report_dir(out, n).name for n in prepared.eval_sets))
-    return _push(run, _reports(run, result, fitted))
+    return _push(run, _reports(run, result, fitted, tta))
 
 
 #: What ``finish`` writes after the model.
@@ -71,9 +93,11 @@ _REPORT_FILES = (
 )
 
 
-def _reports(run: Run, result, fitted: calibration.TemperatureFit | None) -> dict[str, Any]:
+def _reports(
+    run: Run, result, fitted: calibration.TemperatureFit | None, tta: TestTimeAugmentation | None
+) -> dict[str, Any]:
     """Metrics, the final evaluation (of the model as saved: ``fitted``'s temperature folded
-    in), the report and the card."""
+    in; over ``tta``'s views), the report and the card."""
     recipe, trainer, out, prepared = run.recipe, run.trainer, run.out, run.prepared
     temperature = fitted.temperature if fitted is not None else None
     splits = prepared.splits
@@ -83,7 +107,8 @@ def _reports(run: Run, result, fitted: calibration.TemperatureFit | None) -> dic
     trainer.save_state()
 
     # The reported numbers: the eval split, once, after training (and after loading the
-    # best checkpoint by validation score when the recipe asks for it).
+    # best checkpoint by validation score when the recipe asks for it), over the test-time
+    # views of evaluation.tta, as are the eval sets' below.
     # The model evaluated is the one saved: T folded in (and taken out again afterwards).
     with calibrate.folded(run, temperature):
         final = trainer.evaluate(eval_dataset=data.FastRows.wrap(prepared.eval), metric_key_prefix="eval")
@@ -103,7 +128,9 @@ def _reports(run: Run, result, fitted: calibration.TemperatureFit | None) -> dic
         "eval: %s on %d images of %s", trust.describe(final, recipe.metrics, "eval"),
         int(final.get("eval_num_images", 0)), splits.eval_name,
     )
-    calibration_record = calibrate.record(run.calibration or calibrate.Plan(False, "not planned"), fitted, splits.eval_name, final)
+    calibration_record = calibrate.record(
+        run.calibration or calibrate.Plan(False, "not planned"), fitted, splits.eval_name, final, recipe.evaluation.tta
+    )
     if trainer.is_world_process_zero():
         write_json(out / calibrate.CALIBRATION_FILE, calibration_record)
         save_metrics(out, "eval", {**final, **set_scores})
@@ -112,6 +139,7 @@ def _reports(run: Run, result, fitted: calibration.TemperatureFit | None) -> dic
         report = metrics.per_class_report(predictions, splits.class_names) if predictions is not None else None
         if report is not None:
             report["split"] = splits.eval_name
+            report["tta"] = recipe.evaluation.tta
             report.update(trust.report_fields(found))
             write_json(out / "eval_report.json", report)
             plots.write_plots(out, predictions, splits.class_names, prepared.eval, trainer.state.log_history)
@@ -129,6 +157,7 @@ def _reports(run: Run, result, fitted: calibration.TemperatureFit | None) -> dic
             image_size=int(run.transform.size[0]),
             # What really ran: a linear probe on cached features applies no augmentation.
             augmentation=run.transform.describe(),
+            tta=tta.describe() if tta is not None else None,
             eval_set_metrics=set_scores,
             eval_set_reports=set_reports,
             search=run.search,

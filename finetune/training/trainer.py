@@ -9,6 +9,7 @@ import torch
 from transformers import Trainer
 
 from finetune import data
+from finetune.evaluation.tta import TestTimeAugmentation
 from finetune.models import lora
 from finetune.models import temperature as head_temperature
 from finetune.probe.features import find_head
@@ -65,10 +66,15 @@ class FinetuneTrainer(Trainer):
         sampler: str | None = None,
         ema_decay: float | None = None,
         ema_warmup: bool = True,
+        tta: TestTimeAugmentation | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.batch_transform = batch_transform
+        #: Test-time augmentation of evaluation batches (:mod:`finetune.evaluation.tta`); None:
+        #: one view. Training leaves it None, so that the per-epoch scores and model selection
+        #: stay single-view, and sets it for the final scores.
+        self.tta = tta
         #: Knowledge distillation (:mod:`finetune.training.distill`): a frozen model run on each
         #: training batch, kept outside ``self.model`` so that it is neither trained nor saved.
         self.teacher = teacher.to(self.args.device) if teacher is not None else None
@@ -231,8 +237,15 @@ class FinetuneTrainer(Trainer):
                 raise ValueError("mixup/CutMix needs the number of classes: the model has no config.num_labels")
             pixels, targets = mix(pixels, labels, self.num_classes, seed=seed)
         inputs["pixel_values"] = pixels
-        outputs = model(**inputs)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        if not training and self.tta is not None:
+            # The averaged prediction over the views, as logits (log-probabilities).
+            logits, before = self.tta.scores(lambda views: _logits(model(**{**inputs, "pixel_values": views})), pixels)
+            # With a temperature folded in, the average before it too (MetricAccumulator's
+            # uncalibrated_output): the Trainer gathers it beside the logits.
+            outputs = {"logits": logits} if before is None else {"logits": logits, "uncalibrated_logits": before}
+        else:
+            outputs = model(**inputs)
+            logits = _logits(outputs)
         if training:
             loss = losses.classification_loss(logits, targets, self.class_weights, self.args.label_smoothing_factor)
             if self.teacher is not None:
@@ -253,3 +266,8 @@ class FinetuneTrainer(Trainer):
         else:
             outputs = (loss, *outputs)
         return loss, outputs
+
+
+def _logits(outputs: Any) -> torch.Tensor:
+    """The logits of a model's output (a ModelOutput or a tuple)."""
+    return outputs["logits"] if isinstance(outputs, dict) else outputs[0]

@@ -162,3 +162,47 @@ def test_a_head_that_is_not_whole_is_refused_when_asked_and_skipped_by_default(s
     assert "eval_ece" in scores and "eval_ece_uncalibrated" not in scores and "eval_accuracy_ci_low" in scores
     assert "The probabilities are not temperature-scaled: its last Linear layer" in (run.out / "README.md").read_text()
     assert _json(run.out / "calibration.json")["temperature"] is None
+
+
+def test_with_test_time_views_the_averaged_probabilities_are_calibrated_and_read_everywhere(setup, tmp_path) -> None:
+    """evaluation.tta hflip: T is fitted to the softmax averaged over both views (not the one-view
+    T), the ECE before it is that of the uncalibrated model scored over the views, and `finetune
+    eval` and `finetune predict --min-probability` on the run read the calibrated average."""
+    from finetune.cli.main import main
+
+    run = _train(setup.base, setup.model, setup.images, "tta", evaluation={"tta": "hflip"})
+    record, scores = _json(run.out / "calibration.json"), _json(run.out / "eval_results.json")
+    t, one_view = record["temperature"], _json(setup.out / "calibration.json")["temperature"]
+    assert record["tta"] == "hflip" and t is not None and t != pytest.approx(one_view, rel=1e-4)
+    assert "averaged over 2 test-time views" in run.result.stderr
+    assert scores["eval_ece"] < scores["eval_ece_uncalibrated"]
+    report = _json(run.out / "eval_report.json")
+    assert report["tta"] == "hflip" and report["ece"] == pytest.approx(scores["eval_ece"])
+    assert "test-time views hflip" in (run.out / "README.md").read_text()
+
+    # The learning rate was 0: the checkpoint is the uncalibrated model. Scored over the same
+    # views by `finetune eval`, its ECE is the run's "before".
+    before = tmp_path / "before"
+    shutil.copytree(run.out, before)
+    shutil.copy(sorted(run.out.glob("checkpoint-*"))[-1] / "model.safetensors", before / "model.safetensors")
+    assert main(["eval", str(before), "--data", str(setup.images), "--report-dir", str(tmp_path / "r0")]) == 0
+    assert _json(tmp_path / "r0" / "eval_report.json")["ece"] == pytest.approx(scores["eval_ece_uncalibrated"], abs=1e-6)
+    assert main(["eval", str(run.out), "--data", str(setup.images), "--report-dir", str(tmp_path / "r1")]) == 0
+    again = _json(tmp_path / "r1" / "eval_report.json")
+    assert again["tta"] == "hflip" and again["ece"] == pytest.approx(scores["eval_ece"], abs=1e-6)
+    assert again["confidence_intervals"]["accuracy"] == [scores["eval_accuracy_ci_low"], scores["eval_accuracy_ci_high"]]
+
+    images = sorted((setup.images / "test").rglob("*.png"))[:6]
+    target = tmp_path / "rows.jsonl"
+    assert main(["predict", str(run.out), *map(str, images), "--tta", "hflip", "--min-probability", "0.9",
+                 "--output", str(target)]) == 0
+    rows = [json.loads(line) for line in target.read_text().splitlines()]
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(run.out)
+    for path, row in zip(images, rows):
+        pixels = processor(images=[Image.open(path).convert("RGB")], return_tensors="pt")["pixel_values"]
+        averaged = (torch.softmax(_logits(run.out, pixels), -1) + torch.softmax(_logits(run.out, pixels.flip(-1)), -1)) / 2
+        top = row["predictions"][0]
+        assert top["probability"] == pytest.approx(float(averaged[0].max()), abs=1e-5)
+        assert row["abstained"] == (top["probability"] < 0.9)

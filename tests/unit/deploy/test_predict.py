@@ -150,3 +150,53 @@ def test_missing_output_dir(tmp_path, capsys):
         f"finetune: error: OUTPUT_DIR: '{tmp_path}' holds no saved model (config.json is missing); "
         "pass the output_dir of a finished run",
     ]
+
+
+def test_predict_with_tta_averages_the_softmax_of_the_image_and_its_mirror(run, mixed_folder, capsys):
+    """--tta hflip: each probability is the mean of the saved model's softmax on the processor's
+    output and on its mirror image; the run recorded no views, so without the option: one view."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    image = mixed_folder / "a" / "r.png"
+    assert main(["predict", str(run.out), str(image), "--format", "jsonl", "--top-k", "3", "--tta", "hflip"]) == 0
+    captured = capsys.readouterr()
+    assert "with test-time augmentation hflip" in captured.err
+    ours = {p["label"]: p["probability"] for p in json.loads(captured.out)["predictions"]}
+    model = AutoModelForImageClassification.from_pretrained(run.out).eval()
+    processor = AutoImageProcessor.from_pretrained(run.out)
+    with Image.open(image) as im:
+        pixels = processor(images=[im.convert("RGB")], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = (model(pixel_values=pixels).logits.softmax(-1) + model(pixel_values=pixels.flip(-1)).logits.softmax(-1)) / 2
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    for name, p in zip(names, expected[0].tolist()):
+        assert ours[name] == pytest.approx(p, abs=2e-6)
+    assert main(["predict", str(run.out), str(image), "--format", "jsonl", "--top-k", "3"]) == 0
+    captured = capsys.readouterr()
+    plain = {p["label"]: p["probability"] for p in json.loads(captured.out)["predictions"]}
+    assert "test-time augmentation" not in captured.err and plain != ours
+
+
+def test_the_recorded_views_come_from_the_runs_recipe(tmp_path):
+    from finetune.deploy.saved_run import recorded_tta
+
+    assert recorded_tta(tmp_path) == "none"  # no recipe.json: a model saved by other tools
+    (tmp_path / "recipe.json").write_text(json.dumps({"evaluation": {"tta": "hflip+crops"}}))
+    assert recorded_tta(tmp_path) == "hflip+crops"
+    for garbled in ("{", json.dumps({"evaluation": {"tta": "sideways"}}), json.dumps({"evaluation": "hflip"}), "[]"):
+        (tmp_path / "recipe.json").write_text(garbled)
+        assert recorded_tta(tmp_path) == "none"
+
+
+def test_an_exported_model_scores_one_view(tmp_path):
+    from finetune.deploy.onnx_classifier import OnnxClassifier
+    from finetune.deploy.saved_run import Saved, choose_tta
+    from finetune.utils.errors import InferenceError
+
+    exported = OnnxClassifier.__new__(OnnxClassifier)  # choose_tta reads only its type
+    assert choose_tta(exported, None) == "none" and choose_tta(exported, "none") == "none"
+    with pytest.raises(InferenceError, match=r"^--tta hflip: an exported ONNX model scores one view per image"):
+        choose_tta(exported, "hflip")
+    saved = Saved(tmp_path, None, None, [], None, tta="hflip")
+    assert choose_tta(saved, None) == "hflip" and choose_tta(saved, "none") == "none"

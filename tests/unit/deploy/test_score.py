@@ -98,3 +98,23 @@ def test_default_report_dir_names():
     assert evaluation.default_report_dir(out, "/data/flowers/", "test") == out / "eval-flowers-test"
     assert evaluation.default_report_dir(out, "user/some-set", "validation") == out / "eval-user--some-set-validation"
     assert evaluation.default_report_dir(out, "builtin:digits", "test") == out / "eval-builtin-digits-test"
+
+
+def test_eval_with_tta_scores_the_averaged_views(run, capsys, tmp_path):
+    """--tta: the report says which views, and the loss is the averaged prediction's (here the
+    run recorded none, so the default is one view, the run's own numbers)."""
+    reports = {}
+    for mode in (None, "hflip", "hflip+crops"):
+        target = tmp_path / str(mode)
+        option = ["--tta", mode] if mode else []
+        code = main(["eval", str(run.out), "--data", str(run.images), "--batch-size", "8", "--report-dir", str(target), *option])
+        assert code == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        assert ("test-time augmentation" in out) == (mode is not None)
+        reports[mode] = json.loads((target / "eval_report.json").read_text())
+    trained = json.loads((run.out / "eval_results.json").read_text())
+    assert reports[None]["tta"] == "none" and reports[None]["loss"] == pytest.approx(trained["eval_loss"], rel=1e-6)
+    assert reports["hflip"]["tta"] == "hflip" and reports["hflip+crops"]["tta"] == "hflip+crops"
+    losses = {mode: r["loss"] for mode, r in reports.items()}
+    assert len({round(v, 6) for v in losses.values()}) == 3, losses
+    assert all(r["num_images"] == 18 for r in reports.values())

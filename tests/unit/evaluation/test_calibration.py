@@ -88,3 +88,34 @@ def test_tied_probabilities_are_kept_or_abstained_on_together() -> None:
     assert a.threshold is None
     a = calibration.abstention_threshold(confidence, correct, 0.6)
     assert a.threshold == 0.9 and a.kept == 0.75
+
+
+def test_over_views_the_fit_calibrates_the_averaged_softmax() -> None:
+    """N×V×C logits: T minimises the likelihood of softmax(z_v / T) averaged over the views
+    (checked on a grid), one view is the N×C fit, and the averaged T is not the one-view T."""
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 1.5, (800, 4))
+    labels = np.array([rng.choice(4, p=row) for row in softmax(z, axis=1)])
+    views = 3 * np.stack([z + rng.normal(0, 0.8, z.shape), z + rng.normal(0, 0.8, z.shape)], axis=1)
+    one = calibration.fit_temperature(views[:, 0], labels)
+    assert calibration.fit_temperature(views[:, :1], labels).temperature == pytest.approx(one.temperature, rel=1e-6)
+    fitted = calibration.fit_temperature(views, labels)
+
+    def nll(t: float) -> float:
+        averaged = softmax(views / t, axis=-1).mean(axis=1)
+        return float(-np.log(averaged[np.arange(len(labels)), labels]).mean())
+
+    grid = np.linspace(0.5, 8, 751)
+    best = grid[int(np.argmin([nll(t) for t in grid]))]
+    assert fitted.temperature == pytest.approx(best, abs=0.02)
+    assert fitted.nll_after == pytest.approx(nll(fitted.temperature), rel=1e-9) and fitted.nll_after < fitted.nll_before
+    assert abs(fitted.temperature - one.temperature) > 0.05
+
+
+def test_over_views_no_temperature_only_when_every_view_is_right() -> None:
+    labels = np.array([0, 1])
+    right = np.array([[[4.0, 0.0], [3.0, 1.0]], [[0.0, 4.0], [1.0, 3.0]]])
+    assert "in every view" in calibration.fit_temperature(right, labels).reason
+    one_view_wrong = right.copy()
+    one_view_wrong[0, 1] = [0.0, 1.0]  # the average still right, one view not
+    assert calibration.fit_temperature(one_view_wrong, labels).reason is None

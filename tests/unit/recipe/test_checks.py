@@ -145,3 +145,26 @@ def test_evaluation_block_mistakes(patch: dict, needle: str) -> None:
 def test_calibration_may_be_on_without_a_validation_piece_only_by_default() -> None:
     recipe = recipe_from_dict(base(data={"validation_fraction": 0}))
     assert recipe.evaluation.calibrate is None  # off at run time, with a log line
+
+
+def test_evaluation_tta_choices_and_the_cached_probe() -> None:
+    from finetune.recipe import RecipeError, recipe_from_dict
+    from tests.helpers.recipes import base
+
+    assert recipe_from_dict(base()).evaluation.tta == "none"
+    assert recipe_from_dict({**base(), "evaluation": {"tta": "hflip+crops"}}).evaluation.tta == "hflip+crops"
+    with pytest.raises(RecipeError, match=r"'evaluation.tta' must be one of 'none', 'hflip', 'hflip\+crops', got \"vflip\""):
+        recipe_from_dict({**base(), "evaluation": {"tta": "vflip"}})
+    probe = {**base(), "model": {"name_or_path": "m", "strategy": "linear_probe"}, "evaluation": {"tta": "hflip"}}
+    with pytest.raises(RecipeError, match=r"'evaluation.tta' 'hflip' scores every view with the whole model.*finetune eval OUTPUT_DIR --tta hflip"):
+        recipe_from_dict(probe)
+    probe["model"]["feature_cache"] = False  # the backbone runs every step: the views can be scored
+    recipe_from_dict(probe)
+
+
+def test_a_search_cannot_vary_the_views() -> None:
+    from finetune.recipe import RecipeError, recipe_from_dict
+    from tests.helpers.recipes import base
+
+    with pytest.raises(RecipeError, match="'search' key 'evaluation.tta' cannot be searched: trials are scored"):
+        recipe_from_dict({**base(), "search": {"evaluation.tta": {"choices": ["none", "hflip"]}}})

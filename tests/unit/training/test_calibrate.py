@@ -94,3 +94,51 @@ def test_the_fit_reads_the_validation_piece_and_never_the_eval_split(tmp_path) -
     record = calibrate.record(calibrate.Plan(True, None, "classifier"), fitted, "test", {"eval_ece": 0.02, "eval_ece_uncalibrated": 0.2})
     assert record["temperature"] == fitted.temperature and record["fitted_on"] == "the validation piece"
     assert record["ece"] == 0.02 and record["ece_uncalibrated"] == 0.2 and "not_calibrated" not in record
+    assert record["tta"] == "none"
+
+
+def test_with_test_time_views_the_fit_reads_each_views_logits(tmp_path) -> None:
+    """One prediction pass per view, each with that view alone, stacked N×V×C: T is fitted to
+    the softmax averaged over the views; the trainer's views are put back afterwards."""
+    from finetune.evaluation.tta import TestTimeAugmentation
+
+    rng = np.random.default_rng(2)
+    z = rng.normal(0, 1.5, (400, 3))
+    labels = np.array([rng.choice(3, p=row) for row in softmax(z, axis=1)])
+    per_view = {False: 3 * (z + rng.normal(0, 0.5, z.shape)), True: 3 * (z + rng.normal(0, 0.5, z.shape))}
+    seen = []
+    tta = TestTimeAugmentation("hflip")
+
+    def predict(dataset, metric_key_prefix="test"):
+        (view,) = trainer.tta.views
+        seen.append(view.flip)
+        return SimpleNamespace(predictions=per_view[view.flip], label_ids=labels)
+
+    trainer = SimpleNamespace(predict=predict, tta=tta)
+    run = SimpleNamespace(prepared=SimpleNamespace(validation=object(), eval=_EvalSplit()), trainer=trainer)
+    logits, got = calibrate.view_logits(run)
+    assert seen == [False, True] and logits.shape == (400, 2, 3) and trainer.tta is tta
+    np.testing.assert_array_equal(got, labels)
+    from finetune.evaluation import calibration
+
+    stacked = np.stack([per_view[False], per_view[True]], axis=1)
+    assert calibrate.fit(run).temperature == pytest.approx(calibration.fit_temperature(stacked, labels).temperature)
+    assert calibrate.fit(run).temperature != pytest.approx(calibration.fit_temperature(per_view[False], labels).temperature)
+
+
+def test_the_uncalibrated_average_over_views_comes_as_a_second_output() -> None:
+    """MetricAccumulator with a temperature over views: the confidence before T is the second
+    output's top probability, and its top class may differ from the calibrated one."""
+    import torch
+
+    from finetune.evaluation.metrics import MetricAccumulator
+
+    accumulator = MetricAccumulator(["accuracy"], 3)
+    accumulator.temperature, accumulator.uncalibrated_output = 2.0, True
+    calibrated = torch.tensor([[2.0, 1.9, 0.0], [0.0, 3.0, 0.0]]).log_softmax(-1)
+    before = torch.tensor([[1.0, 3.0, 0.0], [0.0, 5.0, 0.0]]).log_softmax(-1)
+    accumulator(SimpleNamespace(predictions=(calibrated, before), label_ids=torch.tensor([1, 1])))
+    p = accumulator.last
+    assert p.preds.tolist() == [0, 1] and p.uncalibrated_correct.tolist() == [True, True]
+    assert p.uncalibrated_confidence == pytest.approx(before.softmax(-1).max(-1).values.numpy())
+    assert p.correct_before_calibration().tolist() == [True, True]
