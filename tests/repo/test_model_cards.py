@@ -40,7 +40,9 @@ def render(work: Path) -> str:
     os.chdir(work)
     try:
         (work / out).mkdir(parents=True, exist_ok=True)
-        shutil.copy(EXAMPLE / "confusion_matrix.png", work / out / "confusion_matrix.png")
+        for picture in ("confusion_matrix.png", "reliability.png"):
+            if (EXAMPLE / picture).is_file():
+                shutil.copy(EXAMPLE / picture, work / out / picture)
         facts = CardFacts(
             eval_metrics=read("eval_results.json"),
             train_metrics=read("train_results.json"),
@@ -52,6 +54,8 @@ def render(work: Path) -> str:
             trainable=(inputs["trainable"], inputs["total"]),
             image_size=inputs["image_size"],
             augmentation=inputs["augmentation"],
+            tta=inputs.get("tta"),
+            calibration=read("calibration.json") if (RUN / "calibration.json").is_file() else None,
         )
         path = write_card(out, recipe, facts)
         return (work / path).read_text(encoding="utf-8")
