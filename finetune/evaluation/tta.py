@@ -72,14 +72,19 @@ class TestTimeAugmentation:
         #: The temperature folded into the scored model's head, while it is (None: none): the
         #: views' probabilities before it are averaged too (:meth:`scores`).
         self.temperature: float | None = None
+        #: One view whose :meth:`logits` are the model's own (see :meth:`each_view`).
+        self._own_logits = False
 
     def each_view(self) -> Iterator[TestTimeAugmentation]:
-        """One single-view augmentation per view, in order: each view's logits alone."""
+        """One single-view augmentation per view, in order, whose :meth:`logits` are the
+        model's own logits on that view (not a log-softmax, which a probability that underflows
+        would clamp: a temperature fit divides them)."""
         for view in self.views:
             one = copy.copy(self)
             one.views = copy.copy(self.views)
             one.views.views = [view]
             one.temperature = None
+            one._own_logits = True
             yield one
 
     @property
@@ -100,6 +105,9 @@ class TestTimeAugmentation:
 
     def logits(self, forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
         """Logits that the activation maps onto the averaged probabilities."""
+        if self._own_logits:
+            (view,) = self.views
+            return forward(self.views.apply(pixels, view)).float()
         return self.activation.inverse(self.probabilities(forward, pixels))
 
     def scores(

@@ -103,8 +103,7 @@ def _predict(run: Run) -> tuple[np.ndarray, np.ndarray]:
 def view_logits(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """The validation piece's logits, N×C, or N×V×C over the V test-time views the final
     scores average (the trainer's ``tta``): one prediction pass per view, so that T is fitted
-    to the averaged softmax the final scores read. Each view's pass returns its log-softmax,
-    the logits less a constant per image, which gives every temperature the same softmax."""
+    to the averaged softmax the final scores read."""
     tta = getattr(run.trainer, "tta", None)
     if tta is None or len(tta.views) == 1:
         return _predict(run)
