@@ -20,6 +20,29 @@ def positive_int(text: str) -> int:
     return value
 
 
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+def add_tta(parser: argparse.ArgumentParser) -> None:
+    """``--tta MODE``: the test-time views (``evaluation.tta``); None when not given."""
+    from finetune.deploy.saved_run import TTA_MODES
+
+    parser.add_argument(
+        "--tta", choices=TTA_MODES, default=None,
+        help="test-time augmentation, the softmax averaged over the views: none, hflip (the image and its mirror "
+        "image) or hflip+crops (those and 4 corner crops, each mirrored: 10 views); default: what the run's "
+        "recipe.json says (evaluation.tta), none for an exported folder",
+    )
+
+
 def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
     """``--set KEY=VALUE``, repeatable, collected in ``args.overrides``."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)

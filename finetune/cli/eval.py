@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from finetune.cli.common import positive_int
+from finetune.cli.common import add_tta, positive_int
 from finetune.utils.errors import InferenceError, report
 
 HELP = "score a saved model on a data set and write the report"
@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where eval_report.json and the PNGs go (default: OUTPUT_DIR/eval-<dataset>-<split>/)",
     )
     parser.add_argument("--int8", action="store_true", help="with a folder from `finetune export --quantize int8`: score model.int8.onnx")
+    add_tta(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,14 +37,22 @@ def run(args: argparse.Namespace) -> int:
         result, target = evaluate_saved(
             args.output_dir, args.data, args.split, config=args.config, revision=args.revision,
             image_column=args.image_column, label_column=args.label_column,
-            batch_size=args.batch_size, report_dir=args.report_dir, int8=args.int8,
+            batch_size=args.batch_size, report_dir=args.report_dir, int8=args.int8, tta=args.tta,
         )
     except InferenceError as err:
         return report(str(err))
     bad = len(result["bad_files"])
+    intervals = result.get("confidence_intervals", {})
+
+    def shown(name: str) -> str:
+        ci = intervals.get(name)
+        return f"{result[name]:.4f}" + (f" ({intervals['level'] * 100:g}% CI {ci[0]:.4f}–{ci[1]:.4f})" if ci else "")
+
+    ece = f"; ECE {result['ece']:.4f}" if "ece" in result else ""
+    views = "" if result["tta"] == "none" else f", test-time augmentation {result['tta']}"
     print(
-        f"eval: accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f} on "
-        f"{result['num_images']} images of '{args.data}' (split {args.split})"
+        f"eval: accuracy {shown('accuracy')}, macro F1 {shown('macro_f1')} on "
+        f"{result['num_images']} images of '{args.data}' (split {args.split}){views}{ece}"
         f"{f'; {bad} unreadable file(s) left out' if bad else ''}; report in {target}"
     )
     return 0

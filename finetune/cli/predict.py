@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from finetune.cli.common import positive_int
+from finetune.cli.common import add_tta, positive_int, probability
 from finetune.deploy import onnx_classifier
 from finetune.deploy.predict import Writer, batches, collect_inputs, label_pixels, preprocess
-from finetune.deploy.saved_run import load_saved
+from finetune.deploy.saved_run import choose_tta, load_saved
 from finetune.utils.errors import InferenceError, first_line, report
 
 HELP = "label images with a saved model"
@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="write here instead of to stdout")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     parser.add_argument("--int8", action="store_true", help="with a folder from `finetune export --quantize int8`: run model.int8.onnx")
+    parser.add_argument(
+        "--min-probability", type=probability, default=None, metavar="P",
+        help="mark an image abstained when its top probability is below P (its top classes still listed); "
+        "the model card gives the P that keeps the eval split's accuracy at the recipe's level",
+    )
+    add_tta(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         return report(f"--int8: '{args.output_dir}' is not an exported folder; run `finetune export OUTPUT_DIR --quantize int8` and pass its folder")
     try:
         saved = onnx_classifier.load_export(args.output_dir, int8=args.int8) if exported else load_saved(args.output_dir)
+        tta = choose_tta(saved, args.tta)
     except InferenceError as err:
         return report(str(err))
     items = collect_inputs(args.inputs)
@@ -44,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
         stream = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     except OSError as err:
         return report(f"--output: cannot write '{args.output}' ({err.strerror}); check the folder exists")
-    labelled = failed = 0
+    labelled = failed = abstained = 0
     try:
-        writer = Writer(stream, fmt, k)
+        writer = Writer(stream, fmt, k, args.min_probability)
         for chunk in batches(items, args.batch_size):
             tensors, problems = [], []
             for path, problem in chunk:
@@ -62,23 +69,30 @@ def run(args: argparse.Namespace) -> int:
                 tensors.append(tensor)
                 problems.append(problem)
             ok = [t for t in tensors if t is not None]
-            tops = iter(label_pixels(saved, ok, k) if ok else [])
+            tops = iter(label_pixels(saved, ok, k, tta) if ok else [])
             # Rows in input order, good and bad interleaved as they were named.
             for (path, _), tensor, problem in zip(chunk, tensors, problems):
                 if tensor is None:
                     writer.row(path, error=problem)
                     failed += 1
                 else:
-                    writer.row(path, next(tops))
+                    abstained += writer.row(path, next(tops))
                     labelled += 1
     finally:
         if stream is not sys.stdout:
             stream.close()
     if not labelled:
         return report(f"none of the {failed} file(s) could be labelled (see the warnings above); name image files")
+    where = "field" if fmt == "jsonl" else "column"
     print(
         f"finetune: labelled {labelled} image(s)"
-        + (f"; {failed} file(s) could not be read (see the 'error' {'field' if fmt == 'jsonl' else 'column'})" if failed else "")
+        + (f" with test-time augmentation {tta}" if tta != "none" else "")
+        + (
+            f"; abstained on {abstained} of them (top probability below {args.min_probability:g}; see the "
+            f"'abstained' {where})"
+            if args.min_probability is not None else ""
+        )
+        + (f"; {failed} file(s) could not be read (see the 'error' {where})" if failed else "")
         + (f"; written to {args.output}" if args.output else ""),
         file=sys.stderr,
     )

@@ -21,6 +21,8 @@ The path, a module per step:
    (``resize.ProcessorResize``), augmentation (crop, flip, an automatic policy, random
    erasing) and normalisation of whole batches on the training device with
    ``torchvision.transforms.v2`` — no per-image PIL work in the training loop.
+6. ``views.TestViews``: the test-time views of a normalised batch (mirror image, corner
+   crops), made on its device, for ``evaluation.tta``.
 
 Beside the path, ``signatures.signatures``: each decoded image's pixel hash and thumbnail,
 for finding duplicates.
@@ -47,6 +49,7 @@ from finetune.data.signatures import Signatures, signatures
 from finetune.data.sources import IMAGE_EXTENSIONS, DataError, count_junk, load_raw
 from finetune.data.splits import Splits, balanced_sample, empty_class_reason, make_splits, stratified_sample
 from finetune.data.transforms import BatchTransform
+from finetune.data.views import TestViews
 from finetune.utils.images import JUNK_DIRS, JUNK_FILES, image_source, is_junk, open_image, to_rgb
 
 __all__ = [
@@ -65,6 +68,7 @@ __all__ = [
     "Signatures",
     "SizeChanged",
     "Splits",
+    "TestViews",
     "balanced_sample",
     "collate",
     "column",

@@ -236,6 +236,8 @@ def _export(
             "exporter_fallback_reason": fallback,
             "model_type": saved.model.config.model_type,
             "classes": saved.class_names,
+            # The views the run's final scores averaged over; the ONNX model scores one.
+            "run_tta": saved.tta,
             "check": check,
             "files": {onnx_model.MODEL_FILE: _size(work, onnx_model.MODEL_FILE)},
             "pytorch_weights_bytes": sum(p.stat().st_size for p in source.glob("model*.safetensors")),

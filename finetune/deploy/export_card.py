@@ -12,6 +12,17 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
+def _views_line(run_tta: str) -> str:
+    """The exported model scores one view per image; say what that means for the run's numbers."""
+    if run_tta == "none":
+        return "The model scores one view per image, as the run's own final scores did (no test-time augmentation)."
+    return (
+        f"The model scores one view per image: the test-time augmentation that the run's final scores used "
+        f"(`evaluation.tta` `{run_tta}`, the softmax averaged over several views) is not part of it, so its "
+        f"accuracy is that of one view; `finetune predict` and `finetune eval` on the run's own folder apply it."
+    )
+
+
 def render(result: dict[str, Any]) -> str:
     check = result["check"]
     lines = [
@@ -29,6 +40,8 @@ def render(result: dict[str, Any]) -> str:
         "finetune predict THIS_FOLDER images/        # add --int8 for model.int8.onnx",
         "finetune eval THIS_FOLDER --data DATASET --split test",
         "```",
+        "",
+        _views_line(result.get("run_tta", "none")),
         "",
         "## Check",
         "",

@@ -2,7 +2,10 @@
 
 ``finetune predict OUTPUT_DIR IMAGE_OR_FOLDER...`` runs the saved image processor, then
 softmax, after the same EXIF rotation and RGB conversion as training, and streams one
-CSV or JSON-lines row per file (the top-k classes, or why the file could not be read).
+CSV or JSON-lines row per file (the top-k classes, with ``--min-probability`` whether it is
+abstained on, or why the file could not be read). ``--tta`` averages the softmax over
+test-time views of each image (by default those the run's final scores used,
+``evaluation.tta`` in its recipe.json); the abstention reads that average.
 On a folder written by ``finetune export`` it runs ``model.onnx`` (or ``model.int8.onnx``)
 with ONNX Runtime instead (:mod:`finetune.deploy.onnx_classifier`), without importing torch.
 
@@ -53,22 +56,32 @@ def collect_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
 
 
 class Writer:
-    """Streams one row per input: the top-k classes and probabilities, or the error."""
+    """Streams one row per input: the top-k classes and probabilities, or the error.
 
-    def __init__(self, stream: IO[str], fmt: str, k: int) -> None:
-        self.stream, self.fmt, self.k = stream, fmt, k
+    With ``min_probability``, an image whose top probability is below it is marked abstained
+    (an ``abstained`` column or field), its top classes still listed: the model's answer is
+    there, and the caller decides what to do with an unsure one.
+    """
+
+    def __init__(self, stream: IO[str], fmt: str, k: int, min_probability: float | None = None) -> None:
+        self.stream, self.fmt, self.k, self.min_probability = stream, fmt, k, min_probability
         if fmt == "csv":
             self.csv = csv.writer(stream, lineterminator="\n")
             header = ["path"]
             for i in range(1, k + 1):
                 header += [f"label_{i}", f"probability_{i}"]
-            self.csv.writerow(header + ["error"])
+            self.csv.writerow(header + (["abstained"] if min_probability is not None else []) + ["error"])
 
-    def row(self, path: str, top: list[tuple[str, float]] | None = None, error: str | None = None) -> None:
+    def row(self, path: str, top: list[tuple[str, float]] | None = None, error: str | None = None) -> bool:
+        """Write one row; returns whether the image was abstained on."""
+        judged = self.min_probability is not None and error is None
+        abstained = bool(judged and top and top[0][1] < self.min_probability)
         if self.fmt == "jsonl":
             record: dict[str, Any] = {"path": path}
             if error is None:
                 record["predictions"] = [{"label": label, "probability": round(p, 6)} for label, p in top or []]
+                if judged:
+                    record["abstained"] = abstained
             else:
                 record["error"] = error
             self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -77,8 +90,11 @@ class Writer:
             for label, p in top or []:
                 cells += [label, f"{p:.6f}"]
             cells += [""] * (1 + 2 * self.k - len(cells))
+            if self.min_probability is not None:
+                cells.append(("true" if abstained else "false") if judged else "")
             self.csv.writerow(cells + [error or ""])
         self.stream.flush()
+        return abstained
 
 
 def preprocess(saved: Saved | onnx_model.OnnxClassifier, path: str):
@@ -93,8 +109,12 @@ def preprocess(saved: Saved | onnx_model.OnnxClassifier, path: str):
     return saved.processor(images=[image], return_tensors="pt")["pixel_values"]
 
 
-def label_pixels(saved: Saved | onnx_model.OnnxClassifier, pixels, k: int) -> list[list[tuple[str, float]]]:
-    """Top-k (class name, probability) for each image of a batch (a list of 1×3×H×W inputs)."""
+def label_pixels(
+    saved: Saved | onnx_model.OnnxClassifier, pixels, k: int, tta: str = "none"
+) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for each image of a batch (a list of 1×3×H×W inputs);
+    with ``tta`` (a mode of ``evaluation.tta``, PyTorch only) the probabilities are the
+    softmax averaged over its views."""
     if isinstance(saved, onnx_model.OnnxClassifier):
         import numpy as np
 
@@ -104,11 +124,18 @@ def label_pixels(saved: Saved | onnx_model.OnnxClassifier, pixels, k: int) -> li
         return [[(saved.class_names[int(i)], float(p[i])) for i in row] for p, row in zip(probs, best)]
     import torch
 
+    from finetune.evaluation.tta import TestTimeAugmentation
+
     pixels = torch.cat(pixels)
     with torch.inference_mode():
         dtype = next(saved.model.parameters()).dtype
-        logits = saved.model(pixel_values=pixels.to(saved.device, dtype)).logits.float()
-        top = logits.softmax(-1).topk(min(k, logits.shape[-1]), dim=-1)
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            return saved.model(pixel_values=batch).logits.float()
+
+        # Mode "none" is the one view itself: the same numbers as without the option.
+        probs = TestTimeAugmentation(tta).probabilities(forward, pixels.to(saved.device, dtype))
+        top = probs.topk(min(k, probs.shape[-1]), dim=-1)
     return [
         [(saved.class_names[int(i)], float(p)) for i, p in zip(indices, values)]
         for indices, values in zip(top.indices.tolist(), top.values.tolist())

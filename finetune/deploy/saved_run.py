@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune.recipe import TTA
 from finetune.utils.errors import InferenceError, first_line
+
+#: The choices of ``evaluation.tta`` and of the commands' ``--tta``.
+TTA_MODES: tuple[str, ...] = typing.get_args(TTA)
 
 
 @dataclass
@@ -18,6 +24,9 @@ class Saved:
     processor: Any
     class_names: list[str]
     device: Any
+    #: The test-time augmentation the run's final scores used (its recipe's
+    #: ``evaluation.tta``): what ``finetune eval`` and ``finetune predict`` apply by default.
+    tta: str = "none"
 
 
 def load_saved(output_dir: str | Path) -> Saved:
@@ -46,4 +55,31 @@ def load_saved(output_dir: str | Path) -> Saved:
     names = [str(config.id2label.get(i, i)) for i in range(config.num_labels)]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    return Saved(path, model, processor, names, device)
+    return Saved(path, model, processor, names, device, recorded_tta(path))
+
+
+def recorded_tta(path: Path) -> str:
+    """``evaluation.tta`` of the recipe.json that a run saved beside its model; "none" for a
+    folder without one (a model saved by other tools) or from before the key existed."""
+    try:
+        recipe = json.loads((Path(path) / "recipe.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "none"
+    evaluation = recipe.get("evaluation") if isinstance(recipe, dict) else None
+    mode = evaluation.get("tta") if isinstance(evaluation, dict) else None
+    return mode if mode in TTA_MODES else "none"
+
+
+def choose_tta(saved: Any, asked: str | None, option: str = "--tta") -> str:
+    """The views to score ``saved`` with: ``asked`` (the command's option), else what the run
+    recorded. An exported ONNX folder scores one view: another mode is refused there."""
+    from finetune.deploy.onnx_classifier import OnnxClassifier
+
+    if isinstance(saved, OnnxClassifier):
+        if asked not in (None, "none"):
+            raise InferenceError(
+                f"{option} {asked}: an exported ONNX model scores one view per image; pass the run's own output "
+                "folder for test-time augmentation, or drop the option"
+            )
+        return "none"
+    return asked if asked is not None else saved.tta

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.deploy import onnx_classifier as onnx_model
-from finetune.deploy.saved_run import load_saved
+from finetune.deploy.saved_run import choose_tta, load_saved
 from finetune.utils.devices import has_accelerator
 from finetune.utils.errors import InferenceError, first_line
 from finetune.utils.files import slug, write_json
@@ -78,17 +78,19 @@ def _cli_message(err: BaseException) -> str:
 # ------------------------------------------------------------------------- scoring
 
 
-def trainer_scores(saved, images, batch_size: int, output_dir: str):
+def trainer_scores(saved, images, batch_size: int, output_dir: str, tta: str = "none"):
     """The training's final evaluation, on a decoded split: (Trainer metrics, Predictions).
 
-    The same ``FinetuneTrainer`` with the same batch transform (no augmentation), collator
-    and batch-by-batch ``MetricAccumulator``; full precision, so the numbers do not depend
-    on whether the GPU has bf16.
+    The same ``FinetuneTrainer`` with the same batch transform (no augmentation), collator,
+    batch-by-batch ``MetricAccumulator`` and test-time views (``tta``, a mode of
+    ``evaluation.tta``); full precision, so the numbers do not depend on whether the GPU has
+    bf16.
     """
     from transformers import TrainingArguments
 
     from finetune import data
     from finetune.evaluation import metrics
+    from finetune.evaluation.tta import TestTimeAugmentation
     from finetune.training.trainer import FinetuneTrainer
 
     args = TrainingArguments(
@@ -111,6 +113,7 @@ def trainer_scores(saved, images, batch_size: int, output_dir: str):
         data_collator=data.collate,
         compute_metrics=accumulator,
         batch_transform=transform,
+        tta=TestTimeAugmentation(tta) if tta != "none" else None,
     )
     # Batches gathered from the memory-mapped cache in one read, as training reads them.
     scores = trainer.evaluate(eval_dataset=data.FastRows.wrap(images), metric_key_prefix="eval")
@@ -187,7 +190,10 @@ def _evaluate(
     batch_size: int = 32,
     report_dir: str | Path | None = None,
     int8: bool = False,
+    tta: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
+    """Score the saved (or exported) model on ``dataset[split]``; returns the report and where
+    it went. ``tta``: the test-time views (None: those the run recorded; an export scores one)."""
     from finetune import data
     from finetune.recipe import DataConfig
 
@@ -198,6 +204,7 @@ def _evaluate(
             f"--int8: '{output_dir}' is not an exported folder; run `finetune export OUTPUT_DIR --quantize int8` and pass its folder"
         )
     saved = onnx_model.load_export(out, int8=int8) if exported else load_saved(out)
+    views = choose_tta(saved, tta)
     target = Path(report_dir) if report_dir else default_report_dir(out, dataset, split)
     if target.resolve() == out.resolve():
         raise InferenceError(
@@ -219,6 +226,7 @@ def _evaluate(
             return _write_report(
                 out, target, dataset, config, split, saved.class_names,
                 *onnx_scores(saved, rows, image_col, label_col, batch_size), model_file=saved.model_file.name,
+                tta=views,
             )
         decoded = data.decode(
             rows, saved.processor, image_col, label_col, None, f"decoding {split}", owner=data.CacheOwner(dataset, str(out))
@@ -235,17 +243,19 @@ def _evaluate(
         print(f"finetune: warning: cannot read {item['path']} ({item['reason']}); left out", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="finetune-eval-") as scratch:  # the Trainer's output_dir
-        scores, predictions = trainer_scores(saved, images, batch_size, scratch)
+        scores, predictions = trainer_scores(saved, images, batch_size, scratch, views)
     return _write_report(
-        out, target, dataset, config, split, saved.class_names, predictions, float(scores["eval_loss"]), images, decoded.bad
+        out, target, dataset, config, split, saved.class_names, predictions, float(scores["eval_loss"]), images,
+        decoded.bad, tta=views,
     )
 
 
 def _write_report(
     out: Path, target: Path, dataset: str, config: str | None, split: str, class_names: list[str],
-    predictions, loss: float, images, bad: list[dict], model_file: str | None = None,
+    predictions, loss: float, images, bad: list[dict], model_file: str | None = None, tta: str = "none",
 ) -> tuple[dict[str, Any], Path]:
-    from finetune.evaluation import metrics, plots
+    from finetune.evaluation import metrics, plots, reliability, trust
+    from finetune.recipe.metric_names import KNOWN_METRICS
 
     if predictions is None:
         first = bad[0] if bad else {"path": dataset, "reason": "no rows"}
@@ -255,13 +265,43 @@ def _write_report(
     for item in bad if model_file else []:  # the PyTorch path warned while decoding
         print(f"finetune: warning: cannot read {item['path']} ({item['reason']}); left out", file=sys.stderr)
     result = metrics.per_class_report(predictions, class_names)
-    result.update({"loss": loss, "dataset": dataset, "config": config, "split": split, "model": str(out), "bad_files": bad})
+    result.update({
+        "loss": loss, "dataset": dataset, "config": config, "split": split, "model": str(out), "tta": tta,
+        "bad_files": bad,
+    })
+    # The intervals and calibration error, as the run's own evaluation gives them (its
+    # recipe's evaluation settings when the folder has them), of the probabilities averaged
+    # over the views when there are several.
+    found = trust.trust_metrics(predictions, list(KNOWN_METRICS), len(class_names), evaluation_settings(out))
+    result.update(trust.report_fields(found))
     if model_file:
         result["runtime"] = f"ONNX Runtime ({model_file})"
     _record(out, target)
     target.mkdir(parents=True, exist_ok=True)
     write_json(target / "eval_report.json", result)
     plots.write_plots(target, predictions, class_names, images, _read_log_history(out))
+    reliability.write_reliability(target, predictions, f"Reliability on '{dataset}' split {split}: {len(predictions.labels)} images")
     return result, target
+
+
+def evaluation_settings(output_dir: Path):
+    """The ``evaluation`` block of the run's ``recipe.json`` (defaults where it has none, or
+    none that this version reads)."""
+    import dataclasses
+
+    from finetune.recipe import EvaluationConfig
+
+    try:
+        saved = json.loads((Path(output_dir) / "recipe.json").read_text())
+        block = saved.get("evaluation") if isinstance(saved, dict) else None
+    except (OSError, json.JSONDecodeError):
+        block = None
+    if not isinstance(block, dict):
+        return EvaluationConfig()
+    known = {f.name for f in dataclasses.fields(EvaluationConfig)}
+    try:
+        return EvaluationConfig(**{k: v for k, v in block.items() if k in known})
+    except TypeError:
+        return EvaluationConfig()
 
 

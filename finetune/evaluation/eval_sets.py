@@ -7,8 +7,9 @@ a set that lacks some of the model's classes is fine, and its macro scores avera
 classes it has (:mod:`finetune.evaluation.metrics`), its report naming the others. Its
 images are decoded then too, so that an unreadable set also stops the run before training.
 After training each set is scored once, like the eval split: metrics ``NAME_*`` in
-``eval_results.json``, a report folder ``eval-NAME/`` (``eval_report.json`` and the PNGs)
-and its own rows in the card.
+``eval_results.json`` (with their bootstrap intervals and calibration error), a report
+folder ``eval-NAME/`` (``eval_report.json``, the PNGs and ``reliability.png``) and its own
+rows in the card.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune import data
-from finetune.evaluation import metrics, plots
-from finetune.recipe import DataConfig, EvalSetConfig
+from finetune.evaluation import metrics, plots, reliability, trust
+from finetune.recipe import DataConfig, EvalSetConfig, EvaluationConfig
 from finetune.utils.files import write_json
 
 logger = logging.getLogger("finetune")
@@ -103,17 +104,26 @@ def prepare(
     return out
 
 
-def score(trainer, accumulator: metrics.MetricAccumulator, sets: dict[str, EvalSet], out: Path, class_names: list[str]):
+def score(
+    trainer, accumulator: metrics.MetricAccumulator, sets: dict[str, EvalSet], out: Path, class_names: list[str],
+    evaluation: EvaluationConfig | None = None,
+):
     """Score every set once with the run's own evaluation; returns (the ``NAME_*`` metrics for
-    ``eval_results.json``, NAME → per-class report). Call it on every process: the Trainer's
-    evaluation gathers across them; the reports are written by the main process."""
+    ``eval_results.json``, with their intervals and calibration error
+    (:mod:`finetune.evaluation.trust`, set by ``evaluation``), NAME → per-class report). Call
+    it on every process: the Trainer's evaluation gathers across them; the reports are written
+    by the main process."""
     scores: dict[str, Any] = {}
     reports: dict[str, dict[str, Any]] = {}
     for name, s in sets.items():
         result = trainer.evaluate(eval_dataset=data.FastRows.wrap(s.images), metric_key_prefix=name)
+        predictions = accumulator.last
+        found = {}
+        if predictions is not None:
+            found = trust.trust_metrics(predictions, accumulator.metrics, len(class_names), evaluation)
+            result.update(trust.prefixed(found, name))
         trainer.log_metrics(name, result)
         scores.update(result)
-        predictions = accumulator.last
         if predictions is None or not trainer.is_world_process_zero():
             continue
         report = metrics.per_class_report(predictions, class_names)
@@ -125,17 +135,19 @@ def score(trainer, accumulator: metrics.MetricAccumulator, sets: dict[str, EvalS
                 "config": s.cfg.config,
                 "split": s.cfg.split,
                 "bad_files": s.bad,
+                **trust.report_fields(found),
             }
         )
         folder = report_dir(out, name)
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "eval_report.json", report)
         plots.write_plots(folder, predictions, class_names, s.images, trainer.state.log_history)
+        reliability.write_reliability(folder, predictions, f"Reliability on eval set {name}: {len(predictions.labels)} images")
         reports[name] = report
         absent = report["absent_classes"]
         logger.info(
-            "eval set %s: accuracy %.4f on %d images of '%s' (split %s)%s; report in %s",
-            name, report["accuracy"], report["num_images"], s.cfg.dataset, s.cfg.split,
+            "eval set %s: %s on %d images of '%s' (split %s)%s; report in %s",
+            name, trust.describe(result, accumulator.metrics, name), report["num_images"], s.cfg.dataset, s.cfg.split,
             f"; {len(absent)} of the model's classes absent, macro scores over the other {len(class_names) - len(absent)}"
             if absent else "",
             folder,

@@ -55,6 +55,18 @@ class Predictions:
     topk: np.ndarray  # N×k best classes, best first
     confidence: np.ndarray  # probability of the predicted class
     true_prob: np.ndarray  # probability given to the true class
+    #: The predicted class's probability before temperature scaling, when the model evaluated
+    #: has a temperature folded into its head (``MetricAccumulator.temperature``); else None.
+    uncalibrated_confidence: np.ndarray | None = None
+    #: Whether the top class before temperature scaling was right, when it can differ from
+    #: ``preds`` (probabilities averaged over test-time views); else None: as ``preds``.
+    uncalibrated_correct: np.ndarray | None = None
+
+    def correct_before_calibration(self) -> np.ndarray:
+        """Whether each image's top class before temperature scaling was right."""
+        if self.uncalibrated_correct is not None:
+            return np.asarray(self.uncalibrated_correct, dtype=bool)
+        return np.asarray(self.preds) == np.asarray(self.labels)
 
 
 def present_classes(labels: np.ndarray, num_labels: int) -> list[int]:
@@ -101,12 +113,19 @@ class MetricAccumulator:
         self.last: Predictions | None = None
         #: Which gathered rows of the last evaluation were scored (see ``IGNORE_INDEX``).
         self.kept: np.ndarray | None = None
+        #: The temperature folded into the evaluated model's head (its logits are the
+        #: uncalibrated ones / T): the predicted class's probability before that division is
+        #: kept too, for the calibration error before and after. None: nothing folded.
+        self.temperature: float | None = None
+        #: With a temperature: the logits before it come as the second output (averaged over
+        #: test-time views, they are not the calibrated ones times T).
+        self.uncalibrated_output = False
         self._parts: list[tuple[np.ndarray, ...]] = []
         self._kept: list[np.ndarray] = []
 
     def __call__(self, eval_pred: Any, compute_result: bool = True) -> dict[str, float]:
-        logits = eval_pred.predictions
-        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        outputs = eval_pred.predictions
+        logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
         logits = torch.as_tensor(logits).detach().float()
         labels = torch.as_tensor(eval_pred.label_ids).detach().long()
         # Rows labelled -100 (the ignore index) are a streamed evaluation's padding, which
@@ -118,15 +137,25 @@ class MetricAccumulator:
         probs = logits.softmax(-1)
         k = min(TOP_K, probs.shape[-1])
         top = probs.topk(k, dim=-1)
-        self._parts.append(
-            (
-                labels.cpu().numpy(),
-                top.indices[:, 0].cpu().numpy(),
-                top.indices.cpu().numpy(),
-                top.values[:, 0].cpu().numpy(),
-                probs.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1).cpu().numpy(),
-            )
+        part = (
+            labels.cpu().numpy(),
+            top.indices[:, 0].cpu().numpy(),
+            top.indices.cpu().numpy(),
+            top.values[:, 0].cpu().numpy(),
+            probs.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1).cpu().numpy(),
         )
+        if self.temperature is not None:
+            if self.uncalibrated_output:
+                # Averaged over views before T: its own top class, which T may have changed.
+                before = torch.as_tensor(outputs[1]).detach().float()
+                before = before if bool(kept.all()) else before[kept]
+                raw, raw_top = before.softmax(-1).max(-1)
+                part += (raw.cpu().numpy(), (raw_top == labels).cpu().numpy())
+            else:
+                # The same top class: a positive temperature keeps the order of the logits.
+                raw = (logits * self.temperature).softmax(-1).gather(1, top.indices[:, :1]).squeeze(1)
+                part += (raw.cpu().numpy(),)
+        self._parts.append(part)
         if not compute_result:
             return {}
         columns = [np.concatenate(col) for col in zip(*self._parts)]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from finetune.models import builtin, lora, strategies
+from finetune.models import builtin, drop_path, lora, strategies
 from finetune.recipe import ModelConfig
 from finetune.utils.devices import sharded
 from finetune.utils.errors import ModelError, first_line
@@ -221,6 +221,8 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
     if data_config is not None and hasattr(config, "pretrained_cfg"):
         # timm keeps its preprocessing in config.json: keep it equal to what we train with.
         config.pretrained_cfg = {**config.pretrained_cfg, "input_size": tuple(data_config["input_size"])}
+    if cfg.drop_path_rate is not None:
+        drop_path.apply(config, cfg.drop_path_rate)
     if cfg.from_scratch:
         return _from_scratch(cfg, config, class_names)
     try:

@@ -235,9 +235,11 @@ def merged_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).merge_and_unload()
 
 
-def save_merged(trainer: Any, output_dir: str | os.PathLike | None = None) -> None:
+def save_merged(trainer: Any, output_dir: str | os.PathLike | None = None, prepare: Any = None) -> None:
     """The merged model, the image processor and the training arguments, as ``save_model``
-    writes them for any other run, so the folder loads without ``peft``."""
+    writes them for any other run, so the folder loads without ``peft``. ``prepare``, when
+    given, is called with the merged copy before it is saved (a temperature folded into its
+    head acts on the merged weights, the live adapters untouched)."""
     import torch
     from transformers.trainer import TRAINING_ARGS_NAME
 
@@ -247,6 +249,8 @@ def save_merged(trainer: Any, output_dir: str | os.PathLike | None = None) -> No
     os.makedirs(output_dir, exist_ok=True)
     logger.info("saving the model with the adapters merged into its weights to %s", output_dir)
     merged = merged_copy(trainer.accelerator.unwrap_model(trainer.model))
+    if prepare is not None:
+        prepare(merged)
     merged.save_pretrained(output_dir, is_main_process=True)
     if trainer.processing_class is not None:
         trainer.processing_class.save_pretrained(output_dir)

@@ -25,6 +25,7 @@ from transformers import Trainer, default_data_collator
 from transformers.trainer_utils import TrainOutput
 
 from finetune import data
+from finetune.models import temperature as head_temperature
 from finetune.models.classifier import LoadedModel, ModelError
 from finetune.probe.engine import FeatureRuntime
 from finetune.probe.features import (
@@ -364,9 +365,10 @@ class FeatureProbeTrainer(Trainer):
     def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"):
         return super().predict(self.features_for(test_dataset), ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
-    def save_final_model(self, output_dir: str | None = None) -> None:
+    def save_final_model(self, output_dir: str | None = None, temperature: float | None = None) -> None:
         """The full model (frozen backbone + trained head), the image processor and the
-        training arguments, as ``save_model`` writes them for any other run."""
+        training arguments, as ``save_model`` writes them for any other run; ``temperature``
+        folded into the saved head (the live one is put back afterwards)."""
         from transformers.trainer import TRAINING_ARGS_NAME
 
         output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -375,7 +377,9 @@ class FeatureProbeTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         logger.debug("saving the full model (frozen backbone + trained head) to %s", output_dir)
         # The head's Linear is the full model's own module, so this holds the trained head.
-        self.full_model.save_pretrained(output_dir, is_main_process=True)
+        head = find_head(self.full_model)[1] if temperature else None
+        with head_temperature.folded(head, temperature):
+            self.full_model.save_pretrained(output_dir, is_main_process=True)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune.publish import trust_card
 from finetune.recipe import Recipe
 from finetune.recipe.builtins import is_builtin
 from finetune.recipe.metric_names import DISPLAY_NAMES, HUB_TYPES
@@ -68,6 +69,9 @@ def _eval_sets(recipe: Recipe, scores: dict[str, Any], reports: dict[str, dict[s
     results, shown = [], []
     for name, cfg in recipe.data.eval_sets.items():
         values = [(m, float(scores[f"{name}_{m}"])) for m in recipe.metrics if f"{name}_{m}" in scores]
+        cells = {m: trust_card.eval_set_cell(scores, name, m) for m, _ in values}
+        if f"{name}_ece" in scores:
+            cells["ece"] = f"{float(scores[f'{name}_ece']):.4f}"
         results += [
             EvalResult(
                 task_type="image-classification",
@@ -90,11 +94,13 @@ def _eval_sets(recipe: Recipe, scores: dict[str, Any], reports: dict[str, dict[s
                 "split": cfg.split,
                 "num_images": int(scores.get(f"{name}_num_images", 0)),
                 "values": dict(values),
+                "cells": cells,
                 "absent": absent,
                 "present": num_labels - len(absent),
             }
         )
-    rows = [(DISPLAY_NAMES[m], [s["values"].get(m) for s in shown]) for m in recipe.metrics]
+    rows = [(DISPLAY_NAMES[m], [s["cells"].get(m) for s in shown]) for m in recipe.metrics]
+    rows.append(("ECE (15 bins)", [s["cells"].get("ece") for s in shown]))
     return results, shown, [(label, cells) for label, cells in rows if any(c is not None for c in cells)]
 
 
@@ -121,6 +127,9 @@ class CardFacts:
     image_size: int | None = None
     #: The augmentation that really ran (none for a probe on cached features).
     augmentation: str = "none"
+    #: The test-time augmentation of the reported scores (``TestTimeAugmentation.describe``);
+    #: None: one view per image.
+    tta: str | None = None
     model_name: str | None = None
     eval_set_metrics: dict[str, Any] = field(default_factory=dict)
     eval_set_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -128,6 +137,8 @@ class CardFacts:
     search: dict[str, Any] | None = None
     #: What LP-FT's linear-probe phase did, one item a line, stated before the fine-tune's settings.
     lp_phase: list[str] | None = None
+    #: ``calibration.json``'s record (:mod:`finetune.training.calibrate`): the temperature or why none.
+    calibration: dict[str, Any] | None = None
 
 
 def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
@@ -172,7 +183,9 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         eval_results=eval_results or None,
     )
     headline = [
-        (DISPLAY_NAMES[m], float(facts.eval_metrics[f"eval_{m}"])) for m in recipe.metrics if f"eval_{m}" in facts.eval_metrics
+        (DISPLAY_NAMES[m], float(facts.eval_metrics[f"eval_{m}"]), trust_card.interval(facts.eval_metrics, m))
+        for m in recipe.metrics
+        if f"eval_{m}" in facts.eval_metrics
     ]
     if facts.train_metrics.get("probe_solver") == "lbfgs":
         # No SGD loop ran: the optimizer settings in `training` were not used (finetune.probe.head).
@@ -190,8 +203,9 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         shown |= {f"data.{k}": getattr(recipe.data, k) for k in ("class_weights", "sampler") if getattr(recipe.data, k)}
         for key in _SHOWN_ARGS:
             shown.setdefault(key, "(default)")
-        if recipe.model.layer_decay is not None:
-            shown["model.layer_decay"] = recipe.model.layer_decay
+        for key in ("layer_decay", "drop_path_rate"):
+            if getattr(recipe.model, key) is not None:
+                shown[f"model.{key}"] = getattr(recipe.model, key)
     eval_note = (
         "The recipe named no eval split, so these numbers come from the held-out validation piece of the "
         "training split, which was also used for per-epoch scores: they are less independent than a test split's."
@@ -225,6 +239,7 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         adapters=facts.adapters,
         image_size=facts.image_size or recipe.data.image_size or "the base model's",
         augmentation=facts.augmentation,
+        tta=facts.tta,
         hyperparameters=sorted((k, v) for k, v in shown.items()),
         train_runtime=round(float(facts.train_metrics.get("train_runtime", 0.0)), 1),
         lp_phase=facts.lp_phase,
@@ -233,6 +248,10 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         distill_alpha=recipe.model.alpha,
         distill_temperature=recipe.model.temperature,
         search=facts.search,
+        **trust_card.context(
+            facts.eval_metrics, facts.calibration, recipe.metrics, facts.eval_name,
+            on_validation=recipe.data.eval_split is None, has_reliability=(out / "reliability.png").is_file(),
+        ),
     )
     path = out / "README.md"
     # What ModelCard.save writes, through a new temporary file and a rename (never in place:

@@ -55,6 +55,8 @@ UPLOAD_ALLOW = (
     "confusion_matrix.png",
     "misclassified.png",
     "training_curves.png",
+    "calibration.json",
+    "reliability.png",  # the card shows it
 )
 #: Never uploaded, even if a pattern above matched: checkpoints and optimizer state
 #: (big, and only for resuming), the pickled TrainingArguments (unsafe to unpickle, full
@@ -240,7 +242,9 @@ def check_folder(out: Path) -> Plan:
 
 def public_warning(plan: Plan, repo_id: str, new: bool | None) -> str:
     """What a push to a public repo makes public, in one line."""
-    shown = ", ".join(plan.files[:8]) + (f" and {len(plan.files) - 8} more" if len(plan.files) > 8 else "")
+    # The weights first: whatever else goes up, the model itself is what the warning must name.
+    ordered = sorted(plan.files, key=lambda f: not (f.startswith("model") and f.endswith(".safetensors")))
+    shown = ", ".join(ordered[:8]) + (f" and {len(plan.files) - 8} more" if len(plan.files) > 8 else "")
     split = (read_run_recipe(plan.folder).get("data") or {}).get("eval_split") or "validation piece"
     eval_images = [f for f in EVAL_IMAGES if f in plan.files]
     eval_results = [f for f in EVAL_RESULTS if f in plan.files]

@@ -1,6 +1,6 @@
 """The checks between a recipe's keys that their types alone cannot express, each problem one line naming the file, the key and the fix.
 
-Ranges, strategies and the keys that go with them, eval sets, LoRA, distillation, the
+Ranges, strategies and the keys that go with them, eval sets, the evaluation block, LoRA, distillation, the
 regularisers (mixup/CutMix, class imbalance, the EMA), and the training block against
 TrainingArguments."""
 
@@ -15,13 +15,13 @@ from finetune.recipe import training_block as training_fields
 from finetune.recipe.metric_names import KNOWN_METRICS
 from finetune.recipe.schema import (
     EVAL_SET_NAME,
-    DataConfig,
     FINETUNE_TRAINING_KEYS,
     LORA_KEYS,
     MAX_DECODE_WORKERS,
     MAX_IMAGE_SIZE,
     RESERVED_EVAL_SET_NAMES,
     TRAINING_KEYS_ELSEWHERE,
+    DataConfig,
     EvalSetConfig,
     ModelConfig,
     Recipe,
@@ -143,6 +143,7 @@ def validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) ->
             f"{source}: 'expected.metric' is '{recipe.expected.metric}' but 'metrics' does not compute it; "
             f"use one of {', '.join(recipe.metrics)}"
         )
+    problems += _check_evaluation(recipe, source)
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append(f"{source}: 'hub.push' is true but 'hub.repo_id' is missing; set it to USER/NAME")
     _check_training(recipe.training, source, problems)
@@ -179,6 +180,28 @@ def _check_training(training: dict[str, Any], source: str, problems: list[str]) 
             tp = Any
         if not check_type(value, tp):
             problems.append(f"{source}: '{path}' must be {describe(tp)}, got {json.dumps(value)}")
+
+
+def _check_evaluation(recipe: Recipe, source: str) -> list[str]:
+    """The ``evaluation`` block: the interval's level and resamples, the abstention target,
+    and calibration only where a validation piece can fit it."""
+    e, problems = recipe.evaluation, []
+    if not 0 < e.ci_level < 1:
+        problems.append(f"{source}: 'evaluation.ci_level' must be in (0, 1), e.g. 0.95, got {e.ci_level}")
+    if e.bootstrap_resamples < 100:
+        problems.append(
+            f"{source}: 'evaluation.bootstrap_resamples' must be >= 100 (fewer cannot place the interval's ends), "
+            f"got {e.bootstrap_resamples}"
+        )
+    if not 0 < e.abstain_accuracy <= 1:
+        problems.append(f"{source}: 'evaluation.abstain_accuracy' must be in (0, 1], e.g. 0.95, got {e.abstain_accuracy}")
+    if e.calibrate and recipe.data.validation_fraction == 0:
+        problems.append(
+            f"{source}: 'evaluation.calibrate' true fits the temperature on the validation piece, which "
+            "'data.validation_fraction' 0 leaves out; set data.validation_fraction > 0, or evaluation.calibrate "
+            "to null (on when there is a validation piece) or false"
+        )
+    return problems
 
 
 def _check_eval_sets(sets: dict[str, EvalSetConfig], source: str, problems: list[str]) -> None:
@@ -269,7 +292,8 @@ def _model_problems(m: ModelConfig) -> list[str]:
 
 
 def _check_strategy_keys(recipe: Recipe, source: str, problems: list[str]) -> None:
-    """``model.layer_decay`` and the LP-FT keys against the strategy and the optimizer."""
+    """``model.layer_decay``, ``model.drop_path_rate``, ``evaluation.tta`` and the LP-FT keys
+    against the strategy and the optimizer."""
     m = recipe.model
     if m.layer_decay is not None:
         if not 0 < m.layer_decay <= 1:
@@ -294,6 +318,24 @@ def _check_strategy_keys(recipe: Recipe, source: str, problems: list[str]) -> No
                 f"{source}: 'training.optim' '{optim}' builds its own parameter groups, so 'model.layer_decay' "
                 "cannot apply; use e.g. adamw_torch or sgd, or remove model.layer_decay"
             )
+    if m.drop_path_rate is not None:
+        if not 0 <= m.drop_path_rate < 1:
+            problems.append(
+                f"{source}: 'model.drop_path_rate' must be in [0, 1) (e.g. 0.1; null: the model's own), "
+                f"got {m.drop_path_rate}"
+            )
+        if m.caches_features:
+            problems.append(
+                f"{source}: 'model.drop_path_rate' drops residual branches of the backbone in training, but the "
+                "linear probe on cached features runs it once, in eval mode; set model.feature_cache false or "
+                "remove drop_path_rate"
+            )
+    if recipe.evaluation.tta != "none" and m.caches_features:
+        problems.append(
+            f"{source}: 'evaluation.tta' '{recipe.evaluation.tta}' scores every view with the whole model, but the "
+            "linear probe on cached features scores the cached single-view features; set model.feature_cache "
+            f"false, or score the saved model with `finetune eval OUTPUT_DIR --tta {recipe.evaluation.tta}`"
+        )
     if m.strategy == "lp_ft":
         if not m.feature_cache:
             problems.append(

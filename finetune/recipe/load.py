@@ -129,6 +129,10 @@ _NOT_SEARCHABLE = {
     "data.leaked_eval": "trials never read the eval split, so nothing can be tuned on it",
     "data.duplicate_threshold": "it decides which eval images data.leaked_eval drops, and trials never read the eval split",
     "metrics": "it changes the score trials are compared by",
+    "evaluation": (
+        "trials are scored on the validation piece with one view and no calibration; it applies to the final "
+        "scores only"
+    ),
     "training.metric_for_best_model": "it changes the score trials are compared by",
     "training.greater_is_better": "it changes the score trials are compared by",
     **{

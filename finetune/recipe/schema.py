@@ -137,6 +137,10 @@ class ModelConfig:
     #: earlier block at this factor times the next one's (:mod:`finetune.models.layer_decay`).
     #: null: off.
     layer_decay: float | None = None
+    #: Stochastic depth (Huang et al. 2016): the largest drop rate of the residual branches'
+    #: DropPath layers, in [0, 1), set in a timm model's create kwargs or a transformers config
+    #: that has the attribute (:mod:`finetune.models.drop_path`). null: the checkpoint's own.
+    drop_path_rate: float | None = None
     #: With ``strategy: lp_ft`` and ``probe_solver: trainer``: the epochs of the linear-probe
     #: phase on cached features (its optimizer, learning rate and batch are ``training``'s).
     lp_epochs: float = 10.0
@@ -270,6 +274,38 @@ class HubConfig:
     revision: str | None = None
 
 
+#: Test-time augmentation: the views each image is scored on (:mod:`finetune.data.views`).
+TTA = Literal["none", "hflip", "hflip+crops"]
+
+
+@dataclass
+class EvaluationConfig:
+    """How the final scores are made and how far to trust them: the eval split's and the eval
+    sets' after training (test-time views, bootstrap intervals, calibration, the abstention
+    threshold of the card), and the default of ``finetune eval`` and ``finetune predict`` on the
+    run's folder."""
+
+    #: "hflip": each image and its mirror image; "hflip+crops": those and four corner crops
+    #: (``finetune.data.views.CROP_FRACTION`` of each side, resized back to the input size),
+    #: each mirrored too (10 views). The softmax is averaged over the views, and the intervals,
+    #: the calibration error, the temperature fit and the abstention threshold all read that
+    #: average. The per-epoch scores on the validation piece stay single-view.
+    tta: TTA = "none"
+    #: The level of the bootstrap confidence intervals of the eval metrics, in (0, 1).
+    ci_level: float = 0.95
+    #: Bootstrap resamples of the evaluated images behind each interval (at least 100).
+    bootstrap_resamples: int = 1000
+    #: The resampling's seed: the same predictions always give the same interval.
+    bootstrap_seed: int = 0
+    #: Temperature scaling, fitted on the validation piece (over the views of ``tta``) and
+    #: folded into the saved head (:mod:`finetune.training.calibrate`). null: on when there is a
+    #: validation piece and the head can be folded; true: on, refused before training where it
+    #: cannot be; false: off.
+    calibrate: bool | None = None
+    #: The accuracy on the eval split that the card's abstention threshold keeps, in (0, 1].
+    abstain_accuracy: float = 0.95
+
+
 @dataclass
 class StudyConfig:
     """What `finetune study` runs (:mod:`finetune.sweeps.study`): every combination of the
@@ -303,6 +339,8 @@ class Recipe:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: list(KNOWN_METRICS))
     hub: HubConfig = field(default_factory=HubConfig)
+    #: Test-time views, intervals, calibration and abstention of the final evaluation.
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     #: Read by `finetune study` only; `finetune train` trains the recipe as it is.
     study: StudyConfig | None = None
     #: The hyper-parameter search space of ``finetune search``: dotted recipe key → a range or

@@ -91,6 +91,12 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def _half_width(row: dict[str, Any], column: str) -> float | None:
+    """Half the width of a run's bootstrap interval of ``column``, or None without one."""
+    low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+    return (high - low) / 2 if _is_number(low) and _is_number(high) else None
+
+
 def _format(mean: float, std: float, n: int) -> str:
     if n == 0:
         return "–"
@@ -102,6 +108,8 @@ def markdown(recipe: Recipe, rows: list[dict[str, Any]], total: int) -> str:
     keys = list(study.grid)
     columns = metric_columns(recipe, rows)
     groups = _groups(rows)
+    # The bootstrap interval of the first metric that has one: the eval split's own uncertainty.
+    ci_column = next((c for c in columns if any(_is_number(r.get(f"{c}_ci_low")) for r in rows)), None)
     eval_images = sorted({int(r["eval_num_images"]) for r in rows if _is_number(r.get("eval_num_images"))})
     split = recipe.data.eval_split or f"validation piece of '{recipe.data.train_split}'"
     subset = " (a class-balanced subset)" if recipe.data.max_eval_samples is not None else ""
@@ -121,10 +129,19 @@ def markdown(recipe: Recipe, rows: list[dict[str, Any]], total: int) -> str:
         "training's randomness and the draw of the training images both change. Macro scores average over the "
         "classes present in the evaluated set.",
         "",
+        "**Which spread is which.** The ± above is the *seed spread*: how much training itself varies. It leaves "
+        "out the uncertainty that comes from scoring on a finite eval split, which is the same for every seed and "
+        "which each run's bootstrap interval measures (`eval_*_ci_low`/`_high` in its `eval_results.json` and "
+        "`study.csv`, and its card)"
+        + (f"; the last column gives that interval's mean half-width for {_column_title(ci_column, recipe)}. "
+           "Two cells closer than both spreads together cannot be told apart." if ci_column else "."),
+        "",
     ]
     show_init = any(r.get(INIT) == "scratch" for r in rows)
     header = [short_key(k, keys) for k in keys] + (["init"] if show_init else []) + ["runs"]
     header += [_column_title(c, recipe) for c in columns] + ["train time (s)"]
+    if ci_column:
+        header.append(f"{_column_title(ci_column, recipe)}: test-set CI ±")
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for cell_rows in groups.values():
@@ -134,6 +151,9 @@ def markdown(recipe: Recipe, rows: list[dict[str, Any]], total: int) -> str:
         cells += [_format(*_stats([r.get(c) for r in cell_rows])) for c in columns]
         mean, _, n = _stats([r.get("train_runtime") for r in cell_rows])
         cells.append((f"{mean:.1f}" if mean < 10 else f"{mean:.0f}") if n else "–")
+        if ci_column:
+            half, _, n = _stats([_half_width(r, ci_column) for r in cell_rows])
+            cells.append(f"±{half:.4f}" if n else "–")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![study](study.png)", "", "Every run's numbers: `study.csv`; every run's folder (model, card, report): `runs/`.", ""]
     return "\n".join(lines)

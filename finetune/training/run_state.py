@@ -42,6 +42,8 @@ class Run:
     transform: Any = None
     accumulator: Any = None
     trainer: Trainer | None = None
+    #: Whether the run calibrates, decided before training (:func:`finetune.training.calibrate.plan`).
+    calibration: Any = None
     #: LP-FT's probe phase (:mod:`finetune.training.lp_ft`), or None.
     lp_record: dict[str, Any] | None = None
     #: What ``finetune.training.finish.finish`` has done, for the message if a signal stops it.

@@ -34,7 +34,7 @@ from finetune.evaluation import eval_sets, metrics
 from finetune.models import classifier as model_lib
 from finetune.models import strategies
 from finetune.recipe import Recipe
-from finetune.training import distill, lp_ft, streamed_data
+from finetune.training import calibrate, distill, lp_ft, streamed_data
 from finetune.training.arguments import callbacks, data_seed, precision, training_arguments
 from finetune.training.finish import AFTER_TRAINING, finish, stopped_after_training
 from finetune.training.interrupts import InterruptCallback, Interrupted, StopNow, signal_name
@@ -223,10 +223,15 @@ def _build(run: Run) -> Run:
     processor = shared.processor(recipe) if shared is not None else model_lib.load_processor(recipe.model, recipe.data.image_size)
     # The teacher's config and processor now (cheap): a wrong name stops before the data pass.
     opened_teacher = distill.open_teacher(recipe.model) if recipe.model.teacher else None
-    if recipe.model.layer_decay is not None:  # a model without a layer map fails before the data pass
-        from finetune.models import layer_decay
+    # A model without a layer map, or without stochastic depth, fails before the data pass.
+    if recipe.model.layer_decay is not None or recipe.model.drop_path_rate is not None:
+        from finetune.models import drop_path, layer_decay
 
-        layer_decay.check_supported(model_lib.load_config(recipe.model))
+        config = model_lib.load_config(recipe.model)
+        if recipe.model.layer_decay is not None:
+            layer_decay.check_supported(config)
+        if recipe.model.drop_path_rate is not None:
+            drop_path.check_supported(config, recipe.model.drop_path_rate)
     seed = data_seed(recipe)
     # Decoding runs on the main process first; the others then find it in the cache.
     key = SharedWork.data_key(recipe, seed) if run.for_trial and shared is not None else None
@@ -280,6 +285,10 @@ def _build(run: Run) -> Run:
         loaded = model_lib.load_model(recipe.model, splits.class_names, processor)
     run.loaded = loaded
     logger.info(loaded.describe(recipe.model))
+    if recipe.model.drop_path_rate is not None:
+        from finetune.models import drop_path
+
+        logger.info(drop_path.describe(loaded.model, recipe.model.drop_path_rate))
     teacher = None
     if opened_teacher is not None:  # its classes are checked against the data's before its weights load
         teacher = distill.load_teacher(recipe.model, splits.class_names, processor, opened_teacher)
@@ -303,6 +312,9 @@ def _build(run: Run) -> Run:
     transform = data.BatchTransform.for_processor(processor, recipe.data.augment, channels_last=channels_last)
     size = transform.size
     run.accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
+    if not run.for_trial:
+        # Before training: a run that asks for calibration where it cannot work stops now.
+        run.calibration = calibrate.plan(run, size)
     trainer_class: Callable[..., Trainer] = functools.partial(FinetuneTrainer, layer_decay=recipe.model.layer_decay)
     caches = run.strategy.caches_features(recipe.model)
     if caches:

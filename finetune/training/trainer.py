@@ -11,7 +11,10 @@ from transformers import Trainer
 from finetune import data
 from finetune.data.stream import ImageStream
 from finetune.data.stream_loader import stream_loader
+from finetune.evaluation.tta import TestTimeAugmentation
 from finetune.models import lora
+from finetune.models import temperature as head_temperature
+from finetune.probe.features import find_head
 from finetune.recipe import Recipe
 from finetune.training import losses
 from finetune.training.distill import Teacher
@@ -67,6 +70,7 @@ class FinetuneTrainer(Trainer):
         ema_decay: float | None = None,
         ema_warmup: bool = True,
         stream: StreamState | None = None,
+        tta: TestTimeAugmentation | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -80,6 +84,10 @@ class FinetuneTrainer(Trainer):
                     "drop a streamed run's own state; remove it, or set data.streaming to false"
                 )
             self.add_callback(stream)
+        #: Test-time augmentation of evaluation batches (:mod:`finetune.evaluation.tta`); None:
+        #: one view. Training leaves it None, so that the per-epoch scores and model selection
+        #: stay single-view, and sets it for the final scores.
+        self.tta = tta
         #: Knowledge distillation (:mod:`finetune.training.distill`): a frozen model run on each
         #: training batch, kept outside ``self.model`` so that it is neither trained nor saved.
         self.teacher = teacher.to(self.args.device) if teacher is not None else None
@@ -185,13 +193,17 @@ class FinetuneTrainer(Trainer):
         if self.ema is not None and not self.ema.applied and self.args.should_save:
             self.ema.save(output_dir or self.args.output_dir, self.state.global_step)
 
-    def save_final_model(self) -> None:
+    def save_final_model(self, temperature: float | None = None) -> None:
         """The run's model in the output folder, as ``pipeline()`` loads it without finetune
         or peft: LoRA's adapters merged into the weights, any other model as ``save_model``
-        writes it (the checkpoints of a LoRA run hold the adapters alone)."""
-        if lora.is_adapted(self.accelerator.unwrap_model(self.model)):
-            lora.save_merged(self)
-        else:
+        writes it (the checkpoints of a LoRA run hold the adapters alone). ``temperature``:
+        folded into the saved head (for LoRA after merging); the live model is left as it was."""
+        model = self.accelerator.unwrap_model(self.model)
+        if lora.is_adapted(model):
+            fold = (lambda merged: head_temperature.fold(find_head(merged)[1], temperature)) if temperature else None
+            lora.save_merged(self, prepare=fold)
+            return
+        with head_temperature.folded(find_head(model)[1] if temperature else None, temperature):
             self.save_model()
 
     def _augmentation_seed(self) -> int:
@@ -262,8 +274,15 @@ class FinetuneTrainer(Trainer):
                 raise ValueError("mixup/CutMix needs the number of classes: the model has no config.num_labels")
             pixels, targets = mix(pixels, labels, self.num_classes, seed=seed)
         inputs["pixel_values"] = pixels
-        outputs = model(**inputs)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        if not training and self.tta is not None:
+            # The averaged prediction over the views, as logits (log-probabilities).
+            logits, before = self.tta.scores(lambda views: _logits(model(**{**inputs, "pixel_values": views})), pixels)
+            # With a temperature folded in, the average before it too (MetricAccumulator's
+            # uncalibrated_output): the Trainer gathers it beside the logits.
+            outputs = {"logits": logits} if before is None else {"logits": logits, "uncalibrated_logits": before}
+        else:
+            outputs = model(**inputs)
+            logits = _logits(outputs)
         if training:
             loss = losses.classification_loss(logits, targets, self.class_weights, self.args.label_smoothing_factor)
             if self.teacher is not None:
@@ -284,3 +303,8 @@ class FinetuneTrainer(Trainer):
         else:
             outputs = (loss, *outputs)
         return loss, outputs
+
+
+def _logits(outputs: Any) -> torch.Tensor:
+    """The logits of a model's output (a ModelOutput or a tuple)."""
+    return outputs["logits"] if isinstance(outputs, dict) else outputs[0]

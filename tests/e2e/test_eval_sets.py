@@ -34,6 +34,11 @@ def test_a_set_with_some_classes_is_scored_with_its_own_report_and_card_rows(tmp
     assert report["macro_f1"] == pytest.approx(np.mean(present))
     assert results["night_f1"] == pytest.approx(report["macro_f1"])
     assert (out / "eval-night" / "confusion_matrix.png").is_file()
+    # Its interval and calibration error, as the eval split's.
+    assert results["night_accuracy_ci_low"] <= results["night_accuracy"] <= results["night_accuracy_ci_high"]
+    assert {"night_f1_ci_low", "night_f1_ci_high", "night_ece", "night_ci_level"} <= set(results)
+    assert report["confidence_intervals"]["accuracy"] == [results["night_accuracy_ci_low"], results["night_accuracy_ci_high"]]
+    assert (out / "eval-night" / "reliability.png").is_file()
     # The run's own report is the eval split's, untouched by the set's.
     assert json.loads((out / "eval_report.json").read_text())["num_images"] == 9
 
@@ -44,4 +49,6 @@ def test_a_set_with_some_classes_is_scored_with_its_own_report_and_card_rows(tmp
     night_split = {r.dataset_split for r in card.data.eval_results if r.dataset_name == "night"}
     assert night_split == {"test"}
     assert "### Other evaluation sets" in card.text and "| metric | night |" in card.text
+    assert f"| Accuracy | {results['night_accuracy']:.4f} ({results['night_accuracy_ci_low']:.4f}–" in card.text
+    assert "| ECE (15 bins) |" in card.text
     assert "1 of the model's classes have no image there (blue)" in card.text

@@ -108,6 +108,8 @@ def test_the_trainer_solver_fits_for_lp_epochs_as_a_linear_probe_does(tiny_resne
     reference = _recipe(tmp_path, tiny_resnet, images, "probe")
     reference["model"]["strategy"] = "linear_probe"
     reference["training"]["num_train_epochs"] = 3
+    # The probe's head as fitted: a calibrated save would hold it divided by the temperature.
+    reference["evaluation"] = {"calibrate": False}
     train_lib.train(recipe_from_dict(reference))
     raw = _recipe(tmp_path, tiny_resnet, images, "lpft", lp_epochs=3)
     raw["training"]["num_train_epochs"] = 1  # the fine-tune's, not the probe's

@@ -150,6 +150,7 @@ def test_every_file_a_run_makes_is_in_its_manifest(tmp_path: Path, tiny_resnet: 
     assert result.returncode == 0, result.stderr[-2000:]
     listed = run_files.recorded(out)
     present = {p.name for p in out.iterdir()} - run_files.CONTROL_FILES
-    assert {"lp_head.safetensors", "runs", "eval-other", "model.safetensors"} <= present
+    assert {"lp_head.safetensors", "runs", "eval-other", "model.safetensors", "calibration.json", "reliability.png"} <= present
+    assert (out / "eval-other" / "reliability.png").is_file()  # inside a folder that is listed whole
     assert any(name.startswith("checkpoint-") for name in present)
     assert present <= listed, f"not in the manifest: {sorted(present - listed)}"

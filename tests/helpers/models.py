@@ -108,3 +108,23 @@ def save_tiny(kind: str, path: Path) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def make_tiny_distilled_deit(path: Path, num_labels: int = 3) -> Path:
+    """A tiny timm DeiT with a distillation token (through TimmWrapper): its logits are the mean
+    of two Linear heads, so its last Linear layer alone is not the whole head."""
+    import timm
+    import torch
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    shape = {"img_size": 32, "patch_size": 8, "depth": 1, "num_heads": 2, "embed_dim": 32}
+    reference = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, **shape)
+    pretrained_cfg = {k: v for k, v in reference.pretrained_cfg.items() if k not in ("url", "hf_hub_id", "tag")}
+    pretrained_cfg["input_size"] = (3, 32, 32)
+    config = TimmWrapperConfig(
+        architecture="deit_tiny_distilled_patch16_224", pretrained_cfg=pretrained_cfg, num_labels=num_labels,
+        num_features=reference.num_features, model_args=shape,
+    )
+    torch.manual_seed(0)
+    TimmWrapperForImageClassification(config).save_pretrained(path)
+    return path

@@ -86,3 +86,21 @@ def test_a_model_that_cannot_be_traced(tmp_path, images, capsys, monkeypatch):
     assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 2
     one_line_error(capsys, "cannot export", "dynamo exporter", "TorchScript exporter", "--opset")
     assert file_hashes(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["recipe.json", "run"]
+
+
+def test_the_export_card_says_the_model_scores_one_view() -> None:
+    from finetune.deploy.export_card import render
+
+    result = {
+        "source": "outputs/run", "command": None, "exporter": "torch.onnx.export (dynamo)", "opset": 18,
+        "classes": ["a", "b"],
+        "check": {
+            "preprocessing": "the processor", "images": 2, "max_abs_softmax_diff": 1e-6, "bound": 1e-3,
+            "max_abs_logit_diff": 1e-5, "end_to_end_max_abs_softmax_diff": 1e-4, "end_to_end_top1_agreement": 1.0,
+        },
+    }
+    with_views = render({**result, "run_tta": "hflip+crops"})
+    assert "The model scores one view per image: the test-time augmentation that the run's final scores used" in with_views
+    assert "`evaluation.tta` `hflip+crops`" in with_views
+    plain = render({**result, "run_tta": "none"})
+    assert "one view per image, as the run's own final scores did (no test-time augmentation)" in plain

@@ -105,6 +105,34 @@ def test_predict_matches_transformers_pipeline(run, mixed_folder, capsys):
         assert a["probability"] == pytest.approx(b["score"], abs=1e-4)
 
 
+def test_min_probability_marks_unsure_images_abstained(run, mixed_folder, tmp_path, capsys):
+    """Below the threshold an image is abstained on, its top classes still listed; the terminal counts them."""
+    images = [str(mixed_folder / "a" / "r.png"), str(mixed_folder / "b" / "deeper" / "b.png"), str(mixed_folder / "notes.txt")]
+    assert main(["predict", str(run.out), *images, "--format", "jsonl"]) == 0
+    plain = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all("abstained" not in r for r in plain)  # no option, no field
+    tops = [r["predictions"][0]["probability"] for r in plain[:2]]
+    between = sum(sorted(tops)) / 2  # one image below it, one above
+    assert main(["predict", str(run.out), *images, "--format", "jsonl", "--min-probability", f"{between:.6f}"]) == 0
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r.get("abstained") for r in records] == [p < between for p in tops] + [None]
+    assert all(len(r["predictions"]) == 3 for r in records[:2])
+    assert "labelled 2 image(s); abstained on 1 of them (top probability below" in captured.err
+    # CSV: an 'abstained' column before 'error'; P = 1 abstains on every image.
+    assert main(["predict", str(run.out), *images, "--min-probability", "1"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(rows[0])[-2:] == ["abstained", "error"]
+    assert [r["abstained"] for r in rows] == ["true", "true", ""]
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "high"])
+def test_min_probability_must_be_a_probability(run, mixed_folder, value, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["predict", str(run.out), str(mixed_folder), "--min-probability", value])
+    assert exit.value.code == 2 and "must be a number in [0, 1]" in capsys.readouterr().err
+
+
 def test_predict_nothing_readable_exits_2(run, tmp_path, capsys):
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / "readme.txt").write_text("hello")
@@ -122,3 +150,53 @@ def test_missing_output_dir(tmp_path, capsys):
         f"finetune: error: OUTPUT_DIR: '{tmp_path}' holds no saved model (config.json is missing); "
         "pass the output_dir of a finished run",
     ]
+
+
+def test_predict_with_tta_averages_the_softmax_of_the_image_and_its_mirror(run, mixed_folder, capsys):
+    """--tta hflip: each probability is the mean of the saved model's softmax on the processor's
+    output and on its mirror image; the run recorded no views, so without the option: one view."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    image = mixed_folder / "a" / "r.png"
+    assert main(["predict", str(run.out), str(image), "--format", "jsonl", "--top-k", "3", "--tta", "hflip"]) == 0
+    captured = capsys.readouterr()
+    assert "with test-time augmentation hflip" in captured.err
+    ours = {p["label"]: p["probability"] for p in json.loads(captured.out)["predictions"]}
+    model = AutoModelForImageClassification.from_pretrained(run.out).eval()
+    processor = AutoImageProcessor.from_pretrained(run.out)
+    with Image.open(image) as im:
+        pixels = processor(images=[im.convert("RGB")], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = (model(pixel_values=pixels).logits.softmax(-1) + model(pixel_values=pixels.flip(-1)).logits.softmax(-1)) / 2
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    for name, p in zip(names, expected[0].tolist()):
+        assert ours[name] == pytest.approx(p, abs=2e-6)
+    assert main(["predict", str(run.out), str(image), "--format", "jsonl", "--top-k", "3"]) == 0
+    captured = capsys.readouterr()
+    plain = {p["label"]: p["probability"] for p in json.loads(captured.out)["predictions"]}
+    assert "test-time augmentation" not in captured.err and plain != ours
+
+
+def test_the_recorded_views_come_from_the_runs_recipe(tmp_path):
+    from finetune.deploy.saved_run import recorded_tta
+
+    assert recorded_tta(tmp_path) == "none"  # no recipe.json: a model saved by other tools
+    (tmp_path / "recipe.json").write_text(json.dumps({"evaluation": {"tta": "hflip+crops"}}))
+    assert recorded_tta(tmp_path) == "hflip+crops"
+    for garbled in ("{", json.dumps({"evaluation": {"tta": "sideways"}}), json.dumps({"evaluation": "hflip"}), "[]"):
+        (tmp_path / "recipe.json").write_text(garbled)
+        assert recorded_tta(tmp_path) == "none"
+
+
+def test_an_exported_model_scores_one_view(tmp_path):
+    from finetune.deploy.onnx_classifier import OnnxClassifier
+    from finetune.deploy.saved_run import Saved, choose_tta
+    from finetune.utils.errors import InferenceError
+
+    exported = OnnxClassifier.__new__(OnnxClassifier)  # choose_tta reads only its type
+    assert choose_tta(exported, None) == "none" and choose_tta(exported, "none") == "none"
+    with pytest.raises(InferenceError, match=r"^--tta hflip: an exported ONNX model scores one view per image"):
+        choose_tta(exported, "hflip")
+    saved = Saved(tmp_path, None, None, [], None, tta="hflip")
+    assert choose_tta(saved, None) == "hflip" and choose_tta(saved, "none") == "none"

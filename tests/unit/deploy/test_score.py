@@ -39,6 +39,14 @@ def test_eval_writes_report_into_new_folder(run, capsys):
     # The same Trainer evaluation as training's final one: the same mean loss, too.
     assert report["loss"] == pytest.approx(trained["eval_loss"], rel=1e-6)
     assert sorted(report["per_class"]) == sorted(CLASSES)
+    # The same predictions and the same seed: the run's own intervals and calibration error.
+    intervals = report["confidence_intervals"]
+    assert intervals["level"] == 0.95 and intervals["resamples"] == 1000
+    assert intervals["accuracy"] == [trained["eval_accuracy_ci_low"], trained["eval_accuracy_ci_high"]]
+    assert intervals["macro_f1"] == [trained["eval_f1_ci_low"], trained["eval_f1_ci_high"]]
+    assert report["ece"] == pytest.approx(trained["eval_ece"], abs=1e-6)
+    assert "95% CI" in out and "ECE" in out
+    assert (target / "reliability.png").is_file()
     for name in PNGS:
         with Image.open(target / name) as image:
             assert image.format == "PNG"
@@ -47,6 +55,12 @@ def test_eval_writes_report_into_new_folder(run, capsys):
         k: v for k, v in before.items() if k != MANIFEST
     }
     assert "eval-images-test" in recorded(run.out)  # the run's now: --overwrite removes it with the run
+    # Again into the folder that is there now: each file it writes (the reliability diagram too) is listed.
+    shutil.rmtree(target)
+    target.mkdir()
+    assert main(["eval", str(run.out), "--data", str(run.images), "--split", "test", "--report-dir", str(target)]) == 0
+    written = {f"eval-images-test/{p.name}" for p in target.iterdir()}
+    assert "eval-images-test/reliability.png" in written and written <= recorded(run.out)
     shutil.rmtree(target)  # other tests (push) see the run as trained
 
 
@@ -84,3 +98,23 @@ def test_default_report_dir_names():
     assert evaluation.default_report_dir(out, "/data/flowers/", "test") == out / "eval-flowers-test"
     assert evaluation.default_report_dir(out, "user/some-set", "validation") == out / "eval-user--some-set-validation"
     assert evaluation.default_report_dir(out, "builtin:digits", "test") == out / "eval-builtin-digits-test"
+
+
+def test_eval_with_tta_scores_the_averaged_views(run, capsys, tmp_path):
+    """--tta: the report says which views, and the loss is the averaged prediction's (here the
+    run recorded none, so the default is one view, the run's own numbers)."""
+    reports = {}
+    for mode in (None, "hflip", "hflip+crops"):
+        target = tmp_path / str(mode)
+        option = ["--tta", mode] if mode else []
+        code = main(["eval", str(run.out), "--data", str(run.images), "--batch-size", "8", "--report-dir", str(target), *option])
+        assert code == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        assert ("test-time augmentation" in out) == (mode is not None)
+        reports[mode] = json.loads((target / "eval_report.json").read_text())
+    trained = json.loads((run.out / "eval_results.json").read_text())
+    assert reports[None]["tta"] == "none" and reports[None]["loss"] == pytest.approx(trained["eval_loss"], rel=1e-6)
+    assert reports["hflip"]["tta"] == "hflip" and reports["hflip+crops"]["tta"] == "hflip+crops"
+    losses = {mode: r["loss"] for mode, r in reports.items()}
+    assert len({round(v, 6) for v in losses.values()}) == 3, losses
+    assert all(r["num_images"] == 18 for r in reports.values())

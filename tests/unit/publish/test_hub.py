@@ -28,6 +28,8 @@ EXPECTED_FILES = {
     "confusion_matrix.png",
     "misclassified.png",
     "training_curves.png",
+    "calibration.json",
+    "reliability.png",
 }
 
 

@@ -117,3 +117,54 @@ def test_checks_between_keys(patch: dict, needle: str) -> None:
 def test_trust_remote_code_with_pinned_commit_is_accepted() -> None:
     recipe = recipe_from_dict({**base(), "model": {"name_or_path": "m", "trust_remote_code": True, "revision": "a" * 40}})
     assert recipe.model.trust_remote_code
+
+
+def test_the_evaluation_block_defaults() -> None:
+    e = recipe_from_dict(base()).evaluation
+    assert (e.ci_level, e.bootstrap_resamples, e.bootstrap_seed, e.calibrate, e.abstain_accuracy) == (0.95, 1000, 0, None, 0.95)
+
+
+@pytest.mark.parametrize(
+    "patch, needle",
+    [
+        ({"evaluation": {"ci_level": 95}}, "'evaluation.ci_level' must be in (0, 1), e.g. 0.95, got 95"),
+        ({"evaluation": {"bootstrap_resamples": 20}}, "'evaluation.bootstrap_resamples' must be >= 100"),
+        ({"evaluation": {"abstain_accuracy": 0}}, "'evaluation.abstain_accuracy' must be in (0, 1]"),
+        ({"evaluation": {"calibrate": "yes"}}, "'evaluation.calibrate' must be true/false or null"),
+        ({"evaluation": {"calibrate": True}, "data": {"validation_fraction": 0}},
+         "'evaluation.calibrate' true fits the temperature on the validation piece, which 'data.validation_fraction' 0"),
+        ({"evaluation": {"ece_bins": 10}}, "unknown key 'evaluation.ece_bins'"),
+    ],
+)
+def test_evaluation_block_mistakes(patch: dict, needle: str) -> None:
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict(base(**patch))
+    assert needle in str(err.value)
+
+
+def test_calibration_may_be_on_without_a_validation_piece_only_by_default() -> None:
+    recipe = recipe_from_dict(base(data={"validation_fraction": 0}))
+    assert recipe.evaluation.calibrate is None  # off at run time, with a log line
+
+
+def test_evaluation_tta_choices_and_the_cached_probe() -> None:
+    from finetune.recipe import RecipeError, recipe_from_dict
+    from tests.helpers.recipes import base
+
+    assert recipe_from_dict(base()).evaluation.tta == "none"
+    assert recipe_from_dict({**base(), "evaluation": {"tta": "hflip+crops"}}).evaluation.tta == "hflip+crops"
+    with pytest.raises(RecipeError, match=r"'evaluation.tta' must be one of 'none', 'hflip', 'hflip\+crops', got \"vflip\""):
+        recipe_from_dict({**base(), "evaluation": {"tta": "vflip"}})
+    probe = {**base(), "model": {"name_or_path": "m", "strategy": "linear_probe"}, "evaluation": {"tta": "hflip"}}
+    with pytest.raises(RecipeError, match=r"'evaluation.tta' 'hflip' scores every view with the whole model.*finetune eval OUTPUT_DIR --tta hflip"):
+        recipe_from_dict(probe)
+    probe["model"]["feature_cache"] = False  # the backbone runs every step: the views can be scored
+    recipe_from_dict(probe)
+
+
+def test_a_search_cannot_vary_the_views() -> None:
+    from finetune.recipe import RecipeError, recipe_from_dict
+    from tests.helpers.recipes import base
+
+    with pytest.raises(RecipeError, match="'search' key 'evaluation.tta' cannot be searched: trials are scored"):
+        recipe_from_dict({**base(), "search": {"evaluation.tta": {"choices": ["none", "hflip"]}}})
