@@ -12,6 +12,7 @@ from typing import Any
 from finetune.recipe import builtins
 from finetune.recipe import trackers as reporting
 from finetune.recipe import training_block as training_fields
+from finetune.recipe.builder import check_type, describe, suggest
 from finetune.recipe.metric_names import KNOWN_METRICS
 from finetune.recipe.schema import (
     EVAL_SET_NAME,
@@ -25,9 +26,6 @@ from finetune.recipe.schema import (
     EvalSetConfig,
     ModelConfig,
     Recipe,
-    check_type,
-    describe,
-    suggest,
 )
 from finetune.utils import extras
 

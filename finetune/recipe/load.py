@@ -11,6 +11,7 @@ from typing import Any
 
 from finetune.recipe import search_space
 from finetune.recipe import training_block as training_fields
+from finetune.recipe.builder import build, suggest
 from finetune.recipe.checks import validate
 from finetune.recipe.schema import (
     FINETUNE_TRAINING_KEYS,
@@ -19,8 +20,6 @@ from finetune.recipe.schema import (
     Recipe,
     RecipeError,
     StudyConfig,
-    build,
-    suggest,
 )
 
 # ------------------------------------------------------------------------ overrides
