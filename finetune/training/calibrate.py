@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from finetune import data
-from finetune.evaluation import calibration
+from finetune.evaluation import calibration, metrics
 from finetune.models import temperature as head_temperature
 from finetune.probe.features import find_head
 from finetune.training.run_state import Run
@@ -97,7 +97,11 @@ def _predict(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """The validation piece's logits (N×C) as the trainer scores it now, and its labels."""
     output = run.trainer.predict(data.FastRows.wrap(run.prepared.validation), metric_key_prefix="calibration")
     logits = output.predictions[0] if isinstance(output.predictions, (tuple, list)) else output.predictions
-    return np.asarray(logits, dtype=np.float32), np.asarray(output.label_ids)
+    logits, labels = np.asarray(logits, dtype=np.float32), np.asarray(output.label_ids)
+    # A streamed piece's padding (equal batches across processes) and unreadable images are
+    # labelled with the ignore index: not images to fit on.
+    kept = labels != metrics.IGNORE_INDEX
+    return logits[kept], labels[kept]
 
 
 def view_logits(run: Run) -> tuple[np.ndarray, np.ndarray]:

@@ -167,6 +167,14 @@ class FinetuneTrainer(Trainer):
             return stream_loader(dataset, self.args)
         return super().get_eval_dataloader(eval_dataset)
 
+    def get_test_dataloader(self, test_dataset):
+        # ``predict`` (the calibration's pass over the validation piece) reads a streamed split
+        # through the same loader as ``evaluate``: its batches carry the unreadable images'
+        # records, which the default collator would turn into tensors.
+        if isinstance(test_dataset, ImageStream):
+            return stream_loader(test_dataset, self.args)
+        return super().get_test_dataloader(test_dataset)
+
     def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
         """The Trainer's training; a streamed run resumed from a checkpoint starts the stream
         where that checkpoint's step left it."""
