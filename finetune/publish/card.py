@@ -139,6 +139,9 @@ class CardFacts:
     lp_phase: list[str] | None = None
     #: ``calibration.json``'s record (:mod:`finetune.training.calibrate`): the temperature or why none.
     calibration: dict[str, Any] | None = None
+    #: ``data_report.json``'s ``leaked_eval`` record when ``data.leaked_eval: "drop"`` left eval
+    #: images out (how many, exact or near, the threshold), else None.
+    leaked_eval: dict[str, Any] | None = None
 
 
 def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
@@ -212,6 +215,13 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         if recipe.data.eval_split is None
         else "This split was not used for training or model selection."
     )
+    if facts.leaked_eval:
+        leak = facts.leaked_eval
+        eval_note += (
+            f" {leak['dropped']:,} of its {leak['eval_images']:,} images duplicated a training image ({leak['exact']:,} "
+            f"with the same pixels, {leak['near']:,} at a similarity of at least {leak['threshold']}) and were left out "
+            "before scoring (`data.leaked_eval: drop`); `data_report.json` lists them."
+        )
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),

@@ -169,6 +169,7 @@ def _reports(
             search=run.search,
             lp_phase=lp_ft.card_lines(run.lp_record) if run.lp_record is not None else None,
             calibration=calibration_record,
+            leaked_eval=(getattr(prepared, "data_report", None) or {}).get("leaked_eval"),
         ))
     run.done.append("report and card")
     return final

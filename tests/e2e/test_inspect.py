@@ -448,3 +448,6 @@ def test_training_drops_the_leaked_eval_images(tmp_path, tiny_vit) -> None:
     assert record["dropped"] == 2 and record["exact"] == 2 and record["eval_images"] == 9 + len(truth["planted"])
     assert "data.leaked_eval 'drop': 2 of 15 eval images" in result.stderr
     assert json.loads((out / "eval_report.json").read_text())["num_images"] == 13
+    card = (out / "README.md").read_text()
+    assert "2 of its 15 images duplicated a training image (2 with the same pixels" in card
+    assert "`data.leaked_eval: drop`" in card
