@@ -66,16 +66,9 @@ def _wait_for_checkpoint(out: Path, step: int, proc: subprocess.Popen, timeout: 
         time.sleep(0.01)
     time.sleep(0.05)  # the Trainer's last file, written
 
-
-def test_kill_9_mid_epoch_then_rerun_gives_identical_weights(tmp_path: Path, tiny_vit: Path) -> None:
-    """27 training images in batches of 4: 7 steps an epoch; the checkpoint at step 3 is in
-    the middle of the first epoch, with every random augmentation on."""
-    images = make_image_folder(tmp_path / "images", per_class=10)
-    recipe = _recipe(tmp_path / "r.json", tiny_vit, images, tmp_path / "reference", save_strategy="steps",
-                     save_steps=3, eval_strategy="steps", eval_steps=3, save_total_limit=10)
-    reference = run_cli("--recipe", str(recipe))
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    out = tmp_path / "killed"
+def _killed_at_step_3_then_rerun(recipe: Path, out: Path) -> subprocess.CompletedProcess:
+    """The recipe run into ``out``, killed with SIGKILL once its step-3 checkpoint is there,
+    then run again to the end: the rerun's result."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "finetune" / "run.py"), "--recipe", str(recipe), "--set", f"output_dir={out}"],
@@ -87,6 +80,20 @@ def test_kill_9_mid_epoch_then_rerun_gives_identical_weights(tmp_path: Path, tin
     assert not (out / "model.safetensors").exists(), "finished before the kill"
     resumed = run_cli("--recipe", str(recipe), "--set", f"output_dir={out}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return resumed
+
+
+
+def test_kill_9_mid_epoch_then_rerun_gives_identical_weights(tmp_path: Path, tiny_vit: Path) -> None:
+    """27 training images in batches of 4: 7 steps an epoch; the checkpoint at step 3 is in
+    the middle of the first epoch, with every random augmentation on."""
+    images = make_image_folder(tmp_path / "images", per_class=10)
+    recipe = _recipe(tmp_path / "r.json", tiny_vit, images, tmp_path / "reference", save_strategy="steps",
+                     save_steps=3, eval_strategy="steps", eval_steps=3, save_total_limit=10)
+    reference = run_cli("--recipe", str(recipe))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    out = tmp_path / "killed"
+    resumed = _killed_at_step_3_then_rerun(recipe, out)
     assert "resuming from" in resumed.stderr and "the stream resumes at epoch 0, batch" in resumed.stderr
     ours, theirs = saved_weights(out), saved_weights(tmp_path / "reference")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "resumed weights differ from an uninterrupted run"
@@ -220,17 +227,7 @@ def test_shards_of_unknown_size_resume_after_kill_9_with_an_uninterrupted_runs_w
     reference = run_cli("--recipe", str(recipe))
     assert reference.returncode == 0, reference.stderr[-3000:]
     out = tmp_path / "killed"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "finetune" / "run.py"), "--recipe", str(recipe), "--set", f"output_dir={out}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    _wait_for_checkpoint(out, 3, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "model.safetensors").exists(), "finished before the kill"
-    resumed = run_cli("--recipe", str(recipe), "--set", f"output_dir={out}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = _killed_at_step_3_then_rerun(recipe, out)
     assert "the stream resumes at batch" in resumed.stderr
     ours, theirs = saved_weights(out), saved_weights(tmp_path / "reference")
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "resumed weights differ from an uninterrupted run"

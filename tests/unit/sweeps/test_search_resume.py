@@ -13,13 +13,8 @@ def _csv(out: Path) -> list[tuple[str, str]]:
     with (out / search_report.RESULTS).open(newline="") as f:
         return [(row["trial"], row["state"]) for row in csv.DictReader(f)]
 
-
-def test_the_table_follows_the_database_whatever_a_kill_left(tmp_path: Path) -> None:
-    import optuna
-    from optuna.trial import TrialState
-
-    out = tmp_path / "out"
-    out.mkdir()
+def _search_of(out: Path):
+    """A four-trial search of the learning rate into ``out``: recipe, options, dimensions, metric, direction."""
     recipe = recipe_from_dict({
         "description": "d", "model": {"name_or_path": "m/m"}, "data": {"dataset": "d/d"}, "output_dir": str(out),
         "search": {"training.learning_rate": {"log_uniform": [1e-5, 1e-2]}},
@@ -27,6 +22,17 @@ def test_the_table_follows_the_database_whatever_a_kill_left(tmp_path: Path) -> 
     options = search.Options(trials=4, final=False)
     dimensions = search.check(recipe, options, "r.json")
     metric, direction = search.objective(recipe)
+    return recipe, options, dimensions, metric, direction
+
+
+
+def test_the_table_follows_the_database_whatever_a_kill_left(tmp_path: Path) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    out = tmp_path / "out"
+    out.mkdir()
+    recipe, options, dimensions, metric, direction = _search_of(out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=f"sqlite:///{out / search.DB}", study_name=search.STUDY_NAME, direction=direction)
     space = {d.key: d.distribution() for d in dimensions}
@@ -54,13 +60,7 @@ def test_a_folder_holding_finetune_inspects_report_takes_a_search(tmp_path: Path
     run_files.record(out, "inspect")
     (out / "inspect").mkdir()
     (out / "inspect" / "summary.json").write_text("{}")
-    recipe = recipe_from_dict({
-        "description": "d", "model": {"name_or_path": "m/m"}, "data": {"dataset": "d/d"}, "output_dir": str(out),
-        "search": {"training.learning_rate": {"log_uniform": [1e-5, 1e-2]}},
-    })
-    options = search.Options(trials=4, final=False)
-    dimensions = search.check(recipe, options, "r.json")
-    metric, direction = search.objective(recipe)
+    recipe, options, dimensions, metric, direction = _search_of(out)
     lock, _ = search._open_study(out, recipe, options, direction, dimensions, metric)
     lock.release()
     (out / "notes.txt").write_text("mine")

@@ -16,15 +16,6 @@ from finetune.utils import files as util
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="permission bits are POSIX")
 
 
-@pytest.fixture
-def umask():
-    old = os.umask(0o022)
-    try:
-        yield os.umask
-    finally:
-        os.umask(old)
-
-
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
