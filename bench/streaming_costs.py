@@ -36,7 +36,7 @@ def costs(work: Path, folder: Path, n_train: int, n: int = 300) -> dict[str, flo
 
     sys.path.insert(0, str(ROOT))
     from finetune.data.decode import Decoder
-    from finetune.data.stream_images import ImagePipeline, decode_upright
+    from finetune.data.streaming.images import ImagePipeline, decode_upright
     from finetune.data.transforms import BatchTransform
     from finetune.recipe.schema import AugmentConfig
 
@@ -81,7 +81,7 @@ def listing(work: Path, folder: Path) -> dict[str, float]:
     from datasets import load_dataset
 
     sys.path.insert(0, str(ROOT))
-    from finetune.data.stream_open import open_stream
+    from finetune.data.streaming.open import open_stream
     from finetune.recipe.schema import DataConfig
 
     start = time.perf_counter()

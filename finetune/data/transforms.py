@@ -197,7 +197,7 @@ class BatchTransform:
 
     def for_stream(self) -> BatchTransform:
         """A copy for batches that a streamed split's loader workers already cropped, flipped
-        and passed through the policy (``finetune.data.stream_images``): it normalises and,
+        and passed through the policy (``finetune.data.streaming.images``): it normalises and,
         in training, erases and mixes, as here; :meth:`describe` says where each step runs."""
         streamed = copy.copy(self)
         streamed.augment, streamed.crop_size = None, None

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune import data
-from finetune.data.stream import ImageStream
+from finetune.data.streaming.stream import ImageStream
 from finetune.evaluation import calibration, eval_sets, metrics, plots, reliability, trust
 from finetune.evaluation.tta import TestTimeAugmentation
 from finetune.publish import card

@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from finetune import data
-from finetune.data.stream import ImageStream
+from finetune.data.streaming.stream import ImageStream
 
 logger = logging.getLogger("finetune")
 
@@ -74,7 +74,7 @@ class StreamState(TrainerCallback, ExportableState):
     of a checkpoint, so a checkpoint that counts as complete holds it too; a separate file
     could be missing after a kill -9 between the two writes. The position in the stream is
     not stored: it follows from the checkpoint's step (every process makes the same number
-    of batches per epoch, see ``finetune.data.stream_plan``), exactly as the Trainer's own
+    of batches per epoch, see ``finetune.data.streaming.plan``), exactly as the Trainer's own
     data skipping computes it; what is stored is what the position means, the lanes
     (loader workers) each epoch was dealt to, which a resumed run keeps whatever its worker
     count, and the unreadable images found so far.

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from finetune import data
-from finetune.data import stream_pieces
-from finetune.data.stream import ImageStream
-from finetune.data.stream_images import ImagePipeline, decode_upright
-from finetune.data.stream_open import open_stream
-from finetune.data.stream_sources import ListedSplit, ShardedSplit, StreamSource
+from finetune.data.streaming import pieces as validation_pieces
+from finetune.data.streaming.images import ImagePipeline, decode_upright
+from finetune.data.streaming.open import open_stream
+from finetune.data.streaming.sources import ListedSplit, ShardedSplit, StreamSource
+from finetune.data.streaming.stream import ImageStream
 from finetune.recipe import Recipe
 from finetune.recipe.checks import needs_decode_cache
 from finetune.training.prepared_data import Prepared
@@ -248,12 +248,12 @@ def prepare_streams(recipe: Recipe, processor, seed: int, source: StreamSource, 
     validation = None
     if cfg.validation_fraction > 0:
         if isinstance(train_split, ListedSplit):
-            chosen = stream_pieces.listed_validation(train_split, cfg.validation_fraction, seed + 1)
+            chosen = validation_pieces.listed_validation(train_split, cfg.validation_fraction, seed + 1)
             validation = train_split.subset(np.flatnonzero(chosen), "validation")
             train_split = train_split.subset(np.flatnonzero(~chosen))
             how = "stratified"
         else:
-            train_split, validation = stream_pieces.split_sharded(train_split, cfg.validation_fraction, seed + 1)
+            train_split, validation = validation_pieces.split_sharded(train_split, cfg.validation_fraction, seed + 1)
             how = "approximately stratified: each image's piece is decided by its key alone"
             notes.append(
                 "the validation piece is drawn by a hash of each image's key, without reading the labels, so each "

@@ -29,7 +29,7 @@ import torch
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, set_seed
 
 from finetune import data
-from finetune.data.stream import ImageStream
+from finetune.data.streaming.stream import ImageStream
 from finetune.evaluation import eval_sets, metrics
 from finetune.models import classifier as model_lib
 from finetune.models import strategies

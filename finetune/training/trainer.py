@@ -9,8 +9,8 @@ import torch
 from transformers import Trainer
 
 from finetune import data
-from finetune.data.stream import ImageStream
-from finetune.data.stream_loader import stream_loader
+from finetune.data.streaming.loader import stream_loader
+from finetune.data.streaming.stream import ImageStream
 from finetune.evaluation.tta import TestTimeAugmentation
 from finetune.models import lora
 from finetune.models import temperature as head_temperature

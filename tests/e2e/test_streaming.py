@@ -105,8 +105,8 @@ def test_kill_9_mid_epoch_then_rerun_gives_identical_weights(tmp_path: Path, tin
 EXACTLY_ONCE = r"""
 import json, os, sys, zlib
 import torch
-from finetune.data.stream import ImageStream
-from finetune.data.stream_open import open_stream
+from finetune.data.streaming.stream import ImageStream
+from finetune.data.streaming.open import open_stream
 from finetune.recipe import DataConfig
 
 class Tag:

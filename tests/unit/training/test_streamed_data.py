@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from finetune import data
-from finetune.data import stream_sources
-from finetune.data.stream import ImageStream
+from finetune.data.streaming import sources as stream_sources
+from finetune.data.streaming.stream import ImageStream
 from finetune.recipe import recipe_from_dict
 from finetune.training import streamed_data
 from finetune.training.stream_state import BadImages, StreamState

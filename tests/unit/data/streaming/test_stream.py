@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.data.stream import PAD_LABEL, ImageStream
-from finetune.data.stream_open import open_stream
-from finetune.data.stream_pieces import split_sharded
+from finetune.data.streaming.open import open_stream
+from finetune.data.streaming.pieces import split_sharded
+from finetune.data.streaming.stream import PAD_LABEL, ImageStream
 from tests.helpers.data import cfg
 from tests.helpers.images import make_image_folder
 from tests.helpers.streams import batches, write_parquet, write_tars
@@ -138,7 +138,7 @@ def test_evaluation_batches_are_equal_across_processes_and_score_each_image_once
 
 
 def test_an_unreadable_image_is_left_out_and_reported(tmp_path: Path) -> None:
-    from finetune.data.stream_images import ImagePipeline
+    from finetune.data.streaming.images import ImagePipeline
     from tests.helpers.models import make_tiny_vit
 
     root = make_image_folder(tmp_path / "imgs", per_class=4, splits=("train",))

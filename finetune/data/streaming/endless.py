@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from finetune.data import stream_plan as plan
 from finetune.data.sources import DataError
-from finetune.data.stream_sources import Record, ShardedSplit
+from finetune.data.streaming import plan
+from finetune.data.streaming.sources import Record, ShardedSplit
 
 
 def lanes_for(shards: int, world: int, lanes: int) -> int:

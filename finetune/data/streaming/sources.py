@@ -9,7 +9,7 @@ Two shapes, because they are read differently:
   Hub data set streamed by ``datasets``. Each shard is read in order; its size comes from
   the file's own metadata (parquet), a scan of the tar headers (local tars), or is unknown.
 
-``finetune.data.stream_open.open_stream`` picks the reader; each finds the image and label columns with the same rules as the decode-cache
+``finetune.data.streaming.open.open_stream`` picks the reader; each finds the image and label columns with the same rules as the decode-cache
 path (``finetune.data.columns``) and maps every split onto train's classes by name.
 """
 

@@ -1,4 +1,4 @@
-"""stream_plan: every image exactly once per epoch across processes, the same number of batches on each, lanes that cover a process's batches, and the interleave's arithmetic."""
+"""finetune.data.streaming.plan: every image exactly once per epoch across processes, the same number of batches on each, lanes that cover a process's batches, and the interleave's arithmetic."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from finetune.data import stream_plan as plan
+from finetune.data.streaming import plan
 
 
 @pytest.mark.parametrize("n, world, batch", itertools.product([1, 7, 8, 9, 63, 64, 65, 130], [1, 2, 3, 8], [1, 4, 64]))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetune.data.sources import DataError, check_holds_images
-from finetune.data.stream_hub import open_hub
-from finetune.data.stream_parquet import open_parquet
-from finetune.data.stream_sources import StreamSource, list_image_folder, listed_source, open_table
-from finetune.data.stream_tar import open_tars
+from finetune.data.streaming.hub import open_hub
+from finetune.data.streaming.parquet import open_parquet
+from finetune.data.streaming.sources import StreamSource, list_image_folder, listed_source, open_table
+from finetune.data.streaming.tar import open_tars
 from finetune.recipe import DataConfig
 from finetune.recipe.builtins import is_builtin
 from finetune.utils.errors import first_line

@@ -1,4 +1,4 @@
-"""stream_images: one image decoded in a worker as the decode cache would decode it, and cropped from the original, seeded by its key and the epoch."""
+"""finetune.data.streaming.images: one image decoded in a worker as the decode cache would decode it, and cropped from the original, seeded by its key and the epoch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from finetune.data.decode import Decoder
-from finetune.data.stream_images import ImagePipeline, decode_upright, key_seed
+from finetune.data.streaming.images import ImagePipeline, decode_upright, key_seed
 from finetune.recipe.schema import AugmentConfig
 from finetune.utils.images import open_image, to_rgb
 from tests.helpers.images import odd_images, png_claiming

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from accelerate.data_loader import DataLoaderShard
 
-from finetune.data.stream import ImageStream
+from finetune.data.streaming.stream import ImageStream
 
 
 class StreamLoader(DataLoaderShard):

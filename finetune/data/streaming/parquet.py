@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from finetune.data.sources import DataError
-from finetune.data.stream_sources import Shard, ShardedSplit, StreamSource, check_splits, class_map
+from finetune.data.streaming.sources import Shard, ShardedSplit, StreamSource, check_splits, class_map
 from finetune.recipe import DataConfig
 
 #: Rows decoded from parquet at a time: small, so a reader holds a few megabytes, not a

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from finetune.data import DataError
-from finetune.data.stream_open import open_stream
-from finetune.data.stream_sources import ListedSplit, list_image_folder
+from finetune.data.streaming.open import open_stream
+from finetune.data.streaming.sources import ListedSplit, list_image_folder
 from tests.helpers.data import cfg
 from tests.helpers.images import CLASSES, class_image, make_image_folder
 from tests.helpers.streams import write_parquet, write_tars

@@ -1,7 +1,7 @@
 """A streamed split as a torch ``IterableDataset`` of whole uint8 batches, decoded in DataLoader workers, each process reading its own images once per epoch.
 
-The order of an epoch and who reads what are :mod:`finetune.data.stream_plan`'s; the image
-work is :class:`finetune.data.stream_images.ImagePipeline`'s. A listed split (an image
+The order of an epoch and who reads what are :mod:`finetune.data.streaming.plan`'s; the image
+work is :class:`finetune.data.streaming.images.ImagePipeline`'s. A listed split (an image
 folder) is read in a seeded permutation of all its images; a sharded split in a seeded
 permutation of its shards, the shards of a lane read interleaved (a row of each in turn)
 through a seeded shuffle buffer of ``buffer`` images. The buffer is a block: its order is
@@ -24,11 +24,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from finetune.data import stream_endless
-from finetune.data import stream_plan as plan
 from finetune.data.sources import DataError
-from finetune.data.stream_images import ImagePipeline, decode_upright
-from finetune.data.stream_sources import ListedSplit, Record, ShardedSplit
+from finetune.data.streaming import endless, plan
+from finetune.data.streaming.images import ImagePipeline, decode_upright
+from finetune.data.streaming.sources import ListedSplit, Record, ShardedSplit
 from finetune.utils.errors import first_line
 
 logger = logging.getLogger(__name__)
@@ -70,12 +69,12 @@ class ImageStream(torch.utils.data.IterableDataset):
         self.epoch = 0
         #: The process's batch index this epoch starts at (a resumed run's position).
         self.start_batch = 0
-        #: Shards of unknown sizes: training without epochs (``finetune.data.stream_endless``).
+        #: Shards of unknown sizes: training without epochs (``finetune.data.streaming.endless``).
         self.endless = isinstance(split, ShardedSplit) and split.sizes is None
         if self.endless:
             if not train:
                 raise ValueError(f"split '{split.name}' must be counted before it is evaluated")
-            self.lanes = stream_endless.lanes_for(len(split.shards), world, self.lanes)
+            self.lanes = endless.lanes_for(len(split.shards), world, self.lanes)
             self.total, self.sizes = None, []
             return
         self.total = len(split)
@@ -129,7 +128,7 @@ class ImageStream(torch.utils.data.IterableDataset):
             torch.set_num_threads(1)
         if self.endless:
             split: ShardedSplit = self.split  # type: ignore[assignment]
-            for i, rows in stream_endless.batches(split, self.seed, self.rank, self.world, self.lanes, self.buffer,
+            for i, rows in endless.batches(split, self.seed, self.rank, self.world, self.lanes, self.buffer,
                                                   self.batch, self.start_batch, worker, workers):
                 yield self._make(i, [record for _, record in rows], [round_ for round_, _ in rows])
             return

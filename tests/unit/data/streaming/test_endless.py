@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from finetune.data import DataError
-from finetune.data.stream import ImageStream
-from finetune.data.stream_endless import lanes_for
-from finetune.data.stream_open import open_stream
-from finetune.data.stream_sources import ShardedSplit
+from finetune.data.streaming.endless import lanes_for
+from finetune.data.streaming.open import open_stream
+from finetune.data.streaming.sources import ShardedSplit
+from finetune.data.streaming.stream import ImageStream
 from tests.helpers.data import cfg
 from tests.helpers.streams import write_tars
 

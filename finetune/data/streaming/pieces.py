@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
-from finetune.data.stream_sources import ListedSplit, Record, Shard, ShardedSplit
+from finetune.data.streaming.sources import ListedSplit, Record, Shard, ShardedSplit
 
 _MASK = np.uint64(2**64 - 1)
 

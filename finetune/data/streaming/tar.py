@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from finetune.data.sources import DataError
-from finetune.data.stream_sources import Shard, ShardedSplit, StreamSource, check_splits, class_map
+from finetune.data.streaming.sources import Shard, ShardedSplit, StreamSource, check_splits, class_map
 from finetune.recipe import DataConfig
 
 #: File extensions of a sample's image, and of its label, in the order they are preferred.
