@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
+from finetune.utils.files import write_json
 from finetune.utils.locations import cache_root
 
 #: The index's format; an entry of another format is listed as unreadable and left alone.
@@ -93,15 +92,7 @@ def _write(entry: Entry) -> None:
     the same entry at once: each rename is whole)."""
     folder = index_folder()
     folder.mkdir(parents=True, exist_ok=True)
-    raw: dict[str, Any] = {"format": _FORMAT, **{k: v for k, v in entry.__dict__.items() if k != "key"}}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{entry.key}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(raw, f, indent=2)
-        os.replace(tmp, entry.path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(entry.path, {"format": _FORMAT, **{k: v for k, v in entry.__dict__.items() if k != "key"}})
 
 
 def record(key: str, folder: str, fingerprints: list[str], owner: Owner, split: str, images: int) -> OSError | None:
