@@ -255,7 +255,7 @@ def _write_report(
     predictions, loss: float, images, bad: list[dict], model_file: str | None = None, tta: str = "none",
 ) -> tuple[dict[str, Any], Path]:
     from finetune.evaluation import metrics, plots, reliability, trust
-    from finetune.recipe.metric_names import KNOWN_METRICS
+    from finetune.recipe.metric_names import SINGLE_LABEL_METRICS as KNOWN_METRICS
 
     if predictions is None:
         first = bad[0] if bad else {"path": dataset, "reason": "no rows"}

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from finetune.recipe.metric_names import KNOWN_METRICS
+from finetune.recipe.metric_names import SINGLE_LABEL_METRICS
 from finetune.utils.errors import UserError
 
 Strategy = Literal["full", "linear_probe", "partial", "lora", "lp_ft"]
@@ -331,7 +331,7 @@ class Recipe:
     output_dir: str = ""
     expected: Expected | None = None
     training: dict[str, Any] = field(default_factory=dict)
-    metrics: list[str] = field(default_factory=lambda: list(KNOWN_METRICS))
+    metrics: list[str] = field(default_factory=lambda: list(SINGLE_LABEL_METRICS))
     hub: HubConfig = field(default_factory=HubConfig)
     #: Test-time views, intervals, calibration and abstention of the final evaluation.
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
