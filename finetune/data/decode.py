@@ -362,13 +362,18 @@ def _entry(dataset, decoder: Decoder, processor, plan: decode_plan.Plan, desc: s
 def _map(dataset, decoder: Decoder, processor, plan: decode_plan.Plan, desc: str):
     """The split through ``decoder``, a piece of ``plan`` at a time, each piece cached under a
     fingerprint of its own (:func:`_fingerprints`)."""
-    from datasets import Array2D, Array3D, Features, Value, concatenate_datasets
+    from datasets import Array2D, Array3D, ClassLabel, Features, LargeList, List, Value, concatenate_datasets
 
     pixels = (Array2D if decoder.channels_last else Array3D)(shape=decoder.output_shape(), dtype="uint8")
+    # A multi-label split's labels stay a list of class indices per image (rows.FastRows
+    # makes the multi-hot rows of a batch from it).
+    given = dataset.features[decoder.label_column]
+    listed = isinstance(given, (List, LargeList))
     features = Features(
         {
             decoder.column: pixels,
-            "labels": Value("int64"),
+            "labels": (given if isinstance(getattr(given, "feature", None), ClassLabel) else List(Value("int64")))
+            if listed else Value("int64"),
             "bad_reason": Value("string"),
             "source": Value("string"),
         }

@@ -73,7 +73,7 @@ class FastRows(torch.utils.data.Dataset):
                 chunks=views,
                 chunk_of=np.concatenate(chunk_of) if chunk_of else np.zeros(0, np.int64),
                 position=np.concatenate(position) if position else np.zeros(0, np.int64),
-                labels=table.column("labels").to_numpy(),
+                labels=_labels(self.dataset, table),
                 # select() leaves the table alone and maps rows (e.g. after setting bad
                 # files aside): logical row i is physical row physical[i].
                 physical=compat.physical_rows(self.dataset),
@@ -103,7 +103,8 @@ class FastRows(torch.utils.data.Dataset):
             out[k] = v.chunks[c][r]
         if v.channels_last:
             pixels = pixels.permute(0, 3, 1, 2)  # N×3×H×W, a view: no copy
-        return RowBatch({"pixel_values": pixels, "labels": torch.from_numpy(v.labels[rows].astype(np.int64))})
+        labels = v.labels.multi_hot(rows) if isinstance(v.labels, _LabelSets) else v.labels[rows].astype(np.int64)
+        return RowBatch({"pixel_values": pixels, "labels": torch.from_numpy(labels)})
 
 
 @dataclass
@@ -115,8 +116,51 @@ class _RowViews:
     chunks: list[np.ndarray]  # per Arrow chunk: (valid rows, pixels per image) uint8, zero-copy
     chunk_of: np.ndarray  # per physical row: its chunk
     position: np.ndarray  # per physical row: its index in that chunk's view, -1 for a bad image
-    labels: np.ndarray  # per physical row
+    labels: np.ndarray | _LabelSets  # per physical row: its class, or (multi-label) its classes
     physical: np.ndarray | None  # per logical row: its physical row (None: the same)
+
+
+@dataclass
+class _LabelSets:
+    """A multi-label split's classes per physical row, as its Arrow list column holds them: the
+    flat class indices and each row's offsets into them (a few bytes per image; a batch's
+    multi-hot rows are made when it is read, never a dense matrix of the whole split)."""
+
+    offsets: np.ndarray  # (rows + 1,)
+    values: np.ndarray  # class indices
+    num_labels: int
+
+    def multi_hot(self, rows: np.ndarray) -> np.ndarray:
+        """float32 (len(rows), num_labels): 1.0 where the row has the class."""
+        starts, ends = self.offsets[rows], self.offsets[rows + 1]
+        counts = ends - starts
+        out = np.zeros((len(rows), self.num_labels), dtype=np.float32)
+        total = int(counts.sum())
+        if total:
+            owner = np.repeat(np.arange(len(rows)), counts)
+            # Position k of the batch's pairs reads values[starts[owner] + (k - first pair of owner)].
+            first = np.repeat(np.cumsum(counts) - counts, counts)
+            out[owner, self.values[np.repeat(starts, counts) + np.arange(total) - first]] = 1.0
+        return out
+
+
+def _labels(dataset, table) -> np.ndarray | _LabelSets:
+    """The ``labels`` of a decoded split's physical rows: class indices, or for a multi-label
+    split (a ``Sequence(ClassLabel)`` column) its :class:`_LabelSets`."""
+    import pyarrow as pa
+
+    feature = dataset.features["labels"]
+    inner = getattr(feature, "feature", None)
+    if inner is None:
+        return table.column("labels").to_numpy()
+    num_labels = getattr(inner, "num_classes", None)
+    if num_labels is None:
+        raise ValueError("a multi-label split's labels must be a Sequence(ClassLabel) to say how many classes there are")
+    chunks = table.column("labels").chunks
+    array = pa.concat_arrays(chunks) if len(chunks) != 1 else chunks[0]
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    values = array.values.to_numpy(zero_copy_only=False).astype(np.int64)
+    return _LabelSets(offsets, values, int(num_labels))
 
 
 class RowBatch(list):

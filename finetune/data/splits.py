@@ -7,9 +7,18 @@ from typing import Any
 
 import numpy as np
 
-from finetune.data.columns import column, encode_labels, find_columns
+from finetune.data import stratify
+from finetune.data.columns import (
+    column,
+    encode_label_sets,
+    encode_labels,
+    find_columns,
+    is_multi_label_column,
+    label_pairs,
+)
 from finetune.data.sources import DataError
 from finetune.recipe import DataConfig
+from finetune.recipe.task import multi_label_refusals
 
 
 def _per_class(labels: np.ndarray, rng: np.random.Generator) -> dict[int, np.ndarray]:
@@ -91,6 +100,9 @@ class Splits:
     image_column: str
     label_column: str
     notes: list[str] = field(default_factory=list)
+    #: The label column holds a set of classes per image (``Sequence(ClassLabel)`` in every
+    #: split; :mod:`finetune.data.multi_label`).
+    multi_label: bool = False
 
 
 def make_splits(raw, cfg: DataConfig, seed: int) -> Splits:
@@ -119,6 +131,12 @@ def make_splits(raw, cfg: DataConfig, seed: int) -> Splits:
         missing = [c for c in (image, label) if c not in ds.column_names]
         if missing:
             raise DataError(f"data: split '{split}' lacks column(s) {', '.join(missing)} that train has")
+    multi = is_multi_label_column([train, *others.values()], label, cfg)
+    if multi:
+        refused = multi_label_refusals(cfg)
+        if refused:
+            raise DataError(f"data: '{label}' holds several classes per image (multi-label data), and {refused[0]}")
+        return _multi_label_splits(train, others, cfg, seed, image, label)
     train, others, names = encode_labels(train, others, label)
     notes: list[str] = []
 
@@ -187,13 +205,98 @@ def make_splits(raw, cfg: DataConfig, seed: int) -> Splits:
     return Splits(train, validation, evaluation, eval_name, names, image, label, notes)
 
 
+def _pairs_of(rows: np.ndarray, classes: np.ndarray, subset: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (image, class) pairs of the images ``subset`` (of ``n``), numbered by their place in it."""
+    place = np.full(n, -1, dtype=np.int64)
+    place[subset] = np.arange(len(subset))
+    mine = place[rows] >= 0
+    return place[rows[mine]], classes[mine]
+
+
+def _multi_label_splits(train, others: dict[str, Any], cfg: DataConfig, seed: int, image: str, label: str) -> Splits:
+    """:func:`make_splits` of multi-label data: the validation piece by iterative stratification
+    (:mod:`finetune.data.stratify`), ``max_train_samples`` / ``max_eval_samples`` as seeded
+    subsets that keep every class they can; the same seeds as single-label data."""
+    train, others, names = encode_label_sets(train, others, label, cfg.label_separator)
+    notes: list[str] = []
+    n, num = len(train), len(names)
+    rows, classes = label_pairs(train, label)
+    all_idx = np.arange(n)
+    if cfg.max_train_samples is not None:
+        chosen = stratify.covering_sample(rows, classes, n, num, cfg.max_train_samples, seed)
+        held = np.unique(_pairs_of(rows, classes, chosen, n)[1])
+        lacking = [names[c] for c in sorted(set(range(num)) - set(held.tolist()))]
+        if lacking:
+            raise DataError(
+                f"data.max_train_samples: {cfg.max_train_samples} images cannot hold every class (class(es) "
+                f"{_listed(lacking)} would have no training image); raise it or set it to null"
+            )
+        rest = np.setdiff1d(all_idx, chosen)
+        n_val = int(round(cfg.validation_fraction * len(chosen)))
+        if n_val and len(rest):
+            sub_rows, sub_classes = _pairs_of(rows, classes, rest, n)
+            val_idx = rest[stratify.validation_piece(sub_rows, sub_classes, len(rest), num, n_val, seed + 1, keep=False)]
+        else:
+            val_idx = rest[:0]
+        train_idx = chosen
+        if cfg.validation_fraction > 0 and len(val_idx) == 0:
+            raise DataError(
+                "data.validation_fraction: no images are left for the validation piece; lower max_train_samples, "
+                "or set data.validation_fraction to 0"
+            )
+    else:
+        # Every class keeps a training image, and every class of 2 or more images has one in
+        # each piece where the piece's size allows (stratify.validation_piece).
+        n_val = int(round(cfg.validation_fraction * n))
+        val_idx = stratify.validation_piece(rows, classes, n, num, n_val, seed + 1) if n_val else all_idx[:0]
+        train_idx = np.setdiff1d(all_idx, val_idx)
+        if cfg.validation_fraction > 0 and len(val_idx) == 0:
+            why = "leaves none" if n_val == 0 else "cannot be set aside: each image is the only one of one of its classes"
+            raise DataError(
+                f"data.validation_fraction: {cfg.validation_fraction:g} of {n} training images {why}; add images, or "
+                f"set data.validation_fraction to 0{' and name a data.eval_split' if cfg.eval_split is None else ''}"
+            )
+    if len(val_idx):
+        present = set(_pairs_of(rows, classes, val_idx, n)[1].tolist())
+        missing = [names[c] for c in range(num) if c not in present]
+        if missing:
+            notes.append(
+                f"class(es) {_listed(missing)} have no validation images (a class needs an image in each piece, and "
+                f"the piece holds {len(val_idx)}); the validation scores leave them out and their decision thresholds "
+                "stay at the default"
+            )
+    validation = train.select(val_idx) if len(val_idx) else None
+    train = train.select(train_idx)
+    if cfg.eval_split is not None:
+        evaluation, eval_name = others[cfg.eval_split], cfg.eval_split
+        subset_of = cfg.eval_split
+    else:
+        evaluation = validation
+        eval_name = f"validation piece of '{cfg.train_split}' ({cfg.validation_fraction:g}, seeded, iteratively stratified)"
+        subset_of = None
+    if cfg.max_eval_samples is not None and len(evaluation) > cfg.max_eval_samples:
+        e_rows, e_classes = label_pairs(evaluation, label)
+        evaluation = evaluation.select(
+            stratify.covering_sample(e_rows, e_classes, len(evaluation), num, cfg.max_eval_samples, seed + 2)
+        )
+        if subset_of is not None:
+            eval_name = f"{subset_of} (seeded subset of {len(evaluation)} keeping every class it can)"
+    return Splits(train, validation, evaluation, eval_name, names, image, label, notes, multi_label=True)
+
+
 def empty_class_reason(splits: Splits, kept_labels) -> str | None:
     """The one-line error when a class has no training image left after unreadable files were
-    set aside (``kept_labels``: the labels of the decoded train piece), naming the real
-    cause; None when every class has one."""
+    set aside (``kept_labels``: the labels of the decoded train piece; of multi-label data,
+    the class of each of its (image, class) pairs), naming the real cause; None when every
+    class has one."""
     n = len(splits.class_names)
     kept = np.bincount(np.asarray(kept_labels, dtype=np.int64), minlength=n)
-    split = np.bincount(np.asarray(column(splits.train, splits.label_column), dtype=np.int64), minlength=n)
+    given = (
+        label_pairs(splits.train, splits.label_column)[1]
+        if splits.multi_label
+        else np.asarray(column(splits.train, splits.label_column), dtype=np.int64)
+    )
+    split = np.bincount(given, minlength=n)
     lost = [
         f"{splits.class_names[c]} ({split[c]} image{'s' if split[c] != 1 else ''})"
         for c in np.flatnonzero((kept == 0) & (split > 0))

@@ -23,10 +23,14 @@ FENCE_IQR = 3.0
 
 def class_centres(features: torch.Tensor, labels: np.ndarray, num_classes: int) -> torch.Tensor:
     """(classes, dimension): each class's mean normalised feature, normalised; a class
-    without images has a zero centre, similar to nothing."""
+    without images has a zero centre, similar to nothing. ``labels``: class indices, or
+    multi-hot rows (multi-label data: an image counts for each of its classes)."""
     z = normalise(features)
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return normalise(torch.as_tensor(labels, dtype=z.dtype).t() @ z)
     centres = torch.zeros(num_classes, z.shape[1])
-    index = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    index = torch.as_tensor(labels, dtype=torch.long)
     centres.index_add_(0, index, z)
     return normalise(centres)
 
@@ -37,7 +41,7 @@ class Centres:
 
     similarity: np.ndarray  # to the nearest centre
     nearest_class: np.ndarray
-    own: np.ndarray  # to the centre of its given class
+    own: np.ndarray  # to the centre of its given class (multi-label: the nearest of its classes; NaN for none)
 
 
 def against(features: torch.Tensor, labels: np.ndarray, centres: torch.Tensor) -> Centres:
@@ -45,7 +49,13 @@ def against(features: torch.Tensor, labels: np.ndarray, centres: torch.Tensor) -
     if sims.shape[0] == 0:
         empty = np.zeros(0)
         return Centres(empty, empty.astype(np.int64), empty)
-    return Centres(sims.max(axis=1), sims.argmax(axis=1), sims[np.arange(len(sims)), np.asarray(labels)])
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        given = np.where(labels > 0, sims, -np.inf).max(axis=1)
+        own = np.where(np.isfinite(given), given, np.nan)
+    else:
+        own = sims[np.arange(len(sims)), labels]
+    return Centres(sims.max(axis=1), sims.argmax(axis=1), own)
 
 
 def fence(training_similarity: np.ndarray) -> float:

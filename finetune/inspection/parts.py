@@ -13,6 +13,12 @@ from finetune.evaluation.plots import as_hwc
 
 #: The roles a part plays in training.
 TRAINING, EVAL, EVAL_SET = "training", "eval", "eval set"
+#: Why the label check is skipped for multi-label data (the log and the report say it).
+MULTI_LABEL_NOTE = (
+    "the label check (likely label errors) is single-label: it looks for the one class an image most likely is, "
+    "which an image of several classes (or none) does not have, so it was skipped for this multi-label data; "
+    "duplicates, leakage, outliers and class balance are checked as usual"
+)
 
 
 @dataclass
@@ -47,6 +53,8 @@ class Part:
     role: str
     pieces: list[Piece]
     class_names: list[str]
+    #: Each image has a set of classes (a multi-label run's data), not one.
+    multi_label: bool = False
     features: torch.Tensor | None = None  # the backbone's, one row per image
     hashes: list[bytes] = field(default_factory=list)
     thumbnails: torch.Tensor | None = None
@@ -58,11 +66,36 @@ class Part:
 
     @property
     def labels(self) -> np.ndarray:
-        """The given label of every image (class indices of ``class_names``)."""
+        """The given label of every image: class indices of ``class_names``, or for multi-label
+        data multi-hot rows (images × classes, float32)."""
+        if self._labels is None and self.multi_label:
+            out = np.zeros((len(self), len(self.class_names)), dtype=np.float32)
+            start = 0
+            for p in self.pieces:
+                rows, classes = data.label_pairs(p.decoded, "labels")
+                out[start + rows, classes] = 1.0
+                start += len(p.decoded)
+            self._labels = out
         if self._labels is None:
             parts = [np.asarray(data.column(p.decoded, "labels")) for p in self.pieces]
             self._labels = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
         return self._labels
+
+    def label_text(self, i: int) -> str:
+        """Image ``i``'s given label as text: its class, or its classes joined by ";"."""
+        if self.multi_label:
+            return ";".join(self.class_names[c] for c in np.flatnonzero(self.labels[i]))
+        return self.class_names[int(self.labels[i])]
+
+    def same_label(self, i: int, other: Part, j: int) -> bool:
+        """Whether image ``i`` and image ``j`` of ``other`` have the same given label (set)."""
+        return bool(np.array_equal(self.labels[i], other.labels[j]))
+
+    def class_counts(self) -> np.ndarray:
+        """Images of each class (an image counts for each of its classes)."""
+        if self.multi_label:
+            return self.labels.sum(axis=0).astype(np.int64) if len(self) else np.zeros(len(self.class_names), np.int64)
+        return np.bincount(self.labels, minlength=len(self.class_names))
 
     def _where(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per image: its piece, its row in that piece's decoded split, in its selected rows,
@@ -120,22 +153,24 @@ def build_parts(prepared: Any, cfg: Any, eval_sets: dict[str, Any], raw_sets: di
     split and its image column, for the files' paths."""
     s = prepared.splits
     names = s.class_names
+    multi = bool(getattr(s, "multi_label", False))
     train = Piece(cfg.train_split, prepared.train, s.train, s.image_column)
     parts = []
     eval_is_validation = prepared.eval is not None and prepared.eval is prepared.validation
     pieces = [train]
     if prepared.validation is not None and not eval_is_validation:
         pieces.append(Piece(train.split, prepared.validation, s.validation, s.image_column))
-    parts.append(Part(train.split, TRAINING, pieces, names))
+    parts.append(Part(train.split, TRAINING, pieces, names, multi))
     if prepared.eval is not None:
         selected = s.validation if eval_is_validation else s.eval
         split = train.split if eval_is_validation else str(cfg.eval_split)
         label = f"{split} (validation piece)" if eval_is_validation else split
-        parts.append(Part(label, EVAL, [Piece(split, prepared.eval, selected, s.image_column)], names))
+        parts.append(Part(label, EVAL, [Piece(split, prepared.eval, selected, s.image_column)], names, multi))
     for name, evaluation in eval_sets.items():
         raw, image_column = raw_sets[name]
         parts.append(
-            Part(f"eval set {name}", EVAL_SET, [Piece(f"{evaluation.cfg.split} of {evaluation.cfg.dataset}", evaluation.images, raw, image_column)], names)
+            Part(f"eval set {name}", EVAL_SET, [Piece(f"{evaluation.cfg.split} of {evaluation.cfg.dataset}", evaluation.images, raw, image_column)],
+                 names, multi)
         )
     return parts
 

@@ -22,6 +22,7 @@ import numpy as np
 from finetune.evaluation import plots
 from finetune.inspection import pictures
 from finetune.inspection.duplicates import Pair
+from finetune.inspection.parts import MULTI_LABEL_NOTE
 from finetune.training.run_files import INSPECT_FILES
 from finetune.utils.files import replacing, write_json, write_text
 
@@ -69,12 +70,11 @@ def issue_rows(findings, part_index: int) -> list[dict[str, Any]]:
 
 def pair_rows(findings, pairs: list[Pair]) -> list[dict[str, Any]]:
     """The pairs as the CSV has them: where, kind, view, similarity, and both images."""
-    names = findings.class_names
     found: dict[tuple[int, int], dict[str, Any]] = {}
     for k, part in enumerate(findings.parts):
         wanted = sorted({p.a for p in pairs if p.part_a == k} | {p.b for p in pairs if p.part_b == k})
         for i, where in zip(wanted, part.describe(wanted)):
-            found[(k, i)] = {**where, "part": part.name, "label": names[int(part.labels[i])], "index": i}
+            found[(k, i)] = {**where, "part": part.name, "label": part.label_text(i), "index": i}
     out = []
     for pair in pairs:
         a, b = findings.parts[pair.part_a], findings.parts[pair.part_b]
@@ -82,7 +82,7 @@ def pair_rows(findings, pairs: list[Pair]) -> list[dict[str, Any]]:
             "where": f"within {a.name}" if pair.part_a == pair.part_b else f"{a.name} → {b.name}",
             "kind": pair.kind, "view": pair.view, "similarity": pair.similarity,
             "a": found[(pair.part_a, pair.a)], "b": found[(pair.part_b, pair.b)],
-            "same_label": bool(a.labels[pair.a] == b.labels[pair.b]),
+            "same_label": a.same_label(pair.a, b, pair.b),
         })
     return out
 
@@ -111,7 +111,7 @@ def summary(findings) -> dict[str, Any]:
     parts = []
     for i, part in enumerate(findings.parts):
         entry: dict[str, Any] = {"name": part.name, "role": part.role, "images": len(part)}
-        counts = np.bincount(part.labels, minlength=len(names))
+        counts = part.class_counts()
         entry["class_counts"] = {names[c]: int(counts[c]) for c in range(len(names))}
         present = counts[counts > 0]
         entry["imbalance_ratio"] = float(present.max() / present.min()) if len(present) else None
@@ -152,8 +152,8 @@ def summary(findings) -> dict[str, Any]:
         },
         "settings": {
             "folds": o.folds, "seed": o.seed, "top": o.top, "threshold": o.threshold, "split": o.split,
-            "mirror": o.mirror, "batch_size": o.batch_size, "probe_l2": findings.oof.l2,
-            "probe_l2_tried": {f"{k:g}": round(v, 5) for k, v in findings.oof.cross_entropy.items()},
+            "mirror": o.mirror, "batch_size": o.batch_size, "probe_l2": findings.oof.l2 if findings.oof else None,
+            "probe_l2_tried": {f"{k:g}": round(v, 5) for k, v in findings.oof.cross_entropy.items()} if findings.oof else {},
             "outlier_fence": findings.fence,
         },
         "classes": names,
@@ -221,7 +221,7 @@ def write(folder: Path, findings) -> None:
     for p, r in zip(pairs[:top], pair_list[:top]):
         a, b = findings.parts[p.part_a], findings.parts[p.part_b]
         caption = (f"{r['where']}: {p.kind} ({p.view} {p.similarity:.3f})\n{r['a']['split']} #{r['a']['row']} "
-                   f"{_name(labels, names, r['a']['label'])} | {r['b']['split']} #{r['b']['row']} {_name(labels, names, r['b']['label'])}")
+                   f"{_names(labels, names, r['a']['label'])} | {r['b']['split']} #{r['b']['row']} {_names(labels, names, r['b']['label'])}")
         cells.append((pictures.side_by_side(a.pixels_of(p.a), b.pixels_of(p.b)), caption, "firebrick" if p.part_a != p.part_b else "black"))
     pictures.save(
         pictures.grid(cells, f"Closest duplicate pairs ({len(pairs)} in all; leaks from training first)", labels,
@@ -234,17 +234,17 @@ def write(folder: Path, findings) -> None:
         flagged, shown = outlier_indices(findings, i)
         c = findings.centres[i]
         for j, where in zip(shown, part.describe(shown)):
-            outlier_rows.append([part.name, *where.values(), names[int(part.labels[j])], names[int(c.nearest_class[j])],
+            outlier_rows.append([part.name, *where.values(), part.label_text(j), names[int(c.nearest_class[j])],
                                  _p(c.similarity[j]), _p(c.own[j]), bool(c.similarity[j] < findings.fence)])
     ranked = sorted(((findings.centres[i].similarity[j], i, int(j)) for i in findings.centres for j in outlier_indices(findings, i)[1]))
     for sim, i, j in ranked[:top]:
         part = findings.parts[i]
-        cells.append((part.pixels_of(j), f"{part.split_of(j)} #{part.row_of(j)} {_name(labels, names, names[int(part.labels[j])])}\n"
+        cells.append((part.pixels_of(j), f"{part.split_of(j)} #{part.row_of(j)} {_names(labels, names, part.label_text(j))}\n"
                       f"nearest centre {sim:.3f}{' (outlier)' if sim < findings.fence else ''}", "black"))
     _write_csv(folder / "outliers.csv", ["part", "split", "row", "source", "label", "nearest_class", "centre_similarity", "own_class_similarity", "flagged"], outlier_rows)
     pictures.save(pictures.grid(cells, f"Farthest from every class centre (outlier below {findings.fence:.3f})", labels, "no images"), folder / "outliers.png")
 
-    counts = [(part.name, np.bincount(part.labels, minlength=len(names))) for part in findings.parts]
+    counts = [(part.name, part.class_counts()) for part in findings.parts]
     _write_csv(folder / "class_balance.csv", ["class", *[n for n, _ in counts]], [[names[c], *[int(k[c]) for _, k in counts]] for c in range(len(names))])
     pictures.save(pictures.balance_figure(counts, labels), folder / "class_balance.png")
 
@@ -262,6 +262,14 @@ def write(folder: Path, findings) -> None:
 def _name(labels, names: list[str], name: str) -> str:
     """A class's name as the pictures write it (``#i`` where no font can draw it)."""
     return labels.text[names.index(name)]
+
+
+def _names(labels, names: list[str], given: str) -> str:
+    """A given label as the pictures write it: a class, or a multi-label image's classes
+    (joined by ";"; "no class" for none)."""
+    if given in names:
+        return _name(labels, names, given)
+    return ";".join(_name(labels, names, n) for n in given.split(";")) if given else "no class"
 
 
 # ------------------------------------------------------------------------- markdown
@@ -301,15 +309,19 @@ def markdown(findings, issues: dict[int, list[dict[str, Any]]], pair_rows: list[
         "",
         "## Likely label errors",
         "",
-        f"Out-of-fold class probabilities from a {o.folds}-fold (stratified, seed {o.seed}) logistic-regression probe on "
-        f"the features (L-BFGS, λ = {findings.oof.l2:g}, chosen by out-of-fold cross-entropy among "
-        f"{', '.join(f'{k:g}' for k in findings.oof.cross_entropy)}); the eval split and eval sets are scored by one probe "
-        "fitted on the training split. Confident learning (Northcutt et al. 2021): an image is flagged when the "
-        "probe is confident it is another class, ranked by the probability of its given label relative to that "
-        "class's average (most suspect first). A flagged image is a candidate to look at, not a verdict: where the "
-        "probe's own accuracy is low, many are merely hard images.",
-        "",
+        *([f"Not checked: {MULTI_LABEL_NOTE}.", ""] if findings.oof is None else []),
     ]
+    if findings.oof is not None:
+        lines += [
+            f"Out-of-fold class probabilities from a {o.folds}-fold (stratified, seed {o.seed}) logistic-regression probe on "
+            f"the features (L-BFGS, λ = {findings.oof.l2:g}, chosen by out-of-fold cross-entropy among "
+            f"{', '.join(f'{k:g}' for k in findings.oof.cross_entropy)}); the eval split and eval sets are scored by one probe "
+            "fitted on the training split. Confident learning (Northcutt et al. 2021): an image is flagged when the "
+            "probe is confident it is another class, ranked by the probability of its given label relative to that "
+            "class's average (most suspect first). A flagged image is a candidate to look at, not a verdict: where the "
+            "probe's own accuracy is low, many are merely hard images.",
+            "",
+        ]
     for i, rows in issues.items():
         p = s["parts"][i]
         li = p["label_issues"]

@@ -28,7 +28,7 @@ import torch
 from finetune import data
 from finetune.evaluation import eval_sets as eval_sets_lib
 from finetune.inspection import confident, duplicates, outliers
-from finetune.inspection.parts import Part, build_parts
+from finetune.inspection.parts import MULTI_LABEL_NOTE, Part, build_parts
 from finetune.models.classifier import ModelError, load_processor
 from finetune.probe.backbone import BackboneFeatures, backbone_features
 from finetune.recipe import DataConfig, Recipe
@@ -71,7 +71,8 @@ class Findings:
     parts: list[Part]
     class_names: list[str]
     backbone: BackboneFeatures
-    oof: confident.OutOfFold
+    #: The label check's out-of-fold probe; None for multi-label data (no check).
+    oof: confident.OutOfFold | None
     #: Part index → its label check (the parts whose labels were checked).
     issues: dict[int, confident.LabelIssues] = field(default_factory=dict)
     probabilities: dict[int, np.ndarray] = field(default_factory=dict)
@@ -218,8 +219,9 @@ def analyse(recipe: Recipe, options: Options) -> Findings:
     names = prepared.splits.class_names
     parts = build_parts(prepared, cfg, sets, _eval_set_rows(sets))
     training = parts[0]
-    largest = int(np.bincount(training.labels).max())
-    if largest < options.folds:
+    multi = prepared.splits.multi_label
+    largest = int(training.class_counts().max())
+    if not multi and largest < options.folds:
         raise data.DataError(
             f"--folds {options.folds}: no class of the training split has that many images (the largest has "
             f"{largest}), so the folds cannot be stratified; give --folds {max(2, largest)} or fewer"
@@ -252,6 +254,13 @@ def analyse(recipe: Recipe, options: Options) -> Findings:
     )
     clock.lap("features")
 
+    if multi:
+        # Confident learning ranks an image's one given class against the others; an image of
+        # several classes (or none) has no such class, so the check is left out.
+        findings = Findings(recipe, options, parts, names, computed, None)
+        findings.notes.append(MULTI_LABEL_NOTE)
+        logger.info("inspect: %s", MULTI_LABEL_NOTE)
+        return _rest(findings, training, threshold, clock)
     # At most: the λ path on every fold, or on one and then the others once (``confident.out_of_fold``).
     most = len(confident.L2_GRID) * (options.folds if len(training) <= confident.PATH_ON_ONE_FOLD else 1)
     most += 0 if len(training) <= confident.PATH_ON_ONE_FOLD else options.folds - 1
@@ -278,7 +287,12 @@ def analyse(recipe: Recipe, options: Options) -> Findings:
             findings.probabilities[i] = probs
             findings.issues[i] = confident.find_label_issues(probs, parts[i].labels, training_issues.thresholds)
     clock.lap("label issues")
+    return _rest(findings, training, threshold, clock)
 
+
+def _rest(findings: Findings, training: Part, threshold: float, clock: _Clock) -> Findings:
+    """Duplicates, leakage and outliers: what needs no label check."""
+    parts, names = findings.parts, findings.class_names
     total = sum(len(p) for p in parts) * len(duplicates.VIEWS) + sum(len(p) for p in parts[1:]) * len(duplicates.VIEWS)
     bar = progress.bar(None, total=total, desc="similarity search")
     for i, part in enumerate(parts):

@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from finetune.recipe import builtins
+from finetune.recipe import builtins, task
 from finetune.recipe import trackers as reporting
 from finetune.recipe import training_block as training_fields
 from finetune.recipe.builder import check_type, describe, suggest
-from finetune.recipe.metric_names import KNOWN_METRICS
 from finetune.recipe.schema import (
     EVAL_SET_NAME,
     FINETUNE_TRAINING_KEYS,
@@ -131,23 +130,14 @@ def validate(recipe: Recipe, source: str, problems: list[str], bad: set[str]) ->
             f"{source}: 'model.trust_remote_code' runs code from the Hub, so 'model.revision' must pin "
             "a 40-character commit hash"
         )
-    for name in recipe.metrics:
-        if name not in KNOWN_METRICS:
-            problems.append(f"{source}: unknown metric '{name}' in 'metrics'; {suggest(name, KNOWN_METRICS)}")
-    if not recipe.metrics:
-        problems.append(f"{source}: 'metrics' must list at least one of {', '.join(KNOWN_METRICS)}")
-    if recipe.expected is not None and recipe.expected.metric not in recipe.metrics:
-        problems.append(
-            f"{source}: 'expected.metric' is '{recipe.expected.metric}' but 'metrics' does not compute it; "
-            f"use one of {', '.join(recipe.metrics)}"
-        )
+    problems += task.check(recipe, source)  # data.task, data.label_separator, the metrics' names and kind
     problems += _check_evaluation(recipe, source)
     if recipe.hub.push and not recipe.hub.repo_id:
         problems.append(f"{source}: 'hub.push' is true but 'hub.repo_id' is missing; set it to USER/NAME")
     _check_training(recipe.training, source, problems)
     problems += training_fields.check_ranges(recipe.training, source)
     problems += reporting.check(recipe.training, source)
-    problems += training_fields.check_best_metric(recipe.training, recipe.metrics, source)
+    problems += training_fields.check_best_metric(recipe.training, recipe.metrics, source, d.task)
     has_validation = d.validation_fraction > 0
     early = training_fields.check_early_stopping(recipe.training, recipe.metrics, has_validation, source)
     problems += early
@@ -360,6 +350,8 @@ def needs_decode_cache(recipe: Recipe) -> list[str]:
         out.append("'data.class_weights' counts the training images of each class before training")
     if d.sampler is not None:
         out.append("'data.sampler' draws images by class from the whole split at random")
+    if d.task == "multi_label":
+        out.append("'data.task' 'multi_label': the streaming path reads one class per image (docs/data.md)")
     if d.leaked_eval == "drop":
         out.append("'data.leaked_eval' 'drop' compares every eval image with every training image, decoded, before training")
     if recipe.training.get("dataloader_persistent_workers"):

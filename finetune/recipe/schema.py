@@ -217,6 +217,16 @@ class DataConfig:
     validation_fraction: float = 0.1
     image_column: str | None = None
     label_column: str | None = None
+    #: "single_label": one class per image; "multi_label": any number of classes per image,
+    #: scored with a sigmoid per class and per-class decision thresholds
+    #: (:mod:`finetune.data.multi_label`); "auto": multi-label when the label column holds
+    #: lists (a ``Sequence`` feature, a JSON-lines list) or text in which some value holds
+    #: ``label_separator``, else single-label. A folder of class sub-folders is single-label.
+    task: Literal["auto", "single_label", "multi_label"] = "auto"
+    #: What separates the classes of one image in a text label column ("cat;dog"); blanks
+    #: around each class are dropped, as are empty items. The contract's
+    #: ``finetune.data.multi_label.DEFAULT_SEPARATOR`` (a test holds the two equal).
+    label_separator: str = ";"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     samples_per_class: int | None = None

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune.recipe.task import possible_metrics
+
 # Why not `from transformers import TrainingArguments`: that import pulls in torch, seconds
 # on a small CPU, which was most of what `finetune validate` and a bad recipe's error took.
 # Parsing the annotations of the source of `transformers.training_args` (and of the modules
@@ -436,13 +438,12 @@ def check_early_stopping(training: dict[str, Any], metrics: list[str], has_valid
     return problems
 
 
-def check_best_metric(training: dict[str, Any], metrics: list[str], source: str) -> list[str]:
+def check_best_metric(training: dict[str, Any], metrics: list[str], source: str, task: str = "auto") -> list[str]:
     """``metric_for_best_model`` must be a score the run computes: the Trainer looks it up only
-    after the first evaluation, and a missing one stops the run there with a KeyError."""
-    metric = training.get("metric_for_best_model")
-    if isinstance(metric, str) and metric.removeprefix("eval_") not in ("loss", *metrics):
-        return [
-            f"{source}: 'training.metric_for_best_model' is '{metric}', which the run does not compute; "
-            f"use 'loss' or one of {', '.join(metrics)} (the recipe's 'metrics')"
-        ]
+    after the first evaluation, and a missing one stops the run there with a KeyError. The
+    default ``metrics`` follow ``data.task`` (``task``; "auto": either kind until the data says)."""
+    metric, possible = training.get("metric_for_best_model"), possible_metrics(metrics, task)
+    if isinstance(metric, str) and metric.removeprefix("eval_") not in ("loss", *possible):
+        return [f"{source}: 'training.metric_for_best_model' is '{metric}', which the run does not compute; "
+                f"use 'loss' or one of {', '.join(possible)} (the recipe's 'metrics', or their default for data.task)"]
     return []

@@ -72,11 +72,44 @@ def prepare_data(recipe: Recipe, processor, seed: int, with_eval: bool = True) -
         "junk_files_ignored": data.count_junk(cfg.dataset),
         "max_bad_fraction": cfg.max_bad_fraction,
         "notes": splits.notes,
+        "task": "multi_label" if splits.multi_label else "single_label",
     }
+    if splits.multi_label:
+        report["labels"] = _label_report({name: d.dataset for name, d in pieces.items()}, splits.class_names)
     validation = decoded["validation"].dataset if "validation" in decoded else None
     evaluation = decoded["eval"].dataset if "eval" in decoded else None
     _log_cache_files([d.dataset for d in pieces.values()], recipe.output_dir)
     return Prepared(splits, decoded["train"].dataset, validation, evaluation, report)
+
+
+def _label_report(pieces: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Per decoded piece of multi-label data: images per class, classes per image (mean),
+    images without a class (``data.label_summary``); one log line each."""
+    out = {name: data.label_summary(d, "labels", names) for name, d in pieces.items()}
+    for name, summary in out.items():
+        counts = summary["images_per_label"]
+        fewest = sorted(counts, key=lambda c: (counts[c], c))[:3]
+        logger.info(
+            "data: %s: multi-label, %.2f classes per image (mean), %d image(s) without a class; images per class "
+            "from %d (%s) to %d (all in data_report.json)",
+            name, summary["labels_per_image"], summary["images_without_label"], counts[fewest[0]] if fewest else 0,
+            ", ".join(fewest), max(counts.values(), default=0),
+        )
+    return out
+
+
+def label_texts(dataset, names: list[str], multi_label: bool, rows=None) -> list[str]:
+    """The given label of each of ``rows`` (all: None) of a decoded split as text: its class, or
+    for multi-label data its classes joined by ";" (an empty string for none)."""
+    rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if not multi_label:
+        labels = np.asarray(data.column(dataset, "labels"))
+        return [names[int(labels[i])] for i in rows]
+    owner, classes = data.label_pairs(dataset, "labels")
+    sets: list[list[str]] = [[] for _ in range(len(dataset))]
+    for i, c in zip(owner.tolist(), classes.tolist()):
+        sets[i].append(names[c])
+    return [";".join(sets[i]) for i in rows]
 
 
 def _log_cache_files(decoded: list[Any], out: str) -> None:
@@ -111,7 +144,8 @@ def check_prepared(prepared: Prepared, cfg) -> None:
             )
     # The real cause when a class has no training image left: all of its files unreadable,
     # or none in the split at all.
-    reason = data.empty_class_reason(prepared.splits, prepared.train["labels"][:])
+    kept = data.label_pairs(prepared.train, "labels")[1] if prepared.splits.multi_label else prepared.train["labels"][:]
+    reason = data.empty_class_reason(prepared.splits, kept)
     if reason is not None:
         raise data.DataError(reason)
 
@@ -155,7 +189,7 @@ def drop_leaked_eval(prepared: Prepared, recipe: Recipe, processor, args: Any = 
     dropped = leaks.rows
     sources = data.image_sources(eval_selected, eval_logical[dropped], prepared.splits.image_column) if len(dropped) else []
     names = prepared.splits.class_names
-    labels = np.asarray(data.column(prepared.eval, "labels"))
+    labels = label_texts(prepared.eval, names, prepared.splits.multi_label, dropped)
     record = {
         "policy": "drop",
         "threshold": cfg.duplicate_threshold,
@@ -167,11 +201,11 @@ def drop_leaked_eval(prepared: Prepared, recipe: Recipe, processor, args: Any = 
         "near": int((leaks.leaked & ~leaks.exact).sum()),
         "images": [
             {
-                "row": int(eval_rows[i]), "source": src, "label": names[int(labels[i])],
+                "row": int(eval_rows[i]), "source": src, "label": label,
                 "train_split_row": int(train_rows[leaks.nearest_train[i]]), "similarity": round(float(leaks.similarity[i]), 4),
                 "exact": bool(leaks.exact[i]),
             }
-            for i, src in zip(dropped, sources)
+            for i, src, label in zip(dropped, sources, labels)
         ],
     }
     return drop_eval_rows(prepared, dropped, record)

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from finetune.data.sources import DataError
-from finetune.data.streaming.sources import Shard, ShardedSplit, StreamSource, check_splits, class_map
+from finetune.data.streaming.sources import (
+    Shard,
+    ShardedSplit,
+    StreamSource,
+    check_splits,
+    class_map,
+    refuse_multi_label,
+)
 from finetune.recipe import DataConfig
 from finetune.utils.errors import first_line
 
@@ -67,6 +74,7 @@ def open_hub(cfg: DataConfig, wanted: list[str]) -> StreamSource:
         )
     image, label = find_columns(_Head(train), cfg)
     feature = train.features[label]
+    refuse_multi_label(label, cfg, feature)
     if not isinstance(feature, ClassLabel):
         raise DataError(
             f"data.label_column: '{label}' of '{cfg.dataset}' is not a ClassLabel, so its classes are unknown until "

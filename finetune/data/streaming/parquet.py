@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from finetune.data.sources import DataError
-from finetune.data.streaming.sources import Shard, ShardedSplit, StreamSource, check_splits, class_map
+from finetune.data.streaming.sources import (
+    Shard,
+    ShardedSplit,
+    StreamSource,
+    check_splits,
+    class_map,
+    refuse_multi_label,
+)
 from finetune.recipe import DataConfig
 
 #: Rows decoded from parquet at a time: small, so a reader holds a few megabytes, not a
@@ -86,7 +93,9 @@ def open_parquet(files: dict[str, list], cfg: DataConfig, wanted: list[str]) -> 
     image, label = find_columns(_Head(features, train[0]), cfg)
     common = _common_root(every)
     declared = isinstance(features[label], ClassLabel)
-    names = list(features[label].names) if declared else sorted({str(v) for p in train for v in _column(p, label)})
+    given = [] if declared else [v for p in train for v in _column(p, label)]
+    refuse_multi_label(label, cfg, features[label], given)
+    names = list(features[label].names) if declared else sorted({str(v) for v in given})
     splits: dict[str, ShardedSplit] = {}
     for split in wanted:
         shards = []

@@ -250,6 +250,7 @@ def open_table(path: Path, cfg: DataConfig, wanted: list[str]) -> StreamSource:
             f"data.label_column: cannot tell which column of '{path}' holds the labels; set data.label_column to "
             f"one of: {', '.join(c for c in columns if c != image)}"
         )
+    refuse_multi_label(label, cfg, values=[r[label] for r in rows])
     names = sorted({str(r[label]) for r in rows})
     index = {n: i for i, n in enumerate(names)}
     base = path.parent
@@ -268,6 +269,22 @@ def listed_source(
         if named is not None and named != ours:
             raise DataError(f"data.{key}: no column '{named}' in the data; columns are: {image}, {label}")
     return StreamSource({s: splits[s] for s in wanted if s in splits}, names, image, label, kind)
+
+
+def refuse_multi_label(label: str, cfg: DataConfig, feature: Any = None, values: Any = ()) -> None:
+    """A DataError when the label column holds several classes per image (a list feature or
+    list values, or with ``data.task`` "auto" text holding ``data.label_separator``): the
+    streaming path reads one class per image, and "auto" then takes the decode cache."""
+    from finetune.data.columns import is_list_feature
+
+    listed = (feature is not None and is_list_feature(feature)) or any(isinstance(v, (list, tuple)) for v in values)
+    separated = cfg.task == "auto" and any(isinstance(v, str) and cfg.label_separator in v for v in values)
+    if listed or separated or cfg.task == "multi_label":
+        what = f"'{label}' holds several classes per image" if listed or separated else "data.task is 'multi_label'"
+        raise DataError(
+            f"data.streaming: {what} (multi-label data), which the streaming path does not read (it reads one class "
+            "per image); set data.streaming to false or 'auto' (the decode cache reads it)"
+        )
 
 
 def check_splits(available: list[str], cfg: DataConfig, wanted: list[str]) -> None:
