@@ -70,3 +70,57 @@ def test_fast_rows_skip_bad_images_left_in_the_arrow_table(tiny_vit: Path, tmp_p
     clone = pickle.loads(pickle.dumps(fast))
     assert clone._views is None and len(pickle.dumps(fast)) < 20_000
     assert torch.equal(data.collate(clone.__getitems__(indices))["pixel_values"], batch["pixel_values"])
+
+
+# ------------------------------------------------------------------------------ multi-label
+
+
+def decoded_multi_label(tmp_path: Path, model: Path, channels_last: bool = False):
+    """The train split of the generated multi-label set, encoded and decoded: (decoded, label sets)."""
+    from tests.helpers.data import cfg
+    from tests.helpers.multi_label import write_multi_label_set
+
+    _, processor = load_probe_model(model)
+    written = write_multi_label_set(tmp_path / "ml", "jsonl", n_train=24)
+    c = cfg(dataset=written.dataset, validation_fraction=0)
+    s = data.make_splits(data.load_raw(c), c, seed=0)
+    decoded = data.decode(s.train, processor, s.image_column, s.label_column, None, "t", channels_last=channels_last)
+    return decoded.dataset, s.train[s.label_column][:], len(s.class_names)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_rows_give_multi_hot_rows_equal_to_the_label_lists(tiny_vit: Path, tmp_path: Path, channels_last: bool) -> None:
+    from datasets import ClassLabel, List, concatenate_datasets
+
+    decoded, lists, num = decoded_multi_label(tmp_path, tiny_vit, channels_last)
+    assert isinstance(decoded.features["labels"], List) and isinstance(decoded.features["labels"].feature, ClassLabel)
+    assert any(len(v) > 1 for v in lists) and any(len(v) == 0 for v in lists)
+    # Two Arrow chunks and an indices mapping, as a split decoded in pieces and filtered has.
+    both = concatenate_datasets([decoded.select(range(10)), decoded.select(range(10, len(decoded)))])
+    order = [7, 3, 15, 0, 22, 11]
+    both = both.select(order + [1])
+    fast = data.FastRows.wrap(both)
+    rows = [4, 0, 2, -1, 5, 1, 3]
+    batch = data.collate(fast.__getitems__(rows))
+    expected = [lists[(order + [1])[r]] for r in rows]
+    assert batch["labels"].dtype == torch.float32 and tuple(batch["labels"].shape) == (len(rows), num)
+    assert [np.flatnonzero(row).tolist() for row in batch["labels"].numpy()] == expected
+    # The pixels are those of the same rows.
+    plain = data.collate(data.FastRows.wrap(decoded).__getitems__([(order + [1])[r] for r in rows]))
+    assert torch.equal(batch["pixel_values"], plain["pixel_values"])
+    # What a worker keeps: the class indices and offsets of the split, not a dense matrix.
+    kept = fast._arrays().labels
+    assert kept.values.dtype == np.int64 and len(kept.values) == sum(len(v) for v in lists[:10]) + sum(len(v) for v in lists[10:])
+    assert not any(isinstance(v, np.ndarray) and v.ndim == 2 for v in vars(kept).values())
+
+
+def test_multi_hot_rows_survive_pickling_for_workers(tiny_vit: Path, tmp_path: Path) -> None:
+    import pickle
+
+    decoded, lists, _ = decoded_multi_label(tmp_path, tiny_vit)
+    fast = data.FastRows.wrap(decoded)
+    fast.__getitems__([0])
+    again = pickle.loads(pickle.dumps(fast))
+    assert again._views is None
+    labels = data.collate(again.__getitems__(list(range(len(again)))))["labels"]
+    assert [np.flatnonzero(row).tolist() for row in labels.numpy()] == lists

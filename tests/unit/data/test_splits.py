@@ -156,3 +156,104 @@ def test_empty_class_reason_names_unreadable_files_or_absent_classes() -> None:
     s.train = s.train.filter(lambda row: row["label"] != 2)
     kept = np.asarray(s.train["label"][:])
     assert data.empty_class_reason(s, kept) == "data: class(es) c2 have no training images; add images or remove the class"
+
+
+# ------------------------------------------------------------------------------ multi-label
+
+
+def sets(label_sets: list[list[str]], with_row: bool = True):
+    """A train split (and a test split of its first 4 images) of text labels joined by ';'."""
+    from datasets import Dataset, DatasetDict
+
+    columns = {"image": ["a.png"] * len(label_sets), "labels": [";".join(s) for s in label_sets]}
+    if with_row:
+        columns["row"] = list(range(len(label_sets)))
+    train = Dataset.from_dict(columns)
+    return DatasetDict(train=train, test=train.select(range(4)))
+
+
+def many_sets(n: int, seed: int = 0) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    names = [f"k{i:02d}" for i in range(12)]
+    out = [[n_] for n_ in names]  # every class has an image
+    weights = 1 / np.arange(1, 13) ** 1.3
+    for _ in range(n - len(names)):
+        out.append(sorted(rng.choice(names, size=int(rng.integers(0, 4)), replace=False, p=weights / weights.sum())))
+    return out
+
+
+def classes_in(split) -> set[int]:
+    return {c for v in split["labels"][:] for c in v}
+
+
+def test_single_label_splits_are_the_stratified_samples_they_always_were() -> None:
+    raw = labelled([30, 20, 11])
+    raw["train"] = raw["train"].add_column("row", list(range(61)))
+    s = data.make_splits(raw, cfg(validation_fraction=0.2), seed=7)
+    labels = np.asarray(raw["train"]["label"][:])
+    expected = data.stratified_sample(labels, 12, 7 + 1, keep=1)
+    assert not s.multi_label
+    assert s.validation["row"][:] == expected.tolist()
+    assert s.train["row"][:] == np.setdiff1d(np.arange(61), expected).tolist()
+    assert s.train.features["label"] == raw["train"].features["label"]
+
+
+def test_the_multi_label_validation_piece_holds_every_class_of_two_or_more_images() -> None:
+    label_sets = many_sets(120)
+    s = data.make_splits(sets(label_sets), cfg(validation_fraction=0.2), seed=3)
+    assert s.multi_label and len(s.validation) == 24 and len(s.train) == 96
+    assert set(s.train["row"][:]).isdisjoint(s.validation["row"][:])
+    sizes = {}
+    for ls in label_sets:
+        for name in ls:
+            sizes[name] = sizes.get(name, 0) + 1
+    twice = {s.class_names.index(k) for k, v in sizes.items() if v >= 2}
+    assert twice <= classes_in(s.validation)
+    assert classes_in(s.train) == set(range(len(s.class_names)))
+    again = data.make_splits(sets(label_sets), cfg(validation_fraction=0.2), seed=3)
+    assert again.validation["row"][:] == s.validation["row"][:]
+    assert s.eval_name == "test" and s.eval.features["labels"] == s.train.features["labels"]
+
+
+def test_a_class_missing_from_the_validation_piece_is_noted() -> None:
+    label_sets = [["a"], ["a"], ["b"], ["b"], ["c"], ["c"], ["d"], ["a"], ["b"], ["c"]]
+    s = data.make_splits(sets(label_sets), cfg(validation_fraction=0.2, task="multi_label"), seed=0)
+    assert s.multi_label and len(s.validation) == 2
+    missing = [n for i, n in enumerate(s.class_names) if i not in classes_in(s.validation)]
+    assert "d" in missing  # a single image: it must stay in training
+    note = next(n for n in s.notes if "have no validation images" in n)
+    assert all(name in note for name in missing) and "decision thresholds stay at the default" in note
+
+
+def test_max_train_and_eval_samples_keep_every_class() -> None:
+    label_sets = many_sets(200, seed=1)
+    s = data.make_splits(sets(label_sets), cfg(max_train_samples=20, max_eval_samples=3, validation_fraction=0.25), seed=0)
+    assert len(s.train) == 20 and classes_in(s.train) == set(range(12))
+    assert len(s.validation) == 5 and set(s.train["row"][:]).isdisjoint(s.validation["row"][:])
+    assert len(s.eval) == 3 and "seeded subset of 3 keeping every class it can" in s.eval_name
+    with pytest.raises(data.DataError, match="data.max_train_samples: 5 images cannot hold every class"):
+        data.make_splits(sets([[f"k{i}"] for i in range(8)] * 2), cfg(max_train_samples=5, task="multi_label"), seed=0)
+
+
+def test_multi_label_data_refuses_k_shot_and_the_balanced_sampler_in_one_line() -> None:
+    raw = sets(many_sets(40))
+    for keys, needle in (({"samples_per_class": 2}, "'data.samples_per_class' draws k images"),
+                         ({"sampler": "balanced"}, "'data.sampler' 'balanced' draws a class")):
+        with pytest.raises(data.DataError) as err:
+            data.make_splits(raw, cfg(**keys), seed=0)
+        message = str(err.value)
+        assert message.startswith("data: 'labels' holds several classes per image (multi-label data), and ") and needle in message
+        assert len(message.splitlines()) == 1
+
+
+def test_a_validation_piece_that_training_cannot_spare_is_an_error() -> None:
+    with pytest.raises(data.DataError, match="cannot be set aside: each image is the only one of one of its classes"):
+        data.make_splits(sets([["a"], ["b"], ["c"], ["d"], ["e"]]), cfg(validation_fraction=0.4, task="multi_label"), seed=0)
+
+
+def test_empty_class_reason_counts_each_class_of_a_multi_label_image() -> None:
+    s = data.make_splits(sets([["a", "b"], ["a"], ["b", "c"], ["c"], ["a", "c"], ["b"]]), cfg(validation_fraction=0), seed=0)
+    _, classes = data.label_pairs(s.train, "labels")
+    assert data.empty_class_reason(s, classes) is None
+    reason = data.empty_class_reason(s, classes[classes != 2])
+    assert reason is not None and "every training image of class(es) c (3 images) is unreadable" in reason
