@@ -308,7 +308,9 @@ def label_pairs(dataset, label: str = "labels") -> tuple[np.ndarray, np.ndarray]
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    chunked = dataset.with_format("arrow")[:][label] if len(dataset) else None
+    # The one column first: a split with an indices mapping copies what it reads, and a
+    # decoded split's other column is every image's pixels.
+    chunked = dataset.select_columns([label]).with_format("arrow")[:][label] if len(dataset) else None
     if chunked is None:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     array = pa.concat_arrays(chunked.chunks) if isinstance(chunked, pa.ChunkedArray) else chunked
