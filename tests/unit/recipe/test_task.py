@@ -134,3 +134,11 @@ def test_a_task_refusal_names_each_key_once() -> None:
     refusals = task_lib.multi_label_refusals(DataConfig(samples_per_class=2, sampler="balanced"))
     assert [r.split("'")[1] for r in refusals] == ["data.samples_per_class", "data.sampler"]
     assert task_lib.multi_label_refusals(DataConfig()) == []
+
+
+def test_training_arguments_accept_a_multi_label_metric_for_early_stopping() -> None:
+    from finetune.training.arguments import training_arguments
+
+    r = recipe(training={"early_stopping_patience": 2, "metric_for_best_model": "map", "use_cpu": True})
+    args = training_arguments(r)
+    assert args.metric_for_best_model == "map" and args.greater_is_better
