@@ -379,6 +379,8 @@ def compare_int8(model, processor, fp32, int8, images: Images, check_images: lis
         agree += int(decisions_agree(fp32, logits8, logits32).sum())
     y = np.concatenate(truth)
     total = len(y)
+    if multi and y.ndim == 1:  # a data set of one class per image, scored as the multi-label rows it is
+        y = np.eye(len(fp32.class_names), dtype=np.float32)[y]
     if multi:
         values = {k: mean_average_precision(y, np.concatenate(v)) for k, v in scores.items()}
     else:

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +173,13 @@ class FeatureProbeTrainer(Trainer):
         train_features = self.features_for(train_dataset) if train_dataset is not None else None
         eval_features = self.features_for(eval_dataset) if eval_dataset is not None else None
         kwargs["data_collator"] = default_data_collator
-        super().__init__(
-            model=HeadModel(model, head), args=args, train_dataset=train_features, eval_dataset=eval_features, **kwargs
-        )
+        with warnings.catch_warnings():
+            # The Trainer says it cannot smooth a multi-label model's targets; HeadModel does.
+            warnings.filterwarnings("ignore", message="Label smoothing is not compatible with multi-label")
+            super().__init__(
+                model=HeadModel(model, head), args=args, train_dataset=train_features, eval_dataset=eval_features,
+                **kwargs,
+            )
         if self.model.multi_label:
             # The Trainer's label smoother takes a softmax over the classes; a multi-label
             # head smooths its binary targets itself (HeadModel), in training only.

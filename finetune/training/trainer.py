@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from finetune import data
 from finetune.data import multi_label
 from finetune.data.streaming.loader import stream_loader
 from finetune.data.streaming.stream import ImageStream
-from finetune.evaluation.tta import TestTimeAugmentation
+from finetune.evaluation.tta import SOFTMAX, TestTimeAugmentation
 from finetune.models import lora
 from finetune.models import temperature as head_temperature
 from finetune.probe.features import find_head
@@ -74,7 +75,11 @@ class FinetuneTrainer(Trainer):
         tta: TestTimeAugmentation | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        with warnings.catch_warnings():
+            # The Trainer's own label smoother cannot smooth a multi-label model's targets and says
+            # it is off; the loss here smooths them itself (losses.multi_label_loss).
+            warnings.filterwarnings("ignore", message="Label smoothing is not compatible with multi-label")
+            super().__init__(*args, **kwargs)
         self.batch_transform = batch_transform
         #: A streamed run's position and unreadable images (:mod:`finetune.training.stream_state`).
         self.stream = stream
@@ -310,6 +315,10 @@ class FinetuneTrainer(Trainer):
             pixels, targets = mix(pixels, labels, self.num_classes, seed=seed)
         inputs["pixel_values"] = pixels
         if not training and self.tta is not None:
+            if self.multi_label and self.tta.activation is SOFTMAX:
+                # A softmax over classes that are not exclusive would score something else.
+                raise ValueError("a multi-label model's test-time views are averaged as sigmoids: give the "
+                                 "TestTimeAugmentation the SIGMOID activation")
             # The averaged prediction over the views, as logits (log-probabilities).
             logits, before = self.tta.scores(lambda views: _logits(model(**{**inputs, "pixel_values": views})), pixels)
             # With a temperature folded in, the average before it too (MetricAccumulator's
