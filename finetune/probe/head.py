@@ -308,6 +308,7 @@ class FeatureProbeTrainer(Trainer):
             "train_samples_per_second": round(len(train) / max(seconds, 1e-9), 3),
             "train_loss": best.train_loss,
             "probe_solver": "lbfgs",
+            "probe_regression": "one-vs-rest" if multi else "multinomial",
             "probe_l2": best.l2,
             "probe_l2_tried": ", ".join(f"{v:g}" for v in sorted(set(self.l2))),  # a metric must print as one value
             "probe_iterations": best.iterations,

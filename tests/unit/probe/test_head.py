@@ -106,7 +106,7 @@ def test_multi_label_lbfgs_probe_chooses_lambda_by_validation_map(tiny_vit, tmp_
         init = (fit.weight, fit.bias)
         scores[l2] = mean_average_precision(validation[1].numpy(), (validation[0] @ fit.weight.t() + fit.bias).numpy())
     assert [e["validation_map"] for e in tried] == pytest.approx([scores[v] for v in (3.0, 0.3, 0.01)], abs=1e-4)
-    assert result.metrics["probe_l2"] == max(scores, key=scores.get)
+    assert result.metrics["probe_l2"] == max(scores, key=scores.get) and result.metrics["probe_regression"] == "one-vs-rest"
     assert result.metrics["probe_validation_map"] == pytest.approx(max(scores.values()), abs=1e-4)
 
 

@@ -3,6 +3,7 @@ loaders, and mixes in training only."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,9 @@ def test_lora_and_partial_multi_label_models_train_a_step_with_the_multi_label_l
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert changed and changed <= trainable and trainable != set(before)
+    trainer.save_final_model()  # LoRA: the adapters merged, as pipeline() loads it
+    saved = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert is_multi_label(saved) and len(saved["id2label"]) == 3
 
 
 def test_multi_label_evaluation_with_views_scores_the_averaged_sigmoids(tiny_vit: Path, tmp_path: Path) -> None:
