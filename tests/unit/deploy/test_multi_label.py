@@ -1,6 +1,6 @@
-"""A multi-label model deployed: `finetune predict` (PyTorch and ONNX) lists every label at its
-threshold, `finetune export` keeps the task and thresholds and reports int8 in mAP, and the ONNX
-runner applies the sigmoid without torch."""
+"""A multi-label model deployed: `finetune predict` lists every label at its threshold, int8 is
+scored in mAP, and the ONNX runner's sigmoid and thresholds need no torch (the export itself:
+tests/e2e/test_multi_label_export.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,9 @@ from finetune.cli.main import main
 from finetune.data import multi_label
 from finetune.deploy import onnx_classifier as onnx_model
 from tests.helpers import ROOT
-from tests.helpers.export import fake_run
+from tests.helpers.export import labels_at_thresholds, multi_label_run, torch_sigmoids
 from tests.helpers.images import make_image_folder
 from tests.helpers.models import make_tiny_resnet
-
-THRESHOLDS = {"blue": 0.3, "green": 0.62}  # "red" keeps the default
-
 
 # ------------------------------------------------------------------- the runner's pieces
 
@@ -73,65 +70,25 @@ def test_runner_and_predict_import_no_torch() -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A finished multi-label run (the tiny ResNet, thresholds saved for two of its classes,
-    a head that makes several classes likely) and its int8 export."""
-    import torch
-    from transformers import AutoModelForImageClassification
-
+def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("multi-label-run")
     images = make_image_folder(base / "images")
-    run = fake_run(base, make_tiny_resnet, images)
-    model = AutoModelForImageClassification.from_pretrained(run)
-    with torch.no_grad():
-        torch.manual_seed(0)
-        model.classifier[-1].weight.normal_(0, 2.0)
-        model.classifier[-1].bias.copy_(torch.tensor([0.0, -1.0, -3.5]))
-    model.config.problem_type = multi_label.PROBLEM_TYPE
-    names = [model.config.id2label[i] for i in range(3)]
-    multi_label.set_thresholds(model.config, list(THRESHOLDS), list(THRESHOLDS.values()))
-    model.save_pretrained(run)
-    assert main(["export", str(run), "--quantize", "int8", "--calibration-size", "24"]) == 0
-    report = json.loads((run / "onnx" / "export_report.json").read_text())
-    return run, images, names, report
-
-
-def _torch_probabilities(run: Path, files: list[Path], flip: bool = False) -> np.ndarray:
-    import torch
-    from PIL import Image
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    model = AutoModelForImageClassification.from_pretrained(run).eval()
-    processor = AutoImageProcessor.from_pretrained(run)
-    rows = []
-    for path in files:
-        with Image.open(path) as im:
-            pixels = processor(images=[im.convert("RGB")], return_tensors="pt")["pixel_values"]
-        with torch.no_grad():
-            p = model(pixel_values=pixels).logits.sigmoid()
-            if flip:
-                p = (p + model(pixel_values=pixels.flip(-1)).logits.sigmoid()) / 2
-        rows.append(p[0].numpy())
-    return np.stack(rows)
-
-
-def _expected_labels(probs: np.ndarray, names: list[str], minimum: float | None = None) -> list[list[str]]:
-    limits = [minimum if minimum is not None else THRESHOLDS.get(n, multi_label.DEFAULT_THRESHOLD) for n in names]
-    return [[names[i] for i in np.argsort(-row, kind="stable") if row[i] >= limits[i]] for row in probs]
+    path, names = multi_label_run(base, images)
+    return path, images, names
 
 
 def _files(images: Path) -> list[Path]:
     return sorted((images / "test").rglob("*.png"))[::2]  # every class
 
 
-def test_predict_lists_every_label_at_its_threshold(exported, capsys) -> None:
-    run, images, names, _ = exported
+def test_predict_lists_every_label_at_its_threshold(run, capsys) -> None:
+    path, images, names = run
     files = _files(images)
-    assert main(["predict", str(run), *map(str, files), "--format", "jsonl"]) == 0
+    assert main(["predict", str(path), *map(str, files), "--format", "jsonl"]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
-    probs = _torch_probabilities(run, files)
-    expected = _expected_labels(probs, names)
+    probs = torch_sigmoids(path, files)
+    expected = labels_at_thresholds(probs, names)
     assert [[p["label"] for p in r["predictions"]] for r in rows] == expected
     assert any(len(labels) > 1 for labels in expected) and any(len(labels) == 0 for labels in expected)
     for row, p in zip(rows, probs):
@@ -140,62 +97,23 @@ def test_predict_lists_every_label_at_its_threshold(exported, capsys) -> None:
         assert "abstained" not in row
     assert "multi-label" in captured.err and "got no label" in captured.err
     # --min-probability replaces every threshold; --top-k caps the count.
-    assert main(["predict", str(run), *map(str, files), "--format", "jsonl", "--min-probability", "0.2", "--top-k", "2"]) == 0
+    assert main(["predict", str(path), *map(str, files), "--format", "jsonl", "--min-probability", "0.2", "--top-k", "2"]) == 0
     capped = [[p["label"] for p in json.loads(line)["predictions"]] for line in capsys.readouterr().out.splitlines()]
-    assert capped == [labels[:2] for labels in _expected_labels(probs, names, minimum=0.2)]
+    assert capped == [labels[:2] for labels in labels_at_thresholds(probs, names, minimum=0.2)]
 
 
-def test_predict_csv_joins_the_labels_and_tta_averages_the_sigmoids(exported, capsys) -> None:
-    run, images, names, _ = exported
+def test_predict_csv_joins_the_labels_and_tta_averages_the_sigmoids(run, capsys) -> None:
+    path, images, names = run
     files = _files(images)
-    assert main(["predict", str(run), *map(str, files), "--tta", "hflip"]) == 0
+    assert main(["predict", str(path), *map(str, files), "--tta", "hflip"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert list(rows[0]) == ["path", "labels", "probabilities", "error"]
-    probs = _torch_probabilities(run, files, flip=True)
-    assert [r["labels"].split(";") if r["labels"] else [] for r in rows] == _expected_labels(probs, names)
+    probs = torch_sigmoids(path, files, flip=True)
+    assert [r["labels"].split(";") if r["labels"] else [] for r in rows] == labels_at_thresholds(probs, names)
     for row, p in zip(rows, probs):
         if row["labels"]:
             got = [float(v) for v in row["probabilities"].split(";")]
             assert got == pytest.approx([float(p[names.index(n)]) for n in row["labels"].split(";")], abs=2e-6)
-
-
-def test_export_keeps_the_task_and_thresholds_and_the_runner_applies_them(exported, capsys) -> None:
-    run, images, names, report = exported
-    config = json.loads((run / "onnx" / "config.json").read_text())
-    assert config["problem_type"] == multi_label.PROBLEM_TYPE and config[multi_label.THRESHOLDS_KEY] == THRESHOLDS
-    assert report["multi_label"] and report["check"]["activation"] == "sigmoid"
-    assert report["check"]["max_abs_sigmoid_diff"] <= 1e-3 and report["check"]["end_to_end_label_set_agreement"] == 1.0
-    runner = onnx_model.load_export(run / "onnx")
-    assert runner.multi_label and runner.thresholds.tolist() == [THRESHOLDS.get(n, 0.5) for n in names]
-    files = _files(images)
-    pixels = runner.preprocessor([onnx_model.read_image(str(f)) for f in files])
-    assert np.abs(runner.probabilities(pixels) - onnx_model.sigmoid(runner.logits(pixels))).max() == 0
-    torch_probs = _torch_probabilities(run, files)
-    assert np.abs(runner.probabilities(pixels) - torch_probs).max() < 1e-3
-    assert main(["predict", str(run / "onnx"), *map(str, files), "--format", "jsonl"]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [[p["label"] for p in r["predictions"]] for r in rows] == [[n for n, _ in row] for row in runner.labels(pixels)]
-    assert "mAP" in (run / "onnx" / "README.md").read_text()
-
-
-def test_int8_is_scored_in_map_against_fp32(exported) -> None:
-    """The int8 report gives mAP (over the eval split's classes, scikit-learn's average
-    precision), its change from fp32, and how often int8 keeps fp32's set of labels."""
-    from sklearn.metrics import average_precision_score
-
-    run, images, names, report = exported
-    assert report["metric"] == "map" and "accuracy" not in report
-    scores = report["map"]
-    assert {"pytorch", "onnx_fp32", "onnx_int8", "int8_minus_fp32"} <= set(scores) and scores["images"] == 18
-    assert scores["int8_minus_fp32"] == pytest.approx(scores["onnx_int8"] - scores["onnx_fp32"])
-    assert scores["pytorch"] == pytest.approx(scores["onnx_fp32"], abs=1e-3)
-    # The eval split's images (one class each here, so one-hot rows), scored by hand.
-    files = sorted((images / "test").rglob("*.png"))
-    y = np.eye(3)[[names.index(f.parent.name) for f in files]]
-    probs = _torch_probabilities(run, files)
-    assert scores["pytorch"] == pytest.approx(np.mean([average_precision_score(y[:, c], probs[:, c]) for c in range(3)]))
-    versus = report["int8_vs_fp32"]
-    assert 0 <= versus["label_set_agreement"] <= 1 and 0 <= versus["mean_abs_sigmoid_diff"] <= versus["max_abs_sigmoid_diff"]
 
 
 def test_csv_refuses_class_names_holding_the_separator(tmp_path, capsys) -> None:
@@ -212,3 +130,84 @@ def test_csv_refuses_class_names_holding_the_separator(tmp_path, capsys) -> None
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("finetune: error: --format csv: class name 'cat;dog' contains ';'") and "--format jsonl" in err
     assert main(["predict", str(model), str(image), "--format", "jsonl"]) == 0
+
+
+# ------------------------------------------------------------------ int8 against fp32
+
+
+class _Linear:
+    """A stand-in for an exported model: logits = features @ W (the 'images' are feature rows)."""
+
+    def __init__(self, weight: np.ndarray, noise: float = 0.0, multi: bool = True) -> None:
+        self.weight, self.noise, self.multi_label = weight, noise, multi
+        self.class_names = [f"c{i}" for i in range(weight.shape[1])]
+        self.thresholds = np.array([0.5, 0.3, 0.7])[: weight.shape[1]]
+        self.preprocessor = np.stack
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        out = (x @ self.weight).astype(np.float32)
+        # A disturbance that depends on the image alone, not on its batch.
+        return out + (self.noise * np.sin(37 * x[:, :1] + np.arange(out.shape[1]))).astype(np.float32)
+
+    def activation(self, logits: np.ndarray) -> np.ndarray:
+        return onnx_model.sigmoid(logits) if self.multi_label else onnx_model.softmax(logits)
+
+
+class _Images:
+    def __init__(self, x: np.ndarray, y: np.ndarray | None) -> None:
+        self.x, self.y = x, y
+        self.labelled, self.eval_name, self.data_problem = y is not None, "test", "no data set"
+
+    def eval_batches(self):
+        for start in range(0, len(self.x), 16):
+            yield list(self.x[start : start + 16]), self.y[start : start + 16]
+
+
+def _torch_side(weight: np.ndarray):
+    import torch
+
+    class Model(torch.nn.Module):
+        def forward(self, pixel_values):
+            return type("Out", (), {"logits": pixel_values @ torch.from_numpy(weight)})()
+
+    def processor(images, return_tensors):
+        return {"pixel_values": torch.from_numpy(np.stack(images))}
+
+    return Model(), processor
+
+
+def test_int8_is_scored_in_map_and_by_how_often_it_keeps_fp32s_labels() -> None:
+    from sklearn.metrics import average_precision_score
+
+    from finetune.deploy.export import compare_int8
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    weight = rng.normal(size=(5, 3)).astype(np.float32)
+    y = (x @ weight + rng.normal(size=(40, 3)) > 0).astype(np.float32)
+    y[:, 2] = 0  # a class without a positive image: left out of the mean
+    fp32, int8 = _Linear(weight), _Linear(weight, noise=0.4)
+    model, processor = _torch_side(weight)
+    out = compare_int8(model, processor, fp32, int8, _Images(x, y), list(x[:4]))
+    assert out["metric"] == "map" and "accuracy" not in out
+    scores = out["map"]
+
+    def ap(p):
+        return np.mean([average_precision_score(y[:, c], p[:, c]) for c in (0, 1)])
+
+    assert scores["onnx_fp32"] == pytest.approx(ap(fp32.activation(fp32.logits(x)))) == pytest.approx(scores["pytorch"])
+    assert scores["onnx_int8"] == pytest.approx(ap(int8.activation(int8.logits(x))))
+    assert scores["int8_minus_fp32"] == pytest.approx(scores["onnx_int8"] - scores["onnx_fp32"]) and scores["images"] == 40
+    p32, p8 = fp32.activation(fp32.logits(x)), int8.activation(int8.logits(x))
+    versus = out["int8_vs_fp32"]
+    assert versus["mean_abs_sigmoid_diff"] == pytest.approx(np.abs(p8 - p32).mean(), rel=1e-5)
+    assert versus["max_abs_sigmoid_diff"] == pytest.approx(np.abs(p8 - p32).max(), rel=1e-5)
+    same = ((p8 >= fp32.thresholds) == (p32 >= fp32.thresholds)).all(axis=1).mean()
+    assert versus["label_set_agreement"] == pytest.approx(same) and 0 < same < 1
+    # Unlabelled check images: no mAP, the int8-against-fp32 figures on them.
+    blind = compare_int8(model, processor, fp32, int8, _Images(x, None), list(x[:4]))
+    assert "not_measured" in blind["map"] and blind["int8_vs_fp32"]["images"] == 4
+    # A single-label model keeps accuracy and top-1 agreement.
+    single = compare_int8(model, processor, _Linear(weight, multi=False), _Linear(weight, 0.4, multi=False),
+                          _Images(x, y[:, 0].astype(np.int64)), list(x[:4]))
+    assert single["metric"] == "accuracy" and "top1_agreement" in single["int8_vs_fp32"]
