@@ -59,14 +59,16 @@ def run(args: argparse.Namespace) -> int:
     except UserError as err:
         return report(str(err))
     check = result["check"]
+    act = check.get("activation", "softmax")
     line = (
         f"export: {target / MODEL_FILE} ({result['exporter']}); ONNX Runtime vs PyTorch on "
-        f"{check['images']} images: max |Δ probability| {check['max_abs_softmax_diff']:.1e} (bound {FP32_BOUND:g})"
+        f"{check['images']} images: max |Δ probability| {check[f'max_abs_{act}_diff']:.1e} (bound {FP32_BOUND:g})"
     )
     if "quantization" in result:
-        acc = result["accuracy"]
-        if "onnx_int8" in acc:
-            line += f"; int8 accuracy {acc['onnx_int8']:.4f} vs fp32 {acc['onnx_fp32']:.4f}"
+        metric = result.get("metric", "accuracy")
+        acc = result[metric]
+        if acc.get("onnx_int8") is not None and acc.get("onnx_fp32") is not None:
+            line += f"; int8 {'mAP' if metric == 'map' else metric} {acc['onnx_int8']:.4f} vs fp32 {acc['onnx_fp32']:.4f}"
         line += f", {result['size_ratio_int8_to_fp32']:.2f}× the size, {result['latency_ratio_int8_to_fp32_batch_1']:.2f}× the batch-1 latency"
     print(line + f"; report in {target / REPORT_FILE}")
     return 0

@@ -7,7 +7,7 @@ import sys
 
 from finetune.cli.common import add_tta, positive_int, probability
 from finetune.deploy import onnx_classifier
-from finetune.deploy.predict import Writer, batches, collect_inputs, label_pixels, preprocess
+from finetune.deploy.predict import LABEL_SEPARATOR, Writer, batches, collect_inputs, label_pixels, preprocess
 from finetune.deploy.saved_run import choose_tta, load_saved
 from finetune.utils.errors import InferenceError, first_line, report
 
@@ -17,7 +17,11 @@ HELP = "label images with a saved model"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output_dir", help="a finished run's output folder")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (recursive)")
-    parser.add_argument("--top-k", type=positive_int, default=5, help="classes listed per image (default: 5)")
+    parser.add_argument(
+        "--top-k", type=positive_int, default=None,
+        help="classes listed per image (default: 5); for a multi-label model, at most this many of its labels "
+        "(default: all at or above their thresholds)",
+    )
     parser.add_argument(
         "--format", choices=("csv", "jsonl"), default=None,
         help="output format (default: jsonl when --output ends in .jsonl, else csv)",
@@ -28,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-probability", type=probability, default=None, metavar="P",
         help="mark an image abstained when its top probability is below P (its top classes still listed); "
-        "the model card gives the P that keeps the eval split's accuracy at the recipe's level",
+        "the model card gives the P that keeps the eval split's accuracy at the recipe's level. For a multi-label "
+        "model: list every class with probability at least P, in place of the per-class thresholds it was saved with",
     )
     add_tta(parser)
 
@@ -46,14 +51,24 @@ def run(args: argparse.Namespace) -> int:
     items = collect_inputs(args.inputs)
     if not items:
         return report(f"no files found in {', '.join(args.inputs)}; name image files or folders that hold some")
-    k = min(args.top_k, len(saved.class_names))
+    multi = bool(getattr(saved, "multi_label", False))
+    if multi:
+        k = min(args.top_k, len(saved.class_names)) if args.top_k is not None else None
+        clash = [name for name in saved.class_names if LABEL_SEPARATOR in name]
+        if fmt == "csv" and clash:
+            return report(
+                f"--format csv: class name '{clash[0]}' contains '{LABEL_SEPARATOR}', which separates an image's labels "
+                "in a CSV cell; use --format jsonl (or --output FILE.jsonl)"
+            )
+    else:
+        k = min(args.top_k if args.top_k is not None else 5, len(saved.class_names))
     try:
         stream = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     except OSError as err:
         return report(f"--output: cannot write '{args.output}' ({err.strerror}); check the folder exists")
     labelled = failed = abstained = 0
     try:
-        writer = Writer(stream, fmt, k, args.min_probability)
+        writer = Writer(stream, fmt, k, args.min_probability, multi_label=multi)
         for chunk in batches(items, args.batch_size):
             tensors, problems = [], []
             for path, problem in chunk:
@@ -69,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 tensors.append(tensor)
                 problems.append(problem)
             ok = [t for t in tensors if t is not None]
-            tops = iter(label_pixels(saved, ok, k, tta) if ok else [])
+            tops = iter(label_pixels(saved, ok, k, tta, args.min_probability if multi else None) if ok else [])
             # Rows in input order, good and bad interleaved as they were named.
             for (path, _), tensor, problem in zip(chunk, tensors, problems):
                 if tensor is None:
@@ -84,14 +99,21 @@ def run(args: argparse.Namespace) -> int:
     if not labelled:
         return report(f"none of the {failed} file(s) could be labelled (see the warnings above); name image files")
     where = "field" if fmt == "jsonl" else "column"
-    print(
-        f"finetune: labelled {labelled} image(s)"
-        + (f" with test-time augmentation {tta}" if tta != "none" else "")
-        + (
+    if multi:
+        bound = f"probability {args.min_probability:g}" if args.min_probability is not None else "its class's threshold"
+        judged = f"; {abstained} of them got no label (none at or above {bound})"
+    elif args.min_probability is not None:
+        judged = (
             f"; abstained on {abstained} of them (top probability below {args.min_probability:g}; see the "
             f"'abstained' {where})"
-            if args.min_probability is not None else ""
         )
+    else:
+        judged = ""
+    print(
+        f"finetune: labelled {labelled} image(s)"
+        + (" (multi-label: every class at or above its threshold)" if multi else "")
+        + (f" with test-time augmentation {tta}" if tta != "none" else "")
+        + judged
         + (f"; {failed} file(s) could not be read (see the 'error' {where})" if failed else "")
         + (f"; written to {args.output}" if args.output else ""),
         file=sys.stderr,

@@ -64,6 +64,9 @@ class BatchMix:
     """Mixup and CutMix of a normalised training batch with torchvision.transforms.v2 ``MixUp``
     and ``CutMix``: images are mixed with their neighbour in the (shuffled) batch, and the
     targets become soft rows, one-hot rows mixed in the same proportion (each sums to 1).
+    Multi-label targets come as multi-hot float rows and are mixed as they are, with the same
+    proportion λ as the images (a row then holds λ for a class of the first image alone,
+    1 − λ for one of its neighbour's alone, 1 for one of both).
 
     With both on, each mixed batch gets one of the two with equal chance (``v2.RandomChoice``,
     timm's default switch probability 0.5); ``prob`` < 1 leaves a batch as it is with
@@ -99,8 +102,14 @@ class BatchMix:
         self, pixels: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mixed images, soft targets of shape (N, num_classes)) for float ``pixels`` (N×3×H×W)
-        and class indices ``labels`` (N,). The images keep their memory format."""
-        targets = torch.nn.functional.one_hot(labels.long(), num_classes).float()
+        and class indices ``labels`` (N,), or multi-hot float rows (N, num_classes) of a
+        multi-label batch. The images keep their memory format."""
+        if labels.is_floating_point():
+            if labels.ndim != 2 or labels.shape[-1] != num_classes:
+                raise ValueError(f"multi-hot targets must be N×{num_classes} rows, got {tuple(labels.shape)}")
+            targets = labels.float()
+        else:
+            targets = torch.nn.functional.one_hot(labels.long(), num_classes).float()
         devices = [pixels.device] if pixels.device.type == "cuda" else []
         rng = torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext()
         with rng:

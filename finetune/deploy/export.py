@@ -132,26 +132,48 @@ def _hf_pixels(processor, images: list) -> np.ndarray:
     return processor(images=images, return_tensors="pt")["pixel_values"].float().numpy()
 
 
+def activation_name(classifier) -> str:
+    """"sigmoid" for a multi-label model (one per class), else "softmax": the probabilities the
+    checks compare, and the name their report keys carry."""
+    return "sigmoid" if classifier.multi_label else "softmax"
+
+
+def decisions_agree(classifier, logits_a: np.ndarray, logits_b: np.ndarray) -> np.ndarray:
+    """Per image, whether two sets of logits give the same answer: the same top class, or for
+    a multi-label model the same set of labels at its thresholds."""
+    if classifier.multi_label:
+        limits = np.asarray(classifier.thresholds)
+        a = classifier.activation(logits_a) >= limits
+        b = classifier.activation(logits_b) >= limits
+        return (a == b).all(axis=-1)
+    return logits_a.argmax(-1) == logits_b.argmax(-1)
+
+
 def check_fp32(model, processor, classifier, images: list) -> dict[str, Any]:
     """PyTorch vs ONNX Runtime on the same pixels, and the ONNX runtime's own preprocessing
-    against the model's processor."""
+    against the model's processor. Probabilities are the model's own: the softmax, or each
+    class's sigmoid (keys ``…_sigmoid_diff``, and the agreement of the label sets at the
+    saved thresholds) for a multi-label model."""
+    act, name = classifier.activation, activation_name(classifier)
     pixels = _hf_pixels(processor, images)
     reference = _torch_logits(model, pixels)
     got = classifier.logits(pixels)
     one = classifier.logits(pixels[:1])  # the batch dimension is dynamic: batch 1 as well
-    prob_diff = float(np.abs(onnx_model.softmax(got) - onnx_model.softmax(reference)).max())
+    prob_diff = float(np.abs(act(got) - act(reference)).max())
     own = classifier.preprocessor(images)
     own_logits = classifier.logits(own)
+    agreement = "end_to_end_label_set_agreement" if classifier.multi_label else "end_to_end_top1_agreement"
     return {
         "images": len(images),
-        "max_abs_softmax_diff": prob_diff,
+        "activation": name,
+        f"max_abs_{name}_diff": prob_diff,
         "bound": FP32_BOUND,
         "max_abs_logit_diff": float(np.abs(got - reference).max()),
         "batch_1_max_abs_logit_diff": float(np.abs(one - reference[:1]).max()),
         "preprocessing": classifier.preprocessor.source,
         "preprocessing_max_abs_diff": float(np.abs(own - pixels).max()) if own.shape == pixels.shape else None,
-        "end_to_end_max_abs_softmax_diff": float(np.abs(onnx_model.softmax(own_logits) - onnx_model.softmax(reference)).max()),
-        "end_to_end_top1_agreement": float((own_logits.argmax(-1) == reference.argmax(-1)).mean()),
+        f"end_to_end_max_abs_{name}_diff": float(np.abs(act(own_logits) - act(reference)).max()),
+        agreement: float(decisions_agree(classifier, own_logits, reference).mean()),
     }
 
 
@@ -222,9 +244,10 @@ def _export(
         exporter, fallback = _to_onnx(model, torch.from_numpy(example), work / onnx_model.MODEL_FILE, opset)
         fp32 = onnx_model.load_export(work, threads=threads)
         check = check_fp32(model, saved.processor, fp32, check_images)
-        if not check["max_abs_softmax_diff"] <= FP32_BOUND:
+        diff = check[f"max_abs_{check['activation']}_diff"]
+        if not diff <= FP32_BOUND:
             raise ExportError(
-                f"the ONNX model's probabilities differ from PyTorch's by {check['max_abs_softmax_diff']:.2e} on "
+                f"the ONNX model's probabilities differ from PyTorch's by {diff:.2e} on "
                 f"{check['images']} eval images (bound {FP32_BOUND:g}); nothing was written: try another --opset"
             )
         result: dict[str, Any] = {
@@ -236,6 +259,9 @@ def _export(
             "exporter_fallback_reason": fallback,
             "model_type": saved.model.config.model_type,
             "classes": saved.class_names,
+            # A multi-label model's config.json (copied above) keeps its problem_type and its
+            # per-class thresholds, which the ONNX runner applies.
+            "multi_label": fp32.multi_label,
             # The views the run's final scores averaged over; the ONNX model scores one.
             "run_tta": saved.tta,
             "check": check,
@@ -243,7 +269,7 @@ def _export(
             "pytorch_weights_bytes": sum(p.stat().st_size for p in source.glob("model*.safetensors")),
         }
         if quantize:
-            result.update(_int8(model, saved.processor, fp32, work, images, calibration_size, threads, q))
+            result.update(_int8(model, saved.processor, fp32, work, images, calibration_size, threads, q, check_images))
         write_json(work / onnx_model.REPORT_FILE, result)
         from finetune.deploy.export_card import write_card
 
@@ -263,8 +289,11 @@ def _size(folder: Path, name: str) -> int:
     return sum(p.stat().st_size for p in folder.glob(name + "*") if p.is_file())
 
 
-def _int8(model, processor, fp32, work: Path, images: Images, calibration_size: int, threads: int, q) -> dict[str, Any]:
-    """Quantize, then compare accuracy, sizes and latency of PyTorch, ONNX fp32 and ONNX int8."""
+def _int8(
+    model, processor, fp32, work: Path, images: Images, calibration_size: int, threads: int, q, check_images: list
+) -> dict[str, Any]:
+    """Quantize, then compare accuracy (multi-label: mAP), sizes and latency of PyTorch, ONNX
+    fp32 and ONNX int8."""
     import torch
 
     mode, why = q.choose_mode(work / onnx_model.MODEL_FILE)
@@ -282,22 +311,7 @@ def _int8(model, processor, fp32, work: Path, images: Images, calibration_size: 
     result: dict[str, Any] = {"quantization": info.to_dict(), "files": sizes}
     result["size_ratio_int8_to_fp32"] = round(sizes[onnx_model.INT8_FILE] / sizes[onnx_model.MODEL_FILE], 4)
 
-    if images.labelled:
-        correct = {"pytorch": 0, "onnx_fp32": 0, "onnx_int8": 0}
-        total, prob_diff, agree = 0, 0.0, 0
-        for batch, labels in images.eval_batches():
-            own = fp32.preprocessor(batch)
-            logits32, logits8 = fp32.logits(own), int8.logits(own)
-            correct["pytorch"] += int((_torch_logits(model, _hf_pixels(processor, batch)).argmax(-1) == labels).sum())
-            correct["onnx_fp32"] += int((logits32.argmax(-1) == labels).sum())
-            correct["onnx_int8"] += int((logits8.argmax(-1) == labels).sum())
-            prob_diff = max(prob_diff, float(np.abs(onnx_model.softmax(logits8) - onnx_model.softmax(logits32)).max()))
-            agree += int((logits8.argmax(-1) == logits32.argmax(-1)).sum())
-            total += len(labels)
-        result["accuracy"] = {"split": images.eval_name, "images": total, **{k: v / total for k, v in correct.items()}}
-        result["int8_vs_fp32"] = {"max_abs_softmax_diff": prob_diff, "top1_agreement": agree / total}
-    else:
-        result["accuracy"] = {"not_measured": f"the run's data set cannot be loaded ({images.data_problem})"}
+    result.update(compare_int8(model, processor, fp32, int8, images, check_images))
 
     # Latency: the same inputs and thread count for the three; medians of repeated runs.
     sample = fp32.preprocessor(images.check_batch()[:1])
@@ -328,3 +342,54 @@ def _int8(model, processor, fp32, work: Path, images: Images, calibration_size: 
     return result
 
 
+def compare_int8(model, processor, fp32, int8, images: Images, check_images: list) -> dict[str, Any]:
+    """The int8 model against fp32 (and PyTorch): its score on the run's eval split when it
+    can be loaded, under ``"metric"``'s name (accuracy, or for a multi-label model mAP:
+    scikit-learn's average precision averaged over the classes with a positive image); and,
+    on the same images (or, unlabelled, the check images), how far its probabilities move
+    and how often its answer (top class, or set of labels at the thresholds) stays fp32's."""
+    from finetune.probe.logistic import mean_average_precision
+
+    multi, act, name = fp32.multi_label, fp32.activation, activation_name(fp32)
+    metric = "map" if multi else "accuracy"
+    agreement = "label_set_agreement" if multi else "top1_agreement"
+    out: dict[str, Any] = {"metric": metric}
+    if not images.labelled:
+        own = fp32.preprocessor(check_images)
+        p32, p8 = act(fp32.logits(own)), act(int8.logits(own))
+        out[metric] = {"not_measured": f"the run's data set cannot be loaded ({images.data_problem})"}
+        out["int8_vs_fp32"] = {
+            "images": len(check_images), f"max_abs_{name}_diff": float(np.abs(p8 - p32).max()),
+            f"mean_abs_{name}_diff": float(np.abs(p8 - p32).mean()),
+            agreement: float(decisions_agree(fp32, fp32.logits(own), int8.logits(own)).mean()),
+        }
+        return out
+    scores: dict[str, list] = {"pytorch": [], "onnx_fp32": [], "onnx_int8": []}
+    truth: list[np.ndarray] = []
+    prob_diff, abs_sum, entries, agree = 0.0, 0.0, 0, 0
+    for batch, labels in images.eval_batches():
+        own = fp32.preprocessor(batch)
+        logits32, logits8 = fp32.logits(own), int8.logits(own)
+        for key, logits in (("pytorch", _torch_logits(model, _hf_pixels(processor, batch))), ("onnx_fp32", logits32),
+                            ("onnx_int8", logits8)):
+            scores[key].append(act(logits) if multi else logits.argmax(-1))
+        truth.append(labels)
+        delta = np.abs(act(logits8) - act(logits32))
+        prob_diff, abs_sum, entries = max(prob_diff, float(delta.max())), abs_sum + float(delta.sum()), entries + delta.size
+        agree += int(decisions_agree(fp32, logits8, logits32).sum())
+    y = np.concatenate(truth)
+    total = len(y)
+    if multi and y.ndim == 1:  # a data set of one class per image, scored as the multi-label rows it is
+        y = np.eye(len(fp32.class_names), dtype=np.float32)[y]
+    if multi:
+        values = {k: mean_average_precision(y, np.concatenate(v)) for k, v in scores.items()}
+    else:
+        values = {k: float((np.concatenate(v) == y).mean()) for k, v in scores.items()}
+    out[metric] = {"split": images.eval_name, "images": total, **values}
+    if values["onnx_int8"] is not None and values["onnx_fp32"] is not None:
+        out[metric]["int8_minus_fp32"] = values["onnx_int8"] - values["onnx_fp32"]
+    out["int8_vs_fp32"] = {
+        f"max_abs_{name}_diff": prob_diff, f"mean_abs_{name}_diff": abs_sum / max(entries, 1),
+        agreement: agree / total,
+    }
+    return out

@@ -51,9 +51,15 @@ class Images:
             self.train_rows = splits.train.cast_column(self.image_column, Image(decode=False))
             rows = splits.eval.cast_column(self.image_column, Image(decode=False))
             if max_eval is not None and len(rows) > max_eval:
-                labels = np.asarray(rows[self.label_column])
-                rows = rows.select(np.sort(data.balanced_sample(labels, max_eval, self.seed + 3)))
-                self.eval_name += f" (class-balanced subset of {len(rows)})"
+                labels = rows[self.label_column]
+                if labels and isinstance(labels[0], (list, tuple)):
+                    # Multi-label: an image has no one class to balance by.
+                    order = np.random.default_rng(self.seed + 3).permutation(len(rows))[:max_eval]
+                    rows = rows.select(np.sort(order))
+                    self.eval_name += f" (random subset of {len(rows)})"
+                else:
+                    rows = rows.select(np.sort(data.balanced_sample(np.asarray(labels), max_eval, self.seed + 3)))
+                    self.eval_name += f" (class-balanced subset of {len(rows)})"
             self.eval_rows = rows
         if calibration_folder is not None:
             from finetune.deploy.predict import collect_inputs
@@ -100,7 +106,9 @@ class Images:
         return self._sample(count, self.train_rows, self.seed + 4)
 
     def eval_batches(self, size: int = 64):
-        """(images, labels) chunks of the eval split, unreadable files left out."""
+        """(images, labels) chunks of the eval split, unreadable files left out. The labels
+        are class indices (N,), or for a multi-label split (each label a list of classes)
+        multi-hot rows (N × classes)."""
         for start in range(0, len(self.eval_rows), size):
             chunk = self.eval_rows.select(range(start, min(start + size, len(self.eval_rows))))
             images, labels = [], []
@@ -108,8 +116,13 @@ class Images:
                 got = self._read([value])
                 if got:
                     images += got
-                    labels.append(int(label))
+                    labels.append(label)
             if images:
-                yield images, np.asarray(labels)
+                if isinstance(labels[0], (list, tuple)):
+                    from finetune.data.multi_label import multi_hot
+
+                    yield images, multi_hot(labels, len(self.class_names))
+                else:
+                    yield images, np.asarray([int(label) for label in labels])
 
 

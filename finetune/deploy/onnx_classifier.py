@@ -3,7 +3,9 @@
 ``finetune export`` writes ``model.onnx`` (optionally ``model.int8.onnx``) next to the run's
 ``config.json`` (class names, and a timm model's preprocessing) and, for Hugging Face image
 processors, ``preprocessor_config.json``. This module reads such a folder back and labels
-images with ONNX Runtime on numpy arrays: it imports neither torch nor transformers, so the
+images with ONNX Runtime on numpy arrays (a softmax over the classes; for a multi-label
+config, one sigmoid per class and the per-class thresholds saved in config.json): it
+imports neither torch nor transformers, so the
 folder runs where only ``onnxruntime``, numpy and Pillow are installed (``finetune
 predict`` on an exported folder does exactly that).
 
@@ -223,6 +225,37 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^−x), without overflow for large negative logits."""
+    out = np.empty_like(logits, dtype=np.float32)
+    positive = logits >= 0
+    out[positive] = 1.0 / (1.0 + np.exp(-logits[positive]))
+    e = np.exp(logits[~positive])
+    out[~positive] = e / (1.0 + e)
+    return out
+
+
+# What finetune.data.multi_label says about a config, read here from config.json as a dict:
+# that module's package imports torch, which this runner must not (a test checks the two agree).
+#: A multi-label model's ``problem_type``.
+MULTI_LABEL_PROBLEM = "multi_label_classification"
+#: Where the per-class decision thresholds are, by class name.
+THRESHOLDS_KEY = "label_thresholds"
+#: A class's threshold when none was saved.
+DEFAULT_THRESHOLD = 0.5
+
+
+def is_multi_label(config: dict[str, Any]) -> bool:
+    """Whether config.json (as a dict) describes a multi-label model."""
+    return config.get("problem_type") == MULTI_LABEL_PROBLEM
+
+
+def thresholds(config: dict[str, Any], names: list[str]) -> np.ndarray:
+    """The per-class decision thresholds of config.json, in ``names``' order."""
+    stored = config.get(THRESHOLDS_KEY) or {}
+    return np.asarray([float(stored.get(name, DEFAULT_THRESHOLD)) for name in names], dtype=np.float64)
+
+
 def session(path: str | Path, threads: int | None = None):
     """An ONNX Runtime CPU session for one model file (``threads``: intra-op threads, None: ORT's choice)."""
     ort = require_onnxruntime()
@@ -246,13 +279,41 @@ class OnnxClassifier:
     session: Any
     preprocessor: Preprocessor
     class_names: list[str]
+    #: A multi-label model (config.json's ``problem_type``): one sigmoid per class.
+    multi_label: bool = False
+    #: Its per-class decision thresholds (index order); None: single-label.
+    thresholds: np.ndarray | None = None
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         name = self.session.get_inputs()[0].name
         return np.asarray(self.session.run(None, {name: pixels.astype(np.float32, copy=False)})[0], dtype=np.float32)
 
+    def activation(self, logits: np.ndarray) -> np.ndarray:
+        """Logits → probabilities: the softmax, or for a multi-label model the sigmoid of each class."""
+        return sigmoid(logits) if self.multi_label else softmax(logits)
+
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        return softmax(self.logits(pixels))
+        return self.activation(self.logits(pixels))
+
+    def labels(self, pixels: np.ndarray, minimum: float | None = None) -> list[list[tuple[str, float]]]:
+        """A multi-label model's answer for each image: every class whose probability reaches
+        its threshold (or ``minimum``, in place of all thresholds), most probable first."""
+        return above_thresholds(self.probabilities(pixels), self.class_names, self.thresholds, minimum)
+
+
+def above_thresholds(
+    probs: np.ndarray, names: list[str], limits: np.ndarray | None, minimum: float | None = None
+) -> list[list[tuple[str, float]]]:
+    """For each row of N × C sigmoid probabilities: (class name, probability) of every class at
+    or above its threshold in ``limits`` (``minimum`` replaces them all when given), sorted by
+    probability, highest first (ties: the lower class index first)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    bound = np.full(probs.shape[-1], minimum, dtype=np.float64) if minimum is not None else np.asarray(limits)
+    out = []
+    for row in probs:
+        order = np.argsort(-row, kind="stable")
+        out.append([(names[int(i)], float(row[i])) for i in order if row[i] >= bound[i]])
+    return out
 
 
 def class_names(folder: str | Path) -> list[str]:
@@ -275,4 +336,10 @@ def load_export(folder: str | Path, int8: bool = False, threads: int | None = No
         raise InferenceError(f"'{folder}' holds no {model_file.name}; run `finetune export` for it first")
     if not (folder / "config.json").is_file():
         raise InferenceError(f"'{folder}' holds {model_file.name} but no config.json; export the model again")
-    return OnnxClassifier(folder, model_file, session(model_file, threads), Preprocessor.from_folder(folder), class_names(folder))
+    config = json.loads((folder / "config.json").read_text())
+    names = class_names(folder)
+    multi = is_multi_label(config)
+    return OnnxClassifier(
+        folder, model_file, session(model_file, threads), Preprocessor.from_folder(folder), names,
+        multi, thresholds(config, names) if multi else None,
+    )

@@ -27,6 +27,12 @@ class Saved:
     #: The test-time augmentation the run's final scores used (its recipe's
     #: ``evaluation.tta``): what ``finetune eval`` and ``finetune predict`` apply by default.
     tta: str = "none"
+    #: A multi-label model (config ``problem_type``): one sigmoid per class, and a label is
+    #: given when its probability reaches its threshold (:attr:`thresholds`).
+    multi_label: bool = False
+    #: The per-class decision thresholds saved in its config.json (index order); a class
+    #: without one has ``finetune.data.multi_label.DEFAULT_THRESHOLD``. None: single-label.
+    thresholds: Any = None
 
 
 def load_saved(output_dir: str | Path) -> Saved:
@@ -51,11 +57,15 @@ def load_saved(output_dir: str | Path) -> Saved:
             f"OUTPUT_DIR: cannot load the model saved in '{output_dir}' ({first_line(err)}); "
             "is the run finished (model.safetensors and preprocessor_config.json present)?"
         ) from None
+    from finetune.data import multi_label
+
     config = model.config
     names = [str(config.id2label.get(i, i)) for i in range(config.num_labels)]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    return Saved(path, model, processor, names, device, recorded_tta(path))
+    multi = multi_label.is_multi_label(config)
+    thresholds = multi_label.thresholds(config, names) if multi else None
+    return Saved(path, model, processor, names, device, recorded_tta(path), multi, thresholds)
 
 
 def recorded_tta(path: Path) -> str:

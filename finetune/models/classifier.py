@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from finetune.data import multi_label as ml
 from finetune.models import builtin, drop_path, lora, strategies
 from finetune.recipe import ModelConfig
 from finetune.utils.devices import sharded
@@ -198,8 +199,31 @@ class LoadedModel:
         return strategies.of(cfg).describe(strategies.Prepared(self.model, self.trainable, self.total, self.lora))
 
 
-def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedModel:
-    """The pretrained model with a head for ``class_names``, frozen per ``cfg.strategy``."""
+def set_problem_type(config, multi_label: bool) -> None:
+    """Say in ``config`` whether the classes are exclusive (one per image, softmax) or not
+    (any number per image, one sigmoid each): ``problem_type`` is what
+    ``pipeline("image-classification")`` and every later stage of finetune read
+    (:func:`finetune.data.multi_label.is_multi_label`). The head keeps its shape either way
+    (one logit per class).
+
+    A base checkpoint that was itself fine-tuned for multi-label classification (or for
+    another task) must not pass its ``problem_type`` or its decision thresholds on to a run on
+    other data: the thresholds are tuned anew for the new classes after training, and until
+    then each class has the default one."""
+    if multi_label:
+        config.problem_type = ml.PROBLEM_TYPE
+    elif getattr(config, "problem_type", None) not in (None, "single_label_classification"):
+        logger.info("model: the base model's problem_type '%s' is dropped (the data has one class per image)",
+                    config.problem_type)
+        config.problem_type = None
+    if hasattr(config, ml.THRESHOLDS_KEY):
+        delattr(config, ml.THRESHOLDS_KEY)
+
+
+def load_model(cfg: ModelConfig, class_names: list[str], processor, multi_label: bool = False) -> LoadedModel:
+    """The pretrained model with a head for ``class_names``, frozen per ``cfg.strategy``;
+    ``multi_label``: the data gives each image any number of the classes
+    (:func:`set_problem_type`)."""
     from transformers import AutoConfig, AutoModelForImageClassification
 
     path = model_path(cfg)
@@ -217,6 +241,7 @@ def load_model(cfg: ModelConfig, class_names: list[str], processor) -> LoadedMod
         # TimmWrapperConfig saves this attribute, not id2label: a stale copy would write
         # the base model's (or LABEL_n) names into the fine-tuned config.json.
         config.label_names = list(class_names)
+    set_problem_type(config, multi_label)
     data_config = getattr(processor, "data_config", None)
     if data_config is not None and hasattr(config, "pretrained_cfg"):
         # timm keeps its preprocessing in config.json: keep it equal to what we train with.

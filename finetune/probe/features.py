@@ -54,6 +54,7 @@ from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from finetune import data
+from finetune.data import multi_label
 from finetune.models.classifier import ModelError, head_parameter_names
 from finetune.probe.engine import FeatureRuntime
 from finetune.utils import progress
@@ -82,7 +83,10 @@ class HeadModel(nn.Module):
     so training it trains the full model's head in place.
 
     The loss is the full model's own ``loss_function`` (the same problem-type rules as a
-    forward pass of the full model), so both paths optimise the same objective.
+    forward pass of the full model), so both paths optimise the same objective. A multi-label
+    model's is the binary cross-entropy with the multi-hot rows, averaged over the N × C pairs
+    (``finetune.training.losses.multi_label_loss``), smoothed in training by
+    :attr:`smoothing` as timm smooths it (the Trainer's own label smoother is a softmax's).
     """
 
     def __init__(self, full_model: nn.Module, head: nn.Linear) -> None:
@@ -90,6 +94,13 @@ class HeadModel(nn.Module):
         self.linear = head
         # A plain attribute, not a submodule: the Trainer must see only the head's parameters.
         self.__dict__["_full_model"] = full_model
+        #: Label smoothing of a multi-label model's training loss (0: none; never in evaluation).
+        self.smoothing = 0.0
+
+    @property
+    def multi_label(self) -> bool:
+        config = getattr(self._full_model, "config", None)
+        return config is not None and multi_label.is_multi_label(config)
 
     @property
     def config(self) -> Any:
@@ -103,7 +114,13 @@ class HeadModel(nn.Module):
         if labels is not None:
             full = self._full_model
             loss_function = getattr(full, "loss_function", None)
-            if loss_function is not None and getattr(full, "config", None) is not None:
+            if self.multi_label:
+                target = labels.float()
+                smoothing = self.smoothing if self.training else 0.0
+                if smoothing:
+                    target = target * (1.0 - smoothing) + smoothing / logits.shape[-1]
+                loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
+            elif loss_function is not None and getattr(full, "config", None) is not None:
                 loss = loss_function(labels, logits, full.config)
             else:
                 loss = nn.functional.cross_entropy(logits, labels)
@@ -229,6 +246,9 @@ def _features_of(
         bar.close()
         handle.remove()
     if not feats:
+        config = getattr(model, "config", None)
+        if config is not None and multi_label.is_multi_label(config):
+            return torch.zeros(0, head.in_features), torch.zeros(0, head.out_features)
         return torch.zeros(0, head.in_features), torch.zeros(0, dtype=torch.long)
     return torch.cat(feats), torch.cat(labels)
 

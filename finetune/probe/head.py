@@ -3,8 +3,9 @@ features that :mod:`finetune.probe.features` computes once, saved as a full mode
 
 ``probe_setup`` gives the training run a Trainer class and a batch transform for the probe; the
 Trainer subclass computes the features on first use (train, validation, eval), trains the head
-with the recipe's optimizer and schedule, or fits it as an L2-regularised multinomial logistic
-regression by full-batch L-BFGS (``model.probe_solver: lbfgs``), and saves the whole model
+with the recipe's optimizer and schedule, or fits it as an L2-regularised multinomial (for
+multi-label data, one-vs-rest) logistic regression by full-batch L-BFGS
+(``model.probe_solver: lbfgs``, :mod:`finetune.probe.logistic`), and saves the whole model
 (frozen backbone plus trained head), so the output folder is like any other run's.
 """
 
@@ -14,8 +15,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from transformers import Trainer, default_data_collator
 from transformers.trainer_utils import TrainOutput
 
 from finetune import data
+from finetune.data import multi_label
 from finetune.models import temperature as head_temperature
 from finetune.models.classifier import LoadedModel, ModelError
 from finetune.probe.engine import FeatureRuntime
@@ -36,6 +37,7 @@ from finetune.probe.features import (
     compute_features,
     find_head,
 )
+from finetune.probe.logistic import LogisticFit, fit_logistic, mean_average_precision, reported_loss
 from finetune.recipe import ModelConfig
 from finetune.utils import progress
 from finetune.utils.files import write_json
@@ -55,66 +57,6 @@ AUGMENT_NOTE = (
     "un-augmented images, so data.augment ({augment}) does not apply; set model.feature_cache "
     "to false to train with augmentation"
 )
-
-
-# ---------------------------------------------------------------------- L-BFGS head
-
-
-@dataclass
-class LogisticFit:
-    """One L-BFGS fit of the head: weights, and how it went."""
-
-    l2: float
-    weight: torch.Tensor
-    bias: torch.Tensor
-    iterations: int
-    train_loss: float  # mean cross-entropy on the training features, without the penalty
-    validation_accuracy: float | None = None
-    validation_loss: float | None = None
-
-
-def fit_logistic(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    l2: float,
-    max_iter: int,
-    init: tuple[torch.Tensor, torch.Tensor] | None = None,
-    on_iteration: Callable[[int], None] | None = None,
-) -> LogisticFit:
-    """Multinomial logistic regression: minimise mean cross-entropy + l2/2·‖W‖² (the bias is
-    not penalised) by full-batch L-BFGS with a strong-Wolfe line search, from ``init`` or
-    zeros. The features fit in memory by construction (they are cached), so full-batch
-    second-order steps beat SGD epochs; the objective is convex, so the result does not
-    depend on a learning rate, a schedule or a seed. torch's L-BFGS rather than
-    scikit-learn's LogisticRegression (the same optimum, checked in the tests): it runs on
-    the training device, a GPU when there is one, on the features already there.
-    ``on_iteration`` is told the iteration count at every evaluation of the objective."""
-    # Features come from inference mode, whose tensors autograd may not save: copy them out.
-    x = features.float().clone()
-    y = labels.long().clone()
-    weight = (init[0].clone() if init is not None else x.new_zeros(num_classes, x.shape[1])).requires_grad_(True)
-    bias = (init[1].clone() if init is not None else x.new_zeros(num_classes)).requires_grad_(True)
-    solver = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-        tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe",
-    )
-
-    def objective() -> torch.Tensor:
-        solver.zero_grad()
-        loss = nn.functional.cross_entropy(torch.addmm(bias, x, weight.t()), y) + 0.5 * l2 * weight.square().sum()
-        loss.backward()
-        if on_iteration is not None:
-            on_iteration(solver.state[weight].get("n_iter", 0))
-        return loss
-
-    with torch.enable_grad():
-        solver.step(objective)
-    iterations = int(solver.state[solver.param_groups[0]["params"][0]].get("n_iter", 0))
-    weight, bias = weight.detach(), bias.detach()
-    with torch.no_grad():
-        train_loss = float(nn.functional.cross_entropy(torch.addmm(bias, x, weight.t()), y))
-    return LogisticFit(l2, weight, bias, iterations, train_loss)
 
 
 # --------------------------------------------------------------------------- trainer
@@ -231,9 +173,18 @@ class FeatureProbeTrainer(Trainer):
         train_features = self.features_for(train_dataset) if train_dataset is not None else None
         eval_features = self.features_for(eval_dataset) if eval_dataset is not None else None
         kwargs["data_collator"] = default_data_collator
-        super().__init__(
-            model=HeadModel(model, head), args=args, train_dataset=train_features, eval_dataset=eval_features, **kwargs
-        )
+        with warnings.catch_warnings():
+            # The Trainer says it cannot smooth a multi-label model's targets; HeadModel does.
+            warnings.filterwarnings("ignore", message="Label smoothing is not compatible with multi-label")
+            super().__init__(
+                model=HeadModel(model, head), args=args, train_dataset=train_features, eval_dataset=eval_features,
+                **kwargs,
+            )
+        if self.model.multi_label:
+            # The Trainer's label smoother takes a softmax over the classes; a multi-label
+            # head smooths its binary targets itself (HeadModel), in training only.
+            self.model.smoothing = self.args.label_smoothing_factor
+            self.label_smoother = None
 
     def features_for(self, dataset: Any) -> FeatureDataset:
         """The cached features of a decoded split (one backbone pass per split, ever)."""
@@ -287,7 +238,8 @@ class FeatureProbeTrainer(Trainer):
 
         Each λ of ``model.probe_l2`` is fitted, strongest first, each warm-started from the
         previous solution (the regularisation path); with several, the best accuracy on the
-        validation piece's features wins, ties going to the lower validation loss. The fit
+        validation piece's features wins (a multi-label head: the best mAP, over the classes
+        with a positive there), ties going to the lower validation loss. The fit
         is deterministic, and every process fits the same features, but rank 0's head is
         broadcast anyway so that all ranks evaluate the same weights.
         """
@@ -297,6 +249,8 @@ class FeatureProbeTrainer(Trainer):
         train, validation = self.train_dataset, self.eval_dataset
         x, y = train.features.to(device), train.labels.to(device)
         num_classes = linear.out_features
+        multi = multi_label.is_multi_label(self.model.config)
+        score_name = "map" if multi else "accuracy"
         fits: list[LogisticFit] = []
         init: tuple[torch.Tensor, torch.Tensor] | None = None
         strengths = sorted(set(self.l2), reverse=True)
@@ -308,25 +262,36 @@ class FeatureProbeTrainer(Trainer):
                 bar.set_postfix_str(f"λ {l2:g}, iteration {iteration}/{self.max_iter}", refresh=False)
                 bar.update(0)  # redraws at tqdm's own pace (mininterval), not at every evaluation
 
-            fit = fit_logistic(x, y, num_classes, l2, self.max_iter, init, on_iteration=show)
+            fit = fit_logistic(x, y, num_classes, l2, self.max_iter, init, on_iteration=show, multi_label=multi)
             bar.update(1)
             init = (fit.weight, fit.bias)
             if validation is not None and len(validation):
                 with torch.no_grad():
                     logits = torch.addmm(fit.bias, validation.features.to(device).float(), fit.weight.t())
                     target = validation.labels.to(device)
-                    fit.validation_accuracy = float((logits.argmax(-1) == target).float().mean())
-                    fit.validation_loss = float(nn.functional.cross_entropy(logits, target))
+                    if multi:
+                        target = target.float()
+                        fit.validation_score = mean_average_precision(target.cpu().numpy(), logits.cpu().numpy())
+                    else:
+                        fit.validation_score = float((logits.argmax(-1) == target).float().mean())
+                    fit.validation_loss = reported_loss(logits, target, multi)
             fits.append(fit)
             entry = {"probe_l2": l2, "probe_iterations": fit.iterations, "train_loss": round(fit.train_loss, 6)}
-            if fit.validation_accuracy is not None:
-                entry |= {"validation_accuracy": fit.validation_accuracy, "validation_loss": round(fit.validation_loss, 6)}
+            if fit.validation_loss is not None:
+                if fit.validation_score is not None:
+                    entry[f"validation_{score_name}"] = fit.validation_score
+                entry["validation_loss"] = round(fit.validation_loss, 6)
             self.state.log_history.append(entry)  # no "epoch": the curves plot leaves these out
             if self.args.process_index == 0:
                 logger.info("L-BFGS head: %s", ", ".join(f"{k} {v:g}" for k, v in entry.items()))
         bar.close()
-        scored = [f for f in fits if f.validation_accuracy is not None]
-        best = max(scored, key=lambda f: (f.validation_accuracy, -f.validation_loss)) if scored else fits[0]
+        # A validation piece whose images have no label at all (multi-label) gives no mAP: the
+        # validation loss alone chooses then.
+        scored = [f for f in fits if f.validation_loss is not None]
+        best = (
+            max(scored, key=lambda f: (f.validation_score if f.validation_score is not None else 0.0, -f.validation_loss))
+            if scored else fits[0]
+        )
         with torch.no_grad():
             linear.weight.copy_(best.weight.to(linear.weight.dtype))
             linear.bias.copy_(best.bias.to(linear.bias.dtype))
@@ -343,12 +308,13 @@ class FeatureProbeTrainer(Trainer):
             "train_samples_per_second": round(len(train) / max(seconds, 1e-9), 3),
             "train_loss": best.train_loss,
             "probe_solver": "lbfgs",
+            "probe_regression": "one-vs-rest" if multi else "multinomial",
             "probe_l2": best.l2,
             "probe_l2_tried": ", ".join(f"{v:g}" for v in sorted(set(self.l2))),  # a metric must print as one value
             "probe_iterations": best.iterations,
         }
-        if best.validation_accuracy is not None:
-            metrics["probe_validation_accuracy"] = best.validation_accuracy
+        if best.validation_score is not None:
+            metrics[f"probe_validation_{score_name}"] = best.validation_score
         if self.args.process_index == 0:
             logger.info(
                 "L-BFGS head: λ = %g chosen%s; %d iterations in all, %.1f s",

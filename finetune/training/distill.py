@@ -4,7 +4,11 @@ With ``model.teacher`` set, every training step runs the teacher (frozen, in eva
 gradients) on the very batch the student gets — after augmentation — and the student
 trains on ``(1 - α) × its usual loss + α × T² × KL(softmax(t/T) ‖ softmax(s/T))``
 (Hinton, Vinyals & Dean 2015; the T² keeps the soft term's gradients at the scale of the
-hard one's as T changes). The teacher is deterministic, so a resumed run gets the same
+hard one's as T changes). A multi-label student (one sigmoid per class) matches each of its
+classes' softened sigmoids to the teacher's instead: ``T² × BCE(sigmoid(s/T), sigmoid(t/T))``
+averaged over the N × C pairs, as its own loss is; the teacher must be multi-label too, and a
+multi-label teacher teaches only a multi-label student (a softmax and C sigmoids say
+different things). The teacher is deterministic, so a resumed run gets the same
 targets and nothing of it is checkpointed. Evaluation scores the student alone, and the
 eval loss stays the usual loss, comparable with runs without a teacher.
 
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from finetune import data
+from finetune.data.multi_label import is_multi_label
 from finetune.models.classifier import resolve_name
 from finetune.recipe import ModelConfig
 from finetune.utils.errors import UserError, first_line
@@ -47,6 +52,30 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     student = F.log_softmax(student_logits.float() / t, dim=-1)
     teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
     return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * (t * t)
+
+
+def multi_label_distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T² × the binary cross-entropy of sigmoid(student/T) with sigmoid(teacher/T) as its
+    target, averaged over every (image, class) pair; in float32.
+
+    Its gradient in the student's logits, T × (sigmoid(s/T) − sigmoid(t/T)) / (N·C), is zero
+    where the student's logits equal the teacher's; its value there is the teacher's own
+    entropy, not 0 (a constant, which changes no gradient)."""
+    t = float(temperature)
+    target = torch.sigmoid(teacher_logits.float() / t)
+    return F.binary_cross_entropy_with_logits(student_logits.float() / t, target, reduction="mean") * (t * t)
+
+
+def mismatch_line(teacher: str, student_multi_label: bool) -> str:
+    """The one line for a teacher whose task (single- or multi-label) is not the student's."""
+    kinds = ("multi-label (any number of classes per image)", "single-label (one class per image)")
+    data, other = kinds if student_multi_label else kinds[::-1]
+    return (
+        f"model.teacher: '{teacher}' is a {other} classifier and this data is {data}; name a teacher fine-tuned "
+        "for the same task on the same classes, or remove model.teacher"
+    )
 
 
 def teacher_path(name: str) -> str:
@@ -104,6 +133,8 @@ class Teacher:
     shift: torch.Tensor | None = None
     #: The teacher logit of each student class (None: the same order).
     order: torch.Tensor | None = None
+    #: A multi-label teacher (config ``problem_type``): the sigmoid distillation loss.
+    multi_label: bool = False
 
     def to(self, device: torch.device | str) -> Teacher:
         self.model.to(device)
@@ -130,8 +161,10 @@ class Teacher:
         return out if self.order is None else out.index_select(-1, self.order)
 
     def loss(self, base: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """(1 - α) × the usual loss + α × the distillation loss."""
-        kd = distillation_loss(student_logits, teacher_logits, self.temperature)
+        """(1 - α) × the usual loss + α × the distillation loss (of a multi-label teacher:
+        :func:`multi_label_distillation_loss`)."""
+        kd_of = multi_label_distillation_loss if self.multi_label else distillation_loss
+        kd = kd_of(student_logits, teacher_logits, self.temperature)
         return (1.0 - self.alpha) * base + self.alpha * kd
 
     def describe(self) -> str:
@@ -156,12 +189,19 @@ def open_teacher(cfg: ModelConfig) -> tuple[str, Any, Any]:
     return path, config, processor
 
 
-def load_teacher(cfg: ModelConfig, student_classes: list[str], student_processor, opened=None) -> Teacher:
+def load_teacher(
+    cfg: ModelConfig, student_classes: list[str], student_processor, opened=None, multi_label: bool | None = None
+) -> Teacher:
     """The frozen teacher for a student trained on ``student_classes`` with
-    ``student_processor``; a TeacherError, before any weights are read, when its classes differ."""
+    ``student_processor``; a TeacherError, before any weights are read, when its classes
+    differ, or when ``multi_label`` (the student's task; None: checked later, by the
+    Trainer) is not the teacher's."""
     from transformers import AutoModelForImageClassification
 
     path, config, processor = opened if opened is not None else open_teacher(cfg)
+    teacher_multi_label = is_multi_label(config)
+    if multi_label is not None and multi_label != teacher_multi_label:
+        raise TeacherError(mismatch_line(cfg.teacher, multi_label))
     names = class_names(config)
     order = class_order(names, list(student_classes), cfg.teacher)
     try:
@@ -191,4 +231,5 @@ def load_teacher(cfg: ModelConfig, student_classes: list[str], student_processor
         scale=scale,
         shift=shift,
         order=torch.tensor(order) if order is not None else None,
+        multi_label=teacher_multi_label,
     )

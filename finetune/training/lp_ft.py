@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from finetune import data
+from finetune.data import multi_label
 from finetune.evaluation import metrics
 from finetune.models.classifier import ModelError
 from finetune.probe.features import find_head
@@ -199,12 +200,14 @@ def _fit(
     with solving():
         result = trainer.train()
     scores = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}
-    validation = [e for e in trainer.state.log_history if "eval_accuracy" in e]
+    # What the probe is scored by on the validation piece: accuracy, or mAP for multi-label data.
+    name = "map" if multi_label.is_multi_label(loaded.model.config) else "accuracy"
+    validation = [e for e in trainer.state.log_history if f"eval_{name}" in e]
     if validation:  # the Trainer solver's last per-epoch score on the validation piece
-        scores["validation_accuracy"] = validation[-1]["eval_accuracy"]
-    elif "probe_validation_accuracy" in scores:
-        scores["validation_accuracy"] = scores.pop("probe_validation_accuracy")
-    record = {"head": head_name, "settings": phase, "metrics": scores}
+        scores[f"validation_{name}"] = validation[-1][f"eval_{name}"]
+    elif f"probe_validation_{name}" in scores:
+        scores[f"validation_{name}"] = scores.pop(f"probe_validation_{name}")
+    record = {"head": head_name, "settings": phase, "metrics": scores, "multi_label": name == "map"}
     del trainer
     gc.collect()
     logger.info("LP-FT: linear-probe phase done: %s", ", ".join(f"{k} {v}" for k, v in scores.items()))
@@ -234,9 +237,11 @@ def card_lines(record: dict[str, Any]) -> list[str]:
     """How the model card states the probe phase: what fitted the head, with which settings,
     and how it scored."""
     s, scores = record["settings"], record["metrics"]
+    multi = bool(record.get("multi_label"))
     if s["solver"] == "lbfgs":
+        kind = "one-vs-rest" if multi else "multinomial"
         how = (
-            f"L-BFGS multinomial logistic regression, L2 strength λ {scores.get('probe_l2')} "
+            f"L-BFGS {kind} logistic regression, L2 strength λ {scores.get('probe_l2')} "
             f"(tried: {', '.join(f'{v:g}' for v in s['probe_l2'])}), up to {s['probe_max_iter']} iterations each"
         )
     else:
@@ -247,4 +252,6 @@ def card_lines(record: dict[str, Any]) -> list[str]:
     lines = [f"head fitted by {how}", f"{scores.get('feature_cache_images', 0)} images through the frozen backbone once"]
     if "validation_accuracy" in scores:
         lines.append(f"validation-piece accuracy of the probe alone: {float(scores['validation_accuracy']):.4f}")
+    if "validation_map" in scores:
+        lines.append(f"validation-piece mAP of the probe alone: {float(scores['validation_map']):.4f}")
     return lines

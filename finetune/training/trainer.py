@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import torch
 from transformers import Trainer
 
 from finetune import data
+from finetune.data import multi_label
 from finetune.data.streaming.loader import stream_loader
 from finetune.data.streaming.stream import ImageStream
-from finetune.evaluation.tta import TestTimeAugmentation
+from finetune.evaluation.tta import SOFTMAX, TestTimeAugmentation
 from finetune.models import lora
 from finetune.models import temperature as head_temperature
 from finetune.probe.features import find_head
 from finetune.recipe import Recipe
 from finetune.training import losses
-from finetune.training.distill import Teacher
+from finetune.training.distill import Teacher, TeacherError, mismatch_line
 from finetune.training.stream_state import StreamState
 from finetune.utils import compat
 from finetune.utils.errors import UserError
@@ -73,7 +75,11 @@ class FinetuneTrainer(Trainer):
         tta: TestTimeAugmentation | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        with warnings.catch_warnings():
+            # The Trainer's own label smoother cannot smooth a multi-label model's targets and says
+            # it is off; the loss here smooths them itself (losses.multi_label_loss).
+            warnings.filterwarnings("ignore", message="Label smoothing is not compatible with multi-label")
+            super().__init__(*args, **kwargs)
         self.batch_transform = batch_transform
         #: A streamed run's position and unreadable images (:mod:`finetune.training.stream_state`).
         self.stream = stream
@@ -100,20 +106,20 @@ class FinetuneTrainer(Trainer):
         config = getattr(self.model, "config", None)
         #: Classes of the model's head (mixup's one-hot targets need it before the forward).
         self.num_classes: int | None = getattr(config, "num_labels", None)
+        #: The model's config says multi-label (``finetune.data.multi_label``): multi-hot
+        #: float targets, binary cross-entropy, positive weights instead of class weights.
+        self.multi_label = config is not None and multi_label.is_multi_label(config)
+        if self.teacher is not None and self.teacher.multi_label != self.multi_label:
+            raise TeacherError(mismatch_line(self.teacher.name, self.multi_label))
+        #: ``data.class_weights`` "balanced": the class weights of the cross-entropy, or for a
+        #: multi-label model the ``pos_weight`` of each class's binary cross-entropy.
         self.class_weights = None
         self.train_sampler = None
         if class_weights is not None or sampler is not None:
-            from finetune.training import balance
-
             if self.train_dataset is None:
                 raise ValueError("class_weights and sampler are computed from the train dataset; give one")
             # From the train piece only: the validation piece and the eval split stay unseen.
-            labels = balance.train_labels(self.train_dataset)
-            if class_weights == "balanced":
-                self.class_weights = balance.class_weights(labels, self.num_classes or int(labels.max()) + 1)
-            if sampler == "balanced":
-                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-                self.train_sampler = balance.BalancedSampler(labels, seed)
+            self._balance(class_weights, sampler, config)
         self.ema = None
         if ema_decay is not None:
             from finetune.training.ema import EmaCallback, WeightEma
@@ -124,6 +130,29 @@ class FinetuneTrainer(Trainer):
             self.ema = WeightEma(self.model, ema_decay, ema_warmup)
             self.add_callback(EmaCallback(self.ema))
 
+    def _balance(self, class_weights: str | None, sampler: str | None, config: Any) -> None:
+        """``data.class_weights`` and ``data.sampler`` from the train dataset's labels."""
+        from finetune.training import balance
+
+        if self.multi_label:
+            if sampler is not None:
+                raise UserError(
+                    f"data.sampler: '{sampler}' draws images by their one class, and this data gives an image any "
+                    "number of classes; remove data.sampler (data.class_weights: balanced weights each class's "
+                    "positives instead)"
+                )
+            if class_weights == "balanced":
+                targets = balance.train_targets(self.train_dataset, self.num_classes)
+                names = getattr(config, "id2label", None) or {}
+                self.class_weights = balance.positive_weights(targets, [str(names.get(i, i)) for i in range(targets.shape[1])])
+            return
+        labels = balance.train_labels(self.train_dataset)
+        if class_weights == "balanced":
+            self.class_weights = balance.class_weights(labels, self.num_classes or int(labels.max()) + 1)
+        if sampler == "balanced":
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            self.train_sampler = balance.BalancedSampler(labels, seed)
+
     def describe_regularisers(self) -> str:
         """What regularises training beyond augmentation, for the log and the card ("none")."""
         parts = []
@@ -133,7 +162,8 @@ class FinetuneTrainer(Trainer):
             parts.append(self.batch_transform.mix.describe())
         if self.class_weights is not None:
             w = self.class_weights
-            parts.append(f"balanced class weights in the loss ({float(w.min()):.3g} to {float(w.max()):.3g})")
+            kind = "positive weights (negatives / positives per class)" if self.multi_label else "class weights"
+            parts.append(f"balanced {kind} in the loss ({float(w.min()):.3g} to {float(w.max()):.3g})")
         if self.train_sampler is not None:
             parts.append("class-balanced sampling (with replacement)")
         if self.ema is not None:
@@ -260,8 +290,10 @@ class FinetuneTrainer(Trainer):
         Training: ``losses.classification_loss`` with the batch's targets (soft rows after
         mixup/CutMix), the class weights and ``label_smoothing_factor`` (applied there once,
         also to mixed targets), mixed with the distillation term when there is a teacher
-        (``Teacher.loss``: (1 − α) × that loss + α × the distillation loss). Evaluation: ``losses.evaluation_loss``, plain cross-entropy
-        with the true classes. Either is a mean over the micro-batch, which the Trainer
+        (``Teacher.loss``: (1 − α) × that loss + α × the distillation loss); for a multi-label
+        model ``losses.multi_label_loss`` with the multi-hot (or mixed) rows and the positive
+        weights. Evaluation: ``losses.evaluation_loss``, plain cross-entropy with the true
+        classes (binary cross-entropy with the multi-hot rows). Either is a mean over the micro-batch, which the Trainer
         divides by the accumulation steps (``compat.loss_is_a_batch_mean``), so
         ``num_items_in_batch`` is not needed.
         """
@@ -283,6 +315,10 @@ class FinetuneTrainer(Trainer):
             pixels, targets = mix(pixels, labels, self.num_classes, seed=seed)
         inputs["pixel_values"] = pixels
         if not training and self.tta is not None:
+            if self.multi_label and self.tta.activation is SOFTMAX:
+                # A softmax over classes that are not exclusive would score something else.
+                raise ValueError("a multi-label model's test-time views are averaged as sigmoids: give the "
+                                 "TestTimeAugmentation the SIGMOID activation")
             # The averaged prediction over the views, as logits (log-probabilities).
             logits, before = self.tta.scores(lambda views: _logits(model(**{**inputs, "pixel_values": views})), pixels)
             # With a temperature folded in, the average before it too (MetricAccumulator's
@@ -292,7 +328,8 @@ class FinetuneTrainer(Trainer):
             outputs = model(**inputs)
             logits = _logits(outputs)
         if training:
-            loss = losses.classification_loss(logits, targets, self.class_weights, self.args.label_smoothing_factor)
+            loss_of = losses.multi_label_loss if self.multi_label else losses.classification_loss
+            loss = loss_of(logits, targets, self.class_weights, self.args.label_smoothing_factor)
             if self.teacher is not None:
                 # Distillation: the teacher's logits for the same augmented (and mixed) batch,
                 # in the autocast the accelerator runs the student in.
@@ -301,7 +338,7 @@ class FinetuneTrainer(Trainer):
                 loss = self.teacher.loss(loss, logits, teacher_logits)
         else:
             # Evaluation scores the student alone, with the plain loss.
-            loss = losses.evaluation_loss(logits, labels)
+            loss = losses.evaluation_loss(logits, labels, self.multi_label)
         if not return_outputs:
             return loss
         # As a model given labels returns them: the loss first (the Trainer's prediction_step

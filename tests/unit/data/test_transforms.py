@@ -83,6 +83,46 @@ def test_both_on_choose_one_per_batch_and_mix_prob_leaves_some_batches_alone(bat
     assert set(_kinds(BatchMix(0.4, 0.0, prob=0.0), pixels, labels, range(5))) == {"none"}
 
 
+# Multi-hot rows: images with several classes, one with none.
+MULTI_HOT = torch.tensor(
+    [[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0], [1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1]], dtype=torch.float32
+)
+
+
+def test_mixup_mixes_multi_hot_rows_with_the_images_weight(batch) -> None:
+    """No one-hot conversion: each row is λ·its own multi-hot row + (1 − λ)·its neighbour's."""
+    pixels, _ = batch
+    mixed, targets = BatchMix(mixup_alpha=0.4)(pixels.clone(), MULTI_HOT, C, seed=3)
+    diff = pixels - pixels.roll(1, 0)
+    lam = float(((mixed - pixels.roll(1, 0)) * diff).sum() / (diff * diff).sum())  # recovered from the images
+    assert 0 < lam < 1
+    assert torch.allclose(mixed, lam * pixels + (1 - lam) * pixels.roll(1, 0), atol=1e-5)
+    assert targets.shape == (N, C) and targets.dtype == torch.float32
+    assert torch.allclose(targets, lam * MULTI_HOT + (1 - lam) * MULTI_HOT.roll(1, 0), atol=1e-6)
+    # A class both images have stays 1; one neither has stays 0; rows need not sum to 1.
+    both = (MULTI_HOT * MULTI_HOT.roll(1, 0)).bool()
+    assert torch.all(targets[both] == 1) and torch.all(targets[(MULTI_HOT + MULTI_HOT.roll(1, 0)) == 0] == 0)
+    # The same draws as for class indices under the same seed: the mix does not depend on the targets' form.
+    same, _ = BatchMix(mixup_alpha=0.4)(pixels.clone(), torch.tensor([0, 1, 2, 0, 1, 2, 2, 1]), C, seed=3)
+    assert torch.equal(mixed, same)
+
+
+def test_cutmix_mixes_multi_hot_rows_by_the_pasted_area(batch) -> None:
+    pixels, _ = batch
+    mixed, targets = BatchMix(cutmix_alpha=1.0)(pixels.clone(), MULTI_HOT, C, seed=3)
+    share = (mixed != pixels).any(dim=1)[0].float().mean()  # the neighbour's share of every image
+    assert 0 < share < 1
+    assert torch.allclose(targets, (1 - share) * MULTI_HOT + share * MULTI_HOT.roll(1, 0), atol=1e-6)
+
+
+def test_unmixed_multi_hot_batches_keep_their_rows_and_bad_widths_are_refused(batch) -> None:
+    pixels, _ = batch
+    mixed, targets = BatchMix(0.4, 1.0, prob=0.0)(pixels.clone(), MULTI_HOT, C, seed=1)
+    assert torch.equal(targets, MULTI_HOT) and torch.equal(mixed, pixels)
+    with pytest.raises(ValueError, match="N×4 rows"):
+        BatchMix(mixup_alpha=0.4)(pixels.clone(), MULTI_HOT, 4, seed=1)
+
+
 def test_channels_last_batches_stay_channels_last(batch) -> None:
     pixels, labels = batch
     mixed, _ = BatchMix(0.4, 1.0)(pixels.contiguous(memory_format=torch.channels_last), labels, C, seed=1)

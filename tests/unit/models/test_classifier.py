@@ -220,3 +220,83 @@ def test_unused_parameters_finds_a_tensor_no_step_reaches(tiny_resnet: Path) -> 
     assert not resnet.training and torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(b, buffers[n]) for n, b in resnet.named_buffers())
     assert all(p.grad is None for p in resnet.parameters())
+
+
+# ------------------------------------------------------------------------- multi-label
+
+
+def load_multi(path: Path, multi_label: bool, strategy: str = "full", from_scratch: bool = False):
+    cfg = ModelConfig(name_or_path=str(path), strategy=strategy, from_scratch=from_scratch)
+    return model_lib.load_model(cfg, NAMES, model_lib.load_processor(cfg, None), multi_label=multi_label)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_resnet", "tiny_timm"])
+def test_a_multi_label_model_says_so_in_its_config_and_keeps_its_head(fixture: str, request, tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    from finetune.data.multi_label import PROBLEM_TYPE, is_multi_label
+
+    path = request.getfixturevalue(fixture)
+    multi = load_multi(path, True).model
+    single = load_multi(path, False).model
+    assert is_multi_label(multi.config) and multi.config.problem_type == PROBLEM_TYPE
+    assert not is_multi_label(single.config)
+    x = torch.randn(2, 3, 32, 32)
+    assert multi(pixel_values=x).logits.shape == single(pixel_values=x).logits.shape == (2, 4)
+    assert {n: p.shape for n, p in multi.named_parameters()} == {n: p.shape for n, p in single.named_parameters()}
+    multi.save_pretrained(tmp_path / "saved")
+    assert is_multi_label(AutoConfig.from_pretrained(tmp_path / "saved"))
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["problem_type"] == PROBLEM_TYPE
+
+
+def test_from_scratch_models_get_the_problem_type_too(tiny_vit: Path) -> None:
+    from finetune.data.multi_label import is_multi_label
+
+    assert is_multi_label(load_multi(tiny_vit, True, from_scratch=True).model.config)
+    assert not is_multi_label(load_multi(tiny_vit, False, from_scratch=True).model.config)
+
+
+def test_a_multi_label_base_model_passes_neither_its_task_nor_its_thresholds_on(tiny_vit: Path, tmp_path: Path) -> None:
+    """A base checkpoint fine-tuned for multi-label data: a single-label run on it drops its
+    problem_type, and no run keeps thresholds tuned for other classes."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from finetune.data import multi_label
+
+    base = AutoModelForImageClassification.from_pretrained(tiny_vit, problem_type=multi_label.PROBLEM_TYPE)
+    multi_label.set_thresholds(base.config, ["x", "y", "z"], [0.2, 0.7, 0.9])
+    base.save_pretrained(tmp_path / "base")
+    AutoImageProcessor.from_pretrained(tiny_vit).save_pretrained(tmp_path / "base")
+    assert multi_label.is_multi_label(json.loads((tmp_path / "base" / "config.json").read_text()))
+    single = load_multi(tmp_path / "base", False).model.config
+    assert single.problem_type is None and not hasattr(single, multi_label.THRESHOLDS_KEY)
+    again = load_multi(tmp_path / "base", True).model.config
+    assert multi_label.is_multi_label(again) and not hasattr(again, multi_label.THRESHOLDS_KEY)
+    assert multi_label.thresholds(again, NAMES).tolist() == [multi_label.DEFAULT_THRESHOLD] * 4
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_timm"])
+def test_the_pipeline_applies_a_sigmoid_to_a_saved_multi_label_model(fixture: str, request, tmp_path: Path) -> None:
+    """What `pipeline("image-classification")` does with a finished multi-label run's folder."""
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    path = request.getfixturevalue(fixture)
+    loaded, processor = load(path)
+    model_lib.set_problem_type(loaded.model.config, True)
+    with torch.no_grad():  # several positive logits: sigmoids then sum to well over 1, unlike a softmax
+        for name in loaded.head:
+            dict(loaded.model.named_parameters())[name].normal_(0, 0.5).add_(2.0 if name.endswith("bias") else 0.0)
+    out = tmp_path / "run"
+    loaded.model.save_pretrained(out)
+    processor.save_pretrained(out)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    scores = pipeline("image-classification", model=str(out), device="cpu")(image, top_k=4)
+    got = {s["label"]: s["score"] for s in scores}
+    pixels = processor(images=[image], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = torch.sigmoid(loaded.model.eval()(pixel_values=pixels).logits[0])
+    assert sum(got.values()) > 1.5
+    for i, name in enumerate(NAMES):
+        assert got[name] == pytest.approx(float(expected[i]), abs=1e-5)

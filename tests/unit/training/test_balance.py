@@ -123,3 +123,105 @@ def test_trainer_loads_training_batches_through_the_balanced_sampler(tiny_vit: P
     assert seen.tolist() == labels[list(expected)].tolist()
     plain = _trainer(tiny_vit, tmp_path, rows)
     assert plain.train_sampler is None and not isinstance(plain._get_train_sampler(rows), BalancedSampler)
+
+
+# ------------------------------------------------------------------------- multi-label
+
+LISTS = [[0], [0, 1], [0], [2], [0, 2], [], [0], [0, 1, 2], [0], [0]]
+
+
+def test_train_targets_read_class_lists_and_multi_hot_rows() -> None:
+    from datasets import Dataset
+
+    from finetune.data.multi_label import multi_hot
+    from finetune.training.balance import train_targets
+
+    expected = multi_hot(LISTS, 3)
+    assert np.array_equal(train_targets(Dataset.from_dict({"labels": LISTS}), 3), expected)
+    assert np.array_equal(train_targets(Dataset.from_dict({"labels": LISTS}).with_format("numpy"), 3), expected)
+    # Two labels on every image: numpy gives a 2-D integer array, still class indices.
+    pairs = Dataset.from_dict({"labels": [[0, 2], [1, 2]]}).with_format("numpy")
+    assert np.array_equal(train_targets(pairs, 3), np.array([[1, 0, 1], [0, 1, 1]], dtype=np.float32))
+    rows = Dataset.from_dict({"labels": expected.tolist()}).with_format("numpy")  # already multi-hot floats
+    assert np.array_equal(train_targets(rows, 3), expected)
+
+
+def test_positive_weights_balance_each_class_positives_against_its_negatives() -> None:
+    from finetune.data.multi_label import multi_hot
+    from finetune.training.balance import positive_weights
+
+    targets = multi_hot(LISTS, 3)
+    w = positive_weights(targets)
+    positives = targets.sum(0)
+    assert torch.allclose(w, torch.tensor((10 - positives) / positives, dtype=torch.float32))
+    # The property the weights are for: per class, the weighted positives count as much as the negatives.
+    assert np.allclose(w.numpy() * positives, 10 - positives)
+    everywhere = np.ones((4, 2), dtype=np.float32)
+    everywhere[0, 1] = 0
+    assert positive_weights(everywhere).tolist() == [1.0, pytest.approx(1 / 3)]  # no negative: nothing to balance
+
+
+def test_positive_weights_name_a_class_without_positive_images() -> None:
+    from finetune.training.balance import positive_weights
+    from finetune.utils.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        positive_weights(np.array([[1, 0, 0], [1, 0, 1]], dtype=np.float32), ["cat", "dog", "emu"])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("data.class_weights: class 'dog' has no positive image")
+
+
+def test_sampler_refuses_multi_hot_labels() -> None:
+    with pytest.raises(ValueError, match="one class"):
+        BalancedSampler(np.zeros((4, 3)), seed=0)
+
+
+def _multi_label_trainer(tiny_vit: Path, tmp_path: Path, **data_keys):
+    from datasets import Dataset
+    from transformers import AutoModelForImageClassification
+
+    from finetune import data
+    from finetune.data.multi_label import PROBLEM_TYPE
+    from finetune.recipe import recipe_from_dict
+    from finetune.training.arguments import training_arguments
+    from finetune.training.trainer import FinetuneTrainer, trainer_options
+
+    model = AutoModelForImageClassification.from_pretrained(tiny_vit, problem_type=PROBLEM_TYPE)
+    recipe = recipe_from_dict({"description": "d", "model": {"name_or_path": str(tiny_vit)},
+                               "data": {"dataset": "x", **data_keys}, "output_dir": str(tmp_path / "o"),
+                               "training": {"use_cpu": True, "eval_strategy": "no"}})
+    return FinetuneTrainer(
+        model=model, args=training_arguments(recipe), train_dataset=Dataset.from_dict({"labels": LISTS}),
+        batch_transform=data.BatchTransform([0.5] * 3, [0.5] * 3, (32, 32), None), **trainer_options(recipe),
+    )
+
+
+def test_multi_label_trainer_turns_balanced_class_weights_into_positive_weights(tiny_vit: Path, tmp_path: Path) -> None:
+    from finetune.data.multi_label import multi_hot
+    from finetune.training.balance import positive_weights
+
+    trainer = _multi_label_trainer(tiny_vit, tmp_path, class_weights="balanced")
+    assert trainer.multi_label and torch.equal(trainer.class_weights, positive_weights(multi_hot(LISTS, 3)))
+    assert "balanced positive weights (negatives / positives per class)" in trainer.describe_regularisers()
+    model = trainer.model
+    model.train()
+    pixels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 1]], dtype=torch.float32)
+    loss = trainer.compute_loss(model, {"pixel_values": pixels, "labels": targets}).detach()
+    with torch.no_grad():
+        logits = model(pixel_values=pixels.float() / 127.5 - 1).logits
+    w = trainer.class_weights
+    hand = -(w * targets * F.logsigmoid(logits) + (1 - targets) * F.logsigmoid(-logits)).mean()
+    assert float(loss) == pytest.approx(float(hand), rel=1e-5)
+    model.eval()  # evaluation: plain binary cross-entropy
+    eval_loss = trainer.compute_loss(model, {"pixel_values": pixels, "labels": targets})
+    assert torch.allclose(eval_loss, F.binary_cross_entropy_with_logits(logits, targets), atol=1e-6)
+
+
+def test_multi_label_trainer_refuses_the_balanced_sampler_in_one_line(tiny_vit: Path, tmp_path: Path) -> None:
+    from finetune.utils.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        _multi_label_trainer(tiny_vit, tmp_path, sampler="balanced")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("data.sampler: 'balanced'") and "remove data.sampler" in message

@@ -45,6 +45,39 @@ def test_the_student_loss_mixes_the_two_terms_by_alpha() -> None:
     torch.testing.assert_close(mixed(0.25), 0.75 * base + 0.25 * kd)
 
 
+def test_multi_label_distillation_is_t_squared_bce_of_the_softened_sigmoids() -> None:
+    torch.manual_seed(2)
+    student, teacher = torch.randn(5, 4) * 3, torch.randn(5, 4) * 3
+    for t in (1.0, 2.5, 4.0):
+        p, q = torch.sigmoid(teacher.double() / t), torch.sigmoid(student.double() / t)
+        by_hand = -(p * q.log() + (1 - p) * (1 - q).log()).mean() * t * t  # over all N × C pairs
+        torch.testing.assert_close(distill.multi_label_distillation_loss(student, teacher, t).double(), by_hand)
+    assert distill.multi_label_distillation_loss(student.bfloat16(), teacher.bfloat16(), 2.0).dtype == torch.float32
+
+
+def test_multi_label_distillation_has_no_gradient_where_the_student_is_the_teacher() -> None:
+    torch.manual_seed(3)
+    teacher = torch.randn(6, 5) * 4
+    same = teacher.clone().requires_grad_(True)
+    distill.multi_label_distillation_loss(same, teacher, 3.0).backward()
+    assert same.grad.abs().max() < 1e-7
+    other = (teacher + torch.randn(6, 5)).requires_grad_(True)
+    distill.multi_label_distillation_loss(other, teacher, 3.0).backward()
+    # T × (σ(s/T) − σ(t/T)) / (N·C): each logit is pulled toward the teacher's.
+    expected = 3.0 * (torch.sigmoid(other.detach() / 3.0) - torch.sigmoid(teacher / 3.0)) / other.numel()
+    torch.testing.assert_close(other.grad, expected)
+    assert (other.grad * (other.detach() - teacher) > 0).all()
+
+
+def test_a_multi_label_teacher_mixes_in_the_sigmoid_term() -> None:
+    torch.manual_seed(4)
+    student, teacher, base = torch.randn(3, 4), torch.randn(3, 4), torch.tensor(0.7)
+    kd = distill.multi_label_distillation_loss(student, teacher, 2.0)
+    multi = distill.Teacher(torch.nn.Identity(), "t", 0.25, 2.0, (8, 8), multi_label=True)
+    torch.testing.assert_close(multi.loss(base, student, teacher), 0.75 * base + 0.25 * kd)
+    assert not torch.allclose(kd, distill.distillation_loss(student, teacher, 2.0))
+
+
 # --------------------------------------------------------------------------- classes
 
 
@@ -99,6 +132,35 @@ def test_a_teacher_with_the_classes_in_another_order_is_matched_by_name(tiny_vit
     reordered = distill.load_teacher(ModelConfig(teacher=str(teachers["shuffled"])), CLASSES, student)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(reordered.logits(x), plain.logits(x).flip(-1))
+
+
+def test_teacher_and_student_must_both_be_multi_label_or_neither(tiny_vit: Path, teachers, tmp_path: Path) -> None:
+    """One line naming model.teacher, before the teacher's weights are read."""
+    import shutil
+
+    from transformers import AutoConfig, AutoImageProcessor
+
+    from finetune.data.multi_label import PROBLEM_TYPE
+
+    student = AutoImageProcessor.from_pretrained(tiny_vit)
+    multi = tmp_path / "multi-teacher"
+    shutil.copytree(teachers["vit48"], multi)
+    config = AutoConfig.from_pretrained(multi)
+    config.problem_type = PROBLEM_TYPE
+    config.save_pretrained(multi)
+    single = str(teachers["vit48"])
+    for source, student_multi, kind in ((single, True, "single-label"), (multi, False, "multi-label")):
+        unweighted = tmp_path / f"no-weights-{kind}"  # so the refusal cannot come after reading them
+        shutil.copytree(source, unweighted, ignore=shutil.ignore_patterns("*.safetensors"))
+        with pytest.raises(distill.TeacherError) as err:
+            distill.load_teacher(ModelConfig(teacher=str(unweighted)), CLASSES, student, multi_label=student_multi)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(f"model.teacher: '{unweighted}' is a {kind}")
+    loaded = distill.load_teacher(ModelConfig(teacher=str(multi)), CLASSES, student, multi_label=True)
+    assert loaded.multi_label
+    assert not distill.load_teacher(ModelConfig(teacher=single), CLASSES, student, multi_label=False).multi_label
+    # Without the student's task (None) the Trainer checks it, from the student model's config.
+    assert distill.load_teacher(ModelConfig(teacher=str(multi)), CLASSES, student).multi_label
 
 
 # ------------------------------------------------------------------------ recipe checks

@@ -76,3 +76,41 @@ def test_a_model_with_work_after_its_head_is_refused_with_lp_fts_own_fix(tmp_pat
     assert str(refused.value).startswith("model.strategy 'lp_ft': this model's logits are not the output of its last Linear")
     assert str(refused.value).endswith("use strategy 'full'") and "feature_cache" not in str(refused.value)
     assert not (tmp_path / LP_HEAD).exists()
+
+
+def test_the_probe_phase_of_a_multi_label_model_is_one_vs_rest_chosen_by_map(tiny_vit: Path, tmp_path: Path) -> None:
+    """LP-FT's L-BFGS probe on multi-hot features: one-vs-rest, λ by validation mAP, said so in
+    the record, train_results.json and the card; a rerun reuses the head."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from accelerate import PartialState
+
+    from finetune.data.multi_label import PROBLEM_TYPE
+    from finetune.probe.features import FeatureDataset
+    from tests.helpers.features import NAMES, batch_transform, load_probe_model
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(90, 32)).astype(np.float32))
+    y = torch.stack([x[:, 0] > 0, x[:, 1] > 0.5, x[:, 2] + x[:, 3] > 0], dim=1).float()
+    loaded, processor = load_probe_model(tiny_vit, "lp_ft")
+    loaded.model.config.problem_type = PROBLEM_TYPE
+    prepared = SimpleNamespace(train=FeatureDataset(x[:60], y[:60]), validation=FeatureDataset(x[60:], y[60:]),
+                               splits=SimpleNamespace(class_names=NAMES))
+    recipe = recipe_from_dict(_raw(name_or_path=str(tiny_vit), strategy="lp_ft", probe_solver="lbfgs", probe_l2=[1.0, 0.01])
+                              | {"output_dir": str(tmp_path / "run"), "training": {"use_cpu": True, "report_to": []}})
+    out = tmp_path / "run"
+    out.mkdir()
+    record = lp_ft.probe_phase(recipe, loaded, batch_transform(processor), prepared, out, PartialState())
+    assert record["multi_label"] and not record["reused"]
+    assert 0.5 < record["metrics"]["validation_map"] <= 1 and "validation_accuracy" not in record["metrics"]
+    assert lp_ft.train_metrics(record)["lp_validation_map"] == record["metrics"]["validation_map"]
+    lines = lp_ft.card_lines(record)
+    assert "L-BFGS one-vs-rest logistic regression" in lines[0]
+    assert any(line.startswith("validation-piece mAP of the probe alone: ") for line in lines)
+    head = loaded.model.classifier
+    weight = head.weight.detach().clone()
+    with torch.no_grad():
+        head.weight.zero_()
+    again = lp_ft.probe_phase(recipe, loaded, batch_transform(processor), prepared, out, PartialState())
+    assert again["reused"] and again["multi_label"] and torch.equal(head.weight, weight)
