@@ -3,7 +3,7 @@ Learning: Estimating Uncertainty in Dataset Labels", JAIR 70), on out-of-fold pr
 of a linear probe fitted on the backbone's cached features.
 
 1. Out-of-fold probabilities: the images are split into K stratified, seeded folds; for
-   each fold a multinomial logistic regression (``finetune.probe.head.fit_logistic``) is fitted on
+   each fold a multinomial logistic regression (``finetune.probe.logistic.fit_logistic``) is fitted on
    the other folds and gives the probabilities of this fold's images, so no image is
    judged by a model that saw its label. The L2 strength λ is chosen on the same
    out-of-fold probabilities, by their mean cross-entropy against the given labels,
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from finetune.probe.head import fit_logistic
+from finetune.probe.logistic import fit_logistic
 
 #: The L2 strengths λ the out-of-fold fits walk, strongest first (loss = mean
 #: cross-entropy + λ/2·‖W‖²).

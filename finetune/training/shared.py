@@ -43,13 +43,13 @@ class SharedWork:
             self.processors[key] = model_lib.load_processor(m, recipe.data.image_size)
         return self.processors[key]
 
-    def model(self, recipe: Recipe, class_names: list[str], processor, seed: int):
+    def model(self, recipe: Recipe, class_names: list[str], processor, seed: int, multi_label: bool = False):
         if not self.keep_models:
-            return model_lib.load_model(recipe.model, class_names, processor)
+            return model_lib.load_model(recipe.model, class_names, processor, multi_label=multi_label)
         settings = {k: v for k, v in dataclasses.asdict(recipe.model).items() if not k.startswith("probe_")}
-        key = json.dumps([settings, class_names, seed], sort_keys=True)
+        key = json.dumps([settings, class_names, seed, multi_label], sort_keys=True)
         if key not in self.models:
-            self.models[key] = model_lib.load_model(recipe.model, class_names, processor)
+            self.models[key] = model_lib.load_model(recipe.model, class_names, processor, multi_label=multi_label)
         return copy.deepcopy(self.models[key])
 
     @staticmethod

@@ -33,7 +33,7 @@ from finetune.data.streaming.stream import ImageStream
 from finetune.evaluation import eval_sets, metrics
 from finetune.models import classifier as model_lib
 from finetune.models import strategies
-from finetune.recipe import Recipe
+from finetune.recipe import Recipe, task
 from finetune.training import calibrate, distill, lp_ft, streamed_data
 from finetune.training.arguments import callbacks, data_seed, precision, training_arguments
 from finetune.training.finish import AFTER_TRAINING, finish, stopped_after_training
@@ -265,6 +265,9 @@ def _build(run: Run) -> Run:
             if run.main:
                 write_json(run.out / "data_report.json", prepared.data_report)
     splits = prepared.splits
+    # The data says whether the run is multi-label (data.task "auto"): the metrics follow it
+    # (a recipe naming metrics of the other kind stops here, before the model loads).
+    run.recipe = recipe = task.for_data(recipe, splits.multi_label)
     if recipe.data.eval_sets and not run.for_trial:
         # Before training: a set with a class the model lacks, or unreadable, stops the run now.
         with args.main_process_first(desc="eval sets"):
@@ -280,9 +283,9 @@ def _build(run: Run) -> Run:
     # does for model_init, so 1 and N processes start from the same head.
     set_seed(args.seed)
     if shared is not None:
-        loaded = shared.model(recipe, splits.class_names, processor, args.seed)
+        loaded = shared.model(recipe, splits.class_names, processor, args.seed, multi_label=splits.multi_label)
     else:
-        loaded = model_lib.load_model(recipe.model, splits.class_names, processor)
+        loaded = model_lib.load_model(recipe.model, splits.class_names, processor, multi_label=splits.multi_label)
     run.loaded = loaded
     logger.info(loaded.describe(recipe.model))
     if recipe.model.drop_path_rate is not None:
@@ -291,7 +294,8 @@ def _build(run: Run) -> Run:
         logger.info(drop_path.describe(loaded.model, recipe.model.drop_path_rate))
     teacher = None
     if opened_teacher is not None:  # its classes are checked against the data's before its weights load
-        teacher = distill.load_teacher(recipe.model, splits.class_names, processor, opened_teacher)
+        teacher = distill.load_teacher(recipe.model, splits.class_names, processor, opened_teacher,
+                                       multi_label=splits.multi_label)
         logger.info(teacher.describe())
     # Channels-last for convolutional models on GPUs and CPUs; attention is transformers'
     # default for the model (SDPA where the model has it).
