@@ -29,8 +29,9 @@ from finetune.recipe.metric_names import DISPLAY_NAMES
 
 #: Why a multi-label evaluation has no abstention threshold (for the report and the card).
 MULTI_LABEL_ABSTENTION = (
-    "not computed for a multi-label model: abstaining below a top probability is a single-label rule (one class "
-    "per image); each class has its own decision threshold instead, tuned on the validation piece"
+    "abstaining below a top probability is a single-label rule (one class per image), and a multi-label model has "
+    "no top class to abstain on; each of its classes has its own decision threshold instead, tuned on the "
+    "validation piece"
 )
 
 

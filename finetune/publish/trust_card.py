@@ -93,7 +93,7 @@ def _calibration_text(
 
 def _abstention_text(values: dict[str, Any], eval_name: str, calibrated: bool, multi_label: bool = False) -> str | None:
     if multi_label:
-        return f"No abstention threshold: {MULTI_LABEL_ABSTENTION}."
+        return f"A multi-label model gets no abstention threshold: {MULTI_LABEL_ABSTENTION}."
     target = values.get("eval_abstain_target_accuracy")
     if target is None:
         return None

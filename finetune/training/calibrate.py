@@ -138,7 +138,7 @@ def fit(run: Run) -> calibration.TemperatureFit:
     """T fitted on the validation piece's logits (over the final scores' test-time views; the
     eval split is not read). Every process gets the same gathered logits, so the same T."""
     logits, labels = view_logits(run)
-    multi = is_multi_label(run)
+    multi = labels.ndim == 2  # multi-hot rows: a multi-label model's sigmoids
     result = (calibration.fit_binary_temperature if multi else calibration.fit_temperature)(logits, labels)
     average = "sigmoid" if multi else "softmax"
     views = f", the {average} averaged over {logits.shape[1]} test-time views" if logits.ndim == 3 else ""
