@@ -19,6 +19,7 @@ import numpy as np
 
 from finetune.evaluation import plots
 from finetune.evaluation.multi_label_metrics import MultiLabelPredictions, average_precisions, worst_images
+from finetune.recipe.metric_names import DISPLAY_NAMES, MULTI_LABEL_METRICS
 
 #: The pictures a multi-label evaluation writes (beside ``training_curves.png``).
 PICTURES = ("per_class_ap.png", "worst_images.png")
@@ -46,7 +47,10 @@ def write_plots(
     labels = plots.pictured_labels(class_names)
     plots.save_figure(ap_figure(predictions, class_names, labels), out / PICTURES[0])
     plots.save_figure(worst_figure(predictions, class_names, eval_dataset, labels), out / PICTURES[1])
-    plots.save_figure(plots.curves_figure(log_history, "map", "mAP (macro)"), out / "training_curves.png")
+    # The per-epoch curve of the first multi-label metric the run logged (mAP unless the recipe left it out).
+    logged = {key for entry in log_history or [] for key in entry}
+    metric = next((m for m in MULTI_LABEL_METRICS if f"eval_{m}" in logged), "map")
+    plots.save_figure(plots.curves_figure(log_history, metric, DISPLAY_NAMES[metric]), out / "training_curves.png")
 
 
 def ap_figure(predictions: MultiLabelPredictions, class_names: list[str], labels: plots.ClassLabels | None = None):

@@ -106,6 +106,16 @@ def test_the_curves_follow_the_runs_metric() -> None:
     assert fig.axes[1].get_title() == "mAP (macro)"
 
 
+
+def test_without_map_the_curves_show_the_first_metric_logged(tmp_path, monkeypatch) -> None:
+    drawn = []
+    real = plots.curves_figure
+    monkeypatch.setattr(plots, "curves_figure", lambda history, metric, title: drawn.append((metric, title)) or real(history, metric, title))
+    history = [{"epoch": 1.0, "eval_loss": 0.5, "eval_f1_micro": 0.6, "step": 2}]
+    multi_label_plots.write_plots(tmp_path, predictions(20, 3, 0), ["a", "b", "c"], eval_images(20), history)
+    assert drawn == [("f1_micro", "F1 (micro)")]
+
+
 def test_single_label_predictions_still_get_their_pictures(tmp_path) -> None:
     p, dataset = fake_eval(3, num_images=30, wrong=0.2)
     reports.write_plots(tmp_path, p, ["a", "b", "c"], dataset, HISTORY)
