@@ -18,8 +18,7 @@ was drawn (a multinomial draw over the N images), and every metric is a weighted
 F1 scores and exact match from a product of those weights with per-image indicators, and
 each class's average precision from cumulative weighted counts down the images sorted once
 by that class's probability (the weighted form of scikit-learn's, ties cut together). The
-cost grows with resamples × images × classes (1,000 resamples of 2,000 images and 10
-classes take seconds).
+cost grows with resamples × images × classes (docs/trust.md has a measurement).
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ from finetune.evaluation.multi_label_metrics import MultiLabelPredictions
 PICTURES = ("confusion_matrix.png", "misclassified.png", *multi_label_plots.PICTURES, "training_curves.png")
 
 
+def pictures(multi_label: bool) -> tuple[str, ...]:
+    """The pictures one evaluation writes: a multi-label one's, or a single-label one's."""
+    kind = multi_label_plots.PICTURES if multi_label else PICTURES[:2]
+    return (*kind, "training_curves.png")
+
+
 def is_multi_label(predictions: Any) -> bool:
     return isinstance(predictions, MultiLabelPredictions)
 

@@ -73,7 +73,8 @@ def finish(run: Run, result) -> dict[str, Any]:
     temperature = fitted.temperature if fitted is not None else None
     # A multi-label model's thresholds, tuned on the validation piece as the model is saved
     # (T folded in), before the save: config.json holds them.
-    tuned = finish_multi_label.tune(run, temperature) if calibrate.is_multi_label(run) else None
+    multi = calibrate.is_multi_label(run)
+    tuned = finish_multi_label.tune(run, temperature) if multi else None
     weights = sum(p.numel() * p.element_size() for p in run.loaded.model.parameters())
     final_step = trainer.state.global_step
     with (
@@ -86,14 +87,16 @@ def finish(run: Run, result) -> dict[str, Any]:
     follow_umask(*(out / name for name in written))  # what this save wrote, nothing else
     run.done.append("model")
     if run.main:
-        run_files.record(out, *_REPORT_FILES, *(eval_sets.report_dir(out, n).name for n in prepared.eval_sets))
+        run_files.record(
+            out, *_REPORT_FILES, *reports.pictures(multi), *(eval_sets.report_dir(out, n).name for n in prepared.eval_sets)
+        )
     return _push(run, _reports(run, result, fitted, tta, tuned))
 
 
-#: What ``finish`` writes after the model.
+#: What ``finish`` writes after the model (and the pictures of ``reports.pictures``).
 _REPORT_FILES = (
     "train_results.json", "all_results.json", "trainer_state.json", "eval_results.json", "eval_report.json",
-    *reports.PICTURES, "README.md", calibrate.CALIBRATION_FILE, reliability.NAME,
+    "README.md", calibrate.CALIBRATION_FILE, reliability.NAME,
 )
 
 

@@ -64,5 +64,5 @@ def test_a_thousand_resamples_of_two_thousand_images_take_seconds() -> None:
     p = predictions(2000, 10, 5)
     start = time.perf_counter()
     intervals.bootstrap(p, ALL, 10, resamples=1000)
-    # About half a second on one free core; the bound leaves room for a loaded machine.
+    # Vectorised over resamples: seconds, not minutes (docs/trust.md has the measurement); a loose bound.
     assert time.perf_counter() - start < 20

@@ -120,3 +120,8 @@ def test_single_label_predictions_still_get_their_pictures(tmp_path) -> None:
     p, dataset = fake_eval(3, num_images=30, wrong=0.2)
     reports.write_plots(tmp_path, p, ["a", "b", "c"], dataset, HISTORY)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["confusion_matrix.png", "misclassified.png", "training_curves.png"]
+
+
+def test_the_pictures_each_kind_writes() -> None:
+    assert reports.pictures(False) == ("confusion_matrix.png", "misclassified.png", "training_curves.png")
+    assert reports.pictures(True) == ("per_class_ap.png", "worst_images.png", "training_curves.png")

@@ -106,6 +106,11 @@ def test_thresholds_are_tuned_on_the_validation_piece_and_saved_before_the_final
     assert "mean_average_precision" in card and "gets no abstention threshold" in card
     assert hub.check_card(run.out) == 4
     assert run.done == ["model", "final evaluation", "report and card"]
+    from finetune.training.run_files import recorded
+
+    manifest = set(recorded(run.out))
+    assert {"per_class_ap.png", "worst_images.png", "config.json", "eval_report.json"} <= manifest
+    assert not {"confusion_matrix.png", "misclassified.png"} & manifest
 
 
 def test_the_eval_splits_labels_do_not_move_the_thresholds(tiny_vit, tmp_path) -> None:
