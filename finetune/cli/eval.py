@@ -1,4 +1,4 @@
-"""`finetune eval OUTPUT_DIR --data DATASET [--split test]`: score a saved (or exported) model and write the report."""
+"""`finetune eval OUTPUT_DIR --data DATASET [--split test]`: score a saved (or exported) model and write the report (multi-label models at their saved thresholds)."""
 
 from __future__ import annotations
 
@@ -50,8 +50,15 @@ def run(args: argparse.Namespace) -> int:
 
     ece = f"; ECE {result['ece']:.4f}" if "ece" in result else ""
     views = "" if result["tta"] == "none" else f", test-time augmentation {result['tta']}"
+    if result.get("task") == "multi_label":
+        scores = (
+            f"mAP {shown('map')}, F1 micro {shown('f1_micro')}, F1 macro {shown('f1_macro')}, "
+            f"exact match {shown('exact_match')} at the run's thresholds"
+        )
+    else:
+        scores = f"accuracy {shown('accuracy')}, macro F1 {shown('macro_f1')}"
     print(
-        f"eval: accuracy {shown('accuracy')}, macro F1 {shown('macro_f1')} on "
+        f"eval: {scores} on "
         f"{result['num_images']} images of '{args.data}' (split {args.split}){views}{ece}"
         f"{f'; {bad} unreadable file(s) left out' if bad else ''}; report in {target}"
     )

@@ -8,6 +8,12 @@ folder of its own; the run's files are only read. A folder written by ``finetune
 is scored with ONNX Runtime instead (``model.onnx``, or ``model.int8.onnx`` with
 ``--int8``), on the images as the exported model's own preprocessing makes them.
 
+A multi-label model (``problem_type`` in its config) is scored as its run scored it: the
+sigmoid per class (averaged over the test-time views), its per-class thresholds from its
+config (``label_thresholds``), the multi-label metrics (mAP, micro and macro F1, exact match)
+with their bootstrap intervals, the binary calibration error, and its pictures
+(``per_class_ap.png``, ``worst_images.png``).
+
 Heavy libraries are imported inside the functions so that ``--help`` stays fast.
 """
 
@@ -19,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from finetune.data import multi_label
 from finetune.deploy import onnx_classifier as onnx_model
 from finetune.deploy.saved_run import choose_tta, load_saved
 from finetune.utils.devices import has_accelerator
@@ -47,12 +54,14 @@ def default_report_dir(output_dir: Path, dataset: str, split: str) -> Path:
 
 def _record(out: Path, target: Path) -> None:
     """What the report adds inside a run's folder goes into the run's manifest before it is written."""
+    from finetune.evaluation import reports
     from finetune.training import run_files
     from finetune.training.readers import run_folder
 
     run = run_folder(out)
     if run is not None:
-        run_files.record_made(run, target, sorted(run_files.REPORT_FILES))
+        # A multi-label report's pictures too (per_class_ap.png, worst_images.png).
+        run_files.record_made(run, target, sorted(run_files.REPORT_FILES | set(reports.PICTURES)))
 
 
 def _read_log_history(output_dir: Path) -> list[dict]:
@@ -90,7 +99,8 @@ def trainer_scores(saved, images, batch_size: int, output_dir: str, tta: str = "
 
     from finetune import data
     from finetune.evaluation import metrics
-    from finetune.evaluation.tta import TestTimeAugmentation
+    from finetune.evaluation.tta import TestTimeAugmentation, activation_for
+    from finetune.recipe.metric_names import MULTI_LABEL_METRICS
     from finetune.training.trainer import FinetuneTrainer
 
     args = TrainingArguments(
@@ -106,14 +116,20 @@ def trainer_scores(saved, images, batch_size: int, output_dir: str, tta: str = "
     # As in training: the processor's normalisation, and its resize for a split that decode
     # kept below the model's input size.
     transform = data.BatchTransform.for_processor(saved.processor, None)
-    accumulator = metrics.MetricAccumulator(["accuracy"], len(saved.class_names))
+    config = saved.model.config
+    multi = multi_label.is_multi_label(config)
+    accumulator = metrics.MetricAccumulator(
+        list(MULTI_LABEL_METRICS) if multi else ["accuracy"], len(saved.class_names), multi_label=multi
+    )
+    if multi:  # the thresholds the run tuned and saved
+        accumulator.thresholds = multi_label.thresholds(config, saved.class_names)
     trainer = FinetuneTrainer(
         model=saved.model,
         args=args,
         data_collator=data.collate,
         compute_metrics=accumulator,
         batch_transform=transform,
-        tta=TestTimeAugmentation(tta) if tta != "none" else None,
+        tta=TestTimeAugmentation(tta, activation_for(config)) if tta != "none" else None,
     )
     # Batches gathered from the memory-mapped cache in one read, as training reads them.
     scores = trainer.evaluate(eval_dataset=data.FastRows.wrap(images), metric_key_prefix="eval")
@@ -135,13 +151,42 @@ class _ExportedImages:
         return {"pixel_values": np.asarray(self.classifier.preprocessor.geometry(image)).transpose(2, 0, 1)}
 
 
+def exported_config(classifier) -> dict[str, Any]:
+    """The exported folder's config.json (its problem_type and thresholds)."""
+    try:
+        config = json.loads((Path(classifier.path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _onnx_multi_label(logits, label_values, class_names: list[str], config: dict[str, Any]):
+    """(MultiLabelPredictions, mean binary cross-entropy) of an exported multi-label model."""
+    import numpy as np
+    from scipy.special import expit, log_expit
+
+    from finetune.evaluation.multi_label_metrics import MultiLabelPredictions
+
+    lists = [list(v) if isinstance(v, (list, tuple)) else [int(v)] for v in label_values]
+    targets = multi_label.multi_hot(lists, len(class_names))
+    z = np.asarray(logits, dtype=np.float64)
+    loss = float(-np.mean(np.where(targets > 0.5, log_expit(z), log_expit(-z))))
+    probs = expit(z).astype(np.float32)
+    return MultiLabelPredictions(probs, targets.astype(np.uint8), multi_label.thresholds(config, class_names)), loss
+
+
 def onnx_scores(classifier, rows, image_col: str, label_col: str, batch_size: int):
     """An exported model's predictions on raw rows (labels in the model's classes) with ONNX
-    Runtime: (Predictions, mean cross-entropy, the images for the plots, unreadable files)."""
+    Runtime: (Predictions, mean cross-entropy, the images for the plots, unreadable files);
+    for a multi-label export (its config.json's problem_type) MultiLabelPredictions at its
+    config's thresholds and the mean binary cross-entropy."""
     import numpy as np
     from datasets import Image
 
     from finetune.evaluation.metrics import TOP_K, Predictions
+
+    config = exported_config(classifier)
+    multi = multi_label.is_multi_label(config)
 
     rows = rows.cast_column(image_col, Image(decode=False))
     probs, labels, kept, bad = [], [], [], []
@@ -154,18 +199,22 @@ def onnx_scores(classifier, rows, image_col: str, label_col: str, batch_size: in
             except Exception as err:  # noqa: BLE001 - an unreadable file is left out and reported, as in training
                 bad.append({"path": value.get("path") or f"row {start + offset}", "reason": f"{type(err).__name__}: {first_line(err)}"})
                 continue
-            labels.append(int(label))
+            labels.append(label if multi else int(label))
             kept.append(start + offset)
         if pixels:
-            probs.append(classifier.probabilities(np.concatenate(pixels)))
+            batch = np.concatenate(pixels)
+            probs.append(classifier.logits(batch) if multi else classifier.probabilities(batch))
     if not kept:
         return None, 0.0, None, bad
+    images = _ExportedImages(classifier, rows, image_col, kept)
+    if multi:
+        return (*_onnx_multi_label(np.concatenate(probs), labels, classifier.class_names, config), images, bad)
     p, y = np.concatenate(probs), np.asarray(labels, dtype=np.int64)
     topk = np.argsort(-p, axis=-1, kind="stable")[:, : min(TOP_K, p.shape[-1])]
     rows_idx = np.arange(len(y))
     predictions = Predictions(y, topk[:, 0], topk, p[rows_idx, topk[:, 0]], p[rows_idx, y])
     loss = float(-np.log(np.clip(predictions.true_prob, 1e-12, None)).mean())
-    return predictions, loss, _ExportedImages(classifier, rows, image_col, kept), bad
+    return predictions, loss, images, bad
 
 
 def evaluate_saved(output_dir: str | Path, dataset: str, split: str = "test", **options: Any) -> tuple[dict[str, Any], Path]:
@@ -254,8 +303,8 @@ def _write_report(
     out: Path, target: Path, dataset: str, config: str | None, split: str, class_names: list[str],
     predictions, loss: float, images, bad: list[dict], model_file: str | None = None, tta: str = "none",
 ) -> tuple[dict[str, Any], Path]:
-    from finetune.evaluation import metrics, plots, reliability, trust
-    from finetune.recipe.metric_names import SINGLE_LABEL_METRICS as KNOWN_METRICS
+    from finetune.evaluation import reliability, reports, trust
+    from finetune.recipe.metric_names import MULTI_LABEL_METRICS, SINGLE_LABEL_METRICS
 
     if predictions is None:
         first = bad[0] if bad else {"path": dataset, "reason": "no rows"}
@@ -264,7 +313,13 @@ def _write_report(
         )
     for item in bad if model_file else []:  # the PyTorch path warned while decoding
         print(f"finetune: warning: cannot read {item['path']} ({item['reason']}); left out", file=sys.stderr)
-    result = metrics.per_class_report(predictions, class_names)
+    multi = reports.is_multi_label(predictions)
+    result = reports.per_class_report(predictions, class_names)
+    if multi:
+        result["thresholds"] = {
+            "source": "the model's config.json (label_thresholds), as its run tuned them",
+            "values": {name: float(t) for name, t in zip(class_names, predictions.thresholds)},
+        }
     result.update({
         "loss": loss, "dataset": dataset, "config": config, "split": split, "model": str(out), "tta": tta,
         "bad_files": bad,
@@ -272,15 +327,16 @@ def _write_report(
     # The intervals and calibration error, as the run's own evaluation gives them (its
     # recipe's evaluation settings when the folder has them), of the probabilities averaged
     # over the views when there are several.
-    found = trust.trust_metrics(predictions, list(KNOWN_METRICS), len(class_names), evaluation_settings(out))
-    result.update(trust.report_fields(found))
+    known = MULTI_LABEL_METRICS if multi else SINGLE_LABEL_METRICS
+    found = trust.trust_metrics(predictions, list(known), len(class_names), evaluation_settings(out))
+    result.update(trust.report_fields(found, multi))
     if model_file:
         result["runtime"] = f"ONNX Runtime ({model_file})"
     _record(out, target)
     target.mkdir(parents=True, exist_ok=True)
     write_json(target / "eval_report.json", result)
-    plots.write_plots(target, predictions, class_names, images, _read_log_history(out))
-    reliability.write_reliability(target, predictions, f"Reliability on '{dataset}' split {split}: {len(predictions.labels)} images")
+    reports.write_plots(target, predictions, class_names, images, _read_log_history(out))
+    reliability.write_reliability(target, predictions, f"Reliability on '{dataset}' split {split}: {predictions.num_images} images")
     return result, target
 
 

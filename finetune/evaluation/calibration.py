@@ -15,6 +15,12 @@ can be fitted; :func:`fit_temperature` says so instead of returning the bound.
 With test-time views the prediction is the softmax of each view's logits / T, averaged over
 the views; :func:`fit_temperature` then takes every view's logits and fits T to that average
 (its likelihood need not be convex in 1/T; the same bounded search finds a minimum).
+
+A multi-label model gives each class its own sigmoid probability, and each (image, class)
+pair is a yes/no prediction: its ECE is the binary one over all N × C pairs (bins of the
+probability, against the share of pairs that are positive), and its one temperature is
+fitted by the binary cross-entropy of sigmoid(logits / T) over all pairs
+(:func:`fit_binary_temperature`; the sigmoid averaged over the views with test-time views).
 """
 
 from __future__ import annotations
@@ -134,6 +140,61 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> TemperatureFit:
     )
     temperature = float(1 / best.x)
     return TemperatureFit(temperature, n, before, _nll(logits, labels, 1 / temperature))
+
+
+def binary_ece(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> float:
+    """The expected calibration error of N × C multi-label probabilities: every (image, class)
+    pair binned by its probability, the gap between the bin's mean probability and its share
+    of positive pairs."""
+    return ece(np.asarray(probs).ravel(), np.asarray(targets).ravel() > 0.5, bins)
+
+
+def log_sigmoids(logits: np.ndarray, inverse_t: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(log p, log (1 − p)) of p = sigmoid(logits / T), N × C; of N × V × C logits (V test-time
+    views), p is the sigmoid averaged over the views."""
+    from scipy.special import log_expit, logsumexp
+
+    scaled = logits * inverse_t
+    log_p, log_q = log_expit(scaled), log_expit(-scaled)
+    if log_p.ndim == 3:
+        views = np.log(log_p.shape[1])
+        log_p, log_q = logsumexp(log_p, axis=1) - views, logsumexp(log_q, axis=1) - views
+    return log_p, log_q
+
+
+def _bce(logits: np.ndarray, truth: np.ndarray, inverse_t: float) -> float:
+    log_p, log_q = log_sigmoids(logits, inverse_t)
+    return float(-np.mean(np.where(truth, log_p, log_q)))
+
+
+def fit_binary_temperature(logits: np.ndarray, targets: np.ndarray) -> TemperatureFit:
+    """The T in [``T_MIN``, ``T_MAX``] that minimises the mean binary cross-entropy of
+    sigmoid(logits / T) over every (image, class) pair of multi-hot ``targets`` (N × C);
+    ``logits`` N × C, or N × V × C for the sigmoid averaged over V test-time views. As for one
+    softmax: when every pair is on the right side of 0 (in every view), the likelihood keeps
+    rising as T → 0 and no T is fitted."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, dtype=np.float64)
+    truth = np.asarray(targets) > 0.5
+    n = len(truth)
+    if n == 0:
+        return TemperatureFit(None, 0, float("nan"), float("nan"), "the held-out piece has no images")
+    before = _bce(logits, truth, 1.0)
+    sides = np.where(truth if logits.ndim == 2 else truth[:, None, :], logits > 0, logits < 0)
+    if sides.all():
+        views = " (in every view)" if logits.ndim == 3 else ""
+        return TemperatureFit(
+            None, n, before, before,
+            f"every label of its {n} images is predicted on the right side of 0.5{views}, so the likelihood keeps "
+            "rising as T → 0 and no temperature can be fitted",
+        )
+    best = minimize_scalar(
+        lambda inverse_t: _bce(logits, truth, inverse_t), bounds=(1 / T_MAX, 1 / T_MIN), method="bounded",
+        options={"xatol": 1e-7},
+    )
+    temperature = float(1 / best.x)
+    return TemperatureFit(temperature, n, before, _bce(logits, truth, 1 / temperature))
 
 
 # ---------------------------------------------------------------------- abstention

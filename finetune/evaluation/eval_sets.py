@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune import data
-from finetune.evaluation import metrics, plots, reliability, trust
+from finetune.evaluation import metrics, reliability, reports, trust
 from finetune.recipe import DataConfig, EvalSetConfig, EvaluationConfig
 from finetune.utils.files import write_json
 
@@ -114,7 +114,7 @@ def score(
     it on every process: the Trainer's evaluation gathers across them; the reports are written
     by the main process."""
     scores: dict[str, Any] = {}
-    reports: dict[str, dict[str, Any]] = {}
+    set_reports: dict[str, dict[str, Any]] = {}
     for name, s in sets.items():
         result = trainer.evaluate(eval_dataset=data.FastRows.wrap(s.images), metric_key_prefix=name)
         predictions = accumulator.last
@@ -126,7 +126,7 @@ def score(
         scores.update(result)
         if predictions is None or not trainer.is_world_process_zero():
             continue
-        report = metrics.per_class_report(predictions, class_names)
+        report = reports.per_class_report(predictions, class_names)
         report.update(
             {
                 "name": name,
@@ -135,15 +135,15 @@ def score(
                 "config": s.cfg.config,
                 "split": s.cfg.split,
                 "bad_files": s.bad,
-                **trust.report_fields(found),
+                **trust.report_fields(found, reports.is_multi_label(predictions)),
             }
         )
         folder = report_dir(out, name)
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "eval_report.json", report)
-        plots.write_plots(folder, predictions, class_names, s.images, trainer.state.log_history)
-        reliability.write_reliability(folder, predictions, f"Reliability on eval set {name}: {len(predictions.labels)} images")
-        reports[name] = report
+        reports.write_plots(folder, predictions, class_names, s.images, trainer.state.log_history)
+        reliability.write_reliability(folder, predictions, f"Reliability on eval set {name}: {predictions.num_images} images")
+        set_reports[name] = report
         absent = report["absent_classes"]
         logger.info(
             "eval set %s: %s on %d images of '%s' (split %s)%s; report in %s",
@@ -152,4 +152,4 @@ def score(
             if absent else "",
             folder,
         )
-    return scores, reports
+    return scores, set_reports

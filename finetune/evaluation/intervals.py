@@ -11,6 +11,14 @@ not with N × resamples, so 100,000 test images take about as long as 1,000.
 
 Macro averages run, in every resample as in the reported score, over the classes present in
 that resample's true labels (:mod:`finetune.evaluation.metrics`).
+
+Multi-label metrics (:func:`bootstrap_multi_label`) have no small set of cells: average
+precision ranks every image of a class. A resample is then a vector of how often each image
+was drawn (a multinomial draw over the N images), and every metric is a weighted one: the
+F1 scores and exact match from a product of those weights with per-image indicators, and
+each class's average precision from cumulative weighted counts down the images sorted once
+by that class's probability (the weighted form of scikit-learn's, ties cut together). The
+cost grows with resamples × images × classes (docs/trust.md has a measurement).
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from finetune.evaluation.metrics import TOP_K, Predictions
+from finetune.evaluation.multi_label_metrics import Counts, MultiLabelPredictions
+from finetune.recipe.metric_names import MULTI_LABEL_METRICS
 
 #: The metrics an interval is computed for (those of the recipe's metrics that depend on the cells).
 SUPPORTED = ("accuracy", "f1", "precision", "recall", "top5_accuracy")
@@ -84,7 +94,7 @@ def _scores(
 
 
 def bootstrap(
-    p: Predictions,
+    p: Predictions | MultiLabelPredictions,
     metrics: list[str],
     num_labels: int,
     *,
@@ -95,6 +105,8 @@ def bootstrap(
     """The ``level`` percentile interval of each of ``metrics`` (those in ``SUPPORTED``; top-5
     accuracy only with more than five classes, as it is reported) over ``resamples``
     bootstrap resamples of the images of ``p``, seeded. Empty without images."""
+    if isinstance(p, MultiLabelPredictions):
+        return bootstrap_multi_label(p, metrics, level=level, resamples=resamples, seed=seed)
     names = [m for m in metrics if m in SUPPORTED and (m != "top5_accuracy" or num_labels > TOP_K)]
     total = len(p.labels)
     if not names or total == 0:
@@ -107,6 +119,78 @@ def bootstrap(
     for start in range(0, resamples, block):
         draws = rng.multinomial(total, shares, size=min(block, resamples - start))
         for name, values in _scores(draws, true, pred, hit, names, max(num_labels, int(true.max()) + 1)).items():
+            parts[name].append(values)
+    tail = (1 - level) / 2
+    out = {}
+    for name in names:
+        low, high = np.quantile(np.concatenate(parts[name]), [tail, 1 - tail])
+        out[name] = Interval(float(low), float(high))
+    return out
+
+
+def weighted_average_precision(probs: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """One class's average precision under each row of ``weights`` (R × N: how often each image
+    counts), as scikit-learn's ``average_precision_score(truth, probs, sample_weight=row)``:
+    Σ over the distinct probabilities, highest first, of the recall gained there times the
+    precision at that cut. NaN for a row whose weighted positives are 0."""
+    order = np.argsort(-np.asarray(probs, dtype=np.float64), kind="stable")
+    sorted_p, sorted_y = np.asarray(probs)[order], np.asarray(truth, dtype=bool)[order]
+    cuts = np.flatnonzero(np.append(sorted_p[1:] < sorted_p[:-1], True))
+    # Only the cuts with a positive image gain recall: the others add nothing to the sum.
+    positives_to = np.cumsum(sorted_y)[cuts]
+    gaining = np.flatnonzero(np.diff(positives_to, prepend=0) > 0)
+    w = weights[:, order]
+    counted = np.cumsum(w, axis=1)[:, cuts[gaining]]
+    tp = np.cumsum(w[:, sorted_y], axis=1)[:, positives_to[gaining] - 1]
+    gained = np.diff(tp, axis=1, prepend=0)
+    precision = np.divide(tp, counted, out=np.zeros(tp.shape), where=counted > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (gained * precision).sum(axis=1) / (tp[:, -1] if tp.shape[1] else np.zeros(len(w)))
+
+
+def _multi_label_scores(weights: np.ndarray, p: MultiLabelPredictions, names: list[str]) -> dict[str, np.ndarray]:
+    """Each multi-label metric for each row of ``weights`` (R × N image counts)."""
+    truth, predicted = p.truth, p.predicted
+    w = weights.astype(np.float32)  # image counts: exact in float32 up to 16 million images
+    # R × C each; the sums are whole numbers, the ratios below in float64.
+    counts = Counts(*((w @ x).astype(np.float64) for x in (truth & predicted, predicted, truth)))
+    out: dict[str, np.ndarray] = {}
+    if "f1_micro" in names:
+        denominator = counts.predicted.sum(axis=1) + counts.support.sum(axis=1)
+        out["f1_micro"] = np.divide(2 * counts.tp.sum(axis=1), denominator, out=np.zeros(len(w)), where=denominator > 0)
+    if "f1_macro" in names:
+        f1 = np.divide(2 * counts.tp, counts.predicted + counts.support, out=np.zeros_like(counts.tp),
+                       where=(counts.predicted + counts.support) > 0)
+        present = counts.support > 0
+        # As in the reported score: over the classes with a positive image, all when none has.
+        mask = np.where(present.any(axis=1, keepdims=True), present, True)
+        out["f1_macro"] = (f1 * mask).sum(axis=1) / mask.sum(axis=1)
+    if "exact_match" in names:
+        out["exact_match"] = (w @ (truth == predicted).all(axis=1)).astype(np.float64) / w.sum(axis=1, dtype=np.float64)
+    if "map" in names:
+        ap = np.stack([weighted_average_precision(p.probs[:, c], truth[:, c], w) for c in range(truth.shape[1])], axis=1)
+        with np.errstate(invalid="ignore"):
+            found = np.isfinite(ap)
+            out["map"] = np.where(found.any(axis=1), np.nansum(ap, axis=1) / np.maximum(found.sum(axis=1), 1), 0.0)
+    return out
+
+
+def bootstrap_multi_label(
+    p: MultiLabelPredictions, metrics: list[str], *, level: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> dict[str, Interval]:
+    """The ``level`` percentile interval of each multi-label metric of ``metrics`` over
+    ``resamples`` bootstrap resamples of the images of ``p`` (at its thresholds), seeded."""
+    names = [m for m in metrics if m in MULTI_LABEL_METRICS]
+    total = p.num_images
+    if not names or total == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    block = max(1, _BLOCK_CELLS // total)  # resamples × images at once: bounds one block's memory
+    parts: dict[str, list[np.ndarray]] = {m: [] for m in names}
+    shares = np.full(total, 1.0 / total)
+    for start in range(0, resamples, block):
+        weights = rng.multinomial(total, shares, size=min(block, resamples - start))
+        for name, values in _multi_label_scores(weights, p, names).items():
             parts[name].append(values)
     tail = (1 - level) / 2
     out = {}

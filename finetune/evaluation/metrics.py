@@ -3,6 +3,10 @@
 The Trainer keeps every eval logit in memory unless ``batch_eval_metrics`` is on; with it,
 ``MetricAccumulator`` is called once per (gathered) batch and keeps only a few integers and
 two floats per image — never the N×C logits — so memory stays bounded on big eval sets.
+A multi-label evaluation (``multi_label=True``) is the exception: average precision ranks
+every image of a class, so it keeps the N×C sigmoid probabilities and targets
+(:mod:`finetune.evaluation.multi_label_metrics`): 5 bytes per image and class (float32 and
+uint8), 9 with a temperature folded in (the probabilities before it too).
 The metric modules ship in ``evaluate_modules/`` because ``evaluate.load("accuracy")``
 downloads from the Hub, which fails offline.
 
@@ -22,6 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from finetune.data.multi_label import DEFAULT_THRESHOLD
+from finetune.evaluation import multi_label_metrics
+from finetune.recipe.metric_names import MULTI_LABEL_METRICS, SINGLE_LABEL_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +69,10 @@ class Predictions:
     #: Whether the top class before temperature scaling was right, when it can differ from
     #: ``preds`` (probabilities averaged over test-time views); else None: as ``preds``.
     uncalibrated_correct: np.ndarray | None = None
+
+    @property
+    def num_images(self) -> int:
+        return int(len(self.labels))
 
     def correct_before_calibration(self) -> np.ndarray:
         """Whether each image's top class before temperature scaling was right."""
@@ -107,10 +119,16 @@ class MetricAccumulator:
     eval image counts once) and ``compute_result=True`` on the last one.
     """
 
-    def __init__(self, metrics: list[str], num_labels: int) -> None:
-        self.metrics = metrics
+    def __init__(self, metrics: list[str], num_labels: int, multi_label: bool = False) -> None:
+        #: Multi-label: the labels are N×C multi-hot rows, the probabilities sigmoids, and the
+        #: N×C probabilities are kept (average precision ranks them), see
+        #: :mod:`finetune.evaluation.multi_label_metrics`.
+        self.multi_label = multi_label
+        if multi_label and list(metrics) == list(SINGLE_LABEL_METRICS):
+            metrics = list(MULTI_LABEL_METRICS)  # the recipe's default list, for multi-label data
+        self.metrics = list(metrics)
         self.num_labels = num_labels
-        self.last: Predictions | None = None
+        self.last: Predictions | multi_label_metrics.MultiLabelPredictions | None = None
         #: Which gathered rows of the last evaluation were scored (see ``IGNORE_INDEX``).
         self.kept: np.ndarray | None = None
         #: The temperature folded into the evaluated model's head (its logits are the
@@ -120,6 +138,9 @@ class MetricAccumulator:
         #: With a temperature: the logits before it come as the second output (averaged over
         #: test-time views, they are not the calibrated ones times T).
         self.uncalibrated_output = False
+        #: Multi-label: each class's decision threshold (``DEFAULT_THRESHOLD`` until
+        #: the run tunes them on the validation piece after training).
+        self.thresholds = np.full(num_labels, DEFAULT_THRESHOLD)
         self._parts: list[tuple[np.ndarray, ...]] = []
         self._kept: list[np.ndarray] = []
 
@@ -127,6 +148,8 @@ class MetricAccumulator:
         outputs = eval_pred.predictions
         logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
         logits = torch.as_tensor(logits).detach().float()
+        if self.multi_label:
+            return self._multi_label(outputs, logits, eval_pred.label_ids, compute_result)
         labels = torch.as_tensor(eval_pred.label_ids).detach().long()
         # Rows labelled -100 (the ignore index) are a streamed evaluation's padding, which
         # makes batches equal across processes, and its unreadable images: not scored.
@@ -164,6 +187,38 @@ class MetricAccumulator:
         self.last = Predictions(*columns)
         out = compute(self.metrics, self.last, self.num_labels)
         out["num_images"] = int(len(self.last.labels))
+        return out
+
+    def _multi_label(self, outputs: Any, logits: torch.Tensor, label_ids: Any, compute_result: bool) -> dict[str, float]:
+        """One batch of a multi-label evaluation: the sigmoid probabilities and the targets of
+        the rows that are images (a padding row is ``multi_label.IGNORE_VALUE`` throughout)."""
+        targets = torch.as_tensor(label_ids).detach().float()
+        kept = torch.as_tensor(multi_label_metrics.keep_rows(targets.cpu().numpy()))
+        self._kept.append(kept.numpy())
+        if not bool(kept.all()):
+            logits, targets = logits[kept.to(logits.device)], targets[kept.to(targets.device)]
+        part: tuple[np.ndarray, ...] = (logits.sigmoid().cpu().numpy(), (targets > 0.5).cpu().numpy().astype(np.uint8))
+        if self.temperature is not None:
+            if self.uncalibrated_output:
+                # Averaged over views before T: the mean sigmoid, not the calibrated logits times T.
+                before = torch.as_tensor(outputs[1]).detach().float()
+                before = before if bool(kept.all()) else before[kept.to(before.device)]
+            else:
+                before = logits * self.temperature
+            part += (before.sigmoid().cpu().numpy(),)
+        self._parts.append(part)
+        if not compute_result:
+            return {}
+        columns = [np.concatenate(col) for col in zip(*self._parts)]
+        self.kept = np.concatenate(self._kept)
+        self._parts, self._kept = [], []
+        probs, targets_np = columns[0], columns[1]
+        self.last = multi_label_metrics.MultiLabelPredictions(
+            probs, targets_np, np.asarray(self.thresholds, dtype=np.float64).copy(),
+            columns[2] if len(columns) > 2 else None,
+        )
+        out = multi_label_metrics.compute(self.metrics, self.last)
+        out["num_images"] = self.last.num_images
         return out
 
 

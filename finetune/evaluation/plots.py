@@ -55,6 +55,15 @@ def write_plots(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    labels = pictured_labels(class_names)
+    save_figure(confusion_figure(predictions, class_names, labels), out / "confusion_matrix.png")
+    save_figure(mistakes_figure(predictions, class_names, eval_dataset, labels), out / "misclassified.png")
+    save_figure(curves_figure(log_history), out / "training_curves.png")
+
+
+def pictured_labels(class_names: list[str]) -> ClassLabels:
+    """:func:`class_labels`, with one warning naming the font to install when some name is
+    written as its index."""
     labels = class_labels(class_names)
     if labels.by_index:
         shown = ", ".join(f"#{i} {class_names[i]}" for i in labels.by_index[:5])
@@ -64,9 +73,7 @@ def write_plots(
             "evaluate again",
             len(labels.by_index), shown, ", …" if len(labels.by_index) > 5 else "", install_hint(labels.missing),
         )
-    save_figure(confusion_figure(predictions, class_names, labels), out / "confusion_matrix.png")
-    save_figure(mistakes_figure(predictions, class_names, eval_dataset, labels), out / "misclassified.png")
-    save_figure(curves_figure(log_history), out / "training_curves.png")
+    return labels
 
 
 def save_figure(fig, path: Path) -> None:
@@ -359,15 +366,15 @@ def mistakes_figure(
 # ------------------------------------------------------------------ training curves
 
 
-def split_history(log_history: list[dict]) -> dict[str, list[tuple[float, float]]]:
-    """(epoch, value) series from ``trainer.state.log_history``.
+def split_history(log_history: list[dict], metric: str = "accuracy") -> dict[str, list[tuple[float, float]]]:
+    """(epoch, value) series from ``trainer.state.log_history`` (of ``metric``: ``eval_METRIC``, ``final_METRIC``).
 
     Entries after the end-of-training summary (the one with ``train_runtime``) are the
     final evaluation on the eval split, not per-epoch validation scores, so they are
     kept apart as ``final_*``.
     """
     series: dict[str, list[tuple[float, float]]] = {
-        k: [] for k in ("loss", "eval_loss", "eval_accuracy", "final_loss", "final_accuracy", "mean_train_loss")
+        k: [] for k in ("loss", "eval_loss", f"eval_{metric}", "final_loss", f"final_{metric}", "mean_train_loss")
     }
     finished = False
     for entry in log_history:
@@ -386,14 +393,14 @@ def split_history(log_history: list[dict]) -> dict[str, list[tuple[float, float]
         prefix = "final_" if finished else "eval_"
         if "eval_loss" in entry:
             series[prefix + "loss"].append((epoch, float(entry["eval_loss"])))
-        if "eval_accuracy" in entry:
-            series[prefix + "accuracy"].append((epoch, float(entry["eval_accuracy"])))
+        if f"eval_{metric}" in entry:
+            series[prefix + metric].append((epoch, float(entry[f"eval_{metric}"])))
     return series
 
 
-def curves_figure(log_history: list[dict]):
-    """Loss (train and validation) and validation accuracy against the epoch."""
-    s = split_history(log_history or [])
+def curves_figure(log_history: list[dict], metric: str = "accuracy", title: str = "Accuracy"):
+    """Loss (train and validation) and the validation ``metric`` (shown as ``title``) against the epoch."""
+    s = split_history(log_history or [], metric)
     fig = new_figure(11, 4)
     loss_ax, acc_ax = fig.subplots(1, 2)
 
@@ -409,23 +416,23 @@ def curves_figure(log_history: list[dict]):
         loss_ax.hlines(value, 0, epoch, colors="tab:blue", linestyles="dashed", label="train loss (mean of run)")
     plot(loss_ax, s["eval_loss"], label="validation loss", color="tab:orange", marker="o")
     plot(loss_ax, s["final_loss"], label="eval split (final)", color="tab:red", marker="*", markersize=12, linestyle="")
-    plot(acc_ax, s["eval_accuracy"], label="validation accuracy", color="tab:orange", marker="o")
-    plot(acc_ax, s["final_accuracy"], label="eval split (final)", color="tab:red", marker="*", markersize=12, linestyle="")
+    plot(acc_ax, s[f"eval_{metric}"], label=f"validation {metric}", color="tab:orange", marker="o")
+    plot(acc_ax, s[f"final_{metric}"], label="eval split (final)", color="tab:red", marker="*", markersize=12, linestyle="")
     epochs = [e for points in s.values() for e, _ in points]
-    for ax, title in ((loss_ax, "Loss"), (acc_ax, "Accuracy")):
+    for ax, name in ((loss_ax, "Loss"), (acc_ax, title)):
         if epochs:
             # Both panels on one epoch axis from 0, also when there is a single point.
             ax.set_xlim(0, max(max(epochs), 1e-3) * 1.05)
         ax.set_xlabel("epoch")
-        ax.set_title(title)
+        ax.set_title(name)
         ax.grid(True, alpha=0.3)
         if ax.lines or ax.collections:
             ax.legend(fontsize=8)
     if not (s["loss"] or s["mean_train_loss"] or s["eval_loss"] or s["final_loss"]):
         loss_ax.text(0.5, 0.5, "no loss was logged", ha="center", va="center", transform=loss_ax.transAxes)
-    if not s["eval_accuracy"]:
+    if not s[f"eval_{metric}"]:
         acc_ax.text(
-            0.5, 0.55 if s["final_accuracy"] else 0.5,
+            0.5, 0.55 if s[f"final_{metric}"] else 0.5,
             "no per-epoch validation scores\n(data.validation_fraction 0 or eval_strategy 'no')",
             ha="center", va="center", transform=acc_ax.transAxes, fontsize=9,
         )

@@ -7,6 +7,12 @@ The interval is the uncertainty that comes from the finite set of test images: a
 of as many images from the same source would score within it (95% of the time at the default
 level). It says nothing of how much another training run (another seed) would move the score:
 that is the seed spread that ``finetune study`` reports.
+
+A multi-label evaluation gets the intervals of its metrics and the binary calibration error
+over every (image, class) pair, but no abstention threshold: that threshold is a rule on the
+top class's probability, and a multi-label model has no top class to abstain on; each class
+has its own decision threshold, tuned on the validation piece, instead
+(:data:`MULTI_LABEL_ABSTENTION`, which the report and the card state).
 """
 
 from __future__ import annotations
@@ -17,12 +23,20 @@ import numpy as np
 
 from finetune.evaluation import calibration, intervals
 from finetune.evaluation.metrics import Predictions
+from finetune.evaluation.multi_label_metrics import MultiLabelPredictions
 from finetune.recipe import EvaluationConfig
 from finetune.recipe.metric_names import DISPLAY_NAMES
 
+#: Why a multi-label evaluation has no abstention threshold (for the report and the card).
+MULTI_LABEL_ABSTENTION = (
+    "abstaining below a top probability is a single-label rule (one class per image), and a multi-label model has "
+    "no top class to abstain on; each of its classes has its own decision threshold instead, tuned on the "
+    "validation piece"
+)
+
 
 def trust_metrics(
-    p: Predictions, metrics: list[str], num_labels: int, cfg: EvaluationConfig | None = None
+    p: Predictions | MultiLabelPredictions, metrics: list[str], num_labels: int, cfg: EvaluationConfig | None = None
 ) -> dict[str, Any]:
     """The intervals of ``metrics``, the calibration error (before temperature scaling too,
     when ``p`` has it) and the abstention threshold, unprefixed: ``accuracy_ci_low``,
@@ -30,7 +44,8 @@ def trust_metrics(
     ``_high``, the exact binomial interval, when every image is right or every one wrong and
     the bootstrap interval is a single point), ``ece``, ``ece_uncalibrated``,
     ``abstain_target_accuracy``, and ``abstain_threshold``, ``abstain_share`` and
-    ``abstain_kept_accuracy`` when a threshold reaches the target."""
+    ``abstain_kept_accuracy`` when a threshold reaches the target. Multi-label ``p``: the
+    intervals and the binary ECE over all (image, class) pairs, no abstention."""
     cfg = cfg or EvaluationConfig()
     out: dict[str, Any] = {}
     found = intervals.bootstrap(
@@ -40,6 +55,12 @@ def trust_metrics(
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = interval.low, interval.high
     if found:
         out["ci_level"], out["ci_resamples"] = cfg.ci_level, cfg.bootstrap_resamples
+    if isinstance(p, MultiLabelPredictions):
+        if p.num_images:
+            out["ece"] = calibration.binary_ece(p.probs, p.targets)
+            if p.uncalibrated_probs is not None:
+                out["ece_uncalibrated"] = calibration.binary_ece(p.uncalibrated_probs, p.targets)
+        return out
     accuracy = found.get("accuracy")
     if accuracy is not None and accuracy.low == accuracy.high:
         # Every image right (or every one wrong): each resample scores the same, so the
@@ -106,12 +127,17 @@ REPORT_NAMES = {
     "precision": "macro_precision",
     "recall": "macro_recall",
     "top5_accuracy": "top5_accuracy",
+    "map": "map",
+    "f1_micro": "f1_micro",
+    "f1_macro": "f1_macro",
+    "exact_match": "exact_match",
 }
 
 
-def report_fields(values: dict[str, Any]) -> dict[str, Any]:
+def report_fields(values: dict[str, Any], multi_label: bool = False) -> dict[str, Any]:
     """:func:`trust_metrics`' values as ``eval_report.json`` holds them: ``confidence_intervals``
-    (level, resamples, NAME → [low, high]), ``ece`` (and ``ece_uncalibrated``) and ``abstention``."""
+    (level, resamples, NAME → [low, high]), ``ece`` (and ``ece_uncalibrated``) and ``abstention``
+    (for a multi-label evaluation, why there is none)."""
     out: dict[str, Any] = {}
     found = {
         REPORT_NAMES[m]: [values[f"{m}_ci_low"], values[f"{m}_ci_high"]] for m in REPORT_NAMES if f"{m}_ci_low" in values
@@ -132,4 +158,7 @@ def report_fields(values: dict[str, Any]) -> dict[str, Any]:
             "abstained_share": values.get("abstain_share"),
             "kept_accuracy": values.get("abstain_kept_accuracy"),
         }
+    if multi_label:
+        out["ece_kind"] = "binary, over every (image, class) pair"
+        out["abstention"] = {"skipped": MULTI_LABEL_ABSTENTION}
     return out

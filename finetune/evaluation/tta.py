@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from finetune.data import TestViews
+from finetune.data import TestViews, multi_label
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,12 @@ def _logit(p: torch.Tensor) -> torch.Tensor:
 
 SOFTMAX = Activation("softmax", lambda z: z.float().softmax(-1), _log)
 SIGMOID = Activation("sigmoid", lambda z: z.float().sigmoid(), _logit)
+
+
+def activation_for(config) -> Activation:
+    """The activation a model's probabilities come from: the sigmoid for a multi-label model
+    (its config's ``problem_type``, or config.json as a dict), the softmax for any other."""
+    return SIGMOID if multi_label.is_multi_label(config) else SOFTMAX
 
 
 def average(view_logits: Iterable[torch.Tensor], activation: Activation = SOFTMAX) -> torch.Tensor:

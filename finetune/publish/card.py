@@ -3,7 +3,12 @@
 The metadata (base_model, datasets, license, tags, metrics, model-index) is built with
 ``ModelCardData`` / ``EvalResult`` so the Hub parses it; the model-index results are the
 numbers of ``eval_results.json``, nothing else: the eval split's, and each extra
-evaluation set's (``data.eval_sets``) under its own name.
+evaluation set's (``data.eval_sets``) under its own name, of the metrics the run computed
+(``CardFacts.metrics``: a multi-label run's, when its recipe left the single-label default).
+
+A multi-label run's card says so, states how its per-class thresholds were chosen (tuned on
+the validation piece, or a fixed 0.5 without one), lists AP and the threshold per class, and
+shows ``pipeline()`` users how to apply the thresholds to the sigmoid scores.
 """
 
 from __future__ import annotations
@@ -62,13 +67,15 @@ def _dataset_label(dataset: str) -> str:
     return dataset if is_hub_id(dataset) else Path(dataset.rstrip("/\\")).name or dataset
 
 
-def _eval_sets(recipe: Recipe, scores: dict[str, Any], reports: dict[str, dict[str, Any]], num_labels: int):
+def _eval_sets(
+    recipe: Recipe, scores: dict[str, Any], reports: dict[str, dict[str, Any]], num_labels: int, metrics: list[str]
+):
     """(model-index results, what the template shows) of the extra evaluation sets."""
     from huggingface_hub import EvalResult
 
     results, shown = [], []
     for name, cfg in recipe.data.eval_sets.items():
-        values = [(m, float(scores[f"{name}_{m}"])) for m in recipe.metrics if f"{name}_{m}" in scores]
+        values = [(m, float(scores[f"{name}_{m}"])) for m in metrics if f"{name}_{m}" in scores]
         cells = {m: trust_card.eval_set_cell(scores, name, m) for m, _ in values}
         if f"{name}_ece" in scores:
             cells["ece"] = f"{float(scores[f'{name}_ece']):.4f}"
@@ -99,7 +106,7 @@ def _eval_sets(recipe: Recipe, scores: dict[str, Any], reports: dict[str, dict[s
                 "present": num_labels - len(absent),
             }
         )
-    rows = [(DISPLAY_NAMES[m], [s["cells"].get(m) for s in shown]) for m in recipe.metrics]
+    rows = [(DISPLAY_NAMES[m], [s["cells"].get(m) for s in shown]) for m in metrics]
     rows.append(("ECE (15 bins)", [s["cells"].get("ece") for s in shown]))
     return results, shown, [(label, cells) for label, cells in rows if any(c is not None for c in cells)]
 
@@ -142,12 +149,54 @@ class CardFacts:
     #: ``data_report.json``'s ``leaked_eval`` record when ``data.leaked_eval: "drop"`` left eval
     #: images out (how many, exact or near, the threshold), else None.
     leaked_eval: dict[str, Any] | None = None
+    #: The metrics the run computed (its metric accumulator's); None: the recipe's ``metrics``.
+    metrics: list[str] | None = None
+    #: A multi-label run's thresholds (``finetune.training.finish_multi_label.record``); None
+    #: for a single-label run.
+    thresholds: dict[str, Any] | None = None
+
+
+def multi_label_context(facts: CardFacts) -> dict[str, str] | None:
+    """The sentences of a multi-label card: what the model does, how its thresholds were chosen."""
+    record = facts.thresholds
+    if record is None:
+        return None
+    n = len(facts.class_names)
+    task = (
+        f"It is a multi-label classifier: it gives each of its {n} classes its own probability (a sigmoid), and an "
+        "image gets every class at or above that class's decision threshold: any number of them, or none."
+    )
+    if record.get("source") == "validation":
+        untuned = record.get("untuned_classes") or []
+        text = (
+            f"Each class's threshold was tuned on the {int(record.get('validation_images', 0)):,} images of the "
+            "validation piece (never the eval split) to maximise that class's F1 there, with the probabilities of the "
+            "model as saved; a threshold lies halfway between the lowest probability it labels and the next lower "
+            "one, and ties go to the lowest threshold."
+        )
+        if untuned:
+            shown = ", ".join(f"`{c}`" for c in untuned[:20]) + (f" and {len(untuned) - 20} more" if len(untuned) > 20 else "")
+            text += (
+                f" {len(untuned)} class(es) had no positive image in the validation piece and keep the default "
+                f"{record.get('default', 0.5):g}: {shown}."
+            )
+    else:
+        text = (
+            f"Every class uses the fixed threshold {record.get('default', 0.5):g}: the thresholds were not tuned "
+            f"({record.get('rule', 'no validation piece')})."
+        )
+    text += (
+        " The thresholds are saved in `config.json` (`label_thresholds`), where `finetune predict` and the ONNX "
+        "export read them; the F1 and exact-match scores above are at these thresholds, mAP does not depend on them."
+    )
+    return {"task": task, "thresholds": text}
 
 
 def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
     """Render the card of the run in ``out`` into ``out/README.md``."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    metrics = list(facts.metrics) if facts.metrics is not None else list(recipe.metrics)
     base = recipe.model.name_or_path
     dataset = recipe.data.dataset
     name = facts.model_name or (recipe.hub.repo_id.split("/")[-1] if recipe.hub.repo_id else Path(recipe.output_dir).name)
@@ -164,11 +213,11 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
             metric_name=DISPLAY_NAMES[metric],
             metric_value=float(facts.eval_metrics[f"eval_{metric}"]),
         )
-        for metric in recipe.metrics
+        for metric in metrics
         if f"eval_{metric}" in facts.eval_metrics
     ]
     set_results, eval_sets, eval_set_rows = _eval_sets(
-        recipe, facts.eval_set_metrics, facts.eval_set_reports, len(facts.class_names)
+        recipe, facts.eval_set_metrics, facts.eval_set_reports, len(facts.class_names), metrics
     )
     eval_results += set_results
     scratch = recipe.model.from_scratch
@@ -182,12 +231,12 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         pipeline_tag="image-classification",
         tags=["image-classification", "vision", "finetune", f"strategy-{recipe.model.strategy}"]
         + (["from-scratch"] if scratch else []),
-        metrics=sorted({HUB_TYPES[m] for m in recipe.metrics}),
+        metrics=sorted({HUB_TYPES[m] for m in metrics}),
         eval_results=eval_results or None,
     )
     headline = [
         (DISPLAY_NAMES[m], float(facts.eval_metrics[f"eval_{m}"]), trust_card.interval(facts.eval_metrics, m))
-        for m in recipe.metrics
+        for m in metrics
         if f"eval_{m}" in facts.eval_metrics
     ]
     if facts.train_metrics.get("probe_solver") == "lbfgs":
@@ -240,6 +289,8 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         expected=recipe.expected,
         per_class=list(facts.report["per_class"].items()) if facts.report else None,
         has_confusion=(out / "confusion_matrix.png").is_file(),
+        has_ap_picture=(out / "per_class_ap.png").is_file(),
+        multi_label=multi_label_context(facts),
         eval_sets=eval_sets,
         eval_set_rows=eval_set_rows,
         use_id=recipe.hub.repo_id or str(out),
@@ -259,8 +310,9 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
         distill_temperature=recipe.model.temperature,
         search=facts.search,
         **trust_card.context(
-            facts.eval_metrics, facts.calibration, recipe.metrics, facts.eval_name,
+            facts.eval_metrics, facts.calibration, metrics, facts.eval_name,
             on_validation=recipe.data.eval_split is None, has_reliability=(out / "reliability.png").is_file(),
+            multi_label=facts.thresholds is not None,
         ),
     )
     path = out / "README.md"

@@ -11,7 +11,7 @@ only read, never written.
 
 What goes public is said first: before a push makes anything public (a new public repo, or
 an existing one), one warning on the terminal names the files and that ``misclassified.png``
-shows images of the eval split; ``--private`` (``hub.private: true``) against a repo that is
+(``worst_images.png`` for a multi-label run) shows images of the eval split; ``--private`` (``hub.private: true``) against a repo that is
 public on the Hub is refused rather than published into. ``recipe.json`` and the card go up
 with the absolute local paths in them (data, model, output folder) replaced by
 ``<local>/NAME``, and the upload's log line says so; the local files stay as they are.
@@ -54,6 +54,8 @@ UPLOAD_ALLOW = (
     "recipe.json",
     "confusion_matrix.png",
     "misclassified.png",
+    "per_class_ap.png",  # a multi-label run's pictures, in place of the two above
+    "worst_images.png",
     "training_curves.png",
     "calibration.json",
     "reliability.png",  # the card shows it
@@ -80,8 +82,8 @@ REQUIRED = ("config.json", "README.md", "eval_results.json")
 #: What an absolute local path becomes in the uploaded recipe.json and card: ``<local>/NAME``.
 LOCAL = "<local>"
 #: Uploaded files that show images of the eval split, or its per-class results.
-EVAL_IMAGES = ("misclassified.png",)
-EVAL_RESULTS = ("confusion_matrix.png", "eval_report.json")
+EVAL_IMAGES = ("misclassified.png", "worst_images.png")
+EVAL_RESULTS = ("confusion_matrix.png", "per_class_ap.png", "eval_report.json")
 
 
 class PushError(UserError, RuntimeError):
@@ -191,14 +193,23 @@ def check_card(out: Path) -> int:
     if data.get("pipeline_tag") != "image-classification":
         raise PushError(f"{card_path}: pipeline_tag is {data.get('pipeline_tag')!r}, not 'image-classification'")
     ours = {hub_type: name for name, hub_type in HUB_TYPES.items()}
+    # The extra evaluation sets' results are under their own names (data.eval_sets), the eval
+    # split's under the data set's: each compared with its own numbers.
+    sets = (read_run_recipe(out).get("data") or {}).get("eval_sets") or {}
+    set_names = list(sets) if isinstance(sets, dict) else []
     in_card: dict[str, float] = {}
     for result in results:
         name = ours.get(result.metric_type)
         if name is None:
             raise PushError(f"{card_path}: model-index has an unknown metric type {result.metric_type!r}")
-        in_card[name] = float(result.metric_value)
-    recipe_metrics = read_run_recipe(out).get("metrics") or list(HUB_TYPES)
-    in_results = {m: expected[f"eval_{m}"] for m in recipe_metrics if f"eval_{m}" in expected}
+        prefix = result.dataset_name if result.dataset_name in set_names else "eval"
+        in_card[f"{prefix}_{name}"] = float(result.metric_value)
+    # What the run computed, as eval_results.json holds it (not the recipe's metrics list: a
+    # multi-label run computes its own metrics when the recipe leaves the single-label default).
+    in_results = {
+        key: expected[key] for key in (f"{prefix}_{m}" for prefix in ("eval", *set_names) for m in HUB_TYPES)
+        if isinstance(expected.get(key), (int, float)) and not isinstance(expected.get(key), bool)
+    }
     if set(in_card) != set(in_results) or any(
         not math.isclose(in_card[m], float(in_results[m]), rel_tol=1e-12, abs_tol=0.0) for m in in_card
     ):

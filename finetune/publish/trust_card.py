@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from finetune.evaluation.trust import MULTI_LABEL_ABSTENTION
 from finetune.recipe.metric_names import DISPLAY_NAMES
 
 
@@ -52,18 +53,26 @@ def _exact_sentence(values: dict[str, Any], n: int, level: float) -> str:
     )
 
 
-def _calibration_text(calibration: dict[str, Any] | None, values: dict[str, Any], eval_name: str, on_validation: bool) -> str | None:
+def _calibration_text(
+    calibration: dict[str, Any] | None, values: dict[str, Any], eval_name: str, on_validation: bool,
+    multi_label: bool = False,
+) -> str | None:
     if "eval_ece" not in values:
         return None
     bins = (calibration or {}).get("ece_bins", 15)
-    ece = f"Expected calibration error (ECE: {bins} equal-width bins of the top probability) on {eval_name}"
+    binned = (
+        f"{bins} equal-width bins of each class's probability, over every (image, class) pair" if multi_label
+        else f"{bins} equal-width bins of the top probability"
+    )
+    ece = f"Expected calibration error (ECE: {binned}) on {eval_name}"
     t = (calibration or {}).get("temperature")
     if t is None:
         why = (calibration or {}).get("not_calibrated") or "calibration was off"
         return f"The probabilities are not temperature-scaled: {why}. {ece}: **{values['eval_ece']:.4f}**."
     tta = calibration.get("tta") or "none"
+    activation = "sigmoid" if multi_label else "softmax"
     views = (
-        f" (the softmax averaged over the test-time views {tta}, as the scores here are)" if tta != "none" else ""
+        f" (the {activation} averaged over the test-time views {tta}, as the scores here are)" if tta != "none" else ""
     )
     served = (
         "`finetune predict` on the run's folder returns the calibrated probabilities averaged over the same views; "
@@ -82,7 +91,9 @@ def _calibration_text(calibration: dict[str, Any] | None, values: dict[str, Any]
     return text
 
 
-def _abstention_text(values: dict[str, Any], eval_name: str, calibrated: bool) -> str | None:
+def _abstention_text(values: dict[str, Any], eval_name: str, calibrated: bool, multi_label: bool = False) -> str | None:
+    if multi_label:
+        return f"A multi-label model gets no abstention threshold: {MULTI_LABEL_ABSTENTION}."
     target = values.get("eval_abstain_target_accuracy")
     if target is None:
         return None
@@ -110,7 +121,7 @@ def _abstention_text(values: dict[str, Any], eval_name: str, calibrated: bool) -
 
 def context(
     values: dict[str, Any], calibration: dict[str, Any] | None, metrics: list[str], eval_name: str,
-    on_validation: bool, has_reliability: bool,
+    on_validation: bool, has_reliability: bool, multi_label: bool = False,
 ) -> dict[str, Any]:
     """The template's variables: ``ci_header``, ``ci_note``, ``calibration_text``,
     ``has_reliability``, ``abstention_text``."""
@@ -120,9 +131,9 @@ def context(
     return {
         "ci_header": f"{level * 100:g}% CI" if note else None,
         "ci_note": note,
-        "calibration_text": _calibration_text(calibration, values, eval_name, on_validation),
+        "calibration_text": _calibration_text(calibration, values, eval_name, on_validation, multi_label),
         "has_reliability": has_reliability,
-        "abstention_text": _abstention_text(values, eval_name, calibrated),
+        "abstention_text": _abstention_text(values, eval_name, calibrated, multi_label),
     }
 
 

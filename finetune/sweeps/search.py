@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.recipe import Recipe, recipe_from_dict, search_space
+from finetune.recipe.metric_names import MULTI_LABEL_METRICS
 from finetune.sweeps import search_report
 from finetune.sweeps.search_trial import Quiet, run_trial, share, tell
 from finetune.utils import extras
@@ -58,12 +59,30 @@ class Options:
     final: bool = True
 
 
-def objective(recipe: Recipe) -> tuple[str, str]:
+def declared_multi_label(recipe: Recipe) -> bool:
+    """Whether the recipe says its data is multi-label before any is read: ``data.task:
+    multi_label``, or a ``metrics`` list of multi-label metrics only."""
+    metrics = list(recipe.metrics)
+    return getattr(recipe.data, "task", "auto") == "multi_label" or bool(metrics) and all(
+        m in MULTI_LABEL_METRICS for m in metrics
+    )
+
+
+def objective(recipe: Recipe, multi_label: bool | None = None) -> tuple[str, str]:
     """(the metric trials are compared by, "maximize" or "minimize"): the recipe's
-    ``metric_for_best_model``, else accuracy (else its first metric)."""
+    ``metric_for_best_model``, else accuracy (else its first metric); for multi-label data
+    (``multi_label``, or None: :func:`declared_multi_label`) mAP (else its first multi-label metric)."""
     t = recipe.training
     name = t.get("metric_for_best_model")
-    name = name.removeprefix("eval_") if name else "accuracy" if "accuracy" in recipe.metrics else recipe.metrics[0]
+    multi = declared_multi_label(recipe) if multi_label is None else multi_label
+    if name:
+        name = name.removeprefix("eval_")
+    elif multi:
+        # A recipe left at the single-label default computes the multi-label list on such data.
+        listed = [m for m in recipe.metrics if m in MULTI_LABEL_METRICS] or list(MULTI_LABEL_METRICS)
+        name = "map" if "map" in listed else listed[0]
+    else:
+        name = "accuracy" if "accuracy" in recipe.metrics else recipe.metrics[0]
     greater = t.get("greater_is_better")
     if greater is None:
         greater = not name.endswith("loss")  # TrainingArguments' own default

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.recipe import Recipe, apply_overrides, recipe_from_dict
+from finetune.recipe.metric_names import KNOWN_METRICS, MULTI_LABEL_METRICS
 from finetune.sweeps import search_report
 from finetune.utils.errors import UserError
 
@@ -101,8 +102,26 @@ def filtered(log_filter: logging.Filter):
         logger.removeFilter(log_filter)
 
 
+class ObjectiveMissing(UserError):
+    """The trials' scores lack the metric the search compares them by: the search stops."""
+
+
+def missing_objective(metric: str, scores: dict[str, Any]) -> ObjectiveMissing:
+    """The one-line error for trials that do not compute ``metric`` (e.g. accuracy on multi-label data)."""
+    computed = [k.removeprefix("eval_") for k in scores if k.removeprefix("eval_") in KNOWN_METRICS]
+    multi = any(m in MULTI_LABEL_METRICS for m in computed)
+    example = computed[0] if computed else "eval_loss"
+    return ObjectiveMissing(
+        f"search: trials are compared by validation {metric}, which these runs do not compute (they compute "
+        f"{', '.join(computed) or 'no metric'}{': the data is multi-label' if multi else ''}); set "
+        f'training.metric_for_best_model to one of them (e.g. "{example}")'
+        + (' or data.task to "multi_label"' if multi else "")
+    )
+
+
 def run_trial(trial, state, raw, source, params, metric, folder: Path, shared, quiet):
-    """Train one trial on every process: (score, epoch it was pruned at, why it failed, seconds)."""
+    """Train one trial on every process: (score, epoch it was pruned at, why it failed, seconds).
+    Raises :class:`ObjectiveMissing` when the trial's scores lack ``metric``."""
     import torch
 
     from finetune.data import DataError
@@ -110,14 +129,18 @@ def run_trial(trial, state, raw, source, params, metric, folder: Path, shared, q
 
     start = time.perf_counter()
     callback = prune_callback(trial, metric, state)
-    value, failed = None, None
+    value, failed, scores = None, None, None
     try:
         recipe = trial_recipe(raw, params, folder, f"{source} (trial)")
         with filtered(quiet):
             scores = train_trial(recipe, [callback], shared)
+        if f"eval_{metric}" not in scores:
+            raise missing_objective(metric, scores)
         value = float(scores[f"eval_{metric}"])
     # Values that clash with each other (only checked per trial), data or model problems that
     # depend on the values, or a batch too large for the device: this trial fails, the search goes on.
+    except ObjectiveMissing:
+        raise
     except (UserError, DataError, torch.OutOfMemoryError) as err:
         failed = str(err).splitlines()[0] if str(err) else type(err).__name__
     finally:

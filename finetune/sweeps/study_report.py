@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from finetune.recipe import Recipe, StudyConfig
-from finetune.recipe.metric_names import DISPLAY_NAMES
+from finetune.recipe.metric_names import DISPLAY_NAMES, KNOWN_METRICS
 from finetune.utils.files import replacing, write_text
 
 #: The column of study.csv that says how a run's network started: "pretrained" or "scratch".
@@ -45,10 +45,18 @@ def cell_label(values: dict[str, Any], scratch: bool) -> str:
     return ", ".join(parts) or "the recipe as it is"
 
 
-def metric_columns(recipe: Recipe, rows: list[dict[str, Any]]) -> list[str]:
-    """The summarised numbers: the recipe's metrics on the eval split, then on each eval set."""
+def run_metrics(recipe: Recipe, rows: list[dict[str, Any]]) -> list[str]:
+    """The metrics the runs computed: the recipe's, then any other known one they have (a
+    multi-label run's, when its recipe left the single-label default)."""
     prefixes = ["eval", *recipe.data.eval_sets]
-    names = [f"{p}_{m}" for p in prefixes for m in recipe.metrics]
+    names = list(recipe.metrics) + [m for m in KNOWN_METRICS if m not in recipe.metrics]
+    return [m for m in names if any(f"{p}_{m}" in r for p in prefixes for r in rows)]
+
+
+def metric_columns(recipe: Recipe, rows: list[dict[str, Any]]) -> list[str]:
+    """The summarised numbers: the runs' metrics on the eval split, then on each eval set."""
+    prefixes = ["eval", *recipe.data.eval_sets]
+    names = [f"{p}_{m}" for p in prefixes for m in run_metrics(recipe, rows)]
     return [n for n in names if any(n in r for r in rows)]
 
 
@@ -174,7 +182,7 @@ def figure(recipe: Recipe, rows: list[dict[str, Any]]):
     keys = list(study.grid)
     x_key = numeric_key(study) or (keys[0] if keys else None)
     others = [k for k in keys if k != x_key]
-    metrics = [m for m in recipe.metrics if any(f"eval_{m}" in r for r in rows)]
+    metrics = [m for m in run_metrics(recipe, rows) if any(f"eval_{m}" in r for r in rows)]
     lines: dict[str, dict[Any, list[dict[str, Any]]]] = {}
     for row in rows:
         # The values alone, under a legend titled with their keys: names short enough to show whole.

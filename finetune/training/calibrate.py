@@ -15,6 +15,11 @@ its head (for LoRA: into the merged copy that is saved); the final evaluation ru
 folded into the live model (:func:`folded`) and the weights come back bit for bit afterwards,
 so the checkpoints a rerun resumes from stay uncalibrated and a rerun fits and folds T once
 again from them, never twice.
+
+A multi-label model (:func:`finetune.data.multi_label.is_multi_label` of its config) gets one
+T fitted by the binary cross-entropy of its sigmoids over every (image, class) pair of the
+validation piece (:func:`finetune.evaluation.calibration.fit_binary_temperature`), folded the
+same way; its per-class thresholds are tuned after it, on the calibrated probabilities.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from finetune import data
-from finetune.evaluation import calibration, metrics
+from finetune.data import multi_label
+from finetune.evaluation import calibration, metrics, multi_label_metrics
 from finetune.models import temperature as head_temperature
 from finetune.probe.features import find_head
 from finetune.training.run_state import Run
@@ -93,14 +99,20 @@ def plan(run: Run, size: tuple[int, int]) -> Plan:
     return Plan(False, reason, head)
 
 
-def _predict(run: Run) -> tuple[np.ndarray, np.ndarray]:
-    """The validation piece's logits (N×C) as the trainer scores it now, and its labels."""
+def is_multi_label(run: Run) -> bool:
+    """Whether the run's model is multi-label (its config's ``problem_type``)."""
+    return multi_label.is_multi_label(run.loaded.model.config)
+
+
+def predict_validation(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """The validation piece's logits (N×C) as the trainer scores it now, and its labels (N
+    classes, or N×C multi-hot rows)."""
     output = run.trainer.predict(data.FastRows.wrap(run.prepared.validation), metric_key_prefix="calibration")
     logits = output.predictions[0] if isinstance(output.predictions, (tuple, list)) else output.predictions
     logits, labels = np.asarray(logits, dtype=np.float32), np.asarray(output.label_ids)
     # A streamed piece's padding (equal batches across processes) and unreadable images are
     # labelled with the ignore index: not images to fit on.
-    kept = labels != metrics.IGNORE_INDEX
+    kept = multi_label_metrics.keep_rows(labels) if labels.ndim == 2 else labels != metrics.IGNORE_INDEX
     return logits[kept], labels[kept]
 
 
@@ -110,12 +122,12 @@ def view_logits(run: Run) -> tuple[np.ndarray, np.ndarray]:
     to the averaged softmax the final scores read."""
     tta = getattr(run.trainer, "tta", None)
     if tta is None or len(tta.views) == 1:
-        return _predict(run)
+        return predict_validation(run)
     per_view, labels = [], None
     try:
         for one in tta.each_view():
             run.trainer.tta = one
-            logits, labels = _predict(run)
+            logits, labels = predict_validation(run)
             per_view.append(logits)
     finally:
         run.trainer.tta = tta
@@ -126,15 +138,18 @@ def fit(run: Run) -> calibration.TemperatureFit:
     """T fitted on the validation piece's logits (over the final scores' test-time views; the
     eval split is not read). Every process gets the same gathered logits, so the same T."""
     logits, labels = view_logits(run)
-    result = calibration.fit_temperature(logits, labels)
-    views = f", the softmax averaged over {logits.shape[1]} test-time views" if logits.ndim == 3 else ""
+    multi = labels.ndim == 2  # multi-hot rows: a multi-label model's sigmoids
+    result = (calibration.fit_binary_temperature if multi else calibration.fit_temperature)(logits, labels)
+    average = "sigmoid" if multi else "softmax"
+    views = f", the {average} averaged over {logits.shape[1]} test-time views" if logits.ndim == 3 else ""
     if result.temperature is None:
         logger.warning("calibration: skipped: on the validation piece%s, %s", views, result.reason)
     else:
         logger.info(
-            "calibration: temperature T = %.4f fitted on the %d images of the validation piece%s (negative "
-            "log-likelihood %.4f → %.4f); folded into the saved head",
-            result.temperature, result.num_images, views, result.nll_before, result.nll_after,
+            "calibration: temperature T = %.4f fitted on the %d images of the validation piece%s (%s "
+            "%.4f → %.4f); folded into the saved head",
+            result.temperature, result.num_images, views,
+            "binary cross-entropy" if multi else "negative log-likelihood", result.nll_before, result.nll_after,
         )
     return result
 
@@ -171,10 +186,12 @@ def folded(run: Run, temperature: float | None) -> Iterator[None]:
 
 
 def record(
-    plan_: Plan, fitted: calibration.TemperatureFit | None, eval_name: str, final: dict[str, Any], tta: str = "none"
+    plan_: Plan, fitted: calibration.TemperatureFit | None, eval_name: str, final: dict[str, Any], tta: str = "none",
+    multi: bool = False,
 ) -> dict[str, Any]:
     """What ``calibration.json`` holds and the card shows (``tta``: the test-time views that
-    the fit and the eval split's numbers averaged over)."""
+    the fit and the eval split's numbers averaged over; ``multi``: a multi-label model, T fitted by binary
+    cross-entropy, the ECE over every (image, class) pair)."""
     out: dict[str, Any] = {
         "temperature": fitted.temperature if fitted is not None else None,
         "fitted_on": "the validation piece",
@@ -185,6 +202,9 @@ def record(
         "ece": final.get("eval_ece"),
         "ece_uncalibrated": final.get("eval_ece_uncalibrated", final.get("eval_ece")),
     }
+    if multi:
+        out["fitted_by"] = "binary cross-entropy of every class's sigmoid"
+        out["ece_kind"] = "binary, over every (image, class) pair"
     if fitted is not None:
         out.update(
             validation_images=fitted.num_images,

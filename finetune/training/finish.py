@@ -8,10 +8,10 @@ from typing import Any
 
 from finetune import data
 from finetune.data.streaming.stream import ImageStream
-from finetune.evaluation import calibration, eval_sets, metrics, plots, reliability, trust
-from finetune.evaluation.tta import TestTimeAugmentation
+from finetune.evaluation import calibration, eval_sets, reliability, reports, thresholds, trust
+from finetune.evaluation.tta import TestTimeAugmentation, activation_for
 from finetune.publish import card
-from finetune.training import calibrate, lp_ft, run_files, streamed_data
+from finetune.training import calibrate, finish_multi_label, lp_ft, run_files, streamed_data
 from finetune.training.interrupts import signal_name
 from finetune.training.output_dir import disk_full_is_a_user_error, what_a_rerun_does
 from finetune.training.run_state import Run
@@ -49,7 +49,8 @@ def final_views(run: Run) -> TestTimeAugmentation | None:
     if not isinstance(trainer, FinetuneTrainer):
         raise UserError(f"evaluation.tta: '{mode}' needs the whole model to score each view; this run's "
                         "Trainer scores cached features (set model.feature_cache false)")
-    trainer.tta = TestTimeAugmentation(mode)
+    # A multi-label model's views average its sigmoids, a single-label one's its softmax.
+    trainer.tta = TestTimeAugmentation(mode, activation_for(run.loaded.model.config))
     logger.info("final evaluation: test-time augmentation %s", trainer.tta.describe())
     return trainer.tta
 
@@ -70,6 +71,10 @@ def finish(run: Run, result) -> dict[str, Any]:
     # Temperature scaling, fitted on the validation piece before anything reads the eval split.
     fitted = calibrate.fit(run) if run.calibration is not None and run.calibration.on else None
     temperature = fitted.temperature if fitted is not None else None
+    # A multi-label model's thresholds, tuned on the validation piece as the model is saved
+    # (T folded in), before the save: config.json holds them.
+    multi = calibrate.is_multi_label(run)
+    tuned = finish_multi_label.tune(run, temperature) if multi else None
     weights = sum(p.numel() * p.element_size() for p in run.loaded.model.parameters())
     final_step = trainer.state.global_step
     with (
@@ -82,26 +87,31 @@ def finish(run: Run, result) -> dict[str, Any]:
     follow_umask(*(out / name for name in written))  # what this save wrote, nothing else
     run.done.append("model")
     if run.main:
-        run_files.record(out, *_REPORT_FILES, *(eval_sets.report_dir(out, n).name for n in prepared.eval_sets))
-    return _push(run, _reports(run, result, fitted, tta))
+        run_files.record(
+            out, *_REPORT_FILES, *reports.pictures(multi), *(eval_sets.report_dir(out, n).name for n in prepared.eval_sets)
+        )
+    return _push(run, _reports(run, result, fitted, tta, tuned))
 
 
-#: What ``finish`` writes after the model.
+#: What ``finish`` writes after the model (and the pictures of ``reports.pictures``).
 _REPORT_FILES = (
     "train_results.json", "all_results.json", "trainer_state.json", "eval_results.json", "eval_report.json",
-    "confusion_matrix.png", "misclassified.png", "training_curves.png", "README.md",
-    calibrate.CALIBRATION_FILE, reliability.NAME,
+    "README.md", calibrate.CALIBRATION_FILE, reliability.NAME,
 )
 
 
 def _reports(
-    run: Run, result, fitted: calibration.TemperatureFit | None, tta: TestTimeAugmentation | None
+    run: Run, result, fitted: calibration.TemperatureFit | None, tta: TestTimeAugmentation | None,
+    tuned: thresholds.ThresholdFit | None = None,
 ) -> dict[str, Any]:
     """Metrics, the final evaluation (of the model as saved: ``fitted``'s temperature folded
-    in; over ``tta``'s views), the report and the card."""
+    in; over ``tta``'s views; a multi-label model at its ``tuned`` thresholds), the report and the card."""
     recipe, trainer, out, prepared = run.recipe, run.trainer, run.out, run.prepared
     temperature = fitted.temperature if fitted is not None else None
     splits = prepared.splits
+    # What the run computes (a multi-label run's list, when its recipe left the default).
+    names = list(run.accumulator.metrics)
+    multi = tuned is not None
     trainer.log_metrics("train", result.metrics)
     if trainer.is_world_process_zero():
         save_metrics(out, "train", result.metrics)
@@ -121,7 +131,7 @@ def _reports(
         )
     found = {}
     if predictions is not None:
-        found = trust.trust_metrics(predictions, recipe.metrics, len(splits.class_names), recipe.evaluation)
+        found = trust.trust_metrics(predictions, names, len(splits.class_names), recipe.evaluation)
         final.update(trust.prefixed(found, "eval"))
     if temperature is not None:
         final["eval_calibration_temperature"] = temperature
@@ -130,26 +140,30 @@ def _reports(
         # The unreadable images every process met, into the data report.
         streamed_data.report_bad_images(trainer.stream, prepared, out, run.main)
     logger.info(
-        "eval: %s on %d images of %s", trust.describe(final, recipe.metrics, "eval"),
+        "eval: %s on %d images of %s", trust.describe(final, names, "eval"),
         int(final.get("eval_num_images", 0)), splits.eval_name,
     )
     calibration_record = calibrate.record(
-        run.calibration or calibrate.Plan(False, "not planned"), fitted, splits.eval_name, final, recipe.evaluation.tta
+        run.calibration or calibrate.Plan(False, "not planned"), fitted, splits.eval_name, final, recipe.evaluation.tta,
+        multi,
     )
+    threshold_record = finish_multi_label.record(tuned, splits.class_names) if tuned is not None else None
     if trainer.is_world_process_zero():
         write_json(out / calibrate.CALIBRATION_FILE, calibration_record)
         save_metrics(out, "eval", {**final, **set_scores})
     run.done.append("final evaluation")
     if trainer.is_world_process_zero():
-        report = metrics.per_class_report(predictions, splits.class_names) if predictions is not None else None
+        report = reports.per_class_report(predictions, splits.class_names) if predictions is not None else None
         if report is not None:
             report["split"] = splits.eval_name
             report["tta"] = recipe.evaluation.tta
-            report.update(trust.report_fields(found))
+            report.update(trust.report_fields(found, multi))
+            if threshold_record is not None:
+                report["thresholds"] = threshold_record
             write_json(out / "eval_report.json", report)
             images = streamed_data.EvalRows(prepared.eval, scored) if isinstance(prepared.eval, ImageStream) else prepared.eval
-            plots.write_plots(out, predictions, splits.class_names, images, trainer.state.log_history)
-            reliability.write_reliability(out, predictions, f"Reliability on {splits.eval_name}: {len(predictions.labels)} images")
+            reports.write_plots(out, predictions, splits.class_names, images, trainer.state.log_history)
+            reliability.write_reliability(out, predictions, f"Reliability on {splits.eval_name}: {predictions.num_images} images")
         card.write_card(out, recipe, card.CardFacts(
             eval_metrics=final,
             train_metrics=result.metrics,
@@ -170,6 +184,8 @@ def _reports(
             lp_phase=lp_ft.card_lines(run.lp_record) if run.lp_record is not None else None,
             calibration=calibration_record,
             leaked_eval=(getattr(prepared, "data_report", None) or {}).get("leaked_eval"),
+            metrics=names,
+            thresholds=threshold_record,
         ))
     run.done.append("report and card")
     return final
