@@ -270,7 +270,9 @@ def _evaluate(
             raise InferenceError(f"--split: '{split}' is not a split of '{dataset}'; it has: {', '.join(raw)}")
         rows = raw[split]
         image_col, label_col = data.find_columns(rows, cfg)
-        rows = data.map_to_model_classes(rows, label_col, saved.class_names, f"--data '{dataset}' split '{split}'")
+        rows = data.map_to_model_classes(
+            rows, label_col, saved.class_names, f"--data '{dataset}' split '{split}'", multi_label=saved.multi_label
+        )
         if exported:
             return _write_report(
                 out, target, dataset, config, split, saved.class_names,

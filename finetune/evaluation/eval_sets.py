@@ -61,6 +61,7 @@ def prepare(
     workers: int | None,
     max_bad_fraction: float,
     run: str | None = None,
+    multi_label: bool = False,
 ) -> dict[str, EvalSet]:
     """Load, class-map and decode every set; raises a one-line DataError naming the set's key
     (``data.eval_sets.NAME...``) for a missing split or column, a class the model lacks,
@@ -81,7 +82,9 @@ def prepare(
                 )
             rows = raw[cfg.split]
             image_col, label_col = data.find_columns(rows, as_data)
-            rows = data.map_to_model_classes(rows, label_col, class_names, f"{where} ('{cfg.dataset}' split '{cfg.split}')")
+            rows = data.map_to_model_classes(
+                rows, label_col, class_names, f"{where} ('{cfg.dataset}' split '{cfg.split}')", multi_label=multi_label
+            )
             decoded = data.decode(
                 rows, processor, image_col, label_col, workers, f"decoding eval set {name}",
                 owner=data.CacheOwner(cfg.dataset, run) if run is not None else None,

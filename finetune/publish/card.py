@@ -242,7 +242,8 @@ def write_card(out: Path, recipe: Recipe, facts: CardFacts) -> Path:
     if facts.train_metrics.get("probe_solver") == "lbfgs":
         # No SGD loop ran: the optimizer settings in `training` were not used (finetune.probe.head).
         shown = {
-            "head solver": "L-BFGS, multinomial logistic regression on cached features",
+            "head solver": f"L-BFGS, {facts.train_metrics.get('probe_regression', 'multinomial')} logistic regression "
+                           "on cached features",
             "L2 strength λ": facts.train_metrics.get("probe_l2"),
             "L-BFGS iterations": facts.train_metrics.get("probe_iterations"),
         }

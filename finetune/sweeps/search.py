@@ -68,6 +68,23 @@ def declared_multi_label(recipe: Recipe) -> bool:
     )
 
 
+def _data_is_multi_label(recipe: Recipe) -> bool | None:
+    """Whether the data holds several classes per image, read from its label column before the
+    first trial when the recipe leaves it to the data (``data.task: auto``) and names no metric
+    to compare trials by; else None (the recipe says)."""
+    if recipe.training.get("metric_for_best_model") or recipe.data.task != "auto":
+        return None
+    from finetune import data
+    from finetune.data.columns import is_multi_label_column
+
+    raw = data.load_raw(recipe.data)
+    if recipe.data.train_split not in raw:
+        return None  # the trials' data preparation says what is wrong, in its own words
+    train = raw[recipe.data.train_split]
+    _, label = data.find_columns(train, recipe.data)
+    return is_multi_label_column([train], label, recipe.data)
+
+
 def objective(recipe: Recipe, multi_label: bool | None = None) -> tuple[str, str]:
     """(the metric trials are compared by, "maximize" or "minimize"): the recipe's
     ``metric_for_best_model``, else accuracy (else its first metric); for multi-label data
@@ -203,7 +220,7 @@ def search(recipe: Recipe, raw: dict[str, Any], source: str, options: Options) -
     from finetune.training.shared import SharedWork
 
     dimensions = check(recipe, options, source)
-    metric, direction = objective(recipe)
+    metric, direction = objective(recipe, multi_label=_data_is_multi_label(recipe))
     out = Path(recipe.output_dir)
     base_args = training_arguments(recipe, source)  # decides the device and backend, before PartialState
     state = PartialState()

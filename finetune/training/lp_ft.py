@@ -190,7 +190,8 @@ def _fit(
         args=args,
         train_dataset=rows(prepared.train),
         eval_dataset=rows(prepared.validation),
-        compute_metrics=metrics.MetricAccumulator(recipe.metrics, len(prepared.splits.class_names)),
+        compute_metrics=metrics.MetricAccumulator(
+            recipe.metrics, len(prepared.splits.class_names), multi_label=prepared.splits.multi_label),
         batch_transform=transform.without_augmentation(),
         solver=recipe.model.probe_solver,
         l2=list(recipe.model.probe_l2),

@@ -48,11 +48,12 @@ KNOWN_FILES = frozenset({
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "training_args.bin",
     "trainer_state.json", "train_results.json", "eval_results.json", "all_results.json", "eval_report.json",
     "confusion_matrix.png", "misclassified.png", "training_curves.png", "lp_head.safetensors",
-    "calibration.json", "reliability.png",
+    "calibration.json", "reliability.png", "per_class_ap.png", "worst_images.png",
 })
 #: What an eval report folder (``eval-*/``) holds.
 REPORT_FILES = frozenset({
     "eval_report.json", "confusion_matrix.png", "misclassified.png", "training_curves.png", "reliability.png",
+    "per_class_ap.png", "worst_images.png",
 })
 #: ``finetune inspect``'s report folder, and the files it writes there. Recorded whole when
 #: inspect makes it, yet a file of another name put into it stays the user's (a reviewed list,

@@ -148,7 +148,7 @@ def _run(run: Run) -> dict[str, Any]:
     if run.main and run.recipe.hub.push and not run.recipe.hub.private:
         logger.warning(  # now, not hours later when the push says it again: there is time to stop
             "hub: hub.private is false: at its end this run publishes its model, card, metrics, recipe and report "
-            "pictures (misclassified.png shows images of the eval split) to %s, where anyone can download them; "
+            "pictures (misclassified.png or worst_images.png show images of the eval split) to %s, where anyone can download them; "
             "stop now and set hub.private: true to keep them private", run.recipe.hub.repo_id,
         )
     # From here on SIGTERM and Ctrl-C stop the run cleanly (in training: at a checkpoint).
@@ -274,6 +274,7 @@ def _build(run: Run) -> Run:
             prepared.eval_sets = eval_sets.prepare(
                 recipe.data.eval_sets, splits.class_names, processor,
                 recipe.data.preprocessing_num_workers, recipe.data.max_bad_fraction, run=recipe.output_dir,
+                multi_label=splits.multi_label,
             )
     _log_data(prepared)
     run.prepared = prepared
@@ -315,7 +316,7 @@ def _build(run: Run) -> Run:
     # kept below the model's input size (finetune.data.decode).
     transform = data.BatchTransform.for_processor(processor, recipe.data.augment, channels_last=channels_last)
     size = transform.size
-    run.accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names))
+    run.accumulator = metrics.MetricAccumulator(recipe.metrics, len(splits.class_names), multi_label=splits.multi_label)
     if not run.for_trial:
         # Before training: a run that asks for calibration where it cannot work stops now.
         run.calibration = calibrate.plan(run, size)

@@ -58,15 +58,6 @@ def rows(num_images: int, num_classes: int, seed: int, size: int = 32, positive:
     return out
 
 
-def bce_evaluation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The multi-label evaluation loss (plain BCE, padding rows left out), standing in for the
-    training package's until its multi-label branch is there."""
-    kept = ~(labels == -100.0).all(dim=-1)
-    if not bool(kept.any()):
-        return logits.float().sum() * 0.0
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits[kept].float(), labels[kept].float())
-
-
 def trainer(model, processor, out: Path, accumulator, tta=None, batch_size: int = 8):
     """A FinetuneTrainer that scores as finish and ``finetune eval`` do (CPU, batch metrics)."""
     from transformers import TrainingArguments

@@ -17,16 +17,11 @@ from finetune.deploy import score
 from finetune.deploy.saved_run import load_saved
 from finetune.evaluation import multi_label_metrics
 from finetune.recipe.metric_names import MULTI_LABEL_METRICS
-from finetune.training import losses
 from tests.helpers import multi_label_eval as ml
 
 NAMES = ["cat", "dog", "bird"]
 THRESHOLDS = [0.3, 0.5, 0.7]
 
-
-@pytest.fixture(autouse=True)
-def bce_evaluation_loss(monkeypatch):
-    monkeypatch.setattr(losses, "evaluation_loss", ml.bce_evaluation_loss)
 
 
 @pytest.fixture

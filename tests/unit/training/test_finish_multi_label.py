@@ -15,19 +15,14 @@ from finetune import data
 from finetune.data import multi_label
 from finetune.evaluation import thresholds
 from finetune.evaluation.metrics import MetricAccumulator
-from finetune.evaluation.tta import TestTimeAugmentation
+from finetune.evaluation.tta import SIGMOID, TestTimeAugmentation
 from finetune.publish import hub
 from finetune.recipe import recipe_from_dict
-from finetune.training import calibrate, finish, finish_multi_label, losses
+from finetune.training import calibrate, finish, finish_multi_label
 from tests.helpers import multi_label_eval as ml
 
 NAMES = ["cat", "dog", "猫"]
 
-
-@pytest.fixture(autouse=True)
-def bce_evaluation_loss(monkeypatch):
-    # The training package's multi-label evaluation loss comes with the model branch.
-    monkeypatch.setattr(losses, "evaluation_loss", ml.bce_evaluation_loss)
 
 
 class _Untouchable(list):
@@ -143,7 +138,7 @@ def test_with_a_temperature_and_views_the_thresholds_read_the_saved_models_proba
     assert t is not None
     # Independently: each view's logits / T, sigmoid, averaged; the tuned thresholds are those of that average.
     per_view = []
-    for one in TestTimeAugmentation("hflip").each_view():
+    for one in TestTimeAugmentation("hflip", SIGMOID).each_view():
         run.trainer.tta = one
         per_view.append(calibrate.predict_validation(run))
     run.trainer.tta = tta

@@ -64,7 +64,7 @@ def test_a_model_with_work_after_its_head_is_refused_with_lp_fts_own_fix(tmp_pat
     from finetune.models.classifier import ModelError
 
     rows = [{"pixel_values": torch.zeros(3, 4, 4, dtype=torch.uint8), "labels": torch.tensor(0)}] * 2
-    prepared = SimpleNamespace(train=rows, validation=None, splits=SimpleNamespace(class_names=["a", "b"]))
+    prepared = SimpleNamespace(train=rows, validation=None, splits=SimpleNamespace(class_names=["a", "b"], multi_label=False))
     state = SimpleNamespace(is_main_process=True, num_processes=1, wait_for_everyone=lambda: None)
     recipe = recipe_from_dict(
         _raw(strategy="lp_ft", probe_solver="lbfgs", probe_l2=[0.01])
@@ -96,7 +96,7 @@ def test_the_probe_phase_of_a_multi_label_model_is_one_vs_rest_chosen_by_map(tin
     loaded, processor = load_probe_model(tiny_vit, "lp_ft")
     loaded.model.config.problem_type = PROBLEM_TYPE
     prepared = SimpleNamespace(train=FeatureDataset(x[:60], y[:60]), validation=FeatureDataset(x[60:], y[60:]),
-                               splits=SimpleNamespace(class_names=NAMES))
+                               splits=SimpleNamespace(class_names=NAMES, multi_label=True))
     recipe = recipe_from_dict(_raw(name_or_path=str(tiny_vit), strategy="lp_ft", probe_solver="lbfgs", probe_l2=[1.0, 0.01])
                               | {"output_dir": str(tmp_path / "run"), "training": {"use_cpu": True, "report_to": []}})
     out = tmp_path / "run"
