@@ -33,6 +33,8 @@ UPSCALE = 3
 #: A run's fixed costs besides the model's load: the launcher and imports, the pictures, the
 #: card and saving (the quickstart's start-up to its first step, in bench/README.md).
 STARTUP_S = 12.0
+#: The decode pass's own start (its worker processes, the cache's files), besides its images.
+DECODE_FIXED_S = 3.0
 #: What the plan leaves unspent, for the step-time noise of a shared or throttled machine.
 MARGIN = 0.85
 
@@ -98,8 +100,9 @@ def plan_time(
     total_images = sum(scan.splits.values())
     out = {
         "start-up": STARTUP_S + timing.load,
-        "decode": total_images * timing.decode,
-        "final evaluation": num_eval * timing.infer[size],
+        "decode": DECODE_FIXED_S + total_images * timing.decode,
+        # The eval split once, and the validation piece once more for the temperature.
+        "final evaluation": (num_eval + scan.num_train - num_train) * timing.infer[size],
     }
     if strategy == "linear_probe":
         out["feature pass"] = scan.num_train * timing.infer[size]  # the training split, validation piece included

@@ -19,7 +19,9 @@ PARTIAL_SHARE = 4 / 7
 #: Timed steps per measurement, after ``WARMUP`` untimed ones (the first steps of a shape
 #: pay for kernel selection and allocation); the median is kept.
 STEPS = 3
-WARMUP = 2
+WARMUP = 3
+#: The bounds of the cost's growth with the input side (see ``interpolate``).
+MIN_EXPONENT, MAX_EXPONENT = 1.0, 3.0
 #: Images per timed step on a CPU at most: the cost per image barely changes above it, and
 #: the timing stays a few seconds.
 CPU_BATCH = 32
@@ -141,6 +143,9 @@ def interpolate(measured: dict[int, float], size: int) -> float:
         return cost * (size / known) ** 2
     (s0, c0), (s1, c1) = sorted(measured.items())[:2]
     exponent = math.log(c1 / c0) / math.log(s1 / s0) if c0 > 0 and c1 > 0 else 2.0
+    # Noise on a busy machine can make the larger size look cheaper: the cost grows at least
+    # with the side and at most with its cube (attention over the pixels' patches).
+    exponent = min(max(exponent, MIN_EXPONENT), MAX_EXPONENT)
     return c0 * (size / s0) ** exponent
 
 
