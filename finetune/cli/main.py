@@ -24,6 +24,7 @@ COMMANDS = {
     "export": "export",
     "cache": "cache",
     "inspect": "inspect",
+    "new": "new",
 }
 
 

@@ -336,6 +336,9 @@ STUDY_OWN_KEYS = {
 @dataclass
 class Recipe:
     description: str = ""
+    #: Free text, one line per item: why the recipe is as it is (``finetune new`` writes the
+    #: reason for each of its choices here). Training reads nothing from it.
+    notes: list[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     output_dir: str = ""
