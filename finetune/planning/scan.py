@@ -111,7 +111,8 @@ def scan(dataset: str, train_split: str = "train") -> Scan:
     eval_split = next((n for n in EVAL_SPLIT_NAMES if n in raw and n != train_split), None)
     train = raw[train_split]
     image_column, label_column = data.find_columns(train, DataConfig(dataset=dataset))
-    names, counts, multi, per_image, unlabelled = _labels(train, label_column)
+    others = [ds for name, ds in raw.items() if name != train_split]
+    names, counts, multi, per_image, unlabelled = _labels(train, label_column, others)
     sizes, read, bad = _headers(train, image_column)
     junk = data.count_junk(dataset)
     return Scan(
@@ -121,42 +122,21 @@ def scan(dataset: str, train_split: str = "train") -> Scan:
     )
 
 
-def _labels(train, label_column: str) -> tuple[list[str], list[int], bool, float, int]:
-    """Class names, training images per class, whether the labels are multi-label, the mean
-    labels per image and the images without a label."""
-    from datasets import ClassLabel, Sequence
+def _labels(train, label_column: str, others: list[Any]) -> tuple[list[str], list[int], bool, float, int]:
+    """Class names, training images per class, whether the labels are multi-label (as a run
+    decides it: :func:`finetune.data.columns.is_multi_label_column`), the mean labels per image
+    and the images without a label."""
+    from finetune.data.columns import encode_label_sets, is_multi_label_column, label_summary
 
-    feature = train.features[label_column]
-    values = data.column(train, label_column)
-    inner = getattr(feature, "feature", None) if isinstance(feature, Sequence) else None
-    if isinstance(feature, (Sequence, list)) or (values and isinstance(values[0], list)):
-        names_of = inner.names if isinstance(inner, ClassLabel) else None
-        sets = [[names_of[v] if names_of else str(v) for v in (row or [])] for row in values]
-        return _multi(sets)
-    if isinstance(feature, ClassLabel):
-        names = list(feature.names)
-        counts = np.bincount(np.asarray(values, dtype=np.int64), minlength=len(names)).tolist()
-        return names, counts, False, 1.0, 0
-    texts = [str(v) for v in values]
-    from finetune.data import multi_label as ml
-
-    if any(ml.DEFAULT_SEPARATOR in t for t in texts):
-        return _multi([[p.strip() for p in t.split(ml.DEFAULT_SEPARATOR) if p.strip()] for t in texts])
-    names = sorted(set(texts))
-    index = {n: i for i, n in enumerate(names)}
-    counts = np.bincount([index[t] for t in texts], minlength=len(names)).tolist()
-    return names, counts, False, 1.0, 0
-
-
-def _multi(sets: list[list[str]]) -> tuple[list[str], list[int], bool, float, int]:
-    names = sorted({n for row in sets for n in row})
-    index = {n: i for i, n in enumerate(names)}
-    counts = [0] * len(names)
-    for row in sets:
-        for n in set(row):
-            counts[index[n]] += 1
-    per_image = sum(len(set(row)) for row in sets) / max(len(sets), 1)
-    return names, counts, True, per_image, sum(1 for row in sets if not row)
+    cfg = DataConfig()
+    if is_multi_label_column([train, *others], label_column, cfg):
+        encoded, _, names = encode_label_sets(train, {}, label_column, cfg.label_separator)
+        summary = label_summary(encoded, label_column, names)
+        counts = [summary["images_per_label"][n] for n in names]
+        return names, counts, True, summary["labels_per_image"], summary["images_without_label"]
+    encoded, _, names = data.encode_labels(train, {}, label_column)
+    counts = np.bincount(np.asarray(data.column(encoded, label_column), dtype=np.int64), minlength=len(names))
+    return names, counts.tolist(), False, 1.0, 0
 
 
 def _headers(train, image_column: str) -> tuple[list[tuple[int, int]], int, list[tuple[str, str]]]:

@@ -119,3 +119,24 @@ def test_a_missing_folder_is_one_line_naming_it(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nowhere" in err[0]
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_multi_label_csv_is_found_and_written_as_multi_label(tmp_path, tiny_vit, fake_timing):
+    from tests.helpers.multi_label import write_multi_label_set
+
+    found_set = write_multi_label_set(tmp_path / "set", kind="csv", n_train=40, n_test=8)
+    found = scan(found_set.dataset)
+    assert found.multi_label and found.class_names == found_set.classes
+    assert found.unlabelled == sum(1 for labels in found_set.labels["train"] if not labels)
+    assert found.labels_per_image > 1
+    _, _, plan = planning.make_plan(found_set.dataset, model=str(tiny_vit), minutes=2)
+    assert plan.recipe["data"]["task"] == "multi_label"
+    assert "label_smoothing_factor" not in plan.recipe["training"]
+    recipe = load_recipe_dict(plan.recipe)
+    assert recipe.data.task == "multi_label"
+
+
+def load_recipe_dict(raw: dict):
+    from finetune.recipe import recipe_from_dict
+
+    return recipe_from_dict(raw)
