@@ -14,10 +14,13 @@ CIFAR-10 class names), which a recipe reads with ``"data": {"dataset": "<that>/d
 (multi-label is found from the column; ``data.task`` may also say it). The command prints the
 folder and the label statistics.
 
-finetune on it (the recipe's usual keys; ``metrics`` default to the multi-label ones):
+``compare`` runs, each as a whole command from the shell on the same mosaics: ours with the
+built-in EfficientNet-Lite0 as a linear probe (the one-vs-rest L-BFGS head) and with the
+small-data recipe's settings (``recipes/cifar10_lite0_small.json``: partial, 5 epochs), and
+the reference below with the example's usual settings, all at ``--image-size`` (128: each
+32-px tile at 64 px); it prints mAP, F1 and exact match on the test mosaics and the wall time:
 
-    python finetune/run.py --recipe recipes/small_data.json --set data.dataset=WORK/mosaic-2000-1000-s0/data \\
-        --set output_dir=WORK/out-small
+    python bench/mosaic.py compare [--train 2000] [--test 1000] [--image-size 128]
 
 The reference (``reference``): the Hugging Face example's design (as ``bench/streaming.py``'s
 ``reference``) adapted to multi-label: ``AutoModelForImageClassification`` with
@@ -162,7 +165,7 @@ def reference(args: argparse.Namespace) -> int:
         raise SystemExit(f"{folder}: the labels are not multi-label")
     names = splits.class_names
     processor = AutoImageProcessor.from_pretrained(name)
-    size = data.output_size(processor)
+    size = (args.image_size, args.image_size) if args.image_size else data.output_size(processor)
     mean, std = processor_normalization(processor)
     normalize = T.Normalize(mean=mean, std=std)
     train_tf = T.Compose([T.RandomResizedCrop(size, scale=tuple(args.crop_scale)), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
@@ -234,8 +237,96 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--seed", type=int, default=42)
             p.add_argument("--workers", type=int, default=2)
             p.add_argument("--out", default=None)
+            p.add_argument("--image-size", type=int, default=None, help="the input side (default: the processor's)")
+    p = sub.add_parser("compare")
+    p.add_argument("--work", default=str(ROOT.parent / "bench-work"))
+    p.add_argument("--train", type=int, default=2000)
+    p.add_argument("--test", type=int, default=1000)
+    p.add_argument("--cifar10", default=str(CIFAR10))
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--only", default="probe,small,reference")
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        return compare(args)
     return build(args) if args.command == "build" else reference(args)
+
+
+#: The small-data recipe's settings (recipes/cifar10_lite0_small.json), on the mosaics.
+SMALL = {
+    "model": {"name_or_path": LITE0, "strategy": "partial", "unfreeze_last_n": 4},
+    "training": {"num_train_epochs": 5, "learning_rate": 0.002, "weight_decay": 0.05, "warmup_steps": 0.1,
+                 "lr_scheduler_type": "cosine", "label_smoothing_factor": 0.1, "per_device_train_batch_size": 64,
+                 "per_device_eval_batch_size": 128, "save_strategy": "no", "seed": 42},
+    "augment": {"crop_scale": [0.6, 1.0], "hflip": True},
+}
+#: The linear probe: the L-BFGS head (one-vs-rest here) on the frozen Lite0's features.
+PROBE = {
+    "model": {"name_or_path": LITE0, "strategy": "linear_probe", "probe_solver": "lbfgs"},
+    "training": {"per_device_eval_batch_size": 128, "seed": 42},
+    "augment": {"crop_scale": None, "hflip": False},
+}
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Ours (the linear probe, the small-data recipe) and the reference, each a whole command
+    on the same mosaics, timed from the shell; mAP and the rest on the test mosaics."""
+    import os
+    import shutil
+
+    work = Path(args.work).resolve()
+    build_args = argparse.Namespace(work=str(work), train=args.train, test=args.test, seed=0, cifar10=args.cifar10)
+    build(build_args)
+    folder = work / f"mosaic-{args.train}-{args.test}-s0" / "data"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1", HF_DATASETS_CACHE=str(work / "hf-datasets"))
+    rows = []
+    log = open(work / "mosaic.log", "a")
+    for name in args.only.split(","):
+        out = work / "runs" / f"mosaic-{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(work / "hf-datasets", ignore_errors=True)
+        if name == "reference":
+            # The example's usual settings, as bench/small_recipe.py's reference: AdamW 1e-3,
+            # 3 epochs, RandomResizedCrop 0.08-1, flips; at the same input size as ours.
+            command = [sys.executable, "bench/mosaic.py", "reference", "--work", str(work), "--data", str(folder),
+                       "--model", "lite0", "--epochs", "3", "--lr", "1e-3", "--crop-scale", "0.08", "1.0",
+                       "--image-size", str(args.image_size), "--out", str(out)]
+        else:
+            settings = SMALL if name == "small" else PROBE
+            recipe = {
+                "description": f"bench/mosaic.py: {name} on the CIFAR-10 mosaics",
+                "model": settings["model"],
+                "data": {"dataset": str(folder), "validation_fraction": 0.1, "image_size": args.image_size,
+                         "augment": settings["augment"]},
+                "training": settings["training"],
+                "output_dir": str(out),
+            }
+            path = work / f"mosaic-{name}.json"
+            path.write_text(json.dumps(recipe, indent=2))
+            command = [sys.executable, "finetune/run.py", "--recipe", str(path)]
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        log.write(f"===== {name} (exit {proc.returncode}, {wall:.1f} s, load {load:.2f})\n{proc.stdout}\n{proc.stderr}\n")
+        log.flush()
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: {name} failed; see {log.name}\n{proc.stderr[-2000:]}")
+        if name == "reference":
+            found = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG))[len(RESULT_TAG):])
+        else:
+            results = json.loads((out / "eval_results.json").read_text())
+            found = {k: results[f"eval_{k}"] for k in ("map", "f1_micro", "f1_macro", "exact_match")}
+            found["map_ci"] = [results.get("eval_map_ci_low"), results.get("eval_map_ci_high")]
+        rows.append({"design": name, "wall_s": round(wall, 1), "load": load, **found, "uptime": _uptime()})
+        print(json.dumps(rows[-1]), flush=True)
+    with open(work / "mosaic-results.jsonl", "a") as sink:
+        for row in rows:
+            sink.write(json.dumps(row) + "\n")
+    print("| design | mAP | F1 micro | F1 macro | exact match | wall s |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['design']} | {r['map']:.3f} | {r['f1_micro']:.3f} | {r['f1_macro']:.3f} | {r['exact_match']:.3f} | {r['wall_s']:.0f} |")
+    return 0
 
 
 if __name__ == "__main__":
