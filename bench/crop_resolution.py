@@ -43,12 +43,12 @@ def one(way: str, recipe_path: str) -> int:
     if way == "crop-size":
         decode = prepared_data.data.decode
 
-        def larger(dataset, processor, image_column, label_column, workers, desc, channels_last=False):
+        def larger(dataset, processor, image_column, label_column, workers, desc, *rest, **options):
             if desc == "decoding train":
                 side = recipe.data.image_size or 224
                 target = math.ceil(side / math.sqrt(recipe.data.augment.crop_scale[0]))
                 processor = classifier.load_processor(recipe.model, target)
-            return decode(dataset, processor, image_column, label_column, workers, desc, channels_last)
+            return decode(dataset, processor, image_column, label_column, workers, desc, *rest, **options)
 
         prepared_data.data.decode = larger
     train.train(recipe, overwrite=True)

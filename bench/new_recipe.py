@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import CIFAR10, ROOT  # noqa: E402
 
+sys.path.insert(0, str(ROOT))  # this checkout's finetune, for the folders made from its own splits
+
 BIN = Path(sys.executable).parent
 ACCELERATE = [str(BIN / "accelerate"), "launch"] if (BIN / "accelerate").exists() else [sys.executable, "-m", "accelerate.commands.launch"]
 SMALL_RECIPE = ROOT / "recipes" / "cifar10_lite0_small.json"

@@ -89,17 +89,7 @@ def encode_labels(train, others: dict[str, Any], label: str):
         train = train.class_encode_column(label)
         feature = train.features[label]
     names: list[str] = list(feature.names)
-    counts = np.bincount(np.asarray(column(train, label), dtype=np.int64), minlength=len(names))
-    if len(names) < 2 or (counts > 0).sum() < 2:
-        raise DataError(
-            f"data.label_column: '{label}' has {int((counts > 0).sum())} class in the training split; "
-            "classification needs at least 2"
-        )
-    empty = [names[i] for i in np.flatnonzero(counts == 0)]
-    if empty:
-        raise DataError(
-            f"data: class(es) {', '.join(empty)} have no training images; add images or remove the class"
-        )
+    _check_counts(np.bincount(np.asarray(column(train, label), dtype=np.int64), minlength=len(names)), names, label)
     out = {}
     for split, ds in others.items():
         theirs = ds.features[label]
@@ -122,6 +112,18 @@ def encode_labels(train, others: dict[str, Any], label: str):
             ds = ds.map(lambda row: {label: str(row[label])}).cast_column(label, ClassLabel(names=names))
         out[split] = ds
     return train, out, names
+
+
+def _check_counts(counts: np.ndarray, names: list[str], label: str) -> None:
+    """Training images per class: at least 2 classes with images, and none without any."""
+    if len(names) < 2 or (counts > 0).sum() < 2:
+        raise DataError(
+            f"data.label_column: '{label}' has {int((counts > 0).sum())} class in the training split; "
+            "classification needs at least 2"
+        )
+    empty = [names[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise DataError(f"data: class(es) {', '.join(empty)} have no training images; add images or remove the class")
 
 
 def map_to_model_classes(
@@ -288,16 +290,8 @@ def encode_label_sets(train, others: dict[str, Any], label: str, separator: str 
     sets, declared = _raw_sets(train, label, separator)
     names = declared if declared is not None else _names_of(sets)
     train = _cast_sets(train, label, sets, names, "train")
-    rows, classes = label_pairs(train, label)
-    counts = np.bincount(classes, minlength=len(names))
-    if len(names) < 2 or (counts > 0).sum() < 2:
-        raise DataError(
-            f"data.label_column: '{label}' has {int((counts > 0).sum())} class in the training split; "
-            "classification needs at least 2"
-        )
-    empty = [names[i] for i in np.flatnonzero(counts == 0)]
-    if empty:
-        raise DataError(f"data: class(es) {', '.join(empty)} have no training images; add images or remove the class")
+    _, classes = label_pairs(train, label)
+    _check_counts(np.bincount(classes, minlength=len(names)), names, label)
     out = {split: _cast_sets(ds, label, _raw_sets(ds, label, separator)[0], names, split) for split, ds in others.items()}
     return train, out, names
 

@@ -116,30 +116,32 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> TemperatureFit:
     """The T in [``T_MIN``, ``T_MAX``] that minimises the mean negative log-likelihood of
     softmax(logits / T) for ``labels`` (float64, deterministic). ``logits``: N×C, or N×V×C
     for the softmax averaged over V test-time views."""
-    from scipy.optimize import minimize_scalar
-
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    n = len(labels)
-    if n == 0:
-        return TemperatureFit(None, 0, float("nan"), float("nan"), "the held-out piece has no images")
-    before = _nll(logits, labels, 1.0)
     # Over views: each view of each image right (the averaged one alone is not enough: a wrong
     # view keeps the likelihood below 1 as T → 0).
-    if np.all(logits.argmax(axis=-1) == (labels if logits.ndim == 2 else labels[:, None])):
-        views = " (in every view)" if logits.ndim == 3 else ""
-        return TemperatureFit(
-            None, n, before, before,
-            f"every one of its {n} images is classified right{views}, so the likelihood keeps rising as T → 0 and "
-            "no temperature can be fitted",
-        )
-    # Convex in 1/T for one view: Brent's bounded search finds the global minimum.
-    best = minimize_scalar(
-        lambda inverse_t: _nll(logits, labels, inverse_t), bounds=(1 / T_MAX, 1 / T_MIN), method="bounded",
-        options={"xatol": 1e-7},
-    )
+    right = len(labels) > 0 and bool(np.all(logits.argmax(axis=-1) == (labels if logits.ndim == 2 else labels[:, None])))
+    views = " (in every view)" if logits.ndim == 3 else ""
+    return _fit(lambda inverse_t: _nll(logits, labels, inverse_t), len(labels), right,
+                f"every one of its {len(labels)} images is classified right{views}")
+
+
+def _fit(loss, n: int, all_right: bool, all_right_text: str) -> TemperatureFit:
+    """The T in [``T_MIN``, ``T_MAX``] minimising ``loss(1 / T)`` over ``n`` held-out images,
+    or why there is none: no image, or every prediction already right (``all_right``: the
+    likelihood then keeps rising as T → 0). Brent's bounded search: the loss is convex in 1/T
+    for one view, so it finds the global minimum there."""
+    from scipy.optimize import minimize_scalar
+
+    if n == 0:
+        return TemperatureFit(None, 0, float("nan"), float("nan"), "the held-out piece has no images")
+    before = loss(1.0)
+    if all_right:
+        return TemperatureFit(None, n, before, before, f"{all_right_text}, so the likelihood keeps rising as T → 0 "
+                              "and no temperature can be fitted")
+    best = minimize_scalar(loss, bounds=(1 / T_MAX, 1 / T_MIN), method="bounded", options={"xatol": 1e-7})
     temperature = float(1 / best.x)
-    return TemperatureFit(temperature, n, before, _nll(logits, labels, 1 / temperature))
+    return TemperatureFit(temperature, n, before, loss(1 / temperature))
 
 
 def binary_ece(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -173,28 +175,12 @@ def fit_binary_temperature(logits: np.ndarray, targets: np.ndarray) -> Temperatu
     ``logits`` N × C, or N × V × C for the sigmoid averaged over V test-time views. As for one
     softmax: when every pair is on the right side of 0 (in every view), the likelihood keeps
     rising as T → 0 and no T is fitted."""
-    from scipy.optimize import minimize_scalar
-
     logits = np.asarray(logits, dtype=np.float64)
     truth = np.asarray(targets) > 0.5
-    n = len(truth)
-    if n == 0:
-        return TemperatureFit(None, 0, float("nan"), float("nan"), "the held-out piece has no images")
-    before = _bce(logits, truth, 1.0)
-    sides = np.where(truth if logits.ndim == 2 else truth[:, None, :], logits > 0, logits < 0)
-    if sides.all():
-        views = " (in every view)" if logits.ndim == 3 else ""
-        return TemperatureFit(
-            None, n, before, before,
-            f"every label of its {n} images is predicted on the right side of 0.5{views}, so the likelihood keeps "
-            "rising as T → 0 and no temperature can be fitted",
-        )
-    best = minimize_scalar(
-        lambda inverse_t: _bce(logits, truth, inverse_t), bounds=(1 / T_MAX, 1 / T_MIN), method="bounded",
-        options={"xatol": 1e-7},
-    )
-    temperature = float(1 / best.x)
-    return TemperatureFit(temperature, n, before, _bce(logits, truth, 1 / temperature))
+    right = len(truth) > 0 and bool(np.where(truth if logits.ndim == 2 else truth[:, None, :], logits > 0, logits < 0).all())
+    views = " (in every view)" if logits.ndim == 3 else ""
+    return _fit(lambda inverse_t: _bce(logits, truth, inverse_t), len(truth), right,
+                f"every label of its {len(truth)} images is predicted on the right side of 0.5{views}")
 
 
 # ---------------------------------------------------------------------- abstention

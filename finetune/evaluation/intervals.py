@@ -120,12 +120,7 @@ def bootstrap(
         draws = rng.multinomial(total, shares, size=min(block, resamples - start))
         for name, values in _scores(draws, true, pred, hit, names, max(num_labels, int(true.max()) + 1)).items():
             parts[name].append(values)
-    tail = (1 - level) / 2
-    out = {}
-    for name in names:
-        low, high = np.quantile(np.concatenate(parts[name]), [tail, 1 - tail])
-        out[name] = Interval(float(low), float(high))
-    return out
+    return _percentiles(parts, level)
 
 
 def weighted_average_precision(probs: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -192,9 +187,14 @@ def bootstrap_multi_label(
         weights = rng.multinomial(total, shares, size=min(block, resamples - start))
         for name, values in _multi_label_scores(weights, p, names).items():
             parts[name].append(values)
+    return _percentiles(parts, level)
+
+
+def _percentiles(parts: dict[str, list[np.ndarray]], level: float) -> dict[str, Interval]:
+    """Each metric's percentile interval at ``level`` from its resampled scores (in blocks)."""
     tail = (1 - level) / 2
     out = {}
-    for name in names:
-        low, high = np.quantile(np.concatenate(parts[name]), [tail, 1 - tail])
+    for name, blocks in parts.items():
+        low, high = np.quantile(np.concatenate(blocks), [tail, 1 - tail])
         out[name] = Interval(float(low), float(high))
     return out

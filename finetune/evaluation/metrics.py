@@ -178,16 +178,24 @@ class MetricAccumulator:
                 # The same top class: a positive temperature keeps the order of the logits.
                 raw = (logits * self.temperature).softmax(-1).gather(1, top.indices[:, :1]).squeeze(1)
                 part += (raw.cpu().numpy(),)
-        self._parts.append(part)
-        if not compute_result:
+        columns = self._collect(part, compute_result)
+        if columns is None:
             return {}
-        columns = [np.concatenate(col) for col in zip(*self._parts)]
-        self.kept = np.concatenate(self._kept)
-        self._parts, self._kept = [], []
         self.last = Predictions(*columns)
         out = compute(self.metrics, self.last, self.num_labels)
         out["num_images"] = int(len(self.last.labels))
         return out
+
+    def _collect(self, part: tuple[np.ndarray, ...], compute_result: bool) -> list[np.ndarray] | None:
+        """Keep one gathered batch's arrays; on the last batch, every batch's, joined (and
+        ``kept`` set), for the scores. None before the last batch."""
+        self._parts.append(part)
+        if not compute_result:
+            return None
+        columns = [np.concatenate(col) for col in zip(*self._parts)]
+        self.kept = np.concatenate(self._kept)
+        self._parts, self._kept = [], []
+        return columns
 
     def _multi_label(self, outputs: Any, logits: torch.Tensor, label_ids: Any, compute_result: bool) -> dict[str, float]:
         """One batch of a multi-label evaluation: the sigmoid probabilities and the targets of
@@ -206,12 +214,9 @@ class MetricAccumulator:
             else:
                 before = logits * self.temperature
             part += (before.sigmoid().cpu().numpy(),)
-        self._parts.append(part)
-        if not compute_result:
+        columns = self._collect(part, compute_result)
+        if columns is None:
             return {}
-        columns = [np.concatenate(col) for col in zip(*self._parts)]
-        self.kept = np.concatenate(self._kept)
-        self._parts, self._kept = [], []
         probs, targets_np = columns[0], columns[1]
         self.last = multi_label_metrics.MultiLabelPredictions(
             probs, targets_np, np.asarray(self.thresholds, dtype=np.float64).copy(),
