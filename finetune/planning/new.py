@@ -72,12 +72,23 @@ def make_plan(
 
     validation = VALIDATION_WITH_EVAL_SPLIT if found.eval_split else VALIDATION_WITHOUT
     num_val = round(validation * found.num_train)
+    # A class keeps at least one training image, so a class of one image gives none.
+    spare = sum(max(c - 1, 0) for c in found.counts)
+    if num_val == 0 or spare == 0:
+        if not found.eval_split:
+            raise scanning.data.DataError(
+                f"{dataset}: {found.num_train} training image(s), {found.per_class:g} per class: too few to hold any out "
+                "for a score; add a 'test' folder of other images (test/CLASS/...), or more images"
+            )
+        validation, num_val = 0.0, 0
+        notes.append(f"no validation piece: {found.num_train} training image(s) are too few to spare one")
     num_train = found.num_train - num_val
     num_eval = found.splits[found.eval_split] if found.eval_split else num_val
     if found.eval_split:
         notes.append(
-            f"eval split '{found.eval_split}' ({num_eval:,} images), scored once at the end; a seeded "
-            f"{validation:g} of '{found.train_split}' ({num_val:,} images) is the validation piece"
+            f"eval split '{found.eval_split}' ({num_eval:,} images), scored once at the end"
+            + (f"; a seeded {validation:g} of '{found.train_split}' ({num_val:,} images) is the validation piece"
+               if num_val else "")
         )
     else:
         notes.append(
@@ -162,12 +173,12 @@ def _recipe(
     if strategy == "linear_probe":
         model["probe_solver"] = "lbfgs"
         data["augment"] = {"crop_scale": None, "hflip": False}
-        if not found.eval_split:
-            # The piece held out is also the one reported: it must not choose λ.
+        if not found.eval_split or not validation:
+            # The piece held out is also the one reported (or there is none): it must not choose λ.
             model["probe_l2"] = [PROBE_L2_WITHOUT_EVAL_SPLIT]
             notes.append(
                 f"one L2 strength, {PROBE_L2_WITHOUT_EVAL_SPLIT:g} (the one the small-data LP-FT run chose on its "
-                "validation piece): without a held-out split the reported piece must not choose it"
+                "validation piece): no separate validation piece may choose it here"
             )
         notes.append(
             "the L-BFGS head: multinomial logistic regression on the cached features, its L2 strength chosen on the "

@@ -140,3 +140,16 @@ def load_recipe_dict(raw: dict):
     from finetune.recipe import recipe_from_dict
 
     return recipe_from_dict(raw)
+
+
+def test_too_few_images_to_hold_one_out(tmp_path, tiny_vit, fake_timing):
+    with_test = folder(tmp_path / "a", [1, 1, 1])
+    _, _, plan = planning.make_plan(str(with_test), model=str(tiny_vit), minutes=2)
+    assert plan.recipe["data"]["validation_fraction"] == 0.0
+    assert plan.recipe["model"]["probe_l2"] == [planning.PROBE_L2_WITHOUT_EVAL_SPLIT]
+    load_recipe_dict(plan.recipe)
+    without = folder(tmp_path / "b", [1, 1, 1], test=None)
+    from finetune.data import DataError
+
+    with pytest.raises(DataError, match="too few to hold any out"):
+        planning.make_plan(str(without), model=str(tiny_vit), minutes=2)
