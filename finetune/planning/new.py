@@ -54,13 +54,12 @@ def make_plan(
     output_dir: str | None = None,
     search_trials: int | None = None,
     measure=None,
-    scan: scanning.Scan | None = None,
 ) -> tuple[scanning.Scan, timing_lib.Timing, Plan]:
     """Scan, choose, time and write down the recipe (not to disk). ``measure``: the timing
     function (tests pass a fake one)."""
     import torch
 
-    found = scan or scanning.scan(dataset, train_split)
+    found = scanning.scan(dataset, train_split)
     if len(found.class_names) < 2:
         raise scanning.data.DataError(f"{dataset}: {len(found.class_names)} class found; classification needs at least 2")
     gpu = torch.cuda.is_available()
@@ -104,7 +103,7 @@ def make_plan(
     cap, why_cap = choose.size_cap(found, native)
     sizes = [s for s in choose.SIZES if s <= cap] or [cap]
     timing = (measure or timing_lib.measure)(model_cfg, len(found.class_names), sizes, batch, multi_label=found.multi_label)
-    timing.decode, timing.workers = _decode_cost(dataset, found, max(sizes))
+    timing.decode, timing.workers = timing_lib.decode_seconds(found.train, found.image_column, max(sizes))
     size, epochs, why_size = choose.choose_size_and_epochs(
         strategy, sizes, found, timing, minutes * 60, num_train, num_eval
     )
@@ -143,14 +142,6 @@ def _native_size(cfg: ModelConfig) -> int:
     from finetune.models import classifier as model_lib
 
     return int(max(output_size(model_lib.load_processor(cfg, None))))
-
-
-def _decode_cost(dataset: str, found: scanning.Scan, size: int) -> tuple[float, int]:
-    from finetune import data
-    from finetune.recipe import DataConfig
-
-    raw = data.load_raw(DataConfig(dataset=dataset, train_split=found.train_split))
-    return timing_lib.decode_seconds(raw[found.train_split], found.image_column, size)
 
 
 def _recipe(

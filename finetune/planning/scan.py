@@ -42,6 +42,9 @@ class Scan:
     labels_per_image: float = 1.0
     #: Training images without any label (multi-label data only).
     unlabelled: int = 0
+    #: The training split as loaded (images undecoded), for the decode cost's sample: the
+    #: data set is read once.
+    train: Any = field(default=None, repr=False)
 
     @property
     def num_train(self) -> int:
@@ -62,10 +65,6 @@ class Scan:
     def median_side(self) -> int:
         """The median of the images' shorter sides (0 when no header could be read)."""
         return int(statistics.median(min(h, w) for h, w in self.sizes)) if self.sizes else 0
-
-    @property
-    def bad_share(self) -> float:
-        return len(self.bad) / self.headers_read if self.headers_read else 0.0
 
     def lines(self) -> list[str]:
         """The scan as the command prints it."""
@@ -118,7 +117,7 @@ def scan(dataset: str, train_split: str = "train") -> Scan:
     return Scan(
         dataset=dataset, splits=splits, train_split=train_split, eval_split=eval_split, image_column=image_column,
         label_column=label_column, class_names=names, counts=counts, multi_label=multi, sizes=sizes,
-        headers_read=read, bad=bad, junk_files=junk, labels_per_image=per_image, unlabelled=unlabelled,
+        headers_read=read, bad=bad, junk_files=junk, labels_per_image=per_image, unlabelled=unlabelled, train=train,
     )
 
 
