@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import torch
 from transformers import TrainerCallback
 
 from finetune.data import cache_store
+from finetune.utils import compat
 from finetune.utils.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
 #: The signals a run stops cleanly on: a cluster pre-empting the job, and Ctrl-C.
@@ -25,6 +27,9 @@ _NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 AGREE_SECONDS = 5.0
 #: How long a stop before training may take to unwind before the process ends regardless.
 STOP_GRACE = 10.0
+#: How often, while a stop before training has not unwound, the stop is raised again in the
+#: main thread if nothing is unwinding it (:meth:`InterruptCallback._watch`).
+STOP_AGAIN = 1.0
 
 
 def signal_name(signum: int) -> str:
@@ -35,6 +40,18 @@ def _say(line: str) -> None:
     """One line on stderr from a signal handler: a raw write, since the handler may run
     while the main thread is inside a write to the (buffered, non-reentrant) sys.stderr."""
     os.write(2, f"finetune: {line}\n".encode())
+
+
+def _unwinding(error: BaseException | None) -> bool:
+    """Whether ``error`` (a thread's exception in flight) is a :class:`StopNow`, or one that
+    a library raised while handling one (its ``__context__`` chain has one)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, StopNow):
+            return True
+        seen.add(id(error))
+        error = error.__context__
+    return False
 
 
 class Interrupted(RuntimeError):
@@ -101,6 +118,7 @@ class InterruptCallback(TrainerCallback):
         self._stop_line = stop_line
         self._stopped = threading.Event()
         self._worker_signals = 0
+        self._again = False
         #: The signal that stopped the run before training (None: none did).
         self.stopped_early: int | None = None
         self.seconds = AGREE_SECONDS if seconds is None else seconds
@@ -146,6 +164,9 @@ class InterruptCallback(TrainerCallback):
             return
         if self._phase == "over":
             raise StopNow(signum)
+        if self._again:  # the watch raising a swallowed stop again, not the user
+            self._again = False
+            raise StopNow(signum)
         if self.signum is not None:  # second signal: the user means it
             if self._phase == "training":
                 _say(
@@ -188,20 +209,59 @@ class InterruptCallback(TrainerCallback):
             os.kill(os.getpid(), signum)
 
     def _watch(self, signum: int) -> None:
-        """Stopping before training unwinds through whatever the main process was in; should
-        a library's teardown hang there (a worker pool whose worker died holding its lock),
-        end the process after :data:`STOP_GRACE` seconds with the same line, the one
-        ``stop_line`` gives, and exit code. ``restore()`` disarms it."""
+        """Stopping before training unwinds through whatever the main process was in.
+
+        The handler runs between two bytecodes of the main thread, which may be those of a
+        ``__del__`` or a weakref callback (``datasets.map``'s worker pool and its ``Manager``
+        proxies have many): Python prints "Exception ignored" there and goes on, and the
+        decode pass would carry on as if no signal had come. So every :data:`STOP_AGAIN`
+        seconds that the main thread is not unwinding a :class:`StopNow` (no exception in
+        flight has one in its chain), the stop is raised there again. Should a library's
+        teardown hang (a worker pool whose worker died holding its lock), the process ends
+        after :data:`STOP_GRACE` seconds with the same line, the one ``stop_line`` gives,
+        and exit code. ``restore()`` disarms it."""
         if self._stop_line is None:
             return
-        line, done = self._stop_line(signum), self._stopped
+        line, done, main = self._stop_line(signum), self._stopped, threading.main_thread().ident
 
         def watch() -> None:
-            if not done.wait(STOP_GRACE):
-                _say(line)
-                os._exit(128 + signum)
+            deadline = time.monotonic() + STOP_GRACE
+            while not done.wait(min(STOP_AGAIN, max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    _say(line)
+                    os._exit(128 + signum)
+                if not _unwinding(compat.exception_in_flight(main)):
+                    self._again = True
+                    signal.pthread_kill(main, signum)  # a real signal: it also ends a blocking call
 
         threading.Thread(target=watch, name="finetune-stop-watch", daemon=True).start()
+
+    @staticmethod
+    def end_children(grace: float = 2.0) -> list[int]:
+        """End the child processes a stop before training left behind, and wait for them;
+        returns their pids.
+
+        A signal can land while the decode pass's ``datasets.map`` starts its worker pool
+        or the pool's ``Manager``. The ``Manager`` server is not a daemon process and ignores
+        Ctrl-C; with its ``start()`` interrupted, nothing shuts it down, and the interpreter's
+        exit (``multiprocess.util._exit_function``) joins it forever, after the stop's line was
+        printed. Each child ends at SIGTERM (they inherit :meth:`_in_worker`, which exits at
+        once before training); one that does not within ``grace`` seconds is killed."""
+        children = [
+            child
+            for name in ("multiprocessing", "multiprocess")
+            if name in sys.modules
+            for child in sys.modules[name].active_children()
+        ]
+        for child in children:
+            child.terminate()
+        deadline = time.monotonic() + grace
+        for child in children:
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                child.kill()
+                child.join(1.0)
+        return [child.pid for child in children]
 
     def restore(self) -> None:
         self._stopped.set()

@@ -197,6 +197,7 @@ def _train(run: Run) -> dict[str, Any]:
         # callback's record, not the exception, says that it was the signal.
         if interrupts.stopped_early is not None:
             signum = interrupts.stopped_early
+            interrupts.end_children()
             raise Interrupted(_stopped_before_training(run.out, signum), signum) from None
         raise
     if run.lp_record is not None:

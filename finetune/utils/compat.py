@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,24 @@ import numpy as np
 import torch
 
 logger = logging.getLogger("finetune")
+
+# --- Python
+
+
+def exception_in_flight(thread_id: int) -> BaseException | None:
+    """The exception another thread is handling now (in an ``except`` or ``finally`` block,
+    or a ``with`` block's ``__exit__``, as it unwinds), or None.
+
+    Works around: a thread can ask only about its own exception (``sys.exception()``); the
+    stop watch (``training.interrupts``) must tell a main thread that is unwinding a stop
+    from one that went on after a ``__del__`` swallowed it. ``sys._current_exceptions()``
+    is the one call that reads another thread's; documented "for internal and specialized
+    purposes", so it may change without notice: CPython 3.11 maps each thread id to an
+    ``exc_info()`` triple (None's when idle), 3.12 and later to the exception itself.
+    """
+    found = sys._current_exceptions().get(thread_id)
+    return found[1] if isinstance(found, tuple) else found
+
 
 # --- datasets
 

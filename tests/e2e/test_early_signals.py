@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,3 +134,46 @@ def test_a_signal_in_the_decode_pass_stops_at_once_and_the_rerun_reuses_the_deco
     assert {n: after[n] for n in kept} == kept  # every finished piece reused as it was, none decoded again
     assert len(after) > len(kept)
     assert json.loads((tmp_path / "out" / "data_report.json").read_text())["splits"]["train"]["images"] == 540
+
+
+#: The run, with Ctrl-C sent to its process group the moment the decode pass's second
+#: piece starts the ``Manager`` that ``datasets.map`` feeds its workers' results through.
+RUN_MANAGER_STARTS = """
+import os, signal, sys, time
+from multiprocess import process
+start, managers = process.BaseProcess.start, []
+def hooked(self):
+    start(self)
+    if self.name.startswith("SyncManager"):
+        managers.append(self)
+        if len(managers) == 2:
+            print(f"signal at {time.monotonic()}", file=sys.stderr, flush=True)
+            os.killpg(0, signal.SIGINT)
+process.BaseProcess.start = hooked
+""" + RUN
+
+
+def test_ctrl_c_while_the_decode_pass_starts_its_worker_manager_ends_the_process_at_once(
+    photos: Path, tiny_vit: Path, tmp_path: Path
+) -> None:
+    # The Manager's start() interrupted leaves its server running (it is no daemon and
+    # ignores Ctrl-C), and the interpreter's exit would join it forever after the line.
+    recipe = _recipe(tmp_path, tiny_vit, photos, 2)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1",
+               HF_DATASETS_CACHE=str(tmp_path / "hf-datasets"), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_MANAGER_STARTS, str(ROOT), str(PIECE), "train", "--recipe", str(recipe)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the run did not end after Ctrl-C") from None
+    ended = time.monotonic()
+    sent = float(re.search(r"signal at ([0-9.]+)", stderr).group(1))  # (on a progress bar's line)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert ended - sent < 10, f"{ended - sent:.1f} s from the signal to the exit"
+    assert stderr.strip().splitlines()[-1].startswith("finetune: stopped by Ctrl-C before training started")
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).returncode == 1  # nothing left

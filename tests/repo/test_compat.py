@@ -234,3 +234,28 @@ def test_dcp_metadata_still_names_each_file_with_offset_and_length(tmp_path: Pat
         "torch", torch.__version__, "the files torch.distributed.checkpoint's metadata names"
     )
     assert all(0 < end <= (tmp_path / name).stat().st_size for name, end in extents.items())
+
+
+def test_python_tells_the_exception_another_thread_is_handling() -> None:
+    import threading
+
+    handling, done = threading.Event(), threading.Event()
+    seen: dict[str, BaseException | None] = {}
+
+    def work() -> None:
+        seen["idle"] = None
+        try:
+            raise KeyError("in flight")
+        except KeyError:
+            handling.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    handling.wait(10)
+    error = compat.exception_in_flight(thread.ident)
+    done.set()
+    thread.join()
+    message = "sys._current_exceptions() changed (was a dict of thread id to the exception it handles); see compat.py"
+    assert isinstance(error, KeyError) and error.args == ("in flight",), message
+    assert compat.exception_in_flight(threading.get_ident()) is None, message

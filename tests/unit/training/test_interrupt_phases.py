@@ -123,3 +123,37 @@ def test_a_stop_whose_teardown_hangs_ends_after_the_grace_time_with_the_line() -
     assert result.returncode == 143 and "not ended" not in result.stdout
     assert result.stderr.strip().splitlines()[-1] == "finetune: stopped by signal 15 before training started"
     assert ended - float(result.stdout.split()[0]) < 15  # the grace time (1 s here), not the 30 s teardown
+
+
+SWALLOWED = """
+import gc, os, signal, time
+from finetune.training.interrupts import InterruptCallback, StopNow
+cb = InterruptCallback(stop_line=lambda signum: f"stopped by signal {signum} before training started")
+
+class Proxy:
+    def __del__(self):  # a library's finalizer: the signal's handler runs in it
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            pass
+
+Proxy()  # Python prints "Exception ignored in ..." and goes on
+sent = time.monotonic()
+try:
+    while time.monotonic() - sent < 30:  # the decode pass, carrying on
+        time.sleep(0.01)
+    print("carried on")
+except StopNow:
+    print(f"stopped after {time.monotonic() - sent:.2f} s", flush=True)
+    cb.restore()
+"""
+
+
+def test_a_stop_swallowed_by_a_finalizer_is_raised_again_in_the_main_thread() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-c", SWALLOWED], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Exception ignored in" in result.stderr  # the first StopNow was swallowed
+    words = result.stdout.split()
+    assert words[:2] == ["stopped", "after"] and float(words[2]) < 5, result.stdout  # STOP_AGAIN (1 s), not 30
