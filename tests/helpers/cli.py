@@ -1,7 +1,8 @@
-"""The real command line in a subprocess (offline), the recipes it reads, and what its quick answers may import."""
+"""The real command line in a new process (offline), the recipes it reads, and what its quick answers may import."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.helpers import ROOT
+from tests.helpers.forkserver import ForkServer
 
 
 def write_recipe(path: Path, model_path: Path | str, dataset: Path | str, output_dir: Path, **extra) -> Path:
@@ -38,10 +40,21 @@ def write_recipe(path: Path, model_path: Path | str, dataset: Path | str, output
     return path
 
 
+_SERVERS: dict[int, ForkServer] = {}
+
+
 def run_cli(*args: str, cwd: Path | None = None, launcher: list[str] | None = None, timeout: int = 600):
-    """Run the real command line in a subprocess (offline)."""
+    """Run the real command line in a new process (offline): ``python finetune/run.py ARGS``,
+    forked from a server that has its imports done (tests/helpers/forkserver.py), or, with a
+    launcher or an environment the server was not started with, a plain subprocess."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
     command = (launcher or [sys.executable]) + [str(ROOT / "finetune" / "run.py"), *args]
+    server = _SERVERS.get(os.getpid())  # (a forked test process starts its own)
+    if server is None:
+        server = _SERVERS[os.getpid()] = ForkServer(str(ROOT), env)
+        atexit.register(server.close)
+    if launcher is None and os.environ.get("FINETUNE_TEST_FORKSERVER", "1") == "1" and server.serves(env):
+        return server.run(command, str(cwd or ROOT), env, list(args), timeout)
     return subprocess.run(command, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
