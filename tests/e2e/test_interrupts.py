@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers.cli import run_python
 
 
 @pytest.mark.e2e
@@ -32,8 +29,7 @@ def test_second_signal_stops_at_once(first, signum) -> None:
         "time.sleep(5)\n"
         "print('still running')\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = run_python(script)
     assert result.returncode == -signum, result.stderr[-2000:]
     assert "still running" not in result.stdout and "Traceback" not in result.stderr
     assert "again: stopping at once" in result.stderr

@@ -43,19 +43,38 @@ def write_recipe(path: Path, model_path: Path | str, dataset: Path | str, output
 _SERVERS: dict[int, ForkServer] = {}
 
 
+def _server(env: dict[str, str], launcher: list[str] | None) -> ForkServer | None:
+    """This process's fork server, when a command with ``env`` and ``launcher`` may use it."""
+    server = _SERVERS.get(os.getpid())  # (a forked test process starts its own)
+    if server is None:
+        server = _SERVERS[os.getpid()] = ForkServer(str(ROOT), env)
+        atexit.register(server.close)
+    usable = launcher is None and os.environ.get("FINETUNE_TEST_FORKSERVER", "1") == "1" and server.serves(env)
+    return server if usable else None
+
+
 def run_cli(*args: str, cwd: Path | None = None, launcher: list[str] | None = None, timeout: int = 600):
     """Run the real command line in a new process (offline): ``python finetune/run.py ARGS``,
     forked from a server that has its imports done (tests/helpers/forkserver.py), or, with a
     launcher or an environment the server was not started with, a plain subprocess."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
     command = (launcher or [sys.executable]) + [str(ROOT / "finetune" / "run.py"), *args]
-    server = _SERVERS.get(os.getpid())  # (a forked test process starts its own)
-    if server is None:
-        server = _SERVERS[os.getpid()] = ForkServer(str(ROOT), env)
-        atexit.register(server.close)
-    if launcher is None and os.environ.get("FINETUNE_TEST_FORKSERVER", "1") == "1" and server.serves(env):
+    server = _server(env, launcher)
+    if server is not None:
         return server.run(command, str(cwd or ROOT), env, list(args), timeout)
     return subprocess.run(command, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_python(code: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``python -c CODE ARGS`` in a new process with this checkout importable, forked from the
+    same server as :func:`run_cli` (its imports done), or a plain subprocess."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-c", code, *args]
+    server = _server(env, None)
+    if server is not None:
+        return server.run(command, str(ROOT), env, list(args), timeout, code=code)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 #: Modules that take seconds to import on a small machine; none is needed to print help, check

@@ -4,7 +4,7 @@ Each `finetune` command run as ``python finetune/run.py ...`` spends about 4.5 s
 importing torch, transformers, datasets and peft before it reads its first argument; the
 suite runs the command line about a hundred times, so that import was a third of its time.
 The server is one process per test worker that imports those modules once, runs nothing,
-starts no thread, and forks a child for each command. The child is a new process as
+starts no thread, and forks a child for each command (or ``python -c`` script). The child is a new process as
 ``subprocess.run`` would make it (its own pid, signal dispositions at their defaults,
 environment, working folder, standard streams, exit handlers, exit code) whose modules
 happen to be imported already.
@@ -90,10 +90,14 @@ def child(request: dict) -> None:
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True, errors="backslashreplace")
-        sys.argv = [request["script"], *request["args"]]
-        from finetune.run import cli
+        if "code" in request:  # python -c CODE ARGS
+            sys.argv = ["-c", *request["args"]]
+            exec(compile(request["code"], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        else:  # python finetune/run.py ARGS
+            sys.argv = [request["script"], *request["args"]]
+            from finetune.run import cli
 
-        cli()
+            cli()
         code = 0
     except SystemExit as stop:
         if stop.code is None or isinstance(stop.code, int):
@@ -145,13 +149,18 @@ class ForkServer:
             raise RuntimeError("the fork server ended")
         return json.loads(line)
 
-    def run(self, command: list[str], cwd: str, env: dict[str, str], args: list[str], timeout: float | None):
+    def run(
+        self, command: list[str], cwd: str, env: dict[str, str], args: list[str], timeout: float | None,
+        code: str | None = None,
+    ):
         with self._lock, tempfile.TemporaryDirectory(prefix="forkserver-") as folder:
             paths = {name: os.path.join(folder, name) for name in ("stdout", "stderr")}
             for path in paths.values():
                 open(path, "wb").close()
             process = self._start()
             request = {"cwd": cwd, "env": env, "script": command[1], "args": args, **paths}
+            if code is not None:
+                request["code"] = code
             process.stdin.write(json.dumps(request).encode() + b"\n")
             process.stdin.flush()
             pid = self._reply(process, None)["pid"]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,8 +13,7 @@ import pytest
 from transformers import TrainerControl, TrainerState
 
 from finetune.training.interrupts import InterruptCallback, StopNow
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.helpers.cli import run_python
 
 
 def _deliver() -> None:
@@ -87,11 +84,7 @@ def test_a_forked_worker_ends_quietly_on_sigterm_removing_its_part_written_file(
     (tmp_path / "dataset_info.json").write_text("{}")  # a datasets cache folder
     keep = tmp_path / "tmpzz99yy88"  # not open in the worker: another process's
     keep.write_bytes(b"x")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-c", WORKER, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120,
-        check=False,
-    )
+    result = run_python(WORKER, str(tmp_path))
     assert result.stdout.splitlines() == ["worker alive after Ctrl-C", "worker exit 143"], result.stderr
     assert "finetune:" not in result.stderr and "Traceback" not in result.stderr  # only the main process speaks
     assert not (tmp_path / "tmpab12cd34").exists() and keep.exists()
@@ -115,10 +108,7 @@ print("not ended")
 
 
 def test_a_stop_whose_teardown_hangs_ends_after_the_grace_time_with_the_line() -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-c", HUNG], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    result = run_python(HUNG)
     ended = time.monotonic()
     assert result.returncode == 143 and "not ended" not in result.stdout
     assert result.stderr.strip().splitlines()[-1] == "finetune: stopped by signal 15 before training started"
@@ -149,10 +139,7 @@ except StopNow:
 
 
 def test_a_stop_swallowed_by_a_finalizer_is_raised_again_in_the_main_thread() -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-c", SWALLOWED], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    result = run_python(SWALLOWED)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Exception ignored in" in result.stderr  # the first StopNow was swallowed
     words = result.stdout.split()
