@@ -28,12 +28,26 @@ pin_xdist_worker()
 E2E = Path(__file__).resolve().parent / "e2e"
 
 
+#: The test files that take longest, started first: pytest-xdist hands each worker the next
+#: file as it finishes one (pyproject.toml's addopts keep the collection's order, where
+#: xdist would sort the files by their number of tests and start these last), so a long file
+#: begun near the end would leave the other workers idle until it is done.
+LONGEST_FIRST = ("test_notebook.py", "test_distributed.py", "test_streaming.py")
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test under tests/e2e/ is marked e2e, so that ``-m "not e2e"`` leaves out all of them."""
+    """Every test under tests/e2e/ is marked e2e, so that ``-m "not e2e"`` leaves out all of
+    them; the files of :data:`LONGEST_FIRST` go first."""
     for item in items:
         if E2E in item.path.resolve().parents:
             item.add_marker(pytest.mark.e2e)
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if item.path.parent == E2E and name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

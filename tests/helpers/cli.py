@@ -41,13 +41,16 @@ def write_recipe(path: Path, model_path: Path | str, dataset: Path | str, output
 
 
 _SERVERS: dict[int, ForkServer] = {}
+#: The environment the fork server starts with: the test process's as the tests were
+#: collected, before any test changed it (a test that sets a variable gets a subprocess).
+_SERVER_ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
 
 
 def _server(env: dict[str, str], launcher: list[str] | None) -> ForkServer | None:
     """This process's fork server, when a command with ``env`` and ``launcher`` may use it."""
     server = _SERVERS.get(os.getpid())  # (a forked test process starts its own)
     if server is None:
-        server = _SERVERS[os.getpid()] = ForkServer(str(ROOT), env)
+        server = _SERVERS[os.getpid()] = ForkServer(str(ROOT), _SERVER_ENV)
         atexit.register(server.close)
     usable = launcher is None and os.environ.get("FINETUNE_TEST_FORKSERVER", "1") == "1" and server.serves(env)
     return server if usable else None
