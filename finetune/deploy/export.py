@@ -20,6 +20,7 @@ The folder is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -138,13 +139,14 @@ def activation_name(classifier) -> str:
     return "sigmoid" if classifier.multi_label else "softmax"
 
 
-def decisions_agree(classifier, logits_a: np.ndarray, logits_b: np.ndarray) -> np.ndarray:
+def decisions_agree(classifier, logits_a: np.ndarray, logits_b: np.ndarray, limits_b=None) -> np.ndarray:
     """Per image, whether two sets of logits give the same answer: the same top class, or for
-    a multi-label model the same set of labels at its thresholds."""
+    a multi-label model the same set of labels at its thresholds (``limits_b``: other
+    thresholds for ``logits_b``, as the int8 model's own)."""
     if classifier.multi_label:
         limits = np.asarray(classifier.thresholds)
         a = classifier.activation(logits_a) >= limits
-        b = classifier.activation(logits_b) >= limits
+        b = classifier.activation(logits_b) >= (limits if limits_b is None else np.asarray(limits_b))
         return (a == b).all(axis=-1)
     return logits_a.argmax(-1) == logits_b.argmax(-1)
 
@@ -309,6 +311,9 @@ def _int8(
     int8 = onnx_model.load_export(work, int8=True, threads=threads)
     sizes = {name: _size(work, name) for name in (onnx_model.MODEL_FILE, onnx_model.INT8_FILE)}
     result: dict[str, Any] = {"quantization": info.to_dict(), "files": sizes}
+    if fp32.multi_label:
+        result["int8_thresholds"] = tune_int8_thresholds(work, int8, images)
+        int8 = onnx_model.load_export(work, int8=True, threads=threads)  # with the thresholds just saved
     result["size_ratio_int8_to_fp32"] = round(sizes[onnx_model.INT8_FILE] / sizes[onnx_model.MODEL_FILE], 4)
 
     result.update(compare_int8(model, processor, fp32, int8, images, check_images))
@@ -342,6 +347,47 @@ def _int8(
     return result
 
 
+def _f1_at_thresholds(y: np.ndarray, p32: np.ndarray, p8: np.ndarray, limits32, limits8) -> dict[str, float]:
+    """Micro F1 of the label sets on the eval split: fp32 at its thresholds, int8 at fp32's,
+    and int8 at its own (what the int8 runner applies)."""
+    from sklearn.metrics import f1_score
+
+    def f1(probs, limits) -> float:
+        return float(f1_score(y > 0.5, probs >= np.asarray(limits), average="micro", zero_division=0))
+
+    return {"onnx_fp32": f1(p32, limits32), "onnx_int8_at_fp32_thresholds": f1(p8, limits32),
+            "onnx_int8": f1(p8, limits8)}
+
+
+def tune_int8_thresholds(work: Path, int8, images: Images) -> dict[str, Any]:
+    """The int8 model's own per-class thresholds, tuned as training tuned fp32's (each
+    class's F1-maximising cut, :func:`finetune.evaluation.thresholds.tune`) on its
+    probabilities for the run's validation piece, and saved in config.json under
+    ``label_thresholds_int8``, which the int8 runner reads. Quantization moves every
+    probability a little; an image has several labels near their thresholds, so fp32's
+    thresholds flip labels that int8's own do not. Kept at fp32's when the run tuned none
+    (no validation piece) or its data set cannot be loaded."""
+    from finetune.evaluation import thresholds as fit
+
+    config = json.loads((work / "config.json").read_text())
+    if not config.get(onnx_model.THRESHOLDS_KEY):
+        return {"tuned": False, "why": "the run tuned no thresholds (no validation piece): int8 uses the same 0.5"}
+    probs, truth = [], []
+    for batch, labels in images.validation_batches():
+        probs.append(int8.activation(int8.logits(int8.preprocessor(batch))))
+        truth.append(labels if labels.ndim == 2 else np.eye(len(int8.class_names), dtype=np.float32)[labels])
+    if not probs:
+        why = images.data_problem or "the run's validation piece has no readable images"
+        return {"tuned": False, "why": f"{why}: int8 uses fp32's thresholds"}
+    tuned = fit.tune(np.concatenate(probs), np.concatenate(truth))
+    config[onnx_model.INT8_THRESHOLDS_KEY] = {
+        name: float(value) for name, value, ok in zip(int8.class_names, tuned.values, tuned.tuned) if ok
+    }
+    write_json(work / "config.json", config)
+    return {"tuned": True, "on": "the run's validation piece", "images": tuned.num_images,
+            "classes_tuned": int(tuned.tuned.sum()), "key": onnx_model.INT8_THRESHOLDS_KEY}
+
+
 def compare_int8(model, processor, fp32, int8, images: Images, check_images: list) -> dict[str, Any]:
     """The int8 model against fp32 (and PyTorch): its score on the run's eval split when it
     can be loaded, under ``"metric"``'s name (accuracy, or for a multi-label model mAP:
@@ -361,7 +407,7 @@ def compare_int8(model, processor, fp32, int8, images: Images, check_images: lis
         out["int8_vs_fp32"] = {
             "images": len(check_images), f"max_abs_{name}_diff": float(np.abs(p8 - p32).max()),
             f"mean_abs_{name}_diff": float(np.abs(p8 - p32).mean()),
-            agreement: float(decisions_agree(fp32, fp32.logits(own), int8.logits(own)).mean()),
+            agreement: float(decisions_agree(fp32, fp32.logits(own), int8.logits(own), int8.thresholds).mean()),
         }
         return out
     scores: dict[str, list] = {"pytorch": [], "onnx_fp32": [], "onnx_int8": []}
@@ -376,13 +422,15 @@ def compare_int8(model, processor, fp32, int8, images: Images, check_images: lis
         truth.append(labels)
         delta = np.abs(act(logits8) - act(logits32))
         prob_diff, abs_sum, entries = max(prob_diff, float(delta.max())), abs_sum + float(delta.sum()), entries + delta.size
-        agree += int(decisions_agree(fp32, logits8, logits32).sum())
+        agree += int(decisions_agree(fp32, logits32, logits8, int8.thresholds).sum())
     y = np.concatenate(truth)
     total = len(y)
     if multi and y.ndim == 1:  # a data set of one class per image, scored as the multi-label rows it is
         y = np.eye(len(fp32.class_names), dtype=np.float32)[y]
     if multi:
         values = {k: mean_average_precision(y, np.concatenate(v)) for k, v in scores.items()}
+        out["f1_micro"] = _f1_at_thresholds(y, np.concatenate(scores["onnx_fp32"]), np.concatenate(scores["onnx_int8"]),
+                                            fp32.thresholds, int8.thresholds)
     else:
         values = {k: float((np.concatenate(v) == y).mean()) for k, v in scores.items()}
     out[metric] = {"split": images.eval_name, "images": total, **values}

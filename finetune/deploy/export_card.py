@@ -36,6 +36,25 @@ def _multi_label_line(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _int8_thresholds_lines(result: dict[str, Any]) -> list[str]:
+    """A multi-label int8 model's own thresholds, and the micro F1 they give."""
+    tuned, f1 = result.get("int8_thresholds"), result.get("f1_micro")
+    if not tuned:
+        return []
+    if not tuned["tuned"]:
+        return ["", f"int8 thresholds: {tuned['why']}."]
+    line = (
+        f"int8 has thresholds of its own (`{tuned['key']}` in `config.json`, which the int8 runner applies), tuned "
+        f"on its probabilities for {tuned['on']} ({tuned['images']} images, {tuned['classes_tuned']} classes)"
+    )
+    if f1:
+        line += (
+            f"; micro F1 on the eval split: fp32 {f1['onnx_fp32']:.4f}, int8 at fp32's thresholds "
+            f"{f1['onnx_int8_at_fp32_thresholds']:.4f}, int8 at its own {f1['onnx_int8']:.4f}"
+        )
+    return ["", line + "."]
+
+
 def render(result: dict[str, Any]) -> str:
     check = result["check"]
     act = check.get("activation", "softmax")
@@ -103,6 +122,7 @@ def render(result: dict[str, Any]) -> str:
             what = "the same set of labels at the thresholds" if "label_set_agreement" in versus else "the same top class"
             lines += ["", f"int8 against fp32: {what} on {agree:.1%} of the images, mean |Δ probability| "
                           f"{versus[f'mean_abs_{act}_diff']:.2e}, max {versus[f'max_abs_{act}_diff']:.2e}."]
+        lines += _int8_thresholds_lines(result)
         lines += [
             "",
             f"int8 / fp32: size {result['size_ratio_int8_to_fp32']:.2f}×, batch-1 latency "

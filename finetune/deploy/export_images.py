@@ -22,7 +22,7 @@ class Images:
     """The real images of an export: a check batch, calibration images, the eval split."""
 
     def __init__(self, source: Path, calibration_folder: str | None, max_eval: int | None) -> None:
-        self.eval_rows = self.train_rows = None
+        self.eval_rows = self.train_rows = self.validation_rows = None
         self.image_column = self.label_column = ""
         self.eval_name = ""
         self.class_names: list[str] = []
@@ -49,6 +49,8 @@ class Images:
             self.image_column, self.label_column = splits.image_column, splits.label_column
             self.class_names, self.eval_name = splits.class_names, splits.eval_name
             self.train_rows = splits.train.cast_column(self.image_column, Image(decode=False))
+            if splits.validation is not None:
+                self.validation_rows = splits.validation.cast_column(self.image_column, Image(decode=False))
             rows = splits.eval.cast_column(self.image_column, Image(decode=False))
             if max_eval is not None and len(rows) > max_eval:
                 labels = rows[self.label_column]
@@ -109,8 +111,16 @@ class Images:
         """(images, labels) chunks of the eval split, unreadable files left out. The labels
         are class indices (N,), or for a multi-label split (each label a list of classes)
         multi-hot rows (N × classes)."""
-        for start in range(0, len(self.eval_rows), size):
-            chunk = self.eval_rows.select(range(start, min(start + size, len(self.eval_rows))))
+        return self._batches(self.eval_rows, size)
+
+    def validation_batches(self, size: int = 64):
+        """The same for the run's validation piece of train (none: nothing), which tunes the
+        int8 model's thresholds; never the eval split, whose scores that would flatter."""
+        return self._batches(self.validation_rows, size) if self.validation_rows is not None else iter(())
+
+    def _batches(self, rows, size: int):
+        for start in range(0, len(rows), size):
+            chunk = rows.select(range(start, min(start + size, len(rows))))
             images, labels = [], []
             for value, label in zip(chunk[self.image_column], chunk[self.label_column]):
                 got = self._read([value])

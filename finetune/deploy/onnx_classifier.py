@@ -241,6 +241,9 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 MULTI_LABEL_PROBLEM = "multi_label_classification"
 #: Where the per-class decision thresholds are, by class name.
 THRESHOLDS_KEY = "label_thresholds"
+#: The int8 model's own thresholds, tuned on the same validation piece from its probabilities
+#: (``finetune export --quantize int8``); the int8 runner prefers them.
+INT8_THRESHOLDS_KEY = "label_thresholds_int8"
 #: A class's threshold when none was saved.
 DEFAULT_THRESHOLD = 0.5
 
@@ -250,9 +253,10 @@ def is_multi_label(config: dict[str, Any]) -> bool:
     return config.get("problem_type") == MULTI_LABEL_PROBLEM
 
 
-def thresholds(config: dict[str, Any], names: list[str]) -> np.ndarray:
-    """The per-class decision thresholds of config.json, in ``names``' order."""
-    stored = config.get(THRESHOLDS_KEY) or {}
+def thresholds(config: dict[str, Any], names: list[str], int8: bool = False) -> np.ndarray:
+    """The per-class decision thresholds of config.json, in ``names``' order (``int8``: the
+    int8 model's own, where the export tuned them)."""
+    stored = {**(config.get(THRESHOLDS_KEY) or {}), **((config.get(INT8_THRESHOLDS_KEY) or {}) if int8 else {})}
     return np.asarray([float(stored.get(name, DEFAULT_THRESHOLD)) for name in names], dtype=np.float64)
 
 
@@ -341,5 +345,5 @@ def load_export(folder: str | Path, int8: bool = False, threads: int | None = No
     multi = is_multi_label(config)
     return OnnxClassifier(
         folder, model_file, session(model_file, threads), Preprocessor.from_folder(folder), names,
-        multi, thresholds(config, names) if multi else None,
+        multi, thresholds(config, names, int8) if multi else None,
     )

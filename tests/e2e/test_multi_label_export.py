@@ -70,3 +70,35 @@ def test_int8_is_scored_in_map_against_fp32(exported) -> None:
     versus = report["int8_vs_fp32"]
     assert 0 <= versus["label_set_agreement"] <= 1
     assert 0 <= versus["mean_abs_sigmoid_diff"] <= versus["max_abs_sigmoid_diff"] < 0.2
+
+
+def test_int8_gets_thresholds_of_its_own_tuned_on_the_validation_piece(exported) -> None:
+    """Tuned from the int8 model's probabilities for the run's validation piece (not the eval
+    split), saved beside fp32's, applied by the int8 runner only; F1 reported for both."""
+    from finetune.deploy.export_images import Images
+    from finetune.evaluation import thresholds
+
+    run, images, names, report = exported
+    config = json.loads((run / "onnx" / "config.json").read_text())
+    assert config[multi_label.THRESHOLDS_KEY] == MULTI_LABEL_THRESHOLDS  # fp32's, unchanged
+    own = config[onnx_model.INT8_THRESHOLDS_KEY]
+    rows = Images(run, None, None)
+    assert report["int8_thresholds"] == {
+        "tuned": True, "on": "the run's validation piece", "images": len(rows.validation_rows),
+        "classes_tuned": len(own), "key": onnx_model.INT8_THRESHOLDS_KEY,
+    }
+    assert len(rows.validation_rows) != report["map"]["images"]  # not the eval split's 18
+    int8 = onnx_model.load_export(run / "onnx", int8=True)
+    probs, truth = [], []
+    for batch, labels in rows.validation_batches():
+        probs.append(int8.probabilities(int8.preprocessor(batch)))
+        truth.append(np.eye(len(names))[labels])
+    fit = thresholds.tune(np.concatenate(probs), np.concatenate(truth))
+    assert own == {n: pytest.approx(v) for n, v, ok in zip(names, fit.values, fit.tuned) if ok} and own
+    assert int8.thresholds.tolist() == pytest.approx([own.get(n, MULTI_LABEL_THRESHOLDS.get(n, 0.5)) for n in names])
+    assert onnx_model.load_export(run / "onnx").thresholds.tolist() == [
+        MULTI_LABEL_THRESHOLDS.get(n, multi_label.DEFAULT_THRESHOLD) for n in names
+    ]
+    f1 = report["f1_micro"]
+    assert set(f1) == {"onnx_fp32", "onnx_int8_at_fp32_thresholds", "onnx_int8"}
+    assert all(0 <= v <= 1 for v in f1.values())

@@ -11,7 +11,7 @@ happen to be imported already.
 
 What a fork cannot give is a module imported under another environment: torch, datasets
 and transformers read some variables (caches, thread counts) at import. So a command whose
-environment differs from the server's in any variable but :data:`PER_TEST` runs as a real
+environment differs from the server's in any variable but those of :data:`PER_TEST` runs as a real
 subprocess (:meth:`ForkServer.serves`), as does one with a launcher.
 """
 
@@ -27,8 +27,10 @@ import tempfile
 import threading
 import time
 
-#: Variables pytest changes for every test, which no import reads.
-PER_TEST = ("PYTEST_CURRENT_TEST",)
+#: Variables that differ from the server's without making a fork differ from a new process:
+#: pytest's name of the current test, and the two Intel OpenMP settings that importing
+#: scikit-learn in the test process sets (torch's CPU build uses GNU OpenMP, which reads neither).
+PER_TEST = ("PYTEST_CURRENT_TEST", "KMP_INIT_AT_FORK", "KMP_DUPLICATE_LIB_OK")
 
 #: Imported by the server before it forks: every command's heavy imports.
 PRELOAD = (
