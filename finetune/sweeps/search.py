@@ -191,8 +191,12 @@ def _open_study(out: Path, recipe: Recipe, options: Options, direction: str, dim
             )
         for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study.tell(stale.number, state=TrialState.FAIL)
-            study.enqueue_trial(stale.params)
-            logger.info("search: trial %d was cut off when the search stopped; it runs again", stale.number)
+            if stale.params:
+                study.enqueue_trial(stale.params)
+                logger.info("search: trial %d was cut off when the search stopped; it runs again", stale.number)
+            else:  # cut off between its creation and its first drawn value: nothing to run again
+                logger.info("search: trial %d was cut off before it drew its values; a new trial takes its place",
+                            stale.number)
         shutil.rmtree(out / "trials", ignore_errors=True)  # what cut-off trials left
         # The table follows the database: a kill after a trial was told and before the table
         # was written left it one trial short.

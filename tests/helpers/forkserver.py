@@ -11,8 +11,8 @@ happen to be imported already.
 
 What a fork cannot give is a module imported under another environment: torch, datasets
 and transformers read some variables (caches, thread counts) at import. So a command whose
-environment differs from the server's in any variable but those of :data:`PER_TEST` runs as a real
-subprocess (:meth:`ForkServer.serves`), as does one with a launcher.
+environment differs from the server's in a variable read at import (:data:`IMPORT_TIME`)
+runs as a real subprocess (:meth:`ForkServer.serves`), as does one with a launcher.
 """
 
 from __future__ import annotations
@@ -27,10 +27,16 @@ import tempfile
 import threading
 import time
 
-#: Variables that differ from the server's without making a fork differ from a new process:
-#: pytest's name of the current test, and the two Intel OpenMP settings that importing
-#: scikit-learn in the test process sets (torch's CPU build uses GNU OpenMP, which reads neither).
-PER_TEST = ("PYTEST_CURRENT_TEST", "KMP_INIT_AT_FORK", "KMP_DUPLICATE_LIB_OK")
+#: The variables read when a module is imported (caches and hub settings, thread pools,
+#: backends, paths), by prefix or by name: a command whose environment differs from the
+#: server's in one of them runs as a subprocess. Any other variable (pytest's name of the
+#: current test, a setting a library read at run time, KMP_* that importing scikit-learn
+#: sets and GNU OpenMP never reads) is set in the child before the command runs, as a new
+#: process would see it.
+IMPORT_TIME = (
+    "HF_", "HUGGINGFACE", "TRANSFORMERS_", "DATASETS_", "TORCH", "PYTORCH_", "CUDA", "OMP_", "MKL_", "XDG_",
+    "MPL", "TQDM_", "TOKENIZERS_", "USE_", "PYTHON", "LD_", "HOME", "TMPDIR", "PATH",
+)
 
 #: Imported by the server before it forks: every command's heavy imports.
 PRELOAD = (
@@ -129,8 +135,8 @@ class ForkServer:
 
     def serves(self, env: dict[str, str]) -> bool:
         """Whether a command with environment ``env`` may run here (else: a subprocess)."""
-        strip = lambda e: {k: v for k, v in e.items() if k not in PER_TEST}  # noqa: E731
-        return strip(env) == strip(self.env)
+        changed = {k for k in set(env) | set(self.env) if env.get(k) != self.env.get(k)}
+        return not any(k.startswith(IMPORT_TIME) for k in changed)
 
     def _start(self) -> subprocess.Popen:
         if self._process is None or self._process.poll() is not None:

@@ -49,6 +49,29 @@ def test_the_table_follows_the_database_whatever_a_kill_left(tmp_path: Path) -> 
     assert [state for _, state in _csv(out)] == ["complete", "complete", "fail"]  # the cut-off one, to be redone
 
 
+def test_a_trial_cut_off_before_it_drew_values_is_failed_and_not_run_again(tmp_path: Path, caplog) -> None:
+    import logging
+
+    import optuna
+    from optuna.trial import TrialState
+
+    out = tmp_path / "out"
+    out.mkdir()
+    recipe, options, dimensions, metric, direction = _search_of(out)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{out / search.DB}", study_name=search.STUDY_NAME, direction=direction)
+    space = {d.key: d.distribution() for d in dimensions}
+    drawn = study.ask(space)  # cut off with its value drawn: to run again
+    study.ask()  # cut off as it was created, before its first suggest: nothing to run again
+    with caplog.at_level(logging.INFO, logger="finetune"):
+        lock, resumed = search._open_study(out, recipe, options, direction, dimensions, metric)
+    lock.release()
+    assert [t.state for t in resumed.get_trials()] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+    assert resumed.get_trials()[2].system_attrs["fixed_params"] == drawn.params  # only the one with values is queued again
+    assert "trial 0 was cut off when the search stopped; it runs again" in caplog.text
+    assert "trial 1 was cut off before it drew its values; a new trial takes its place" in caplog.text
+
+
 def test_a_folder_holding_finetune_inspects_report_takes_a_search(tmp_path: Path) -> None:
     """inspect's report and the manifest that names it are finetune's; a file of the user's is not."""
     import pytest
