@@ -26,16 +26,23 @@ def _search_of(out: Path):
 
 
 
-def test_the_table_follows_the_database_whatever_a_kill_left(tmp_path: Path) -> None:
+def _killed_search(tmp_path: Path):
+    """An empty study of :func:`_search_of` in ``tmp_path/out``, for a test to leave as a kill would:
+    the folder, the search's parts, the study and its search space."""
     import optuna
-    from optuna.trial import TrialState
 
     out = tmp_path / "out"
     out.mkdir()
-    recipe, options, dimensions, metric, direction = _search_of(out)
+    parts = _search_of(out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=f"sqlite:///{out / search.DB}", study_name=search.STUDY_NAME, direction=direction)
-    space = {d.key: d.distribution() for d in dimensions}
+    study = optuna.create_study(storage=f"sqlite:///{out / search.DB}", study_name=search.STUDY_NAME, direction=parts[4])
+    return out, parts, study, {d.key: d.distribution() for d in parts[2]}
+
+
+def test_the_table_follows_the_database_whatever_a_kill_left(tmp_path: Path) -> None:
+    from optuna.trial import TrialState
+
+    out, (recipe, options, dimensions, metric, direction), study, space = _killed_search(tmp_path)
     study.tell(study.ask(space), 0.5)
     search_report.write_results(study, dimensions, out / search_report.RESULTS, metric)
     study.tell(study.ask(space), 0.25)  # the kill landed after this was told, before the table was written
@@ -52,15 +59,9 @@ def test_the_table_follows_the_database_whatever_a_kill_left(tmp_path: Path) -> 
 def test_a_trial_cut_off_before_it_drew_values_is_failed_and_not_run_again(tmp_path: Path, caplog) -> None:
     import logging
 
-    import optuna
     from optuna.trial import TrialState
 
-    out = tmp_path / "out"
-    out.mkdir()
-    recipe, options, dimensions, metric, direction = _search_of(out)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=f"sqlite:///{out / search.DB}", study_name=search.STUDY_NAME, direction=direction)
-    space = {d.key: d.distribution() for d in dimensions}
+    out, (recipe, options, dimensions, metric, direction), study, space = _killed_search(tmp_path)
     drawn = study.ask(space)  # cut off with its value drawn: to run again
     study.ask()  # cut off as it was created, before its first suggest: nothing to run again
     with caplog.at_level(logging.INFO, logger="finetune"):
