@@ -365,21 +365,23 @@ def tune_int8_thresholds(work: Path, int8, images: Images) -> dict[str, Any]:
     probabilities for the run's validation piece, and saved in config.json under
     ``label_thresholds_int8``, which the int8 runner reads. Quantization moves every
     probability a little; an image has several labels near their thresholds, so fp32's
-    thresholds flip labels that int8's own do not. Kept at fp32's when the run tuned none
-    (no validation piece) or its data set cannot be loaded."""
+    thresholds flip labels that int8's own do not. Kept at fp32's when the run had no
+    validation piece (fp32's are then the default too) or its data set cannot be loaded."""
     from finetune.evaluation import thresholds as fit
 
-    config = json.loads((work / "config.json").read_text())
-    if not config.get(onnx_model.THRESHOLDS_KEY):
-        return {"tuned": False, "why": "the run tuned no thresholds (no validation piece): int8 uses the same 0.5"}
+    if images.data_problem is not None:
+        why = f"the run's data set cannot be loaded ({images.data_problem})"
+        return {"tuned": False, "why": f"{why}: int8 uses fp32's thresholds"}
+    if images.validation_rows is None or len(images.validation_rows) == 0:
+        return {"tuned": False, "why": "the run has no validation piece: int8 uses fp32's thresholds"}
     probs, truth = [], []
     for batch, labels in images.validation_batches():
-        probs.append(int8.activation(int8.logits(int8.preprocessor(batch))))
+        probs.append(int8.probabilities(int8.preprocessor(batch)))
         truth.append(labels if labels.ndim == 2 else np.eye(len(int8.class_names), dtype=np.float32)[labels])
     if not probs:
-        why = images.data_problem or "the run's validation piece has no readable images"
-        return {"tuned": False, "why": f"{why}: int8 uses fp32's thresholds"}
+        return {"tuned": False, "why": "none of the validation piece's images could be read: int8 uses fp32's thresholds"}
     tuned = fit.tune(np.concatenate(probs), np.concatenate(truth))
+    config = json.loads((work / "config.json").read_text())
     config[onnx_model.INT8_THRESHOLDS_KEY] = {
         name: float(value) for name, value, ok in zip(int8.class_names, tuned.values, tuned.tuned) if ok
     }

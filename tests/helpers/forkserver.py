@@ -37,6 +37,9 @@ IMPORT_TIME = (
     "HF_", "HUGGINGFACE", "TRANSFORMERS_", "DATASETS_", "TORCH", "PYTORCH_", "CUDA", "OMP_", "MKL_", "XDG_",
     "MPL", "TQDM_", "TOKENIZERS_", "USE_", "PYTHON", "LD_", "HOME", "TMPDIR", "PATH",
 )
+#: Read at run time although their prefix is above: the compile cache folder that torch sets
+#: in the test process once something there compiles (an in-process ONNX export).
+RUN_TIME = ("TORCHINDUCTOR_CACHE_DIR",)
 
 #: Imported by the server before it forks: every command's heavy imports.
 PRELOAD = (
@@ -135,7 +138,7 @@ class ForkServer:
 
     def serves(self, env: dict[str, str]) -> bool:
         """Whether a command with environment ``env`` may run here (else: a subprocess)."""
-        changed = {k for k in set(env) | set(self.env) if env.get(k) != self.env.get(k)}
+        changed = {k for k in set(env) | set(self.env) if env.get(k) != self.env.get(k)} - set(RUN_TIME)
         return not any(k.startswith(IMPORT_TIME) for k in changed)
 
     def _start(self) -> subprocess.Popen:

@@ -104,3 +104,22 @@ def test_the_export_card_says_the_model_scores_one_view() -> None:
     assert "`evaluation.tta` `hflip+crops`" in with_views
     plain = render({**result, "run_tta": "none"})
     assert "one view per image, as the run's own final scores did (no test-time augmentation)" in plain
+
+
+@pytest.mark.parametrize(
+    "problem, rows, why",
+    [
+        ("no such folder", None, "the run's data set cannot be loaded (no such folder): int8 uses fp32's thresholds"),
+        (None, None, "the run has no validation piece: int8 uses fp32's thresholds"),
+        (None, [], "the run has no validation piece: int8 uses fp32's thresholds"),
+    ],
+)
+def test_int8_keeps_fp32s_thresholds_without_a_validation_piece(tmp_path, problem, rows, why) -> None:
+    from types import SimpleNamespace
+
+    from finetune.deploy.export import tune_int8_thresholds
+
+    (tmp_path / "config.json").write_text('{"label_thresholds": {"a": 0.5}}')
+    images = SimpleNamespace(data_problem=problem, validation_rows=rows)
+    assert tune_int8_thresholds(tmp_path, None, images) == {"tuned": False, "why": why}
+    assert (tmp_path / "config.json").read_text() == '{"label_thresholds": {"a": 0.5}}'  # nothing written
