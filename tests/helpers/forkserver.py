@@ -49,8 +49,11 @@ PRELOAD = (
     "finetune.run",
     "finetune.cli.main",
     "finetune.training.train",
-    "finetune.evaluation.report",
-    "finetune.inspection.inspect",
+    "finetune.evaluation.reports",
+    "finetune.evaluation.plots",
+    "finetune.inspection.run",
+    "finetune.deploy.score",
+    "finetune.deploy.predict",
     "finetune.deploy.export",
     "finetune.sweeps.search",
     "finetune.planning.new",
@@ -63,8 +66,10 @@ import importlib, json, os, sys
 for name in json.loads(sys.argv[1]):
     try:
         importlib.import_module(name)
-    except ImportError:  # an optional extra that is not installed
-        pass
+    except ImportError as err:
+        if (err.name or "").startswith("finetune"):  # a module of ours misnamed here
+            raise
+        # (else an optional extra that is not installed)
 from tests.helpers.forkserver import child
 requests, replies = sys.stdin.buffer, sys.stdout.buffer
 replies.write(b'{"ready": true}\n'); replies.flush()
