@@ -313,7 +313,6 @@ def _int8(
     result: dict[str, Any] = {"quantization": info.to_dict(), "files": sizes}
     if fp32.multi_label:
         result["int8_thresholds"] = tune_int8_thresholds(work, int8, images)
-        int8 = onnx_model.load_export(work, int8=True, threads=threads)  # with the thresholds just saved
     result["size_ratio_int8_to_fp32"] = round(sizes[onnx_model.INT8_FILE] / sizes[onnx_model.MODEL_FILE], 4)
 
     result.update(compare_int8(model, processor, fp32, int8, images, check_images))
@@ -347,6 +346,12 @@ def _int8(
     return result
 
 
+def _label_rows(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Multi-hot rows for a multi-label model's scores: a data set of one class per image
+    (class indices, N) is scored as the one-hot rows it is; multi-hot rows stay as they are."""
+    return labels if labels.ndim == 2 else np.eye(classes, dtype=np.float32)[labels]
+
+
 def _f1_at_thresholds(y: np.ndarray, p32: np.ndarray, p8: np.ndarray, limits32, limits8) -> dict[str, float]:
     """Micro F1 of the label sets on the eval split: fp32 at its thresholds, int8 at fp32's,
     and int8 at its own (what the int8 runner applies)."""
@@ -362,8 +367,8 @@ def _f1_at_thresholds(y: np.ndarray, p32: np.ndarray, p8: np.ndarray, limits32, 
 def tune_int8_thresholds(work: Path, int8, images: Images) -> dict[str, Any]:
     """The int8 model's own per-class thresholds, tuned as training tuned fp32's (each
     class's F1-maximising cut, :func:`finetune.evaluation.thresholds.tune`) on its
-    probabilities for the run's validation piece, and saved in config.json under
-    ``label_thresholds_int8``, which the int8 runner reads. Quantization moves every
+    probabilities for the run's validation piece, saved in config.json under
+    ``label_thresholds_int8``, which the int8 runner reads, and set on ``int8``. Quantization moves every
     probability a little; an image has several labels near their thresholds, so fp32's
     thresholds flip labels that int8's own do not. Kept at fp32's when the run had no
     validation piece (fp32's are then the default too) or its data set cannot be loaded."""
@@ -377,7 +382,7 @@ def tune_int8_thresholds(work: Path, int8, images: Images) -> dict[str, Any]:
     probs, truth = [], []
     for batch, labels in images.validation_batches():
         probs.append(int8.probabilities(int8.preprocessor(batch)))
-        truth.append(labels if labels.ndim == 2 else np.eye(len(int8.class_names), dtype=np.float32)[labels])
+        truth.append(_label_rows(labels, len(int8.class_names)))
     if not probs:
         return {"tuned": False, "why": "none of the validation piece's images could be read: int8 uses fp32's thresholds"}
     tuned = fit.tune(np.concatenate(probs), np.concatenate(truth))
@@ -386,6 +391,7 @@ def tune_int8_thresholds(work: Path, int8, images: Images) -> dict[str, Any]:
         name: float(value) for name, value, ok in zip(int8.class_names, tuned.values, tuned.tuned) if ok
     }
     write_json(work / "config.json", config)
+    int8.thresholds = onnx_model.thresholds(config, int8.class_names, int8=True)
     return {"tuned": True, "on": "the run's validation piece", "images": tuned.num_images,
             "classes_tuned": int(tuned.tuned.sum()), "key": onnx_model.INT8_THRESHOLDS_KEY}
 
@@ -427,9 +433,8 @@ def compare_int8(model, processor, fp32, int8, images: Images, check_images: lis
         agree += int(decisions_agree(fp32, logits32, logits8, int8.thresholds).sum())
     y = np.concatenate(truth)
     total = len(y)
-    if multi and y.ndim == 1:  # a data set of one class per image, scored as the multi-label rows it is
-        y = np.eye(len(fp32.class_names), dtype=np.float32)[y]
     if multi:
+        y = _label_rows(y, len(fp32.class_names))
         values = {k: mean_average_precision(y, np.concatenate(v)) for k, v in scores.items()}
         out["f1_micro"] = _f1_at_thresholds(y, np.concatenate(scores["onnx_fp32"]), np.concatenate(scores["onnx_int8"]),
                                             fp32.thresholds, int8.thresholds)

@@ -40,10 +40,16 @@ def write_recipe(path: Path, model_path: Path | str, dataset: Path | str, output
     return path
 
 
+def _env() -> dict[str, str]:
+    """The environment of a command: this process's, offline, unbuffered."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+
+
 _SERVERS: dict[int, ForkServer] = {}
 #: The environment the fork server starts with: the test process's as the tests were
-#: collected, before any test changed it (a test that sets a variable gets a subprocess).
-_SERVER_ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+#: collected, before any test changed it (a test that sets a variable read at import gets a
+#: subprocess).
+_SERVER_ENV = _env()
 
 
 def _server(env: dict[str, str], launcher: list[str] | None) -> ForkServer | None:
@@ -60,7 +66,7 @@ def run_cli(*args: str, cwd: Path | None = None, launcher: list[str] | None = No
     """Run the real command line in a new process (offline): ``python finetune/run.py ARGS``,
     forked from a server that has its imports done (tests/helpers/forkserver.py), or, with a
     launcher or an environment the server was not started with, a plain subprocess."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = _env()
     command = (launcher or [sys.executable]) + [str(ROOT / "finetune" / "run.py"), *args]
     server = _server(env, launcher)
     if server is not None:
@@ -71,7 +77,7 @@ def run_cli(*args: str, cwd: Path | None = None, launcher: list[str] | None = No
 def run_python(code: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     """``python -c CODE ARGS`` in a new process with this checkout importable, forked from the
     same server as :func:`run_cli` (its imports done), or a plain subprocess."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = _env()
     command = [sys.executable, "-c", code, *args]
     server = _server(env, None)
     if server is not None:
